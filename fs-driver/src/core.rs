@@ -1,0 +1,1183 @@
+//! The filesystem core: every operation on the pocket, done on the backing folder, with the
+//! journal record that carries it to the destinations. No FUSE types here, so it can be driven
+//! and tested without a mount.
+//!
+//! Each known inode holds an `O_PATH` descriptor of its backing file. Operations go through
+//! `*at` calls relative to those descriptors (or `/proc/self/fd/N` where Linux offers no `*at`
+//! form), never through path strings, so renames made elsewhere and names with any bytes are
+//! no danger. The inode number the kernel sees is the backing inode number (the root is 1), so
+//! it is stable across rename, link, and remounts; holding the `O_PATH` descriptor keeps the
+//! backing inode alive, so its number cannot be reused while the kernel knows it.
+//!
+//! Records are handed to the journal before the reply, so the journal's order is the order in
+//! which the kernel saw the operations complete.
+
+// Field types of `struct stat` differ between targets; the casts are for the others.
+#![allow(clippy::unnecessary_cast)]
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use journal::{Change, JournalHandle, Kind, Meta};
+use parking_lot::{Mutex, RwLock};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
+use tracing::{debug, warn};
+
+use crate::error::{FsError, FsResult};
+
+/// The inode number the kernel uses for the root.
+pub const ROOT: u64 = 1;
+
+/// Who asks: the caller's ids, for ownership of what they create.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A name and its attributes, as returned by lookup and the creating operations.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub stat: Stat,
+}
+
+/// A time to set: a given time, or the current time.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    At(i64, u32),
+    Now,
+}
+
+/// What a setattr asks to change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// One directory entry.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: Vec<u8>,
+}
+
+/// How the filesystem behaves; the defaults are what `backpocket mount` uses.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Files held open for writing are recorded once unchanged for this long.
+    pub quiet_period: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            quiet_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Size and mtime: what a content write always changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Snap {
+    size: u64,
+    mtime_ns: i64,
+}
+
+impl Snap {
+    fn of(st: &Stat) -> Snap {
+        Snap {
+            size: st.st_size as u64,
+            mtime_ns: mtime_ns(st),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct WriteState {
+    /// The contents last recorded (or found at first open).
+    recorded: Option<Snap>,
+    /// Written through the daemon, or its size or times set, since the last record.
+    dirty: bool,
+    /// Directories whose entry for this file is not yet known to be on the drive.
+    unsynced_parents: Vec<Arc<Inode>>,
+}
+
+#[derive(Debug)]
+struct Inode {
+    nodeid: u64,
+    ino: u64,
+    is_symlink: bool,
+    fd: OwnedFd,
+    lookups: AtomicU64,
+    write: Mutex<WriteState>,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    inode: Arc<Inode>,
+    file: File,
+    writable: bool,
+    /// What the quiet-period watcher saw last, and since when.
+    seen: Mutex<Option<(Snap, Instant)>>,
+}
+
+#[derive(Debug)]
+struct OpenDir {
+    inode: Arc<Inode>,
+    entries: Mutex<Vec<DirEntry>>,
+}
+
+#[derive(Debug)]
+enum Handle {
+    File(Arc<OpenFile>),
+    Dir(Arc<OpenDir>),
+}
+
+/// The pocket's filesystem over its backing folder.
+#[derive(Debug)]
+pub struct PocketFs {
+    root_ino: u64,
+    proc_fd: OwnedFd,
+    inodes: RwLock<HashMap<u64, Arc<Inode>>>,
+    handles: RwLock<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    journal: Option<JournalHandle>,
+    euid: u32,
+    options: Options,
+}
+
+fn mtime_ns(st: &Stat) -> i64 {
+    st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64
+}
+
+fn ctime_ns(st: &Stat) -> i64 {
+    st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64
+}
+
+/// The journal's view of a stat.
+pub fn meta_of(st: &Stat) -> Meta {
+    Meta {
+        kind: Kind::from_mode(st.st_mode as u32).unwrap_or(Kind::File),
+        perm: st.st_mode as u32 & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: st.st_size as u64,
+        mtime_ns: mtime_ns(st),
+        ctime_ns: ctime_ns(st),
+        rdev: st.st_rdev as u64,
+    }
+}
+
+fn cname(name: &OsStr) -> FsResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| FsError::Os(Errno::INVAL))
+}
+
+fn proc_name(fd: &OwnedFd) -> CString {
+    use std::os::fd::AsRawFd;
+    CString::new(fd.as_raw_fd().to_string()).expect("digits have no NUL")
+}
+
+fn timestamp(t: Option<SetTime>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Some(SetTime::At(sec, nsec)) => Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        },
+    }
+}
+
+impl PocketFs {
+    /// Serves the pocket at `root`. `journal` None switches recording off (for measuring what
+    /// the journal costs; never for real use).
+    pub fn new(root: &Path, journal: Option<JournalHandle>, options: Options) -> FsResult<Self> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        let proc_fd = rustix::fs::open(
+            "/proc/self/fd",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let root_inode = Arc::new(Inode {
+            nodeid: ROOT,
+            ino: st.st_ino as u64,
+            is_symlink: false,
+            fd,
+            lookups: AtomicU64::new(1),
+            write: Mutex::new(WriteState::default()),
+        });
+        let mut inodes = HashMap::new();
+        inodes.insert(ROOT, root_inode);
+        Ok(PocketFs {
+            root_ino: st.st_ino as u64,
+            proc_fd,
+            inodes: RwLock::new(inodes),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            journal,
+            euid: rustix::process::geteuid().as_raw(),
+            options,
+        })
+    }
+
+    /// Backing inode number -> the kernel's inode number (the root and 1 trade places).
+    fn nodeid_of(&self, ino: u64) -> u64 {
+        if ino == self.root_ino {
+            ROOT
+        } else if ino == ROOT {
+            self.root_ino
+        } else {
+            ino
+        }
+    }
+
+    /// The inode number as the kernel sees it, for a stat of a backing file.
+    pub fn visible_ino(&self, st: &Stat) -> u64 {
+        self.nodeid_of(st.st_ino as u64)
+    }
+
+    fn inode(&self, nodeid: u64) -> FsResult<Arc<Inode>> {
+        self.inodes
+            .read()
+            .get(&nodeid)
+            .cloned()
+            .ok_or(FsError::Stale(nodeid))
+    }
+
+    fn record(&self, change: Change) {
+        if let Some(j) = &self.journal {
+            j.record(change);
+        }
+    }
+
+    /// The root's entries hide the pocket's own folder.
+    fn check_name(&self, parent: &Inode, name: &OsStr) -> FsResult<()> {
+        if parent.nodeid == ROOT && name.as_bytes() == journal::POCKET_DIR.as_bytes() {
+            return Err(FsError::Hidden);
+        }
+        Ok(())
+    }
+
+    fn check_new_name(&self, parent: &Inode, name: &OsStr) -> FsResult<()> {
+        self.check_name(parent, name)
+            .map_err(|_| FsError::Protected)
+    }
+
+    /// Registers one more kernel reference to the inode behind `fd`/`st`.
+    fn remember(
+        &self,
+        st: &Stat,
+        fd: Option<OwnedFd>,
+        parent: &Inode,
+        name: &CStr,
+    ) -> FsResult<Entry> {
+        let nodeid = self.nodeid_of(st.st_ino as u64);
+        if let Some(inode) = self.inodes.read().get(&nodeid) {
+            inode.lookups.fetch_add(1, Ordering::Relaxed);
+            return Ok(Entry {
+                ino: nodeid,
+                stat: *st,
+            });
+        }
+        let fd = match fd {
+            Some(fd) => fd,
+            None => rustix::fs::openat(
+                &parent.fd,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?,
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        let nodeid = self.nodeid_of(st.st_ino as u64);
+        let mut inodes = self.inodes.write();
+        let inode = inodes.entry(nodeid).or_insert_with(|| {
+            Arc::new(Inode {
+                nodeid,
+                ino: st.st_ino as u64,
+                is_symlink: FileType::from_raw_mode(st.st_mode as _) == FileType::Symlink,
+                fd,
+                lookups: AtomicU64::new(0),
+                write: Mutex::new(WriteState::default()),
+            })
+        });
+        inode.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok(Entry {
+            ino: nodeid,
+            stat: st,
+        })
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        let parent = self.inode(parent)?;
+        self.check_name(&parent, name)?;
+        let c = cname(name)?;
+        let st = rustix::fs::statat(&parent.fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
+        self.remember(&st, None, &parent, &c)
+    }
+
+    pub fn forget(&self, nodeid: u64, n: u64) {
+        if nodeid == ROOT {
+            return;
+        }
+        let mut inodes = self.inodes.write();
+        if let Some(inode) = inodes.get(&nodeid) {
+            let prev = inode.lookups.fetch_sub(
+                n.min(inode.lookups.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            if prev <= n {
+                inodes.remove(&nodeid);
+            }
+        }
+    }
+
+    pub fn getattr(&self, nodeid: u64) -> FsResult<Stat> {
+        let inode = self.inode(nodeid)?;
+        Ok(rustix::fs::fstat(&inode.fd)?)
+    }
+
+    /// Attributes of "." or ".." of a directory; the root's ".." is the root itself, so the
+    /// mount never shows what lies outside the pocket.
+    pub fn dot_attr(&self, dir: u64, dotdot: bool) -> FsResult<Stat> {
+        let inode = self.inode(dir)?;
+        if dotdot && dir != ROOT {
+            Ok(rustix::fs::statat(
+                &inode.fd,
+                c"..",
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?)
+        } else {
+            Ok(rustix::fs::fstat(&inode.fd)?)
+        }
+    }
+
+    /// Opens the backing file behind an `O_PATH` descriptor for real I/O.
+    fn reopen(&self, inode: &Inode, flags: OFlags) -> FsResult<OwnedFd> {
+        Ok(rustix::fs::openat(
+            &self.proc_fd,
+            proc_name(&inode.fd),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    fn open_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        match self.handles.read().get(&fh) {
+            Some(Handle::File(f)) => Ok(f.clone()),
+            _ => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    fn open_dir(&self, fh: u64) -> FsResult<Arc<OpenDir>> {
+        match self.handles.read().get(&fh) {
+            Some(Handle::Dir(d)) => Ok(d.clone()),
+            _ => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    pub fn setattr(&self, nodeid: u64, fh: Option<u64>, attr: SetAttr) -> FsResult<Stat> {
+        let inode = self.inode(nodeid)?;
+        let handle = fh.and_then(|fh| self.open_file(fh).ok());
+        if let Some(mode) = attr.mode {
+            if inode.is_symlink {
+                return Err(FsError::Unsupported);
+            }
+            rustix::fs::chmodat(
+                &self.proc_fd,
+                proc_name(&inode.fd),
+                Mode::from_raw_mode(mode as _),
+                AtFlags::empty(),
+            )?;
+        }
+        if attr.uid.is_some() || attr.gid.is_some() {
+            rustix::fs::chownat(
+                &inode.fd,
+                c"",
+                attr.uid.map(uid_of),
+                attr.gid.map(gid_of),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if let Some(size) = attr.size {
+            match &handle {
+                Some(h) if h.writable => h.file.set_len(size)?,
+                _ => {
+                    let fd = self.reopen(&inode, OFlags::WRONLY)?;
+                    rustix::fs::ftruncate(&fd, size)?;
+                }
+            }
+        }
+        if attr.atime.is_some() || attr.mtime.is_some() {
+            let times = Timestamps {
+                last_access: timestamp(attr.atime),
+                last_modification: timestamp(attr.mtime),
+            };
+            if inode.is_symlink {
+                rustix::fs::utimensat(
+                    &inode.fd,
+                    c"",
+                    &times,
+                    AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            } else {
+                rustix::fs::utimensat(
+                    &self.proc_fd,
+                    proc_name(&inode.fd),
+                    &times,
+                    AtFlags::empty(),
+                )?;
+            }
+        }
+        let st = rustix::fs::fstat(&inode.fd)?;
+        let meta = meta_of(&st);
+        if attr.size.is_some() {
+            // A new size is new contents.
+            let mut w = inode.write.lock();
+            w.recorded = Some(Snap::of(&st));
+            w.dirty = false;
+            self.record(Change::Content {
+                file: inode.ino,
+                meta,
+            });
+        } else if attr.mode.is_some()
+            || attr.uid.is_some()
+            || attr.gid.is_some()
+            || attr.mtime.is_some()
+        {
+            let mut w = inode.write.lock();
+            if w.recorded.is_some() {
+                // Open for writing: a write followed by a reset of mtime must not hide.
+                w.dirty = true;
+            }
+            self.record(Change::SetAttr {
+                file: inode.ino,
+                meta,
+            });
+        }
+        Ok(st)
+    }
+
+    pub fn readlink(&self, nodeid: u64) -> FsResult<Vec<u8>> {
+        let inode = self.inode(nodeid)?;
+        let target = rustix::fs::readlinkat(&inode.fd, c"", Vec::new())?;
+        Ok(target.into_bytes())
+    }
+
+    /// Gives a new file to its creator, as the kernel would have: the caller's uid, and the
+    /// caller's gid unless the folder is set-group-ID.
+    fn give_to_caller(
+        &self,
+        fd: BorrowedFd<'_>,
+        parent: &Inode,
+        caller: Caller,
+        mode: u32,
+    ) -> FsResult<()> {
+        if self.euid != 0 || (caller.uid == 0 && caller.gid == 0) {
+            return Ok(());
+        }
+        let pst = rustix::fs::fstat(&parent.fd)?;
+        let gid = if pst.st_mode as u32 & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
+        rustix::fs::chownat(
+            fd,
+            c"",
+            Some(uid_of(caller.uid)),
+            Some(gid_of(gid)),
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        // chown clears set-user-ID and set-group-ID; put back what the caller asked for.
+        if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            rustix::fs::chmodat(
+                &self.proc_fd,
+                proc_name_b(fd),
+                Mode::from_raw_mode((mode & 0o7777) as _),
+                AtFlags::empty(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Common tail of every creating operation: ownership, the record, the new inode.
+    fn finish_create(
+        &self,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+        caller: Caller,
+        mode: u32,
+        make_change: impl FnOnce(u64, Meta) -> Change,
+    ) -> FsResult<Entry> {
+        let c = cname(name)?;
+        let fd = rustix::fs::openat(
+            &parent.fd,
+            &c,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        self.give_to_caller(fd.as_fd(), parent, caller, mode)?;
+        let st = rustix::fs::fstat(&fd)?;
+        self.record(make_change(st.st_ino as u64, meta_of(&st)));
+        let entry = self.remember(&st, Some(fd), parent, &c)?;
+        if let Ok(inode) = self.inode(entry.ino) {
+            inode.write.lock().unsynced_parents.push(parent.clone());
+        }
+        Ok(entry)
+    }
+
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> FsResult<Entry> {
+        let p = self.inode(parent)?;
+        self.check_new_name(&p, name)?;
+        let c = cname(name)?;
+        let ftype = FileType::from_raw_mode(mode as _);
+        let perm = Mode::from_raw_mode((mode & !umask & 0o7777) as _);
+        rustix::fs::mknodat(&p.fd, &c, ftype, perm, rdev as _)?;
+        let pid = p.ino;
+        let name_b = name.as_bytes().to_vec();
+        self.finish_create(&p, name, caller, mode & !umask, |file, meta| {
+            Change::Create {
+                parent: pid,
+                name: name_b,
+                file,
+                meta,
+            }
+        })
+    }
+
+    pub fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Entry> {
+        let p = self.inode(parent)?;
+        self.check_new_name(&p, name)?;
+        let c = cname(name)?;
+        rustix::fs::mkdirat(
+            &p.fd,
+            &c,
+            Mode::from_raw_mode((mode & !umask & 0o7777) as _),
+        )?;
+        let pid = p.ino;
+        let name_b = name.as_bytes().to_vec();
+        self.finish_create(&p, name, caller, mode & !umask, |file, meta| {
+            Change::Mkdir {
+                parent: pid,
+                name: name_b,
+                file,
+                meta,
+            }
+        })
+    }
+
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+    ) -> FsResult<Entry> {
+        let p = self.inode(parent)?;
+        self.check_new_name(&p, name)?;
+        let c = cname(name)?;
+        rustix::fs::symlinkat(target.as_os_str().as_bytes(), &p.fd, &c)?;
+        let pid = p.ino;
+        let name_b = name.as_bytes().to_vec();
+        let target_b = target.as_os_str().as_bytes().to_vec();
+        self.finish_create(&p, name, caller, 0o777, |file, meta| Change::Symlink {
+            parent: pid,
+            name: name_b,
+            file,
+            meta,
+            target: target_b,
+        })
+    }
+
+    /// Removes a name; returns the kernel's inode number of what it named, whose cached
+    /// attributes (link count, ctime) are now stale.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<u64> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<u64> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> FsResult<u64> {
+        let p = self.inode(parent)?;
+        self.check_name(&p, name)?;
+        let c = cname(name)?;
+        let st = rustix::fs::statat(&p.fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        rustix::fs::unlinkat(&p.fd, &c, flags)?;
+        let (parent, name, file) = (p.ino, name.as_bytes().to_vec(), st.st_ino as u64);
+        self.record(if dir {
+            Change::Rmdir { parent, name, file }
+        } else {
+            Change::Unlink { parent, name, file }
+        });
+        Ok(self.nodeid_of(file))
+    }
+
+    /// Renames; returns the kernel's inode numbers whose cached attributes are now stale.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<Vec<u64>> {
+        let p = self.inode(parent)?;
+        let np = self.inode(new_parent)?;
+        self.check_name(&p, name)?;
+        self.check_new_name(&np, new_name)?;
+        let c = cname(name)?;
+        let nc = cname(new_name)?;
+        let st = rustix::fs::statat(&p.fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
+        let target = rustix::fs::statat(&np.fd, &nc, AtFlags::SYMLINK_NOFOLLOW).ok();
+        let rflags = RenameFlags::from_bits(flags).ok_or(FsError::Os(Errno::INVAL))?;
+        rustix::fs::renameat_with(&p.fd, &c, &np.fd, &nc, rflags)?;
+        let file = st.st_ino as u64;
+        let mut stale = vec![self.nodeid_of(file)];
+        if let Some(t) = &target {
+            if t.st_ino as u64 != file {
+                stale.push(self.nodeid_of(t.st_ino as u64));
+            } else if !rflags.contains(RenameFlags::EXCHANGE) {
+                // Two names of one file: POSIX says nothing happens.
+                return Ok(stale);
+            }
+        }
+        self.record(Change::Rename {
+            parent: p.ino,
+            name: name.as_bytes().to_vec(),
+            new_parent: np.ino,
+            new_name: new_name.as_bytes().to_vec(),
+            file,
+            exchange: rflags.contains(RenameFlags::EXCHANGE),
+        });
+        if let Ok(inode) = self.inode(self.nodeid_of(file)) {
+            inode.write.lock().unsynced_parents.push(np.clone());
+        }
+        Ok(stale)
+    }
+
+    pub fn link(&self, nodeid: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Entry> {
+        let inode = self.inode(nodeid)?;
+        let np = self.inode(new_parent)?;
+        self.check_new_name(&np, new_name)?;
+        let nc = cname(new_name)?;
+        // linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for anyone.
+        let mut path = b"/proc/self/fd/".to_vec();
+        path.extend_from_slice(proc_name(&inode.fd).as_bytes());
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            path.as_slice(),
+            &np.fd,
+            &nc,
+            AtFlags::SYMLINK_FOLLOW,
+        )?;
+        let st = rustix::fs::fstat(&inode.fd)?;
+        self.record(Change::Link {
+            parent: np.ino,
+            name: new_name.as_bytes().to_vec(),
+            file: inode.ino,
+        });
+        inode.write.lock().unsynced_parents.push(np.clone());
+        inode.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok(Entry {
+            ino: nodeid,
+            stat: st,
+        })
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().insert(fh, h);
+        fh
+    }
+
+    fn begin_write(&self, inode: &Inode, st: &Stat) {
+        let mut w = inode.write.lock();
+        if w.recorded.is_none() {
+            w.recorded = Some(Snap::of(st));
+        }
+    }
+
+    fn open_flags(flags: i32) -> (OFlags, bool) {
+        let f = OFlags::from_bits_retain(flags as _)
+            & !(OFlags::CREATE
+                | OFlags::EXCL
+                | OFlags::NOCTTY
+                | OFlags::NOFOLLOW
+                | OFlags::CLOEXEC);
+        let acc = flags & libc::O_ACCMODE;
+        (f, acc == libc::O_WRONLY || acc == libc::O_RDWR)
+    }
+
+    /// Opens a file; returns the handle.
+    pub fn open(&self, nodeid: u64, flags: i32) -> FsResult<u64> {
+        let inode = self.inode(nodeid)?;
+        let (oflags, writable) = Self::open_flags(flags);
+        if writable {
+            let st = rustix::fs::fstat(&inode.fd)?;
+            self.begin_write(&inode, &st);
+        }
+        let fd = self.reopen(&inode, oflags)?;
+        if oflags.contains(OFlags::TRUNC) && writable {
+            inode.write.lock().dirty = true;
+        }
+        Ok(self.add_handle(Handle::File(Arc::new(OpenFile {
+            inode,
+            file: File::from(fd),
+            writable,
+            seen: Mutex::new(None),
+        }))))
+    }
+
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> FsResult<(Entry, u64)> {
+        let p = self.inode(parent)?;
+        self.check_new_name(&p, name)?;
+        let c = cname(name)?;
+        let (oflags, writable) = Self::open_flags(flags);
+        let perm = mode & !umask & 0o7777;
+        let fd = rustix::fs::openat(
+            &p.fd,
+            &c,
+            oflags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(perm as _),
+        )?;
+        self.give_to_caller(fd.as_fd(), &p, caller, perm)?;
+        let st = rustix::fs::fstat(&fd)?;
+        self.record(Change::Create {
+            parent: p.ino,
+            name: name.as_bytes().to_vec(),
+            file: st.st_ino as u64,
+            meta: meta_of(&st),
+        });
+        let entry = self.remember(&st, None, &p, &c)?;
+        let inode = self.inode(entry.ino)?;
+        {
+            let mut w = inode.write.lock();
+            w.unsynced_parents.push(p.clone());
+            if w.recorded.is_none() {
+                w.recorded = Some(Snap::of(&st));
+            }
+        }
+        let fh = self.add_handle(Handle::File(Arc::new(OpenFile {
+            inode,
+            file: File::from(fd),
+            writable,
+            seen: Mutex::new(None),
+        })));
+        Ok((entry, fh))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.open_file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match h.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let h = self.open_file(fh)?;
+        let n = h.file.write_at(data, offset)?;
+        h.inode.write.lock().dirty = true;
+        Ok(n)
+    }
+
+    /// Records the contents of a file if they changed since the last record.
+    fn note_content(&self, inode: &Inode, st: &Stat) {
+        let snap = Snap::of(st);
+        let mut w = inode.write.lock();
+        if w.dirty || w.recorded != Some(snap) {
+            w.dirty = false;
+            w.recorded = Some(snap);
+            self.record(Change::Content {
+                file: inode.ino,
+                meta: meta_of(st),
+            });
+        }
+    }
+
+    /// The record comes at release, not flush: with passthrough (and mmap) the data may still
+    /// change after `close()` until the last reference goes.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = match self.handles.write().remove(&fh) {
+            Some(Handle::File(h)) => h,
+            Some(other) => {
+                debug!("release of a directory handle {fh}: {other:?}");
+                return Err(FsError::BadHandle(fh));
+            }
+            None => return Err(FsError::BadHandle(fh)),
+        };
+        if h.writable {
+            match rustix::fs::fstat(&h.file) {
+                Ok(st) => self.note_content(&h.inode, &st),
+                Err(e) => warn!(
+                    "release: cannot stat inode {}: {e}; the next scan records it",
+                    h.inode.ino
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// fsync: the data on the drive, the new name in its folder, the record committed.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let h = self.open_file(fh)?;
+        if datasync {
+            rustix::fs::fdatasync(&h.file)?;
+        } else {
+            rustix::fs::fsync(&h.file)?;
+        }
+        let parents = std::mem::take(&mut h.inode.write.lock().unsynced_parents);
+        for parent in &parents {
+            let fd = self.reopen(parent, OFlags::RDONLY | OFlags::DIRECTORY)?;
+            rustix::fs::fsync(&fd)?;
+        }
+        if h.writable {
+            let st = rustix::fs::fstat(&h.file)?;
+            self.note_content(&h.inode, &st);
+        }
+        if let Some(j) = &self.journal {
+            j.sync()?;
+        }
+        Ok(())
+    }
+
+    pub fn opendir(&self, nodeid: u64) -> FsResult<u64> {
+        let inode = self.inode(nodeid)?;
+        Ok(self.add_handle(Handle::Dir(Arc::new(OpenDir {
+            inode,
+            entries: Mutex::new(Vec::new()),
+        }))))
+    }
+
+    /// Entries from `offset` (an index; the entry at index i has offset i + 1). The listing is
+    /// read afresh at offset 0, as after `rewinddir`.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &DirEntry) -> bool,
+    ) -> FsResult<()> {
+        let d = self.open_dir(fh)?;
+        let mut entries = d.entries.lock();
+        if offset == 0 {
+            *entries = self.list(&d.inode)?;
+        }
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if add(i as u64 + 1, e) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn list(&self, inode: &Inode) -> FsResult<Vec<DirEntry>> {
+        let fd = self.reopen(inode, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut dir = rustix::fs::Dir::new(fd)?;
+        let mut out = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if inode.nodeid == ROOT && name == journal::POCKET_DIR.as_bytes() {
+                continue;
+            }
+            let ino = if inode.nodeid == ROOT && name == b".." {
+                ROOT
+            } else {
+                self.nodeid_of(entry.ino())
+            };
+            out.push(DirEntry {
+                ino,
+                kind: entry.file_type(),
+                name: name.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn releasedir(&self, fh: u64) -> FsResult<()> {
+        match self.handles.write().remove(&fh) {
+            Some(Handle::Dir(_)) => Ok(()),
+            _ => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    pub fn fsyncdir(&self, fh: u64) -> FsResult<()> {
+        let d = self.open_dir(fh)?;
+        let fd = self.reopen(&d.inode, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        rustix::fs::fsync(&fd)?;
+        if let Some(j) = &self.journal {
+            j.sync()?;
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> FsResult<rustix::fs::StatVfs> {
+        let root = self.inode(ROOT)?;
+        Ok(rustix::fs::fstatvfs(&root.fd)?)
+    }
+
+    /// xattrs go through the /proc link; Linux offers no race-free way for a symlink's own.
+    fn xattr_path(&self, inode: &Inode) -> FsResult<CString> {
+        if inode.is_symlink {
+            return Err(FsError::Os(Errno::PERM));
+        }
+        let mut p = b"/proc/self/fd/".to_vec();
+        p.extend_from_slice(proc_name(&inode.fd).as_bytes());
+        Ok(CString::new(p).expect("no NUL"))
+    }
+
+    pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        let inode = self.inode(nodeid)?;
+        let path = self.xattr_path(&inode)?;
+        let c = cname(name)?;
+        rustix::fs::setxattr(
+            path.as_c_str(),
+            c.as_c_str(),
+            value,
+            rustix::fs::XattrFlags::from_bits_retain(flags as _),
+        )?;
+        self.record(Change::SetXattr {
+            file: inode.ino,
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// The value, into a buffer of `size` bytes (ERANGE when too small).
+    pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
+        let inode = self.inode(nodeid)?;
+        let path = self.xattr_path(&inode)?;
+        let c = cname(name)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = rustix::fs::getxattr(path.as_c_str(), c.as_c_str(), &mut buf[..])?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn getxattr_len(&self, nodeid: u64, name: &OsStr) -> FsResult<usize> {
+        let inode = self.inode(nodeid)?;
+        let path = self.xattr_path(&inode)?;
+        let c = cname(name)?;
+        Ok(rustix::fs::getxattr_query(path.as_c_str(), c.as_c_str())?)
+    }
+
+    pub fn listxattr(&self, nodeid: u64, size: u32) -> FsResult<Vec<u8>> {
+        let inode = self.inode(nodeid)?;
+        if inode.is_symlink {
+            return Ok(Vec::new());
+        }
+        let path = self.xattr_path(&inode)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = rustix::fs::listxattr(path.as_c_str(), &mut buf[..])?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn listxattr_len(&self, nodeid: u64) -> FsResult<usize> {
+        let inode = self.inode(nodeid)?;
+        if inode.is_symlink {
+            return Ok(0);
+        }
+        let path = self.xattr_path(&inode)?;
+        Ok(rustix::fs::listxattr_query(path.as_c_str())?)
+    }
+
+    pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> FsResult<()> {
+        let inode = self.inode(nodeid)?;
+        let path = self.xattr_path(&inode)?;
+        let c = cname(name)?;
+        rustix::fs::removexattr(path.as_c_str(), c.as_c_str())?;
+        self.record(Change::RemoveXattr {
+            file: inode.ino,
+            name: name.as_bytes().to_vec(),
+        });
+        Ok(())
+    }
+
+    pub fn access(&self, nodeid: u64, mask: i32) -> FsResult<()> {
+        let inode = self.inode(nodeid)?;
+        if inode.is_symlink {
+            return Ok(());
+        }
+        rustix::fs::accessat(
+            &self.proc_fd,
+            proc_name(&inode.fd),
+            rustix::fs::Access::from_bits_retain(mask as _),
+            AtFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let h = self.open_file(fh)?;
+        rustix::fs::fallocate(
+            &h.file,
+            rustix::fs::FallocateFlags::from_bits_retain(mode as _),
+            offset,
+            len,
+        )?;
+        h.inode.write.lock().dirty = true;
+        Ok(())
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let h = self.open_file(fh)?;
+        let pos = match whence {
+            libc::SEEK_SET => rustix::fs::SeekFrom::Start(offset as u64),
+            libc::SEEK_CUR => rustix::fs::SeekFrom::Current(offset),
+            libc::SEEK_END => rustix::fs::SeekFrom::End(offset),
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
+            _ => return Err(FsError::Os(Errno::INVAL)),
+        };
+        Ok(rustix::fs::seek(&h.file, pos)? as i64)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> FsResult<usize> {
+        let src = self.open_file(fh_in)?;
+        let dst = self.open_file(fh_out)?;
+        let (mut oi, mut oo) = (off_in, off_out);
+        let n = rustix::fs::copy_file_range(
+            &src.file,
+            Some(&mut oi),
+            &dst.file,
+            Some(&mut oo),
+            len as usize,
+        )?;
+        dst.inode.write.lock().dirty = true;
+        Ok(n)
+    }
+
+    /// Lends the backing file of an open handle (for kernel passthrough).
+    pub fn with_backing_file<R>(&self, fh: u64, f: impl FnOnce(&File) -> R) -> FsResult<R> {
+        let h = self.open_file(fh)?;
+        Ok(f(&h.file))
+    }
+
+    /// The backing inode number of an open handle's file: one passthrough backing id each.
+    pub fn handle_ino(&self, fh: u64) -> FsResult<u64> {
+        Ok(self.open_file(fh)?.inode.nodeid)
+    }
+
+    /// Records files held open for writing once they stopped changing for the quiet period.
+    /// Called about once a second by the mount's watcher thread.
+    pub fn record_quiet_files(&self) {
+        let open: Vec<Arc<OpenFile>> = self
+            .handles
+            .read()
+            .values()
+            .filter_map(|h| match h {
+                Handle::File(f) if f.writable => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        let now = Instant::now();
+        for f in open {
+            let Ok(st) = rustix::fs::fstat(&f.file) else {
+                continue;
+            };
+            let snap = Snap::of(&st);
+            let mut seen = f.seen.lock();
+            match *seen {
+                Some((s, since)) if s == snap => {
+                    if now.duration_since(since) >= self.options.quiet_period {
+                        self.note_content(&f.inode, &st);
+                    }
+                }
+                _ => *seen = Some((snap, now)),
+            }
+        }
+    }
+
+    /// How many files are open, for `eject` and the unmount path.
+    pub fn open_files(&self) -> usize {
+        self.handles.read().len()
+    }
+}
+
+fn proc_name_b(fd: BorrowedFd<'_>) -> CString {
+    use std::os::fd::AsRawFd;
+    CString::new(fd.as_raw_fd().to_string()).expect("digits have no NUL")
+}
+
+fn uid_of(u: u32) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(u)
+}
+
+fn gid_of(g: u32) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(g)
+}

@@ -1,0 +1,546 @@
+//! Reconciliation: compare the pocket on the drive with the catalog and record every
+//! difference, so that changes made while no mount was recording (a crash, kill -9, the drive
+//! used on another machine) still reach the destinations.
+//!
+//! Unchanged files cost one `lstat` and a hash lookup; nothing is read or hashed. A file is
+//! looked at closer when its size, mtime, ctime, mode or owner differ from the catalog, or when
+//! it is "racily clean" (git's rule): changed within the timestamp granularity of the moment its
+//! record was taken, where a second change could hide behind an unchanged timestamp.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+use crate::record::{Change, FileId, Kind, Meta};
+use crate::status::Reader;
+use crate::writer::{now_ns, JournalHandle};
+
+/// The pocket's own folder, never part of the user's files.
+pub const POCKET_DIR: &str = ".backpocket";
+
+/// Timestamps closer than this to the moment a record was taken are not trusted.
+const RACY_WINDOW_NS: i64 = 20_000_000;
+
+/// What a scan found and recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Entries (names) looked at.
+    pub entries: u64,
+    pub created: u64,
+    pub removed: u64,
+    pub renamed: u64,
+    pub linked: u64,
+    pub modified: u64,
+    pub attrs: u64,
+    pub xattrs: u64,
+    /// Entries that could not be read; they are not recorded and the message says why.
+    pub unreadable: Vec<String>,
+    pub duration: Duration,
+}
+
+impl ScanReport {
+    /// Records made.
+    pub fn changes(&self) -> u64 {
+        self.created
+            + self.removed
+            + self.renamed
+            + self.linked
+            + self.modified
+            + self.attrs
+            + self.xattrs
+    }
+}
+
+type Key = (FileId, Vec<u8>);
+
+struct DiskFile {
+    meta: Meta,
+    path: PathBuf,
+    depth: usize,
+}
+
+/// Walks the pocket at `root` and records every difference with the catalog of the journal
+/// at `journal_path` through `journal`. Waits until the records are durable.
+pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result<ScanReport> {
+    let started = Instant::now();
+    let started_ns = now_ns();
+    journal.sync()?;
+    let reader = Reader::open(journal_path)?;
+    let cat_root = reader.root()?;
+
+    // The drive as it is.
+    let root_meta = std::fs::symlink_metadata(root)
+        .map_err(|e| Error::io(format!("cannot read the pocket {}", root.display()), e))?;
+    let disk_root = root_meta.ino();
+    let mut report = ScanReport::default();
+    let mut disk_names: HashMap<Key, FileId> = HashMap::new();
+    let mut disk_files: HashMap<FileId, DiskFile> = HashMap::new();
+    let mut order: Vec<Key> = Vec::new();
+    let mut stack: Vec<(PathBuf, FileId, usize)> = vec![(root.to_owned(), cat_root, 0)];
+    while let Some((dir, dir_id, depth)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                report.unreadable.push(format!("{}: {e}", dir.display()));
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    report.unreadable.push(format!("{}: {e}", dir.display()));
+                    continue;
+                }
+            };
+            let name = entry.file_name();
+            if depth == 0 && name == OsStr::new(POCKET_DIR) {
+                continue;
+            }
+            let md = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    report
+                        .unreadable
+                        .push(format!("{}: {e}", entry.path().display()));
+                    continue;
+                }
+            };
+            let Some(meta) = Meta::from_std(&md) else {
+                continue;
+            };
+            report.entries += 1;
+            let mut ino = md.ino();
+            if ino == disk_root {
+                ino = cat_root;
+            }
+            let key = (dir_id, name.as_bytes().to_vec());
+            disk_names.insert(key.clone(), ino);
+            order.push(key);
+            let path = entry.path();
+            if meta.kind == Kind::Dir {
+                stack.push((path.clone(), ino, depth + 1));
+            }
+            disk_files.entry(ino).or_insert(DiskFile {
+                meta,
+                path,
+                depth: depth + 1,
+            });
+        }
+    }
+
+    // The catalog as the records left it.
+    let cat_names: HashMap<Key, FileId> = reader.all_names()?.into_iter().collect();
+    let cat_files: HashMap<FileId, (Meta, i64)> = reader
+        .all_files()?
+        .into_iter()
+        .map(|(id, m, rec)| (id, (m, rec)))
+        .collect();
+
+    // A file is "the same" on both sides when its id exists on both with the same kind.
+    let same = |id: FileId| -> bool {
+        matches!((cat_files.get(&id), disk_files.get(&id)), (Some((c, _)), Some(d)) if c.kind == d.meta.kind)
+    };
+
+    let mut plan = Plan::new(&cat_names, &cat_files, journal);
+
+    // Renames and extra names of files that exist on both sides.
+    let mut gone_by_file: HashMap<FileId, Vec<Key>> = HashMap::new();
+    for (key, file) in &cat_names {
+        if disk_names.get(key) != Some(file) && same(*file) {
+            gone_by_file.entry(*file).or_default().push(key.clone());
+        }
+    }
+    let mut new_names: Vec<Key> = order
+        .iter()
+        .filter(|k| cat_names.get(*k) != disk_names.get(*k))
+        .cloned()
+        .collect();
+    new_names.sort_by_key(|k| disk_files[&disk_names[k]].depth);
+
+    // 1. Directories that are new, top-down, so later records can name them as parents.
+    for key in &new_names {
+        let file = disk_names[key];
+        let d = &disk_files[&file];
+        if d.meta.kind == Kind::Dir && !same(file) {
+            plan.drop_conflicting(file);
+            plan.create(key.clone(), file, d, &mut report);
+        }
+    }
+    // 2. Moves: pair each file's vanished names with its new names.
+    for key in &new_names {
+        let file = disk_names[key];
+        if !same(file) {
+            continue;
+        }
+        if let Some(src) = gone_by_file.get_mut(&file).and_then(|g| g.pop()) {
+            plan.renames.insert(src, key.clone());
+        }
+    }
+    let sources: Vec<Key> = plan.renames.keys().cloned().collect();
+    for src in sources {
+        plan.rename(&src, &mut report);
+    }
+    // 3. New files, and new names of existing files.
+    for key in &new_names {
+        let file = disk_names[key];
+        if plan.state.get(key) == Some(&file) {
+            continue;
+        }
+        let d = &disk_files[&file];
+        if same(file) || plan.created.contains(&file) {
+            plan.make_room(key, &mut report);
+            plan.emit(Change::Link {
+                parent: key.0,
+                name: key.1.clone(),
+                file,
+            });
+            plan.put(key.clone(), file);
+            report.linked += 1;
+        } else if d.meta.kind != Kind::Dir {
+            plan.drop_conflicting(file);
+            plan.create(key.clone(), file, d, &mut report);
+        }
+    }
+    // 4. Names that are gone, deepest first (a folder empties before it goes).
+    let mut gone: Vec<Key> = cat_names
+        .iter()
+        .filter(|(k, f)| disk_names.get(*k) != Some(*f))
+        .map(|(k, _)| k.clone())
+        .collect();
+    gone.sort();
+    for key in gone {
+        if plan.state.get(&key) == cat_names.get(&key) && plan.state.contains_key(&key) {
+            plan.remove(&key, &mut report);
+        }
+    }
+    // 5. Files on both sides: metadata, contents, xattrs.
+    let mut ids: Vec<&FileId> = disk_files.keys().collect();
+    ids.sort();
+    for &id in ids {
+        if !same(id) || plan.created.contains(&id) {
+            continue;
+        }
+        let d = &disk_files[&id];
+        let (c, recorded_ns) = cat_files[&id];
+        let m = d.meta;
+        let owner_mode = m.perm != c.perm || m.uid != c.uid || m.gid != c.gid;
+        let data = m.kind == Kind::File
+            && (m.size != c.size
+                || m.mtime_ns != c.mtime_ns
+                || m.ctime_ns != c.ctime_ns
+                || m.ctime_ns >= recorded_ns - RACY_WINDOW_NS);
+        if data {
+            plan.emit(Change::Content { file: id, meta: m });
+            report.modified += 1;
+        } else if owner_mode || m.mtime_ns != c.mtime_ns || m.size != c.size {
+            plan.emit(Change::SetAttr { file: id, meta: m });
+            report.attrs += 1;
+        }
+        if m.ctime_ns != c.ctime_ns {
+            let old = reader.xattrs(id)?;
+            let new = read_xattrs(&d.path).unwrap_or_else(|e| {
+                warn!("scan: cannot read xattrs of {}: {e}", d.path.display());
+                old.clone()
+            });
+            diff_xattrs(id, &old, &new, &mut plan, &mut report);
+        }
+    }
+    debug!(records = plan.emitted, "scan: recorded");
+    journal.set_meta("last_scan_ns", started_ns);
+    journal.sync()?;
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+fn diff_xattrs(
+    file: FileId,
+    old: &[(Vec<u8>, Vec<u8>)],
+    new: &[(Vec<u8>, Vec<u8>)],
+    plan: &mut Plan<'_>,
+    report: &mut ScanReport,
+) {
+    let old_map: HashMap<&[u8], &[u8]> = old
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    let new_map: HashMap<&[u8], &[u8]> = new
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    for (name, value) in new {
+        if old_map.get(name.as_slice()) != Some(&value.as_slice()) {
+            plan.emit(Change::SetXattr {
+                file,
+                name: name.clone(),
+                value: value.clone(),
+            });
+            report.xattrs += 1;
+        }
+    }
+    for (name, _) in old {
+        if !new_map.contains_key(name.as_slice()) {
+            plan.emit(Change::RemoveXattr {
+                file,
+                name: name.clone(),
+            });
+            report.xattrs += 1;
+        }
+    }
+}
+
+/// The xattrs of a path (not following a symlink), sorted by name.
+pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut names = vec![0u8; 4096];
+    let n = loop {
+        match rustix::fs::llistxattr(path, &mut names) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+        let mut value = vec![0u8; 4096];
+        let len = loop {
+            match rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value) {
+                Ok(n) => break Some(n),
+                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
+                Err(rustix::io::Errno::NODATA) => break None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(len) = len {
+            value.truncate(len);
+            out.push((name.to_vec(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The replay state while the scan orders its records: each record must make sense applied
+/// to the catalog as the records before it left it.
+struct Plan<'a> {
+    state: HashMap<Key, FileId>,
+    /// Names per directory in `state`, so emptying a folder does not scan every name.
+    children: HashMap<FileId, std::collections::BTreeSet<Vec<u8>>>,
+    cat_files: &'a HashMap<FileId, (Meta, i64)>,
+    renames: HashMap<Key, Key>,
+    in_progress: HashSet<Key>,
+    created: HashSet<FileId>,
+    journal: &'a JournalHandle,
+    emitted: u64,
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        cat_names: &HashMap<Key, FileId>,
+        cat_files: &'a HashMap<FileId, (Meta, i64)>,
+        journal: &'a JournalHandle,
+    ) -> Self {
+        let mut children: HashMap<FileId, std::collections::BTreeSet<Vec<u8>>> = HashMap::new();
+        for (parent, name) in cat_names.keys() {
+            children.entry(*parent).or_default().insert(name.clone());
+        }
+        Plan {
+            state: cat_names.clone(),
+            children,
+            cat_files,
+            renames: HashMap::new(),
+            in_progress: HashSet::new(),
+            created: HashSet::new(),
+            journal,
+            emitted: 0,
+        }
+    }
+
+    fn put(&mut self, key: Key, file: FileId) {
+        self.children
+            .entry(key.0)
+            .or_default()
+            .insert(key.1.clone());
+        self.state.insert(key, file);
+    }
+
+    fn take(&mut self, key: &Key) -> Option<FileId> {
+        if let Some(set) = self.children.get_mut(&key.0) {
+            set.remove(&key.1);
+        }
+        self.state.remove(key)
+    }
+
+    fn emit(&mut self, change: Change) {
+        self.emitted += 1;
+        self.journal.record(change);
+    }
+
+    fn kind_of(&self, file: FileId) -> Option<Kind> {
+        self.cat_files.get(&file).map(|(m, _)| m.kind)
+    }
+
+    /// A file id that the catalog knows as another kind of file (the inode number was reused
+    /// while nothing recorded): the old file's names go first.
+    fn drop_conflicting(&mut self, file: FileId) {
+        if self.kind_of(file).is_none() || self.created.contains(&file) {
+            return;
+        }
+        let mut names: Vec<Key> = self
+            .state
+            .iter()
+            .filter(|(_, f)| **f == file)
+            .map(|(k, _)| k.clone())
+            .collect();
+        names.sort();
+        let mut dummy = ScanReport::default();
+        for key in names {
+            self.remove(&key, &mut dummy);
+        }
+    }
+
+    fn create(&mut self, key: Key, file: FileId, d: &DiskFile, report: &mut ScanReport) {
+        self.make_room(&key, report);
+        let (parent, name) = key.clone();
+        let change = match d.meta.kind {
+            Kind::Dir => Change::Mkdir {
+                parent,
+                name,
+                file,
+                meta: d.meta,
+            },
+            Kind::Symlink => match std::fs::read_link(&d.path) {
+                Ok(target) => Change::Symlink {
+                    parent,
+                    name,
+                    file,
+                    meta: d.meta,
+                    target: target.into_os_string().as_bytes().to_vec(),
+                },
+                Err(e) => {
+                    report.unreadable.push(format!("{}: {e}", d.path.display()));
+                    return;
+                }
+            },
+            _ => Change::Create {
+                parent,
+                name,
+                file,
+                meta: d.meta,
+            },
+        };
+        self.emit(change);
+        self.put(key, file);
+        self.created.insert(file);
+        report.created += 1;
+        match read_xattrs(&d.path) {
+            Ok(xattrs) => {
+                for (name, value) in xattrs {
+                    self.emit(Change::SetXattr { file, name, value });
+                }
+            }
+            Err(e) => warn!("scan: cannot read xattrs of {}: {e}", d.path.display()),
+        }
+    }
+
+    /// Frees a name before something is put there: a pending move away, else a removal.
+    fn make_room(&mut self, key: &Key, report: &mut ScanReport) {
+        if !self.state.contains_key(key) {
+            return;
+        }
+        if self.renames.contains_key(key) {
+            if self.in_progress.contains(key) {
+                // A cycle of moves (a swap): park this one under a temporary name.
+                let dst = self.renames.remove(key).expect("checked above");
+                let mut tmp = key.1.clone();
+                tmp.extend_from_slice(format!(".backpocket-scan-{}", self.emitted).as_bytes());
+                let tmp_key = (key.0, tmp);
+                let file = self.take(key).expect("checked above");
+                self.emit(Change::Rename {
+                    parent: key.0,
+                    name: key.1.clone(),
+                    new_parent: tmp_key.0,
+                    new_name: tmp_key.1.clone(),
+                    file,
+                    exchange: false,
+                });
+                self.put(tmp_key.clone(), file);
+                self.renames.insert(tmp_key, dst);
+            } else {
+                self.rename(key, report);
+            }
+        } else {
+            self.remove(key, report);
+        }
+    }
+
+    fn rename(&mut self, src: &Key, report: &mut ScanReport) {
+        let Some(dst) = self.renames.get(src).cloned() else {
+            return;
+        };
+        self.in_progress.insert(src.clone());
+        self.make_room(&dst, report);
+        self.in_progress.remove(src);
+        // make_room may have parked `src` under a temporary name.
+        let (src, dst) = match self.renames.remove(src) {
+            Some(dst) => (src.clone(), dst),
+            None => match self.renames.iter().find(|(_, d)| **d == dst) {
+                Some((s, d)) => {
+                    let (s, d) = (s.clone(), d.clone());
+                    self.renames.remove(&s);
+                    (s, d)
+                }
+                None => return,
+            },
+        };
+        let Some(file) = self.take(&src) else {
+            return;
+        };
+        self.emit(Change::Rename {
+            parent: src.0,
+            name: src.1.clone(),
+            new_parent: dst.0,
+            new_name: dst.1.clone(),
+            file,
+            exchange: false,
+        });
+        self.put(dst, file);
+        report.renamed += 1;
+    }
+
+    fn remove(&mut self, key: &Key, report: &mut ScanReport) {
+        let Some(&file) = self.state.get(key) else {
+            return;
+        };
+        let is_dir = self.kind_of(file) == Some(Kind::Dir) && !self.created.contains(&file);
+        if is_dir {
+            let children: Vec<Key> = self
+                .children
+                .get(&file)
+                .map(|set| set.iter().map(|n| (file, n.clone())).collect())
+                .unwrap_or_default();
+            for child in children {
+                if self.renames.contains_key(&child) {
+                    self.rename(&child, report);
+                } else {
+                    self.remove(&child, report);
+                }
+            }
+        }
+        self.take(key);
+        let (parent, name) = key.clone();
+        self.emit(if is_dir {
+            Change::Rmdir { parent, name, file }
+        } else {
+            Change::Unlink { parent, name, file }
+        });
+        report.removed += 1;
+    }
+}

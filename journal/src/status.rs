@@ -1,0 +1,225 @@
+//! Read-only views of the journal: status totals, records after a cursor, cursors, and the
+//! compaction of what every destination holds. Every query here is an index lookup, so status
+//! stays fast with millions of records pending.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::db;
+use crate::error::Result;
+use crate::record::Record;
+
+/// A directory entry: (parent file id, name).
+pub(crate) type NameKey = (u64, Vec<u8>);
+
+/// What is recorded and not yet protected.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Records that no destination holds yet (all records when there are no destinations).
+    pub pending_records: u64,
+    pub pending_bytes: u64,
+    /// When the oldest change that no destination holds was recorded.
+    pub oldest_pending_ns: Option<i64>,
+    /// Records kept in the journal (compaction removes those every destination holds).
+    pub records: u64,
+    pub last_seq: u64,
+    /// Journal files on the drive (database and write-ahead log).
+    pub size_bytes: u64,
+    pub last_scan_ns: Option<i64>,
+    pub destinations: Vec<CursorStatus>,
+}
+
+/// One destination's position in the journal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CursorStatus {
+    pub name: String,
+    pub cursor: u64,
+    pub pending_records: u64,
+    pub pending_bytes: u64,
+    pub oldest_pending_ns: Option<i64>,
+    pub updated_ns: i64,
+}
+
+/// A read-only connection to the journal, safe beside a running writer.
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        Ok(Reader {
+            conn: db::open_ro(path)?,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let tx = self.conn.unchecked_transaction()?;
+        let tip = db::read_tip(&tx)?;
+        let first: Option<i64> = tx.query_row("SELECT min(seq) FROM records", [], |r| r.get(0))?;
+        let records = match first {
+            Some(first) => tip.last_seq + 1 - first as u64,
+            None => 0,
+        };
+        let mut destinations = Vec::new();
+        {
+            let mut stmt = tx.prepare("SELECT dest, seq, updated_ns FROM cursors ORDER BY dest")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (name, cursor, updated_ns) = row?;
+                let (pending_records, pending_bytes, oldest_pending_ns) =
+                    pending_after(&tx, tip, cursor)?;
+                destinations.push(CursorStatus {
+                    name,
+                    cursor,
+                    pending_records,
+                    pending_bytes,
+                    oldest_pending_ns,
+                    updated_ns,
+                });
+            }
+        }
+        // "Not yet protected" means no destination holds it: measured from the furthest cursor.
+        let base = destinations.iter().map(|d| d.cursor).max().unwrap_or(0);
+        let (pending_records, pending_bytes, oldest_pending_ns) = pending_after(&tx, tip, base)?;
+        let last_scan_ns = db::meta_get(&tx, "last_scan_ns")?;
+        drop(tx);
+        let size_bytes = ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum();
+        Ok(Status {
+            pending_records,
+            pending_bytes,
+            oldest_pending_ns,
+            records,
+            last_seq: tip.last_seq,
+            size_bytes,
+            last_scan_ns,
+            destinations,
+        })
+    }
+
+    /// Records after `seq`, oldest first, at most `limit`.
+    pub fn records_after(&self, seq: u64, limit: usize) -> Result<Vec<Record>> {
+        db::read_records(&self.conn, seq, limit)
+    }
+
+    /// The catalog's entries of one directory: (name, file id), sorted by name.
+    pub fn children(&self, parent: u64) -> Result<Vec<(Vec<u8>, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, file FROM names WHERE parent=?1 ORDER BY name")?;
+        let rows = stmt.query_map([parent as i64], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The root directory's file id.
+    pub fn root(&self) -> Result<u64> {
+        Ok(db::meta_get(&self.conn, "root")?.unwrap_or(0) as u64)
+    }
+}
+
+/// (records, bytes, time of the oldest) after `cursor`.
+fn pending_after(conn: &Connection, tip: db::Tip, cursor: u64) -> Result<(u64, u64, Option<i64>)> {
+    let next: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT time_ns, cum_bytes - bytes FROM records WHERE seq > ?1 ORDER BY seq LIMIT 1",
+        )?
+        .query_row([cursor as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match next {
+        Some((time_ns, cum_before)) => (
+            tip.last_seq.saturating_sub(cursor),
+            tip.cum_bytes.saturating_sub(cum_before as u64),
+            Some(time_ns),
+        ),
+        None => (0, 0, None),
+    })
+}
+
+/// Removes the records that every destination holds. With no destination nothing is held
+/// anywhere, so nothing is removed. Returns how many records went.
+pub fn compact(path: &Path) -> Result<u64> {
+    let conn = db::open_rw(path, false)?;
+    let min: Option<i64> = conn.query_row("SELECT min(seq) FROM cursors", [], |r| r.get(0))?;
+    let Some(min) = min else { return Ok(0) };
+    let n = conn.execute("DELETE FROM records WHERE seq <= ?1", params![min])?;
+    Ok(n as u64)
+}
+
+/// Moves a destination's cursor (the replicator calls this once the destination holds every
+/// record up to `seq` durably). Creates the cursor if needed.
+pub fn set_cursor(path: &Path, dest: &str, seq: u64) -> Result<()> {
+    let conn = db::open_rw(path, false)?;
+    conn.execute(
+        "INSERT INTO cursors(dest, seq, updated_ns) VALUES(?1, ?2, ?3) \
+         ON CONFLICT(dest) DO UPDATE SET seq=excluded.seq, updated_ns=excluded.updated_ns",
+        params![dest, seq as i64, crate::writer::now_ns()],
+    )?;
+    Ok(())
+}
+
+impl Reader {
+    /// The catalog's xattrs of one file, sorted by name.
+    pub fn xattrs(&self, file: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, value FROM xattrs WHERE file=?1 ORDER BY name")?;
+        let rows = stmt.query_map([file as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every name in the catalog: ((parent, name), file).
+    pub(crate) fn all_names(&self) -> Result<Vec<(NameKey, u64)>> {
+        let mut stmt = self.conn.prepare("SELECT parent, name, file FROM names")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                (r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?),
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every file in the catalog with its metadata, symlink target and when it was recorded.
+    pub(crate) fn all_files(&self) -> Result<Vec<(u64, crate::record::Meta, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, kind, perm, uid, gid, size, mtime_ns, ctime_ns, rdev, recorded_ns FROM files",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let kind =
+                crate::record::Kind::from_i64(r.get(1)?).unwrap_or(crate::record::Kind::File);
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                crate::record::Meta {
+                    kind,
+                    perm: r.get::<_, i64>(2)? as u32,
+                    uid: r.get::<_, i64>(3)? as u32,
+                    gid: r.get::<_, i64>(4)? as u32,
+                    size: r.get::<_, i64>(5)? as u64,
+                    mtime_ns: r.get(6)?,
+                    ctime_ns: r.get(7)?,
+                    rdev: r.get::<_, i64>(8)? as u64,
+                },
+                r.get(9)?,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

@@ -1,0 +1,381 @@
+//! The writer thread: the only connection that writes. The filesystem hands it changes over a
+//! channel and goes on; the writer commits them in groups (one transaction per batch, NORMAL
+//! sync), and switches to FULL sync for a batch that an fsync is waiting on.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use rusqlite::Connection;
+use tracing::{debug, error, warn};
+
+use crate::db::{self, Tip};
+use crate::error::{Error, Result};
+use crate::record::Change;
+
+/// How many changes one transaction takes at most; bounds the latency of a group commit.
+const MAX_BATCH: usize = 8192;
+/// The queue between the filesystem and the writer. A full queue slows writers down rather
+/// than letting memory grow without bound.
+const QUEUE: usize = 65536;
+/// Room kept on the drive so the journal can still record the change that filled it.
+const RESERVE_BYTES: u64 = 8 << 20;
+const RESERVE_NAME: &str = "journal.reserve";
+
+enum Msg {
+    Change(i64, Change),
+    /// Reply once every change sent before is committed and durable.
+    Sync(Sender<Result<u64, String>>),
+    Subscribe(Sender<u64>),
+    Meta(&'static str, i64),
+    Shutdown,
+}
+
+/// The journal, open for writing. Dropping it commits what is queued and stops the writer.
+#[derive(Debug)]
+pub struct Journal {
+    handle: JournalHandle,
+    thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+/// A cheap, cloneable way to append to the journal from any thread.
+#[derive(Clone, Debug)]
+pub struct JournalHandle {
+    tx: Sender<Msg>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Change(_, c) => write!(f, "Change({:?})", c.op()),
+            Msg::Sync(_) => f.write_str("Sync"),
+            Msg::Subscribe(_) => f.write_str("Subscribe"),
+            Msg::Meta(k, _) => write!(f, "Meta({k})"),
+            Msg::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Journal {
+    /// Creates a new, empty journal at `path` whose catalog root is `root`.
+    pub fn create(path: &Path, root: u64) -> Result<Journal> {
+        if path.exists() {
+            return Err(Error::io(
+                format!("cannot create the journal {}", path.display()),
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        let conn = db::open_rw(path, true)?;
+        db::meta_set(&conn, "root", root as i64)?;
+        db::meta_set(&conn, "created_ns", now_ns())?;
+        Self::start(path, conn)
+    }
+
+    /// Opens an existing journal for writing.
+    pub fn open(path: &Path) -> Result<Journal> {
+        if !path.exists() {
+            return Err(Error::io(
+                format!("cannot open the journal {}", path.display()),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        let conn = db::open_rw(path, false)?;
+        Self::start(path, conn)
+    }
+
+    fn start(path: &Path, conn: Connection) -> Result<Journal> {
+        let tip = db::read_tip(&conn)?;
+        let reserve = path.with_file_name(RESERVE_NAME);
+        ensure_reserve(&reserve);
+        let (tx, rx) = bounded(QUEUE);
+        let mut writer = Writer {
+            conn,
+            tip,
+            durable_seq: tip.last_seq,
+            reserve,
+            subscribers: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::io("cannot start the journal writer", e))?;
+        Ok(Journal {
+            handle: JournalHandle { tx },
+            thread: Some(thread),
+            path: path.to_owned(),
+        })
+    }
+
+    /// A handle for appending from other threads.
+    pub fn handle(&self) -> JournalHandle {
+        self.handle.clone()
+    }
+
+    /// The root directory's file id, as recorded when the journal was made.
+    pub fn root(&self) -> Result<u64> {
+        let conn = db::open_ro(&self.path)?;
+        Ok(db::meta_get(&conn, "root")?.unwrap_or(0) as u64)
+    }
+
+    /// Where the journal lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A channel that receives the last committed seq after each commit; it is how the
+    /// replicator is woken. A slow receiver misses wake-ups, never blocks the writer.
+    pub fn subscribe(&self) -> Receiver<u64> {
+        let (tx, rx) = bounded(1);
+        let _ = self.handle.tx.send(Msg::Subscribe(tx));
+        rx
+    }
+
+    /// Commits everything queued (durably) and stops the writer.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let res = self.handle.sync();
+        let _ = self.handle.tx.send(Msg::Shutdown);
+        let _ = thread.join();
+        res.map(|_| ())
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            error!("journal: closing: {e}");
+        }
+    }
+}
+
+impl JournalHandle {
+    /// Queues a change. Never waits on SQLite; waits only if the queue is full.
+    pub fn record(&self, change: Change) {
+        if self.tx.send(Msg::Change(now_ns(), change)).is_err() {
+            error!("journal: the writer has stopped; a change could not be recorded (the next scan will find it)");
+        }
+    }
+
+    /// Sets a fact in the journal's `meta` table (e.g. when the last scan ran), in order with
+    /// the changes around it.
+    pub fn set_meta(&self, key: &'static str, value: i64) {
+        let _ = self.tx.send(Msg::Meta(key, value));
+    }
+
+    /// Returns once every change queued before this call is committed with a full sync:
+    /// the fsync promise.
+    pub fn sync(&self) -> Result<u64> {
+        let (tx, rx) = bounded(1);
+        self.tx.send(Msg::Sync(tx)).map_err(|_| Error::WriterGone)?;
+        match rx.recv() {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(msg)) if msg == Error::DiskFull.to_string() => Err(Error::DiskFull),
+            Ok(Err(msg)) => Err(Error::io(
+                "the journal could not commit",
+                std::io::Error::other(msg),
+            )),
+            Err(_) => Err(Error::WriterGone),
+        }
+    }
+}
+
+fn ensure_reserve(path: &Path) {
+    let ok = std::fs::metadata(path).map(|m| m.len() >= RESERVE_BYTES);
+    if matches!(ok, Ok(true)) {
+        return;
+    }
+    let res = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .and_then(|f| {
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)?;
+            f.sync_all()
+        });
+    if let Err(e) = res {
+        warn!(
+            "journal: cannot keep a {} MiB reserve at {}: {e}; a full drive may stop the journal",
+            RESERVE_BYTES >> 20,
+            path.display()
+        );
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// What the writer holds until it commits.
+enum Queued {
+    Change(i64, Change),
+    Meta(&'static str, i64),
+}
+
+struct Writer {
+    conn: Connection,
+    tip: Tip,
+    durable_seq: u64,
+    reserve: PathBuf,
+    subscribers: Vec<Sender<u64>>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        let mut queue: Vec<Queued> = Vec::new();
+        let mut waiters: Vec<Sender<Result<u64, String>>> = Vec::new();
+        let mut backoff = Duration::from_millis(50);
+        let mut shutdown = false;
+        loop {
+            let first = if queue.is_empty() {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(backoff)
+            };
+            match first {
+                Ok(msg) => shutdown |= self.take(msg, &mut queue, &mut waiters),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => shutdown = true,
+            }
+            while queue.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(msg) => shutdown |= self.take(msg, &mut queue, &mut waiters),
+                    Err(_) => break,
+                }
+            }
+            let durable = !waiters.is_empty() || shutdown;
+            if queue.is_empty() && (!durable || self.durable_seq == self.tip.last_seq) {
+                for w in waiters.drain(..) {
+                    let _ = w.send(Ok(self.tip.last_seq));
+                }
+                if shutdown {
+                    return;
+                }
+                continue;
+            }
+            match self.commit_with_reserve(&queue, durable) {
+                Ok(()) => {
+                    queue.clear();
+                    backoff = Duration::from_millis(50);
+                    for w in waiters.drain(..) {
+                        let _ = w.send(Ok(self.tip.last_seq));
+                    }
+                    let seq = self.tip.last_seq;
+                    self.subscribers.retain(|s| {
+                        !matches!(
+                            s.try_send(seq),
+                            Err(crossbeam_channel::TrySendError::Disconnected(_))
+                        )
+                    });
+                }
+                Err(e) => {
+                    error!(
+                        "journal: commit of {} changes failed: {e}; keeping them and retrying",
+                        queue.len()
+                    );
+                    for w in waiters.drain(..) {
+                        let _ = w.send(Err(e.to_string()));
+                    }
+                    if shutdown {
+                        error!(
+                            "journal: {} changes could not be written before stopping; the next scan records them",
+                            queue.len()
+                        );
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            if shutdown {
+                return;
+            }
+        }
+    }
+
+    /// Returns true for a shutdown request.
+    fn take(
+        &mut self,
+        msg: Msg,
+        queue: &mut Vec<Queued>,
+        waiters: &mut Vec<Sender<Result<u64, String>>>,
+    ) -> bool {
+        match msg {
+            Msg::Change(t, c) => queue.push(Queued::Change(t, c)),
+            Msg::Meta(k, v) => queue.push(Queued::Meta(k, v)),
+            Msg::Sync(w) => waiters.push(w),
+            Msg::Subscribe(s) => self.subscribers.push(s),
+            Msg::Shutdown => return true,
+        }
+        false
+    }
+
+    fn commit_with_reserve(&mut self, queue: &[Queued], durable: bool) -> Result<()> {
+        match self.commit(queue, durable) {
+            Err(Error::DiskFull) if self.reserve.exists() => {
+                warn!(
+                    "journal: the drive is full; releasing the reserve {} so the journal can go on",
+                    self.reserve.display()
+                );
+                let _ = std::fs::remove_file(&self.reserve);
+                self.commit(queue, durable)
+            }
+            other => other,
+        }
+    }
+
+    fn commit(&mut self, queue: &[Queued], durable: bool) -> Result<()> {
+        let path = self.reserve.clone();
+        let sync = if durable { "FULL" } else { "NORMAL" };
+        self.conn
+            .execute_batch(&format!("PRAGMA synchronous={sync}"))
+            .map_err(|e| db::classify(&path, e))?;
+        let mut tip = self.tip;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| db::classify(&path, e))?;
+        let mut dropped = 0usize;
+        for item in queue {
+            match item {
+                Queued::Change(t, change) => {
+                    if !db::append(&tx, &mut tip, *t, change).map_err(|e| lift(&path, e))? {
+                        dropped += 1;
+                    }
+                }
+                Queued::Meta(k, v) => db::meta_set(&tx, k, *v).map_err(|e| lift(&path, e))?,
+            }
+        }
+        if durable {
+            db::meta_set(&tx, "synced_ns", now_ns()).map_err(|e| lift(&path, e))?;
+        }
+        db::write_tip(&tx, tip).map_err(|e| lift(&path, e))?;
+        tx.commit().map_err(|e| db::classify(&path, e))?;
+        if dropped > 0 {
+            debug!("journal: dropped {dropped} changes to files that no longer exist");
+        }
+        self.tip = tip;
+        if durable {
+            self.durable_seq = tip.last_seq;
+        }
+        Ok(())
+    }
+}
+
+fn lift(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Sqlite(s) => db::classify(path, s),
+        other => other,
+    }
+}

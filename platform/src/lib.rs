@@ -1,0 +1,47 @@
+//! What differs per operating system and is not the filesystem itself: the mount table,
+//! stale-mount cleanup and mountpoint checks, unmounting, the single-mount lock, detaching
+//! into the background.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub use linux::*;
+
+/// Errors of the platform crate; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the mountpoint {0} does not exist; create the folder first")]
+    MountpointMissing(std::path::PathBuf),
+    #[error("the mountpoint {0} is not a folder")]
+    MountpointNotDir(std::path::PathBuf),
+    #[error(
+        "the mountpoint {0} is already a mount point ({1}); unmount it or choose another folder"
+    )]
+    MountpointBusy(std::path::PathBuf, String),
+    #[error("the mountpoint {0} is not empty; choose an empty folder")]
+    MountpointNotEmpty(std::path::PathBuf),
+    #[error("the pocket {path} is already mounted or in use by process {pid}; unmount it first (`backpocket unmount`)")]
+    Locked {
+        path: std::path::PathBuf,
+        pid: String,
+    },
+    #[error("{0} is not a mounted pocket")]
+    NotMounted(std::path::PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,312 @@
+//! The `backpocket` command: the command line, config loading and wiring of the crates.
+
+mod exit;
+mod mount;
+mod pocket;
+mod report;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::{ExitCode, Failure};
+use crate::pocket::Pocket;
+
+/// A portable drive that backs itself up. Mount the pocket, work in it as in any folder;
+/// every change lands on the drive and in the pocket's journal.
+#[derive(Parser, Debug)]
+#[command(name = "backpocket", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Make a pocket of a folder; files already there are adopted (recorded in the journal).
+    Init {
+        /// The folder on the drive (created if missing).
+        dir: PathBuf,
+    },
+    /// Mount a pocket as a folder. Runs in the foreground until unmounted (Ctrl-C, SIGTERM or
+    /// `backpocket unmount`), unless --daemon.
+    Mount(MountArgs),
+    /// Unmount a mounted pocket; returns once its journal is closed.
+    Unmount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// Record changes made to the pocket without the mount (while the daemon was dead, or on a
+    /// machine without backpocket).
+    Scan {
+        #[command(flatten)]
+        pocket: PocketArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The journal: what is recorded and not yet protected.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum JournalCommand {
+    /// Records and bytes not yet protected, the oldest unprotected change, the journal's size.
+    Status {
+        #[command(flatten)]
+        pocket: PocketArg,
+        /// Machine-readable output (stable keys; times RFC 3339 UTC, ages in seconds).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The records themselves, oldest first.
+    Log {
+        #[command(flatten)]
+        pocket: PocketArg,
+        /// Show records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many records.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove records that every destination holds.
+    Compact {
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PocketArg {
+    /// The pocket folder (default: found from the current folder, or the mount it is in).
+    #[arg(long, value_name = "DIR")]
+    pocket: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// The pocket folder on the drive.
+    pocket: PathBuf,
+    /// An empty folder to mount it at.
+    mountpoint: PathBuf,
+    /// Detach into the background once the mount is ready.
+    #[arg(long)]
+    daemon: bool,
+    /// Let other users use the mount (implies --default-permissions; as a non-root user it
+    /// needs `user_allow_other` in /etc/fuse.conf).
+    #[arg(long)]
+    allow_other: bool,
+    /// Let the kernel check permissions against file modes.
+    #[arg(long)]
+    default_permissions: bool,
+    /// Serve reads and writes through the daemon even where kernel passthrough is offered.
+    #[arg(long)]
+    no_passthrough: bool,
+    /// Seconds the kernel may cache names and attributes.
+    #[arg(long, default_value_t = 5.0)]
+    ttl: f64,
+    /// Threads serving requests.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Do not record changes (for measuring what the journal costs). Changes made this way are
+    /// found by the next scan; never use it for real work.
+    #[arg(long, hide = true)]
+    no_journal: bool,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKPOCKET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                ExitCode::Usage as i32
+            } else {
+                0
+            });
+        }
+    };
+    let result = match cli.command {
+        // The mount sets up logging itself: after the fork for --daemon.
+        Command::Mount(args) => mount::run(args),
+        other => {
+            init_logging("warn");
+            run(other)
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("backpocket: {e:#}");
+        std::process::exit(exit::code_of(&e) as i32);
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Init { dir } => init(&dir),
+        Command::Mount(_) => unreachable!("handled in main"),
+        Command::Unmount { mountpoint } => unmount(&mountpoint),
+        Command::Scan { pocket, json } => scan(pocket.pocket.as_deref(), json),
+        Command::Journal { command } => match command {
+            JournalCommand::Status { pocket, json } => {
+                let p = Pocket::find(pocket.pocket.as_deref())?;
+                report::status(&p, json)
+            }
+            JournalCommand::Log {
+                pocket,
+                after,
+                limit,
+                json,
+            } => {
+                let p = Pocket::find(pocket.pocket.as_deref())?;
+                report::log(&p, after, limit, json)
+            }
+            JournalCommand::Compact { pocket } => {
+                let p = Pocket::find(pocket.pocket.as_deref())?;
+                let n = journal::compact(&p.journal_path())?;
+                println!("removed {n} records that every destination holds");
+                Ok(())
+            }
+        },
+    }
+}
+
+fn init(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let root = dir.canonicalize()?;
+    let meta = root.join(pocket::DIR);
+    if meta.join("config.toml").exists() {
+        return Err(Failure::new(
+            ExitCode::Error,
+            anyhow::anyhow!("{} is already a pocket", root.display()),
+        )
+        .into());
+    }
+    std::fs::create_dir_all(&meta).with_context(|| format!("cannot create {}", meta.display()))?;
+    let p = Pocket { root: root.clone() };
+    let _lock = platform::PocketLock::acquire(&p.lock_path(), &p.root)?;
+    let config = pocket::Config {
+        format: 1,
+        id: pocket::new_id()?,
+        journal: Default::default(),
+    };
+    let text = format!(
+        "# backpocket pocket configuration (README.md explains every key)\n{}",
+        toml::to_string_pretty(&config)?
+    );
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&root)?);
+    let journal = match journal::Journal::create(&p.journal_path(), ino) {
+        Ok(j) => j,
+        Err(e) => return Err(e).context("cannot create the journal"),
+    };
+    let report = journal::scan(&p.root, &p.journal_path(), &journal.handle())?;
+    journal.close()?;
+    // The config last: a folder with a config is a complete pocket.
+    pocket::write_durably(&p.config_path(), text.as_bytes())?;
+    println!(
+        "made a pocket at {} ({} existing entries adopted)",
+        root.display(),
+        report.created
+    );
+    println!(
+        "mount it with: backpocket mount {} MOUNTPOINT",
+        root.display()
+    );
+    Ok(())
+}
+
+fn unmount(mountpoint: &Path) -> Result<()> {
+    let mp = mountpoint
+        .canonicalize()
+        .or_else(|_| std::path::absolute(mountpoint))
+        .with_context(|| format!("cannot find {}", mountpoint.display()))?;
+    let entry = platform::mount_at(&mp)?
+        .filter(|m| m.fstype == platform::FSTYPE)
+        .ok_or_else(|| platform::Error::NotMounted(mp.clone()))?;
+    platform::unmount(&mp, false).map_err(|e| {
+        let busy = matches!(&e, platform::Error::Io { source, .. }
+            if source.raw_os_error() == Some(libc::EBUSY) || source.to_string().contains("busy"));
+        if busy {
+            Failure::new(
+                ExitCode::Busy,
+                anyhow::anyhow!(
+                    "{} is busy: files or folders in it are open (see `fuser -vm {}`); close them and try again",
+                    mp.display(),
+                    mp.display()
+                ),
+            )
+            .into()
+        } else {
+            anyhow::Error::from(e)
+        }
+    })?;
+    // Wait for the daemon to close its journal: it lets go of the pocket's lock last.
+    let p = Pocket::at(&entry.source)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match platform::PocketLock::acquire(&p.lock_path(), &p.root) {
+            Ok(_) => break,
+            Err(platform::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(platform::Error::Locked { pid, .. }) => {
+                anyhow::bail!(
+                    "unmounted {}, but process {pid} still holds the pocket after 60 s",
+                    mp.display()
+                )
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    println!("unmounted {}", mp.display());
+    Ok(())
+}
+
+fn scan(pocket: Option<&Path>, json: bool) -> Result<()> {
+    let p = Pocket::find(pocket)?;
+    let _lock = platform::PocketLock::acquire(&p.lock_path(), &p.root).map_err(|e| match e {
+        platform::Error::Locked { pid, .. } => Failure::new(
+            ExitCode::Busy,
+            anyhow::anyhow!(
+                "the pocket {} is mounted (process {pid}); the mount records changes itself and scans when it starts",
+                p.root.display()
+            ),
+        )
+        .into(),
+        other => anyhow::Error::from(other),
+    })?;
+    let journal = journal::Journal::open(&p.journal_path())?;
+    let spinner = (!json && std::io::stderr().is_terminal()).then(|| {
+        let s = indicatif::ProgressBar::new_spinner()
+            .with_message(format!("scanning {}", p.root.display()));
+        s.enable_steady_tick(Duration::from_millis(120));
+        s
+    });
+    let result = journal::scan(&p.root, &p.journal_path(), &journal.handle());
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let report = result?;
+    journal.close()?;
+    report::scan(&p, &report, json);
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! `backpocket mount`: lock, (detach), open the journal, reconcile, mount, serve, close.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tracing::{error, info};
+
+use crate::exit::{ExitCode, Failure};
+use crate::pocket::Pocket;
+use crate::MountArgs;
+
+pub fn run(args: MountArgs) -> Result<()> {
+    // Everything before the fork is single-threaded: no logger thread, no SQLite, no runtime.
+    let pocket = Pocket::at(&args.pocket)?;
+    let config = pocket.config()?;
+    let mountpoint: PathBuf = std::path::absolute(&args.mountpoint)
+        .with_context(|| format!("cannot use {}", args.mountpoint.display()))?;
+    platform::prepare_mountpoint(&mountpoint)?;
+    let mut lock = platform::PocketLock::acquire(&pocket.lock_path(), &pocket.root)?;
+
+    let mut detached = if args.daemon {
+        let d = platform::detach()?;
+        lock.update_pid();
+        Some(d)
+    } else {
+        None
+    };
+    if detached.is_some() {
+        // The daemon logs to the drive; its standard streams go away once the parent exits.
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(pocket.log_path())
+        {
+            Ok(f) => {
+                let filter = tracing_subscriber::EnvFilter::try_from_env("BACKPOCKET_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(f))
+                    .try_init();
+            }
+            Err(_) => crate::init_logging("info"),
+        }
+    } else {
+        crate::init_logging("info");
+    }
+
+    let result = serve(&args, &pocket, &config, &mountpoint, &mut detached);
+    if let (Some(d), Err(e)) = (detached.as_mut(), &result) {
+        d.report(Err(&format!("backpocket: {e:#}")));
+    }
+    drop(lock);
+    result
+}
+
+fn serve(
+    args: &MountArgs,
+    pocket: &Pocket,
+    config: &crate::pocket::Config,
+    mountpoint: &std::path::Path,
+    detached: &mut Option<platform::Detached>,
+) -> Result<()> {
+    let journal = journal::Journal::open(&pocket.journal_path()).map_err(|e| {
+        let code = match e {
+            journal::Error::Corrupt { .. } | journal::Error::TooNew { .. } => ExitCode::Damaged,
+            _ => ExitCode::Error,
+        };
+        Failure::new(code, anyhow::Error::from(e))
+    })?;
+    // Reconcile first: whatever happened while nothing was recording gets its records.
+    let report = journal::scan(&pocket.root, &pocket.journal_path(), &journal.handle())
+        .context("the start-up scan failed")?;
+    info!("{}", crate::report::scan_line(&report));
+
+    let options = fs_driver::Options {
+        quiet_period: Duration::from_secs(config.journal.quiet_period_secs.max(1)),
+    };
+    let handle = (!args.no_journal).then(|| journal.handle());
+    let core = Arc::new(
+        fs_driver::PocketFs::new(&pocket.root, handle, options).map_err(|e| {
+            anyhow::anyhow!("cannot open the pocket {}: {e}", pocket.root.display())
+        })?,
+    );
+    let cfg = fs_driver::fuse::MountConfig {
+        fsname: pocket.root.to_string_lossy().into_owned(),
+        allow_other: args.allow_other,
+        default_permissions: args.default_permissions,
+        opts: fs_driver::fuse::MountOptions {
+            ttl: Duration::from_secs_f64(args.ttl.max(0.0)),
+            passthrough: !args.no_passthrough,
+            threads: args.threads,
+        },
+    };
+    let mut mount = fs_driver::fuse::mount(core, mountpoint, &cfg).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EPERM) || e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (is fuse3 installed, and /dev/fuse usable by you? --allow-other as a user needs user_allow_other in /etc/fuse.conf)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot mount at {}: {e}{hint}", mountpoint.display())
+    })?;
+
+    // Ctrl-C, SIGTERM, SIGHUP: unmount cleanly; the session then ends and the journal closes.
+    let mut unmounter = mount.unmounter();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    let signal_handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!("signal {sig}: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    error!("unmount on signal failed: {e}; run `backpocket unmount` by hand");
+                }
+            }
+        })?;
+
+    let io = if mount.passthrough() {
+        "kernel passthrough"
+    } else {
+        "through the daemon"
+    };
+    let ready = format!(
+        "mounted {} at {} (reads and writes {io}; {})",
+        pocket.root.display(),
+        mountpoint.display(),
+        if args.no_journal {
+            "journal OFF"
+        } else {
+            "journal on"
+        }
+    );
+    info!("{ready}");
+    if let Some(d) = detached.as_mut() {
+        d.report(Ok(&ready));
+    }
+    let res = mount.run();
+    signal_handle.close();
+    info!("unmounted {}; closing the journal", mountpoint.display());
+    let closed = journal.close();
+    res.context("the mount session ended with an error")?;
+    closed.context("closing the journal")?;
+    Ok(())
+}

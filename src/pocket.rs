@@ -1,0 +1,160 @@
+//! A pocket on disk: where its parts live, its config, and how commands find it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::exit::{ExitCode, Failure};
+
+/// The pocket's own folder name.
+pub const DIR: &str = journal::POCKET_DIR;
+
+/// A located pocket.
+#[derive(Debug, Clone)]
+pub struct Pocket {
+    pub root: PathBuf,
+}
+
+/// `.backpocket/config.toml`. Unknown keys are refused, so a typo is an error, not a silent
+/// default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Config format version.
+    pub format: u32,
+    /// The pocket's identity (random, made at init).
+    pub id: String,
+    #[serde(default)]
+    pub journal: JournalConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// A file held open for writing is recorded once it has not changed for this long.
+    pub quiet_period_secs: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            quiet_period_secs: 5,
+        }
+    }
+}
+
+impl Pocket {
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join(DIR)
+    }
+    pub fn journal_path(&self) -> PathBuf {
+        self.meta_dir().join("journal.db")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.meta_dir().join("config.toml")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.meta_dir().join("lock")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.meta_dir().join("mount.log")
+    }
+
+    /// Opens the pocket at `root`, which must be one.
+    pub fn at(root: &Path) -> Result<Pocket> {
+        let root = root
+            .canonicalize()
+            .with_context(|| format!("cannot find the pocket folder {}", root.display()))
+            .map_err(|e| Failure::new(ExitCode::NotAPocket, e))?;
+        let pocket = Pocket { root };
+        if !pocket.config_path().is_file() {
+            return Err(Failure::new(
+                ExitCode::NotAPocket,
+                anyhow::anyhow!(
+                    "{} is not a pocket (it has no {}/config.toml); make one with `backpocket init {}`",
+                    pocket.root.display(),
+                    DIR,
+                    pocket.root.display()
+                ),
+            )
+            .into());
+        }
+        Ok(pocket)
+    }
+
+    /// Finds the pocket the way git finds a repository: `--pocket`, else the current folder
+    /// or one above it, or the pocket behind the backpocket mount we are inside.
+    pub fn find(explicit: Option<&Path>) -> Result<Pocket> {
+        if let Some(p) = explicit {
+            return Pocket::at(p);
+        }
+        let cwd = std::env::current_dir().context("cannot read the current folder")?;
+        if let Some(m) = platform::backpocket_mount_containing(&cwd)? {
+            return Pocket::at(&m.source);
+        }
+        let mut dir = Some(cwd.as_path());
+        while let Some(d) = dir {
+            if d.join(DIR).join("config.toml").is_file() {
+                return Pocket::at(d);
+            }
+            dir = d.parent();
+        }
+        Err(Failure::new(
+            ExitCode::NotAPocket,
+            anyhow::anyhow!(
+                "no pocket here: {} is not inside a pocket or a mounted pocket; use --pocket DIR",
+                cwd.display()
+            ),
+        )
+        .into())
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            Failure::new(
+                ExitCode::Damaged,
+                anyhow::anyhow!(
+                    "the pocket's config {} is not valid: {}; fix it by hand (the format is in README.md)",
+                    path.display(),
+                    e.message()
+                ),
+            )
+        })?;
+        if config.format != 1 {
+            bail!(
+                "the pocket's config {} has format {}, which this backpocket does not know; upgrade backpocket",
+                path.display(),
+                config.format
+            );
+        }
+        Ok(config)
+    }
+}
+
+/// Writes `bytes` to `path` durably: temp file, fsync, rename, fsync the folder.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().context("a file path has a parent")?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// A new random pocket id.
+pub fn new_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}

@@ -1,0 +1,280 @@
+//! What commands print: short human lines, or JSON with stable keys.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::pocket::Pocket;
+
+fn system_time(ns: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+}
+
+/// RFC 3339, UTC, whole seconds.
+pub fn rfc3339(ns: i64) -> String {
+    humantime::format_rfc3339_seconds(system_time(ns)).to_string()
+}
+
+fn age_s(ns: i64) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    ((now - ns).max(0) as f64 / 1e9 * 1000.0).round() / 1000.0
+}
+
+/// "3.4 MiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// "2h 3m ago", rounded to what a person cares about.
+pub fn ago(ns: i64) -> String {
+    let secs = age_s(ns) as u64;
+    let rounded = if secs >= 3600 { secs / 60 * 60 } else { secs };
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(rounded))
+    )
+}
+
+pub fn status(p: &Pocket, json: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let reader = journal::Reader::open(&p.journal_path())?;
+    let s = reader.status()?;
+    tracing::debug!("status took {:?}", started.elapsed());
+    if json {
+        let destinations: Vec<_> = s
+            .destinations
+            .iter()
+            .map(|d| {
+                json!({
+                    "name": d.name,
+                    "cursor": d.cursor,
+                    "pending_records": d.pending_records,
+                    "pending_bytes": d.pending_bytes,
+                    "oldest_pending_age_s": d.oldest_pending_ns.map(age_s),
+                    "last_success": rfc3339(d.updated_ns),
+                })
+            })
+            .collect();
+        let out = json!({
+            "pocket": p.root,
+            "pending_records": s.pending_records,
+            "pending_bytes": s.pending_bytes,
+            "oldest_pending_age_s": s.oldest_pending_ns.map(age_s),
+            "journal": {
+                "records": s.records,
+                "last_seq": s.last_seq,
+                "size_bytes": s.size_bytes,
+                "last_scan": s.last_scan_ns.map(rfc3339),
+            },
+            "destinations": destinations,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("pocket   {}", p.root.display());
+    if s.pending_records == 0 {
+        println!("pending  nothing: every recorded change is protected");
+    } else {
+        println!(
+            "pending  {} changes, {}, oldest {}",
+            s.pending_records,
+            bytes(s.pending_bytes),
+            s.oldest_pending_ns.map(ago).unwrap_or_default()
+        );
+    }
+    if s.destinations.is_empty() {
+        println!("         no destinations yet: these changes are only on the drive");
+    }
+    for d in &s.destinations {
+        println!(
+            "  {:<12} {} changes, {} pending",
+            d.name,
+            d.pending_records,
+            bytes(d.pending_bytes)
+        );
+    }
+    println!(
+        "journal  {} records, {}, last scan {}",
+        s.records,
+        bytes(s.size_bytes),
+        s.last_scan_ns.map(ago).unwrap_or_else(|| "never".into())
+    );
+    Ok(())
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn log(p: &Pocket, after: u64, limit: usize, json: bool) -> Result<()> {
+    let reader = journal::Reader::open(&p.journal_path())?;
+    for r in reader.records_after(after, limit)? {
+        use journal::Change as C;
+        let op = r.change.op().name();
+        let file = r.change.file();
+        let (mut parent, mut name, mut to_parent, mut to_name, mut size) =
+            (None, None, None, None, None);
+        let mut value = None;
+        match &r.change {
+            C::Create {
+                parent: p,
+                name: n,
+                meta,
+                ..
+            }
+            | C::Mkdir {
+                parent: p,
+                name: n,
+                meta,
+                ..
+            }
+            | C::Symlink {
+                parent: p,
+                name: n,
+                meta,
+                ..
+            } => {
+                parent = Some(*p);
+                name = Some(n.clone());
+                size = Some(meta.size);
+            }
+            C::Link {
+                parent: p, name: n, ..
+            }
+            | C::Unlink {
+                parent: p, name: n, ..
+            }
+            | C::Rmdir {
+                parent: p, name: n, ..
+            } => {
+                parent = Some(*p);
+                name = Some(n.clone());
+            }
+            C::Rename {
+                parent: p,
+                name: n,
+                new_parent,
+                new_name,
+                ..
+            } => {
+                parent = Some(*p);
+                name = Some(n.clone());
+                to_parent = Some(*new_parent);
+                to_name = Some(new_name.clone());
+            }
+            C::SetAttr { meta, .. } | C::Content { meta, .. } => size = Some(meta.size),
+            C::SetXattr {
+                name: n, value: v, ..
+            } => {
+                name = Some(n.clone());
+                value = Some(v.len());
+            }
+            C::RemoveXattr { name: n, .. } => name = Some(n.clone()),
+        }
+        if json {
+            let out = json!({
+                "seq": r.seq,
+                "time": rfc3339(r.time_ns),
+                "op": op,
+                "file": file,
+                "parent": parent,
+                "name": name.as_deref().map(show),
+                "new_parent": to_parent,
+                "new_name": to_name.as_deref().map(show),
+                "size": size,
+                "value_len": value,
+            });
+            println!("{out}");
+        } else {
+            let mut line = format!(
+                "{:>8} {} {:<11} file {}",
+                r.seq,
+                rfc3339(r.time_ns),
+                op,
+                file
+            );
+            if let (Some(pa), Some(n)) = (parent, &name) {
+                line.push_str(&format!(" {pa}/{}", show(n)));
+            }
+            if let (Some(pa), Some(n)) = (to_parent, &to_name) {
+                line.push_str(&format!(" -> {pa}/{}", show(n)));
+            }
+            if let Some(s) = size {
+                line.push_str(&format!(" size {s}"));
+            }
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+pub fn scan(p: &Pocket, r: &journal::ScanReport, json: bool) {
+    if json {
+        let out = json!({
+            "pocket": p.root,
+            "entries": r.entries,
+            "changes": r.changes(),
+            "created": r.created,
+            "removed": r.removed,
+            "renamed": r.renamed,
+            "linked": r.linked,
+            "modified": r.modified,
+            "attrs": r.attrs,
+            "xattrs": r.xattrs,
+            "unreadable": r.unreadable,
+            "duration_s": r.duration.as_secs_f64(),
+        });
+        println!("{out}");
+        return;
+    }
+    println!("{}", scan_line(r));
+    for u in &r.unreadable {
+        println!("  could not read: {u}");
+    }
+}
+
+/// One line: what a scan found.
+pub fn scan_line(r: &journal::ScanReport) -> String {
+    if r.changes() == 0 {
+        return format!(
+            "scanned {} entries in {:.2} s: no changes made outside the mount",
+            r.entries,
+            r.duration.as_secs_f64()
+        );
+    }
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (r.created, "new"),
+        (r.removed, "removed"),
+        (r.renamed, "moved"),
+        (r.linked, "new links"),
+        (r.modified, "modified"),
+        (r.attrs, "metadata changes"),
+        (r.xattrs, "xattr changes"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    format!(
+        "scanned {} entries in {:.2} s: recorded {}",
+        r.entries,
+        r.duration.as_secs_f64(),
+        parts.join(", ")
+    )
+}

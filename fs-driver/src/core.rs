@@ -213,7 +213,11 @@ fn timestamp(t: Option<SetTime>) -> Timespec {
 impl PocketFs {
     /// Serves the pocket at `root`. `journal` None switches recording off (for measuring what
     /// the journal costs; never for real use).
+    ///
+    /// Sets the process umask to 0: the kernel already applied the caller's umask to the modes
+    /// it sends, and the daemon's own umask must not be applied a second time.
     pub fn new(root: &Path, journal: Option<JournalHandle>, options: Options) -> FsResult<Self> {
+        rustix::process::umask(Mode::empty());
         let fd = rustix::fs::open(
             root,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,

@@ -885,22 +885,22 @@ impl Mount {
     /// Serves requests until unmounted. Files held open for writing are recorded after their
     /// quiet period by a watcher thread meanwhile.
     pub fn run(self) -> std::io::Result<()> {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let watcher = {
-            let stop = stop.clone();
             let core = self.core.clone();
             let every = self.quiet_every;
             std::thread::Builder::new()
                 .name("quiet-watcher".into())
                 .spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(every);
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(every)
+                    {
                         core.record_quiet_files();
                     }
                 })?
         };
         let res = self.session.run();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(stop);
         let _ = watcher.join();
         res
     }

@@ -223,3 +223,73 @@ impl Reader {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
+
+impl Reader {
+    /// The catalog's metadata of one file, None when the catalog does not know it.
+    pub fn file(&self, file: u64) -> Result<Option<crate::record::Meta>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, perm, uid, gid, size, mtime_ns, ctime_ns, rdev FROM files WHERE id=?1",
+        )?;
+        Ok(stmt
+            .query_row([file as i64], |r| {
+                Ok(crate::record::Meta {
+                    kind: crate::record::Kind::from_i64(r.get(0)?)
+                        .unwrap_or(crate::record::Kind::File),
+                    perm: r.get::<_, i64>(1)? as u32,
+                    uid: r.get::<_, i64>(2)? as u32,
+                    gid: r.get::<_, i64>(3)? as u32,
+                    size: r.get::<_, i64>(4)? as u64,
+                    mtime_ns: r.get(5)?,
+                    ctime_ns: r.get(6)?,
+                    rdev: r.get::<_, i64>(7)? as u64,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The catalog as a list of (path, file id, metadata, symlink target), depth first from
+    /// the root, paths relative to the pocket: what a replica would rebuild.
+    pub fn tree(&self) -> Result<Vec<CatalogEntry>> {
+        let root = self.root()?;
+        let mut out = Vec::new();
+        let mut stack = vec![(root, Vec::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            for (name, file) in self.children(dir)? {
+                let mut path = prefix.clone();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(&name);
+                let Some(meta) = self.file(file)? else {
+                    continue;
+                };
+                let target: Option<Vec<u8>> = self
+                    .conn
+                    .prepare_cached("SELECT target FROM files WHERE id=?1")?
+                    .query_row([file as i64], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                if meta.kind == crate::record::Kind::Dir {
+                    stack.push((file, path.clone()));
+                }
+                out.push(CatalogEntry {
+                    path,
+                    file,
+                    meta,
+                    target,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+}
+
+/// One name in the catalog, for comparisons with the pocket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub path: Vec<u8>,
+    pub file: u64,
+    pub meta: crate::record::Meta,
+    pub target: Option<Vec<u8>>,
+}

@@ -1,0 +1,363 @@
+//! Helpers for the end-to-end tests: real pockets, real mounts, the real binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_backpocket")
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skips a test that needs root, loudly: these run for real in CI, which runs as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (loop devices, mount(2)); CI runs it as root",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+/// Runs the binary, returns its output.
+pub fn run(args: &[&str], cwd: Option<&Path>) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env("BACKPOCKET_LOG", "warn");
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    cmd.output().expect("run backpocket")
+}
+
+/// Runs the binary and insists on success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args, None);
+    assert!(
+        out.status.success(),
+        "backpocket {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A pocket in a temporary folder, with a mountpoint beside it.
+pub struct Pocket {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Pocket {
+    pub fn new() -> Pocket {
+        let tmp = tempfile::Builder::new()
+            .prefix("bp-test")
+            .tempdir()
+            .unwrap();
+        Self::inside(tmp)
+    }
+
+    /// A pocket inside an existing folder (e.g. a loop-mounted filesystem).
+    pub fn inside(tmp: tempfile::TempDir) -> Pocket {
+        let root = tmp.path().join("pocket");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        Pocket { tmp, root, mnt }
+    }
+
+    pub fn init(&self) {
+        ok(&["init", self.root.to_str().unwrap()]);
+    }
+
+    pub fn p(&self) -> &str {
+        self.root.to_str().unwrap()
+    }
+
+    pub fn mount(&self, extra: &[&str]) -> Mounted {
+        Mounted::start(&self.root, &self.mnt, extra)
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.root.join(".backpocket/journal.db")
+    }
+
+    /// The journal's records after `after`, as `journal log --json` prints them.
+    pub fn records(&self, after: u64) -> Vec<serde_json::Value> {
+        let out = ok(&[
+            "journal",
+            "log",
+            "--pocket",
+            self.p(),
+            "--after",
+            &after.to_string(),
+            "--limit",
+            "1000000",
+            "--json",
+        ]);
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.records(0)
+            .last()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .unwrap_or(0)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&ok(&["journal", "status", "--pocket", self.p(), "--json"])).unwrap()
+    }
+}
+
+/// A foreground `backpocket mount` child process.
+pub struct Mounted {
+    pub child: Option<Child>,
+    pub mnt: PathBuf,
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.as_os_str().as_bytes();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(|m| m.as_bytes()) == Some(want))
+}
+
+impl Mounted {
+    pub fn start(root: &Path, mnt: &Path, extra: &[&str]) -> Mounted {
+        Self::start_as(root, mnt, extra, None)
+    }
+
+    /// Starts the mount, as another user when `user` is (uid, gid).
+    pub fn start_as(root: &Path, mnt: &Path, extra: &[&str], user: Option<(u32, u32)>) -> Mounted {
+        let mut cmd = match user {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={gid}"),
+                    "--clear-groups",
+                    "--",
+                    bin(),
+                ]);
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
+            .arg("mount")
+            .arg(root)
+            .arg(mnt)
+            .args(extra)
+            .env("BACKPOCKET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start backpocket mount");
+        let mut m = Mounted {
+            child: Some(child),
+            mnt: mnt.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(mnt) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                m.child
+                    .as_mut()
+                    .unwrap()
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                m.child = None;
+                panic!("mount exited early ({status}): {err}");
+            }
+            assert!(Instant::now() < deadline, "mount did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// kill -9: no unmount, no journal close.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Unmounts through the command and waits for the daemon to exit; returns its stderr.
+    pub fn unmount(mut self) -> String {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> String {
+        let Some(mut child) = self.child.take() else {
+            return String::new();
+        };
+        let out = run(&["unmount", self.mnt.to_str().unwrap()], None);
+        if !out.status.success() {
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        assert!(
+            out.status.success(),
+            "unmount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            status.success(),
+            "mount process exited with {status}: {err}"
+        );
+        err
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a tree looks like, for comparing the pocket with the catalog: path -> (kind, ino,
+/// size, mtime_ns, perm, symlink target). Directory mtimes are left out: the journal records
+/// a folder's mtime only when it is set explicitly or a scan finds it changed.
+pub type Tree = BTreeMap<Vec<u8>, (u8, u64, u64, i64, u32, Option<Vec<u8>>)>;
+
+pub fn disk_tree(root: &Path) -> Tree {
+    fn walk(dir: &Path, prefix: &[u8], out: &mut Tree, top: bool) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name();
+            if top && name == ".backpocket" {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            let mut path = prefix.to_vec();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name.as_bytes());
+            let meta = journal::Meta::from_std(&md).unwrap();
+            let is_dir = md.is_dir();
+            let target = md.file_type().is_symlink().then(|| {
+                std::fs::read_link(e.path())
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
+            });
+            out.insert(
+                path.clone(),
+                (
+                    meta.kind as u8,
+                    md.ino(),
+                    if is_dir { 0 } else { meta.size },
+                    if is_dir { 0 } else { meta.mtime_ns },
+                    meta.perm,
+                    target,
+                ),
+            );
+            if is_dir {
+                walk(&e.path(), &path, out, false);
+            }
+        }
+    }
+    let mut out = Tree::new();
+    walk(root, b"", &mut out, true);
+    out
+}
+
+pub fn catalog_tree(journal_db: &Path) -> Tree {
+    let reader = journal::Reader::open(journal_db).unwrap();
+    reader
+        .tree()
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let is_dir = e.meta.kind == journal::Kind::Dir;
+            (
+                e.path,
+                (
+                    e.meta.kind as u8,
+                    e.file,
+                    if is_dir { 0 } else { e.meta.size },
+                    if is_dir { 0 } else { e.meta.mtime_ns },
+                    e.meta.perm,
+                    e.target,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that the journal's catalog describes the pocket exactly; prints the first
+/// differences otherwise.
+pub fn assert_catalog_matches(pocket: &Pocket) {
+    let disk = disk_tree(&pocket.root);
+    let cat = catalog_tree(&pocket.journal());
+    if disk != cat {
+        let mut diffs = Vec::new();
+        for (k, v) in &disk {
+            if cat.get(k) != Some(v) {
+                diffs.push(format!(
+                    "{}: disk {:?} catalog {:?}",
+                    String::from_utf8_lossy(k),
+                    v,
+                    cat.get(k)
+                ));
+            }
+        }
+        for (k, v) in &cat {
+            if !disk.contains_key(k) {
+                diffs.push(format!(
+                    "{}: only in catalog {:?}",
+                    String::from_utf8_lossy(k),
+                    v
+                ));
+            }
+        }
+        diffs.truncate(20);
+        panic!("catalog differs from the pocket:\n{}", diffs.join("\n"));
+    }
+}
+
+/// Names of ops in records, with the entry name where there is one.
+pub fn ops(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| {
+            let op = r["op"].as_str().unwrap().to_string();
+            match (r["name"].as_str(), r["new_name"].as_str()) {
+                (Some(n), Some(nn)) => format!("{op} {n}->{nn}"),
+                (Some(n), None) => format!("{op} {n}"),
+                _ => op,
+            }
+        })
+        .collect()
+}

@@ -17,8 +17,8 @@ pub fn run(args: MountArgs) -> Result<()> {
     let config = pocket.config()?;
     let mountpoint: PathBuf = std::path::absolute(&args.mountpoint)
         .with_context(|| format!("cannot use {}", args.mountpoint.display()))?;
-    platform::prepare_mountpoint(&mountpoint)?;
     let mut lock = platform::PocketLock::acquire(&pocket.lock_path(), &pocket.root)?;
+    platform::prepare_mountpoint(&mountpoint, &pocket.root)?;
 
     let mut detached = if args.daemon {
         let d = platform::detach()?;

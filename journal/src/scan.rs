@@ -135,6 +135,11 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
         }
     }
 
+    // Entries changed within the timestamp granularity of our look at them could change again
+    // without their timestamps moving. Wait until that window has passed and look again, so
+    // that what we record (and the time we record it at) is safely past their last change.
+    settle(&mut disk_files);
+
     // The catalog as the records left it.
     let cat_names: HashMap<Key, FileId> = reader.all_names()?.into_iter().collect();
     let cat_files: HashMap<FileId, (Meta, i64)> = reader
@@ -257,6 +262,31 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     journal.sync()?;
     report.duration = started.elapsed();
     Ok(report)
+}
+
+fn settle(disk_files: &mut HashMap<FileId, DiskFile>) {
+    let looked = now_ns();
+    let newest = disk_files
+        .values()
+        .map(|d| d.meta.ctime_ns)
+        .filter(|&c| c >= looked - RACY_WINDOW_NS)
+        .max();
+    let Some(newest) = newest else { return };
+    let wait = newest + RACY_WINDOW_NS - now_ns();
+    if wait > 0 {
+        std::thread::sleep(Duration::from_nanos(wait as u64));
+    }
+    for (id, d) in disk_files.iter_mut() {
+        if d.meta.ctime_ns >= looked - RACY_WINDOW_NS {
+            if let Ok(md) = std::fs::symlink_metadata(&d.path) {
+                if md.ino() == *id {
+                    if let Some(meta) = Meta::from_std(&md) {
+                        d.meta = meta;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn diff_xattrs(

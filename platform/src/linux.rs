@@ -87,9 +87,19 @@ pub fn backpocket_mount_containing(path: &Path) -> Result<Option<MountEntry>> {
     Ok(None)
 }
 
-/// Checks that `mountpoint` can take a mount, cleaning up a stale backpocket mount left by a
-/// killed daemon (ENOTCONN) first.
-pub fn prepare_mountpoint(mountpoint: &Path) -> Result<()> {
+/// Checks that `mountpoint` can take a mount of the pocket at `pocket`, cleaning up a stale
+/// mount of that pocket left by a killed daemon first. The caller holds the pocket's lock, so
+/// any mount of this pocket that is still listed has lost its daemon.
+pub fn prepare_mountpoint(mountpoint: &Path, pocket: &Path) -> Result<()> {
+    if let Some(m) = mount_at(mountpoint)? {
+        if m.fstype == FSTYPE && m.source == pocket {
+            warn!(
+                "{} is a stale mount of this pocket (its daemon died); cleaning it up",
+                mountpoint.display()
+            );
+            unmount(mountpoint, true)?;
+        }
+    }
     match std::fs::metadata(mountpoint) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             warn!(

@@ -127,6 +127,9 @@ impl Pocket {
 pub struct Mounted {
     pub child: Option<Child>,
     pub mnt: PathBuf,
+    /// The daemon's stderr, drained by a thread so a chatty daemon never blocks on the pipe.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 pub fn is_mounted(mnt: &Path) -> bool {
@@ -167,12 +170,34 @@ impl Mounted {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start backpocket mount");
+        let mut child = child;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let drain = {
+            let log = log.clone();
+            let mut err = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
         let mut m = Mounted {
             child: Some(child),
             mnt: mnt.to_owned(),
+            log,
+            drain: Some(drain),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(mnt) {
+        // Ready when the daemon says so (a killed daemon's stale mount may still answer for a
+        // moment), and the mount answers.
+        while !(m.log().contains("mounted ") && is_mounted(mnt)) {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
                 let mut err = String::new();
                 use std::io::Read;
@@ -191,6 +216,11 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(20));
         }
         m
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -218,13 +248,15 @@ impl Mounted {
             let _ = child.kill();
         }
         let status = child.wait().unwrap();
-        let mut err = String::new();
-        use std::io::Read;
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        if let Some(d) = self.drain.take() {
+            let _ = d.join();
+        }
+        let err = self.log();
         assert!(
             out.status.success(),
-            "unmount failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "unmount failed: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
         );
         assert!(
             status.success(),

@@ -260,7 +260,16 @@ fn unmount(mountpoint: &Path) -> Result<()> {
         }
     })?;
     // Wait for the daemon to close its journal: it lets go of the pocket's lock last.
-    let p = Pocket::at(&entry.source)?;
+    let p = match Pocket::at(&entry.source) {
+        Ok(p) => p,
+        Err(e) => {
+            println!(
+                "unmounted {}; the pocket's drive cannot be read ({e:#}), so its journal may                  hold less than was done: the next mount scans the pocket and records the rest",
+                mp.display()
+            );
+            return Ok(());
+        }
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         match platform::PocketLock::acquire(&p.lock_path(), &p.root) {

@@ -147,6 +147,9 @@ fn serve(
     info!("unmounted {}; closing the journal", mountpoint.display());
     let closed = journal.close();
     res.context("the mount session ended with an error")?;
-    closed.context("closing the journal")?;
+    closed.context(
+        "the pocket's journal could not be closed (was the drive pulled?); nothing on the drive \
+         is lost: the next mount scans the pocket and records what the journal is missing",
+    )?;
     Ok(())
 }

@@ -299,7 +299,10 @@ fn names_sizes_holes_and_identity() {
         let data = rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(0)).unwrap();
         assert_eq!(data, 1 << 20);
         let hole = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(1 << 20)).unwrap();
-        assert!(((1 << 20) + 4096..5 << 30).contains(&hole), "hole at {hole}");
+        assert!(
+            ((1 << 20) + 4096..5 << 30).contains(&hole),
+            "hole at {hole}"
+        );
         let mut buf = [0u8; 4096];
         rustix::io::pread(&f, &mut buf, 5 << 30).unwrap();
         assert_eq!(buf, [2u8; 4096]);

@@ -1,0 +1,442 @@
+//! Bad situations get a clear error and lose nothing: a second mount, a bad mountpoint, a
+//! folder that is not a pocket, a damaged journal, a pulled drive, a power cut, a full drive,
+//! and an ordinary user mounting through fusermount3.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_second_mount_is_refused() {
+    let p = Pocket::new();
+    p.init();
+    let m = p.mount(&[]);
+    let other = p.tmp.path().join("mnt2");
+    fs::create_dir(&other).unwrap();
+    let out = run(&["mount", p.p(), other.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already mounted or in use"),
+        "{}",
+        stderr(&out)
+    );
+    // scan is refused too while mounted: the mount records changes itself.
+    let out = run(&["scan", "--pocket", p.p()], None);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    m.unmount();
+}
+
+#[test]
+fn bad_mountpoints_and_folders_get_clear_errors() {
+    let p = Pocket::new();
+    p.init();
+    let missing = p.tmp.path().join("nope");
+    let out = run(&["mount", p.p(), missing.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+
+    let busy = p.tmp.path().join("busy");
+    fs::create_dir(&busy).unwrap();
+    fs::write(busy.join("x"), b"x").unwrap();
+    let out = run(&["mount", p.p(), busy.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+
+    let plain = p.tmp.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let out = run(
+        &["mount", plain.to_str().unwrap(), p.mnt.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("is not a pocket"), "{}", stderr(&out));
+    let out = run(&["journal", "status"], Some(&plain));
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("no pocket here"), "{}", stderr(&out));
+
+    // Mounting on a folder that is already a mount point.
+    let m = p.mount(&[]);
+    let q = Pocket::new();
+    q.init();
+    let out = run(&["mount", q.p(), p.mnt.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    m.unmount();
+
+    let out = run(&["unmount", plain.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a mounted pocket"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_damaged_journal_or_config_is_reported() {
+    let p = Pocket::new();
+    p.init();
+    fs::write(
+        p.journal(),
+        b"this is not a database, just garbage bytes .........",
+    )
+    .unwrap();
+    let _ = fs::remove_file(p.root.join(".backpocket/journal.db-wal"));
+    let _ = fs::remove_file(p.root.join(".backpocket/journal.db-shm"));
+    let out = run(&["mount", p.p(), p.mnt.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    let out = run(&["journal", "status", "--pocket", p.p()], None);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(!is_mounted(&p.mnt));
+
+    let q = Pocket::new();
+    q.init();
+    fs::write(
+        q.root.join(".backpocket/config.toml"),
+        b"format = 1\nid = 'x'\nbogus = 3\n",
+    )
+    .unwrap();
+    let out = run(&["mount", q.p(), q.mnt.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("config"), "{}", stderr(&out));
+}
+
+/// `mount --daemon` returns once the folder is usable; `unmount` returns once the daemon has
+/// closed the journal.
+#[test]
+fn daemon_mode_detaches_when_ready() {
+    let p = Pocket::new();
+    p.init();
+    let out = run(&["mount", "--daemon", p.p(), p.mnt.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mounted"));
+    fs::write(p.mnt.join("f"), b"1").unwrap();
+    let out = run(&["unmount", p.mnt.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p
+        .records(0)
+        .iter()
+        .any(|r| r["op"] == "create" && r["name"] == "f"));
+}
+
+/// A loop-mounted filesystem image, unmounted and detached on drop.
+struct Drive {
+    image: PathBuf,
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Drive {
+    fn new(tmp: &Path, fs_type: &str, size_mb: u64) -> Drive {
+        let image = tmp.join(format!("{fs_type}.img"));
+        let dir = tmp.join("drive");
+        fs::create_dir_all(&dir).unwrap();
+        let f = fs::File::create(&image).unwrap();
+        f.set_len(size_mb << 20).unwrap();
+        drop(f);
+        let mkfs = Command::new(format!("mkfs.{fs_type}"))
+            .arg("-q")
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(mkfs.status.success(), "{}", stderr(&mkfs));
+        let mut d = Drive {
+            image,
+            dir,
+            mounted: false,
+        };
+        d.mount();
+        d
+    }
+
+    fn mount(&mut self) {
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&self.image)
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount loop: {}", stderr(&out));
+        self.mounted = true;
+    }
+
+    fn umount(&mut self) {
+        let out = Command::new("umount").arg(&self.dir).output().unwrap();
+        assert!(out.status.success(), "umount: {}", stderr(&out));
+        self.mounted = false;
+    }
+
+    /// The drive goes away: every I/O fails with EIO. Without `-f` the log is not flushed,
+    /// as in a power cut.
+    fn shutdown(&self) {
+        let out = Command::new("xfs_io")
+            .args(["-x", "-c", "shutdown"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "xfs_io shutdown: {}", stderr(&out));
+    }
+}
+
+impl Drop for Drive {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// A power cut right after fsync: after the drive comes back, the fsynced file and the
+/// journal record that carries it are there.
+#[test]
+fn power_cut_keeps_what_fsync_promised() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut drive = Drive::new(tmp.path(), "xfs", 320);
+    let root = drive.dir.join("pocket");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    ok(&["init", root.to_str().unwrap()]);
+    for mode in [&[][..], &["--no-passthrough"][..]] {
+        let m = Mounted::start(&root, &mnt, mode);
+        let name = format!("fsynced-{}", mode.len());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut f = fs::File::create(mnt.join(&name)).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        let ino = f.metadata().unwrap().ino();
+        drop(f);
+        // Written after, never fsynced: may or may not survive, but must not break anything.
+        fs::write(mnt.join(format!("unsynced-{}", mode.len())), b"later").unwrap();
+        drive.shutdown();
+        // The daemon survives the dead drive, and unmount works.
+        let _ = fs::metadata(mnt.join("whatever"));
+        let out = run(&["unmount", mnt.to_str().unwrap()], None);
+        assert!(
+            out.status.success(),
+            "unmount after shutdown: {}",
+            stderr(&out)
+        );
+        let mut m = m;
+        if let Some(mut c) = m.child.take() {
+            let _ = c.wait();
+        }
+        drive.umount();
+        drive.mount();
+        assert_eq!(
+            fs::read(root.join(&name)).unwrap(),
+            data,
+            "fsynced data lost"
+        );
+        let reader = journal::Reader::open(&root.join(".backpocket/journal.db")).unwrap();
+        let recs = reader.records_after(0, 1_000_000).unwrap();
+        assert!(
+            recs.iter().any(|r| matches!(&r.change,
+                journal::Change::Content { file, meta } if *file == ino && meta.size == data.len() as u64)),
+            "the fsynced file's record was lost ({mode:?})"
+        );
+    }
+    // And the next mount reconciles whatever the cut left half-recorded.
+    let m = Mounted::start(&root, &mnt, &[]);
+    m.unmount();
+    let p = Pocket {
+        tmp: tempfile::tempdir().unwrap(),
+        root: root.clone(),
+        mnt: mnt.clone(),
+    };
+    assert_catalog_matches(&p);
+}
+
+/// The drive is pulled while mounted: operations fail with EIO, the daemon stays up, status
+/// says what happened, and unmount works.
+#[test]
+fn a_pulled_drive_gives_eio_and_unmount_works() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let drive = Drive::new(tmp.path(), "xfs", 320);
+    let root = drive.dir.join("pocket");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    ok(&["init", root.to_str().unwrap()]);
+    let m = Mounted::start(&root, &mnt, &[]);
+    fs::write(mnt.join("before"), b"x").unwrap();
+    let out = Command::new("xfs_io")
+        .args(["-x", "-c", "shutdown -f"])
+        .arg(&drive.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let e = fs::write(mnt.join("after"), b"y").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let e = fs::read_dir(&mnt).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    assert!(e.is_err());
+    assert!(is_mounted(&mnt), "the daemon must stay up");
+    let out = run(
+        &["journal", "status", "--pocket", root.to_str().unwrap()],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(!stderr(&out).is_empty());
+    // The daemon cannot close the journal on a dead drive: it says so and exits non-zero.
+    let (status, log) = m.unmount_status();
+    assert!(!is_mounted(&mnt));
+    assert!(!status.success());
+    assert!(log.contains("the next mount scans the pocket"), "{log}");
+}
+
+/// A full drive: writes get ENOSPC, and no journal record is lost (the reserve is released
+/// so the journal can record the changes that still happen).
+#[test]
+fn a_full_drive_gives_enospc_and_keeps_records() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let drive = Drive::new(tmp.path(), "ext4", 48);
+    let root = drive.dir.join("pocket");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    ok(&["init", root.to_str().unwrap()]);
+    let m = Mounted::start(&root, &mnt, &[]);
+    let mut f = fs::File::create(mnt.join("filler")).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let err = loop {
+        if let Err(e) = f.write_all(&chunk) {
+            break e;
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    // Metadata changes still happen on a full drive (inodes are left); each must be recorded.
+    let mut made = Vec::new();
+    for i in 0..50 {
+        let name = format!("small-{i}");
+        if fs::File::create(mnt.join(&name)).is_ok() {
+            made.push(name);
+        }
+    }
+    let _ = fs::create_dir(mnt.join("dir-on-full-drive"));
+    let log = m.unmount();
+    let p = Pocket {
+        tmp: tempfile::tempdir().unwrap(),
+        root: root.clone(),
+        mnt: mnt.clone(),
+    };
+    let recs = p.records(0);
+    for name in &made {
+        assert!(
+            recs.iter()
+                .any(|r| r["op"] == "create" && r["name"] == name.as_str()),
+            "record of {name} lost on a full drive; daemon log:\n{log}"
+        );
+    }
+    assert!(recs.iter().any(|r| r["op"] == "content"
+        && r["name"].is_null()
+        && r["size"].as_u64() > Some(1 << 20)));
+}
+
+/// An ordinary user mounts through fusermount3: the daemon path (no passthrough without
+/// CAP_SYS_ADMIN), files owned by that user, unmount by that user.
+#[test]
+fn an_ordinary_user_mounts_through_fusermount3() {
+    require_root!();
+    let uid = user_id("tests");
+    let Some((uid, gid)) = uid else {
+        eprintln!("SKIPPED an_ordinary_user_mounts_through_fusermount3: no user `tests` (tests/run.sh creates it)");
+        return;
+    };
+    let fuse_mode = fs::metadata("/dev/fuse").map(|m| m.mode()).unwrap_or(0);
+    if fuse_mode & 0o006 != 0o006 {
+        eprintln!(
+            "SKIPPED an_ordinary_user_mounts_through_fusermount3: /dev/fuse is {:o}, not usable by \
+             other users (udev makes it 0666; tests/run.sh does so where no udev runs)",
+            fuse_mode & 0o777
+        );
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("bp-user")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let root = tmp.path().join("pocket");
+    let mnt = tmp.path().join("mnt");
+    for d in [&root, &mnt] {
+        fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
+    }
+    let as_user = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_user(&["init", root.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = Mounted::start_as(&root, &mnt, &[], Some((uid, gid)));
+    assert!(m.log().contains("through the daemon"), "{}", m.log());
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            &format!(
+                "echo hi > {}/mine && cat {}/mine",
+                mnt.display(),
+                mnt.display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert_eq!(fs::metadata(root.join("mine")).unwrap().uid(), uid);
+    let out = as_user(&["unmount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut m = m;
+    let status = m.child.take().unwrap().wait().unwrap();
+    assert!(status.success());
+    let out = as_user(&[
+        "journal",
+        "log",
+        "--pocket",
+        root.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"mine\""));
+}
+
+fn user_id(name: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name)).then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
+    })
+}

@@ -986,10 +986,12 @@ impl PocketFs {
         Ok(rustix::fs::fstatvfs(&root.fd)?)
     }
 
-    /// xattrs go through the /proc link; Linux offers no race-free way for a symlink's own.
-    fn xattr_path(&self, inode: &Inode) -> FsResult<CString> {
+    /// xattrs go through the /proc link. Linux offers no race-free way to reach a symlink's
+    /// own, and allows only trusted.* and security.* there: a symlink has none through the
+    /// mount (reads say ENODATA, writes EPERM, as for user.* on a symlink).
+    fn xattr_path(&self, inode: &Inode, write: bool) -> FsResult<CString> {
         if inode.is_symlink {
-            return Err(FsError::Os(Errno::PERM));
+            return Err(FsError::Os(if write { Errno::PERM } else { Errno::NODATA }));
         }
         let mut p = b"/proc/self/fd/".to_vec();
         p.extend_from_slice(proc_name(&inode.fd).as_bytes());
@@ -998,7 +1000,7 @@ impl PocketFs {
 
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let inode = self.inode(nodeid)?;
-        let path = self.xattr_path(&inode)?;
+        let path = self.xattr_path(&inode, true)?;
         let c = cname(name)?;
         rustix::fs::setxattr(
             path.as_c_str(),
@@ -1017,7 +1019,7 @@ impl PocketFs {
     /// The value, into a buffer of `size` bytes (ERANGE when too small).
     pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
         let inode = self.inode(nodeid)?;
-        let path = self.xattr_path(&inode)?;
+        let path = self.xattr_path(&inode, false)?;
         let c = cname(name)?;
         let mut buf = vec![0u8; size as usize];
         let n = rustix::fs::getxattr(path.as_c_str(), c.as_c_str(), &mut buf[..])?;
@@ -1027,7 +1029,7 @@ impl PocketFs {
 
     pub fn getxattr_len(&self, nodeid: u64, name: &OsStr) -> FsResult<usize> {
         let inode = self.inode(nodeid)?;
-        let path = self.xattr_path(&inode)?;
+        let path = self.xattr_path(&inode, false)?;
         let c = cname(name)?;
         Ok(rustix::fs::getxattr_query(path.as_c_str(), c.as_c_str())?)
     }
@@ -1037,7 +1039,7 @@ impl PocketFs {
         if inode.is_symlink {
             return Ok(Vec::new());
         }
-        let path = self.xattr_path(&inode)?;
+        let path = self.xattr_path(&inode, false)?;
         let mut buf = vec![0u8; size as usize];
         let n = rustix::fs::listxattr(path.as_c_str(), &mut buf[..])?;
         buf.truncate(n);
@@ -1049,13 +1051,13 @@ impl PocketFs {
         if inode.is_symlink {
             return Ok(0);
         }
-        let path = self.xattr_path(&inode)?;
+        let path = self.xattr_path(&inode, false)?;
         Ok(rustix::fs::listxattr_query(path.as_c_str())?)
     }
 
     pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> FsResult<()> {
         let inode = self.inode(nodeid)?;
-        let path = self.xattr_path(&inode)?;
+        let path = self.xattr_path(&inode, true)?;
         let c = cname(name)?;
         rustix::fs::removexattr(path.as_c_str(), c.as_c_str())?;
         self.record(Change::RemoveXattr {

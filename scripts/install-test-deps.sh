@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian/Ubuntu machine (run as root): FUSE, xfs tools
+# for the power-cut tests, attr, the `tests` user pjdfstest wants, and pjdfstest itself.
+set -euo pipefail
+
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v xfs_io >/dev/null || need+=(xfsprogs)
+command -v setfattr >/dev/null || need+=(attr)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# What the fuse package's udev rule does on a machine that runs udev: let users open
+# /dev/fuse (fusermount3 is set-uid and checks the rest).
+if [ -c /dev/fuse ]; then
+    chmod 0666 /dev/fuse
+else
+    echo "WARNING: /dev/fuse is missing: the mount tests cannot run here" >&2
+fi
+
+# pjdfstest switches to these users.
+id tests >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin tests
+getent group nogroup >/dev/null || groupadd nogroup
+
+if ! command -v pjdfstest >/dev/null; then
+    echo "installing pjdfstest (cargo install, about a minute)"
+    cargo install pjdfstest --version 0.2.2 --locked --quiet
+fi

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of backpocket: the workspace's unit and end-to-end tests (real mounts, loop
+# devices, kill -9, power cuts), then pjdfstest against a real mount next to the plain folder.
+#
+# On a fresh Debian or Ubuntu machine as root it first installs what the tests need. As an
+# ordinary user it runs what it can; tests that need root say SKIPPED, loudly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+if [ "$(id -u)" = 0 ]; then
+    bash scripts/install-test-deps.sh
+else
+    echo "NOTE: not root: the loop-device, power-cut and ordinary-user tests will be SKIPPED" >&2
+fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# The end-to-end tests mount many filesystems at once; two test threads keep the machine's
+# two cores busy without starving the FUSE daemons.
+cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log"
+cargo_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+
+bash tests/pjdfstest/run.sh | tee -a "$log"
+pjd_runs=$(grep -c '^pjdfstest-compare: ok' "$log" || true)
+
+echo "tests: $((cargo_passed + pjd_runs)) passed, 0 failed"

@@ -169,25 +169,30 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
         .collect();
     new_names.sort_by_key(|k| disk_files[&disk_names[k]].depth);
 
-    // 1. Directories that are new, top-down, so later records can name them as parents.
-    for key in &new_names {
-        let file = disk_names[key];
-        let d = &disk_files[&file];
-        if d.meta.kind == Kind::Dir && !same(file) {
-            plan.drop_conflicting(file);
-            plan.create(key.clone(), file, d, &mut report);
-        }
-    }
-    // 2. Moves: pair each file's vanished names with its new names.
+    // Moves: pair each file's vanished names with its new names. Known before anything is
+    // created, so a name that a new entry takes is moved away first, not removed.
     for key in &new_names {
         let file = disk_names[key];
         if !same(file) {
             continue;
         }
         if let Some(src) = gone_by_file.get_mut(&file).and_then(|g| g.pop()) {
-            plan.renames.insert(src, key.clone());
+            plan.renames.insert(src, (key.clone(), file));
         }
     }
+    // 1. Directories that are new, top-down, so later records can name them as parents.
+    for key in &new_names {
+        let file = disk_names[key];
+        let d = &disk_files[&file];
+        if d.meta.kind == Kind::Dir && !same(file) {
+            plan.new_dirs
+                .insert(file, (key.clone(), d.meta, d.path.clone()));
+        }
+    }
+    for key in &new_names {
+        plan.ensure_dir(disk_names[key], &mut report);
+    }
+    // 2. The moves not done yet.
     let sources: Vec<Key> = plan.renames.keys().cloned().collect();
     for src in sources {
         plan.rename(&src, &mut report);
@@ -200,6 +205,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
         }
         let d = &disk_files[&file];
         if same(file) || plan.created.contains(&file) {
+            plan.ensure_dir(key.0, &mut report);
             plan.make_room(key, &mut report);
             plan.emit(Change::Link {
                 parent: key.0,
@@ -364,9 +370,12 @@ struct Plan<'a> {
     /// Names per directory in `state`, so emptying a folder does not scan every name.
     children: HashMap<FileId, std::collections::BTreeSet<Vec<u8>>>,
     cat_files: &'a HashMap<FileId, (Meta, i64)>,
-    renames: HashMap<Key, Key>,
+    /// Pending moves: old name -> (new name, the file moved).
+    renames: HashMap<Key, (Key, FileId)>,
     in_progress: HashSet<Key>,
     created: HashSet<FileId>,
+    /// New folders not created yet: (their entry, their file on disk).
+    new_dirs: HashMap<FileId, (Key, Meta, PathBuf)>,
     journal: &'a JournalHandle,
     emitted: u64,
 }
@@ -388,6 +397,7 @@ impl<'a> Plan<'a> {
             renames: HashMap::new(),
             in_progress: HashSet::new(),
             created: HashSet::new(),
+            new_dirs: HashMap::new(),
             journal,
             emitted: 0,
         }
@@ -436,7 +446,23 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// Creates a new folder (and first its new parents) unless done already.
+    fn ensure_dir(&mut self, file: FileId, report: &mut ScanReport) {
+        let Some((key, meta, path)) = self.new_dirs.remove(&file) else {
+            return;
+        };
+        self.ensure_dir(key.0, report);
+        self.drop_conflicting(file);
+        let d = DiskFile {
+            meta,
+            path,
+            depth: 0,
+        };
+        self.create(key, file, &d, report);
+    }
+
     fn create(&mut self, key: Key, file: FileId, d: &DiskFile, report: &mut ScanReport) {
+        self.ensure_dir(key.0, report);
         self.make_room(&key, report);
         let (parent, name) = key.clone();
         let change = match d.meta.kind {
@@ -512,16 +538,16 @@ impl<'a> Plan<'a> {
     }
 
     fn rename(&mut self, src: &Key, report: &mut ScanReport) {
-        let Some(dst) = self.renames.get(src).cloned() else {
+        let Some((dst, _)) = self.renames.get(src).cloned() else {
             return;
         };
         self.in_progress.insert(src.clone());
         self.make_room(&dst, report);
         self.in_progress.remove(src);
         // make_room may have parked `src` under a temporary name.
-        let (src, dst) = match self.renames.remove(src) {
-            Some(dst) => (src.clone(), dst),
-            None => match self.renames.iter().find(|(_, d)| **d == dst) {
+        let (src, (dst, file)) = match self.renames.remove(src) {
+            Some(d) => (src.clone(), d),
+            None => match self.renames.iter().find(|(_, (d, _))| *d == dst) {
                 Some((s, d)) => {
                     let (s, d) = (s.clone(), d.clone());
                     self.renames.remove(&s);
@@ -530,9 +556,12 @@ impl<'a> Plan<'a> {
                 None => return,
             },
         };
-        let Some(file) = self.take(&src) else {
+        self.ensure_dir(dst.0, report);
+        if self.state.get(&src) != Some(&file) {
+            // Something else holds the old name now; the file gets its new name as a link.
             return;
-        };
+        }
+        self.take(&src);
         self.emit(Change::Rename {
             parent: src.0,
             name: src.1.clone(),

@@ -636,17 +636,17 @@ impl PocketFs {
         })
     }
 
-    /// Removes a name; returns the kernel's inode number of what it named, whose cached
-    /// attributes (link count, ctime) are now stale.
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<u64> {
+    /// Removes a name; returns the kernel's inode number of what it named when that file lives
+    /// on under other names, whose cached attributes (link count, ctime) are now stale.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<Option<u64>> {
         self.remove(parent, name, false)
     }
 
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<u64> {
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<Option<u64>> {
         self.remove(parent, name, true)
     }
 
-    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> FsResult<u64> {
+    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> FsResult<Option<u64>> {
         let p = self.inode(parent)?;
         self.check_name(&p, name)?;
         let c = cname(name)?;
@@ -663,7 +663,7 @@ impl PocketFs {
         } else {
             Change::Unlink { parent, name, file }
         });
-        Ok(self.nodeid_of(file))
+        Ok((!dir && st.st_nlink > 1).then(|| self.nodeid_of(file)))
     }
 
     /// Renames; returns the kernel's inode numbers whose cached attributes are now stale.

@@ -1,0 +1,93 @@
+//! Shared by the benchmarks: timing side by side, medians, mounting.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_backpocket")
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Empties the page cache so reads come from the drive, as after plugging it in. Root only.
+pub fn drop_caches() {
+    rustix::fs::sync();
+    if is_root() {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    }
+}
+
+pub fn time(f: impl FnOnce()) -> Duration {
+    let t = Instant::now();
+    f();
+    t.elapsed()
+}
+
+/// Median and range of a few timings.
+pub fn stats(v: &[Duration]) -> (f64, f64, f64) {
+    let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64()).collect();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let med = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (med, s[0], s[s.len() - 1])
+}
+
+/// A pocket mounted for the length of a benchmark.
+pub struct Mount {
+    pub root: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Mount {
+    pub fn new(base: &Path, name: &str, args: &[&str]) -> Mount {
+        let root = base.join(format!("{name}-pocket"));
+        let mnt = base.join(format!("{name}-mnt"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        run(&["init", root.to_str().unwrap()]);
+        let mut a = vec![
+            "mount",
+            "--daemon",
+            root.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        let line = run(&a);
+        eprintln!("  {name}: {}", line.trim());
+        Mount { root, mnt }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new(bin())
+            .args(["unmount", self.mnt.to_str().unwrap()])
+            .output();
+    }
+}
+
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "backpocket {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A folder for benchmark data on the same filesystem as the pockets (not tmpfs).
+pub fn workdir(tag: &str) -> tempfile::TempDir {
+    let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    tempfile::Builder::new()
+        .prefix(&format!("bp-bench-{tag}"))
+        .tempdir_in(base)
+        .unwrap()
+}

@@ -9,7 +9,6 @@
 //! Ratios are speed relative to the plain folder (plain time / contender time): 1.0 is as fast,
 //! 0.5 is twice as slow.
 
-#[path = "common.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -129,7 +128,8 @@ fn main() {
     ];
     type Results = BTreeMap<(&'static str, String), Vec<Duration>>;
     let mut results: Results = BTreeMap::new();
-    let workloads: [(&str, &dyn Fn(&Path) -> Duration); 5] = [
+    type Workload<'a> = (&'static str, &'a dyn Fn(&Path) -> Duration);
+    let workloads: [Workload; 5] = [
         ("1 sequential write + fsync", &|d| seq_write(d, mb)),
         ("2 sequential read (cold)", &|d| seq_read(d, mb)),
         ("3 create small files + syncfs", &|d| create_files(d, n)),

@@ -73,87 +73,36 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     journal.sync()?;
     let reader = Reader::open(journal_path)?;
     let cat_root = reader.root()?;
-
-    // The drive as it is.
-    let root_meta = std::fs::symlink_metadata(root)
-        .map_err(|e| Error::io(format!("cannot read the pocket {}", root.display()), e))?;
-    let disk_root = root_meta.ino();
     let mut report = ScanReport::default();
-    let mut disk_names: HashMap<Key, FileId> = HashMap::new();
-    let mut disk_files: HashMap<FileId, DiskFile> = HashMap::new();
-    let mut order: Vec<Key> = Vec::new();
-    let mut stack: Vec<(PathBuf, FileId, usize)> = vec![(root.to_owned(), cat_root, 0)];
-    while let Some((dir, dir_id, depth)) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) => {
-                report.unreadable.push(format!("{}: {e}", dir.display()));
-                continue;
-            }
-        };
-        for entry in entries {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    report.unreadable.push(format!("{}: {e}", dir.display()));
-                    continue;
-                }
-            };
-            let name = entry.file_name();
-            if depth == 0 && name == OsStr::new(POCKET_DIR) {
-                continue;
-            }
-            let md = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) => {
-                    report
-                        .unreadable
-                        .push(format!("{}: {e}", entry.path().display()));
-                    continue;
-                }
-            };
-            let Some(meta) = Meta::from_std(&md) else {
-                continue;
-            };
-            report.entries += 1;
-            let mut ino = md.ino();
-            if ino == disk_root {
-                ino = cat_root;
-            }
-            let key = (dir_id, name.as_bytes().to_vec());
-            disk_names.insert(key.clone(), ino);
-            order.push(key);
-            let path = entry.path();
-            if meta.kind == Kind::Dir {
-                stack.push((path.clone(), ino, depth + 1));
-            }
-            disk_files.entry(ino).or_insert(DiskFile {
-                meta,
-                path,
-                depth: depth + 1,
-            });
-        }
-    }
+
+    // The drive as it is, and the catalog as the records left it, read side by side.
+    let (walked, catalog) = std::thread::scope(|s| {
+        let loader = s.spawn(|| load_catalog(journal_path));
+        let walked = walk(root, cat_root, &mut report);
+        let catalog = loader.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                "scan",
+                std::io::Error::other("catalog loader panicked"),
+            ))
+        });
+        (walked, catalog)
+    });
+    let (disk_names, mut disk_files) = walked?;
+    let (cat_names, cat_files) = catalog?;
 
     // Entries changed within the timestamp granularity of our look at them could change again
     // without their timestamps moving. Wait until that window has passed and look again, so
     // that what we record (and the time we record it at) is safely past their last change.
     settle(&mut disk_files);
 
-    // The catalog as the records left it.
-    let cat_names: HashMap<Key, FileId> = reader.all_names()?.into_iter().collect();
-    let cat_files: HashMap<FileId, (Meta, i64)> = reader
-        .all_files()?
-        .into_iter()
-        .map(|(id, m, rec)| (id, (m, rec)))
-        .collect();
-
     // A file is "the same" on both sides when its id exists on both with the same kind.
     let same = |id: FileId| -> bool {
         matches!((cat_files.get(&id), disk_files.get(&id)), (Some((c, _)), Some(d)) if c.kind == d.meta.kind)
     };
 
-    let mut plan = Plan::new(&cat_names, &cat_files, journal);
+    let structural = cat_names.len() != disk_names.len()
+        || cat_names.iter().any(|(k, f)| disk_names.get(k) != Some(f));
+    let mut plan = Plan::new(&cat_names, &cat_files, journal, structural);
 
     // Renames and extra names of files that exist on both sides.
     let mut gone_by_file: HashMap<FileId, Vec<Key>> = HashMap::new();
@@ -162,12 +111,20 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
             gone_by_file.entry(*file).or_default().push(key.clone());
         }
     }
-    let mut new_names: Vec<Key> = order
-        .iter()
-        .filter(|k| cat_names.get(*k) != disk_names.get(*k))
-        .cloned()
-        .collect();
-    new_names.sort_by_key(|k| disk_files[&disk_names[k]].depth);
+    let mut new_names: Vec<Key> = if structural {
+        disk_names
+            .iter()
+            .filter(|(k, f)| cat_names.get(*k) != Some(*f))
+            .map(|(k, _)| k.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    new_names.sort_by(|a, b| {
+        let da = disk_files[&disk_names[a]].depth;
+        let db = disk_files[&disk_names[b]].depth;
+        da.cmp(&db).then_with(|| a.cmp(b))
+    });
 
     // Moves: pair each file's vanished names with its new names. Known before anything is
     // created, so a name that a new entry takes is moved away first, not removed.
@@ -268,6 +225,83 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     journal.sync()?;
     report.duration = started.elapsed();
     Ok(report)
+}
+
+type DiskNames = HashMap<Key, FileId>;
+type DiskFiles = HashMap<FileId, DiskFile>;
+type CatNames = HashMap<Key, FileId>;
+type CatFiles = HashMap<FileId, (Meta, i64)>;
+
+/// Every entry under `root` (but the pocket's own folder), with one `lstat` each.
+fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<(DiskNames, DiskFiles)> {
+    let root_meta = std::fs::symlink_metadata(root)
+        .map_err(|e| Error::io(format!("cannot read the pocket {}", root.display()), e))?;
+    let disk_root = root_meta.ino();
+    let mut disk_names: DiskNames = HashMap::new();
+    let mut disk_files: DiskFiles = HashMap::new();
+    let mut stack: Vec<(PathBuf, FileId, usize)> = vec![(root.to_owned(), cat_root, 0)];
+    while let Some((dir, dir_id, depth)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                report.unreadable.push(format!("{}: {e}", dir.display()));
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    report.unreadable.push(format!("{}: {e}", dir.display()));
+                    continue;
+                }
+            };
+            let name = entry.file_name();
+            if depth == 0 && name == OsStr::new(POCKET_DIR) {
+                continue;
+            }
+            let md = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    report
+                        .unreadable
+                        .push(format!("{}: {e}", entry.path().display()));
+                    continue;
+                }
+            };
+            let Some(meta) = Meta::from_std(&md) else {
+                continue;
+            };
+            report.entries += 1;
+            let mut ino = md.ino();
+            if ino == disk_root {
+                ino = cat_root;
+            }
+            disk_names.insert((dir_id, name.as_bytes().to_vec()), ino);
+            let path = entry.path();
+            if meta.kind == Kind::Dir {
+                stack.push((path.clone(), ino, depth + 1));
+            }
+            disk_files.entry(ino).or_insert(DiskFile {
+                meta,
+                path,
+                depth: depth + 1,
+            });
+        }
+    }
+    Ok((disk_names, disk_files))
+}
+
+/// The catalog, from its own connection (it is read while the walk runs).
+fn load_catalog(journal_path: &Path) -> Result<(CatNames, CatFiles)> {
+    let reader = Reader::open(journal_path)?;
+    let names = reader.all_names()?.into_iter().collect();
+    let files = reader
+        .all_files()?
+        .into_iter()
+        .map(|(id, m, rec)| (id, (m, rec)))
+        .collect();
+    Ok((names, files))
 }
 
 fn settle(disk_files: &mut HashMap<FileId, DiskFile>) {
@@ -381,17 +415,26 @@ struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
+    /// `structural`: whether any name differs; if not, the replay state is never needed and
+    /// not built (the common case of an unchanged pocket).
     fn new(
         cat_names: &HashMap<Key, FileId>,
         cat_files: &'a HashMap<FileId, (Meta, i64)>,
         journal: &'a JournalHandle,
+        structural: bool,
     ) -> Self {
         let mut children: HashMap<FileId, std::collections::BTreeSet<Vec<u8>>> = HashMap::new();
-        for (parent, name) in cat_names.keys() {
-            children.entry(*parent).or_default().insert(name.clone());
+        if structural {
+            for (parent, name) in cat_names.keys() {
+                children.entry(*parent).or_default().insert(name.clone());
+            }
         }
         Plan {
-            state: cat_names.clone(),
+            state: if structural {
+                cat_names.clone()
+            } else {
+                HashMap::new()
+            },
             children,
             cat_files,
             renames: HashMap::new(),

@@ -40,6 +40,7 @@ pub fn stats(v: &[Duration]) -> (f64, f64, f64) {
 }
 
 /// A pocket mounted for the length of a benchmark.
+#[derive(Debug)]
 pub struct Mount {
     pub root: PathBuf,
     pub mnt: PathBuf,

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use rusqlite::Connection;
 use tracing::{debug, error, warn};
 
@@ -48,6 +51,10 @@ pub struct Journal {
 #[derive(Clone, Debug)]
 pub struct JournalHandle {
     tx: Sender<Msg>,
+    /// Wakes the writer: when it is idle, or for a sync.
+    wake: Sender<()>,
+    /// Set by the writer while it sleeps with nothing to do.
+    idle: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -101,6 +108,9 @@ impl Journal {
         let reserve = path.with_file_name(RESERVE_NAME);
         ensure_reserve(&reserve);
         let (tx, rx) = bounded(QUEUE);
+        let (wake_tx, wake) = bounded(1);
+        let idle = Arc::new(AtomicBool::new(false));
+        let writer_idle = idle.clone();
         let mut writer = Writer {
             conn,
             tip,
@@ -110,10 +120,14 @@ impl Journal {
         };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, wake, writer_idle))
             .map_err(|e| Error::io("cannot start the journal writer", e))?;
         Ok(Journal {
-            handle: JournalHandle { tx },
+            handle: JournalHandle {
+                tx,
+                wake: wake_tx,
+                idle,
+            },
             thread: Some(thread),
             path: path.to_owned(),
         })
@@ -139,7 +153,7 @@ impl Journal {
     /// replicator is woken. A slow receiver misses wake-ups, never blocks the writer.
     pub fn subscribe(&self) -> Receiver<u64> {
         let (tx, rx) = bounded(1);
-        let _ = self.handle.tx.send(Msg::Subscribe(tx));
+        self.handle.send(Msg::Subscribe(tx));
         rx
     }
 
@@ -153,7 +167,8 @@ impl Journal {
             return Ok(());
         };
         let res = self.handle.sync();
-        let _ = self.handle.tx.send(Msg::Shutdown);
+        self.handle.send(Msg::Shutdown);
+        let _ = self.handle.wake.try_send(());
         let _ = thread.join();
         res.map(|_| ())
     }
@@ -170,22 +185,37 @@ impl Drop for Journal {
 impl JournalHandle {
     /// Queues a change. Never waits on SQLite; waits only if the queue is full.
     pub fn record(&self, change: Change) {
-        if self.tx.send(Msg::Change(now_ns(), change)).is_err() {
+        if !self.send(Msg::Change(now_ns(), change)) {
             error!("journal: the writer has stopped; a change could not be recorded (the next scan will find it)");
         }
+    }
+
+    /// Sends, and wakes the writer if it sleeps idle.
+    fn send(&self, msg: Msg) -> bool {
+        if self.tx.send(msg).is_err() {
+            return false;
+        }
+        if self.idle.swap(false, Ordering::SeqCst) {
+            let _ = self.wake.try_send(());
+        }
+        true
     }
 
     /// Sets a fact in the journal's `meta` table (e.g. when the last scan ran), in order with
     /// the changes around it.
     pub fn set_meta(&self, key: &'static str, value: i64) {
-        let _ = self.tx.send(Msg::Meta(key, value));
+        self.send(Msg::Meta(key, value));
     }
 
     /// Returns once every change queued before this call is committed with a full sync:
     /// the fsync promise.
     pub fn sync(&self) -> Result<u64> {
         let (tx, rx) = bounded(1);
-        self.tx.send(Msg::Sync(tx)).map_err(|_| Error::WriterGone)?;
+        if !self.send(Msg::Sync(tx)) {
+            return Err(Error::WriterGone);
+        }
+        // Cut a gathering pause short: someone waits.
+        let _ = self.wake.try_send(());
         match rx.recv() {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(msg)) if msg == Error::DiskFull.to_string() => Err(Error::DiskFull),
@@ -237,33 +267,24 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: Receiver<Msg>) {
+    /// The loop. Changes are never a reason to wake the writer while it is busy or gathering:
+    /// a sender wakes it only when it has gone idle, or for an fsync. Under a stream of
+    /// changes the writer commits once per gathering period, and the filesystem's threads
+    /// never pay for a wake-up per change.
+    fn run(&mut self, rx: Receiver<Msg>, wake: Receiver<()>, idle: Arc<AtomicBool>) {
         let mut queue: Vec<Queued> = Vec::new();
         let mut waiters: Vec<Sender<Result<u64, String>>> = Vec::new();
         let mut backoff = Duration::from_millis(50);
         let mut shutdown = false;
         loop {
-            let first = if queue.is_empty() {
-                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-            } else {
-                rx.recv_timeout(backoff)
-            };
-            match first {
-                Ok(msg) => shutdown |= self.take(msg, &mut queue, &mut waiters),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => shutdown = true,
-            }
-            let gather_until = std::time::Instant::now() + GATHER;
-            while queue.len() < MAX_BATCH && !shutdown {
-                let next = if waiters.is_empty() {
-                    rx.recv_deadline(gather_until)
-                        .map_err(|_| crossbeam_channel::TryRecvError::Empty)
-                } else {
-                    rx.try_recv()
-                };
-                match next {
+            while queue.len() < MAX_BATCH {
+                match rx.try_recv() {
                     Ok(msg) => shutdown |= self.take(msg, &mut queue, &mut waiters),
-                    Err(_) => break,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        shutdown = true;
+                        break;
+                    }
                 }
             }
             let durable = !waiters.is_empty() || shutdown;
@@ -274,6 +295,12 @@ impl Writer {
                 if shutdown {
                     return;
                 }
+                // Idle: say so, look once more (a change may have come in between), sleep.
+                idle.store(true, Ordering::SeqCst);
+                if rx.is_empty() && wake.recv().is_err() {
+                    shutdown = true;
+                }
+                idle.store(false, Ordering::SeqCst);
                 continue;
             }
             match self.commit_with_reserve(&queue, durable) {
@@ -290,6 +317,11 @@ impl Writer {
                             Err(crossbeam_channel::TrySendError::Disconnected(_))
                         )
                     });
+                    if shutdown {
+                        return;
+                    }
+                    // Let the next changes gather; an fsync cuts this short.
+                    let _ = wake.recv_timeout(GATHER);
                 }
                 Err(e) => {
                     error!(
@@ -306,11 +338,9 @@ impl Writer {
                         );
                         return;
                     }
+                    let _ = wake.recv_timeout(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-            }
-            if shutdown {
-                return;
             }
         }
     }

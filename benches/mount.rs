@@ -144,6 +144,9 @@ fn main() {
         for (wname, w) in workloads.iter() {
             for &c in &order {
                 let (cname, dir) = contenders[c];
+                // Start each timing from a quiet disk: what the previous one left is written.
+                rustix::fs::sync();
+                std::thread::sleep(Duration::from_millis(300));
                 let t = w(dir);
                 results
                     .entry((wname, cname.to_string()))

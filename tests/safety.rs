@@ -440,3 +440,43 @@ fn user_id(name: &str) -> Option<(u32, u32)> {
         (f.first() == Some(&name)).then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
     })
 }
+
+/// A folder that cannot be read while scanning (here: a filesystem mounted inside the pocket
+/// that fails every I/O) is not "everything in it deleted": the scan says it could not read it
+/// and records nothing for it.
+#[test]
+fn an_unreadable_folder_is_not_taken_as_deleted() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Pocket::inside(tempfile::tempdir().unwrap());
+    let sub = p.root.join("sub");
+    fs::create_dir(&sub).unwrap();
+    let mut drive = Drive::new(tmp.path(), "xfs", 320);
+    // Move the drive's mount under the pocket.
+    let out = Command::new("mount")
+        .args(["--move"])
+        .arg(&drive.dir)
+        .arg(&sub)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    drive.dir = sub.clone();
+    fs::create_dir(sub.join("docs")).unwrap();
+    for i in 0..5 {
+        fs::write(sub.join(format!("docs/f{i}")), b"precious").unwrap();
+    }
+    p.init();
+    let before = catalog_tree(&p.journal());
+    assert!(before.keys().any(|k| k.ends_with(b"docs/f4")));
+    drive.shutdown();
+    let out = run(&["scan", "--pocket", p.p(), "--json"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(scan["removed"], 0, "{scan}");
+    assert!(!scan["unreadable"].as_array().unwrap().is_empty(), "{scan}");
+    assert_eq!(
+        catalog_tree(&p.journal()),
+        before,
+        "the catalog must be left as it was"
+    );
+}

@@ -87,8 +87,14 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
         });
         (walked, catalog)
     });
-    let (disk_names, mut disk_files) = walked?;
+    let mut walked = walked?;
     let (cat_names, cat_files) = catalog?;
+    let kept = keep_unseen(&mut walked, &cat_names, &cat_files);
+    let Walked {
+        names: disk_names,
+        files: mut disk_files,
+        ..
+    } = walked;
 
     // Entries changed within the timestamp granularity of our look at them could change again
     // without their timestamps moving. Wait until that window has passed and look again, so
@@ -192,7 +198,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     let mut ids: Vec<&FileId> = disk_files.keys().collect();
     ids.sort();
     for &id in ids {
-        if !same(id) || plan.created.contains(&id) {
+        if !same(id) || plan.created.contains(&id) || kept.contains(&id) {
             continue;
         }
         let d = &disk_files[&id];
@@ -233,18 +239,31 @@ type CatNames = HashMap<Key, FileId>;
 type CatFiles = HashMap<FileId, (Meta, i64)>;
 
 /// Every entry under `root` (but the pocket's own folder), with one `lstat` each.
-fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<(DiskNames, DiskFiles)> {
+/// What the walk saw, and where it could not look.
+struct Walked {
+    names: DiskNames,
+    files: DiskFiles,
+    /// Folders whose listing failed in whole or in part.
+    incomplete: HashSet<FileId>,
+    /// Entries listed but not readable.
+    unsure: HashSet<Key>,
+}
+
+fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<Walked> {
     let root_meta = std::fs::symlink_metadata(root)
         .map_err(|e| Error::io(format!("cannot read the pocket {}", root.display()), e))?;
     let disk_root = root_meta.ino();
     let mut disk_names: DiskNames = HashMap::new();
     let mut disk_files: DiskFiles = HashMap::new();
+    let mut incomplete = HashSet::new();
+    let mut unsure = HashSet::new();
     let mut stack: Vec<(PathBuf, FileId, usize)> = vec![(root.to_owned(), cat_root, 0)];
     while let Some((dir, dir_id, depth)) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) => {
                 report.unreadable.push(format!("{}: {e}", dir.display()));
+                incomplete.insert(dir_id);
                 continue;
             }
         };
@@ -253,6 +272,7 @@ fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<(DiskN
                 Ok(e) => e,
                 Err(e) => {
                     report.unreadable.push(format!("{}: {e}", dir.display()));
+                    incomplete.insert(dir_id);
                     continue;
                 }
             };
@@ -266,6 +286,7 @@ fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<(DiskN
                     report
                         .unreadable
                         .push(format!("{}: {e}", entry.path().display()));
+                    unsure.insert((dir_id, name.as_bytes().to_vec()));
                     continue;
                 }
             };
@@ -289,7 +310,56 @@ fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<(DiskN
             });
         }
     }
-    Ok((disk_names, disk_files))
+    Ok(Walked {
+        names: disk_names,
+        files: disk_files,
+        incomplete,
+        unsure,
+    })
+}
+
+/// What could not be looked at is taken to be as the catalog says: a folder that cannot be
+/// read (a permission, an I/O error, a drive going away) must never read as "everything in it
+/// was deleted". Returns the files taken from the catalog; nothing is recorded for them.
+fn keep_unseen(walked: &mut Walked, cat_names: &CatNames, cat_files: &CatFiles) -> HashSet<FileId> {
+    let mut kept = HashSet::new();
+    if walked.incomplete.is_empty() && walked.unsure.is_empty() {
+        return kept;
+    }
+    let mut by_parent: HashMap<FileId, Vec<(&Key, FileId)>> = HashMap::new();
+    for (k, f) in cat_names {
+        by_parent.entry(k.0).or_default().push((k, *f));
+    }
+    let mut keep_name = |k: &Key, f: FileId, todo: &mut Vec<FileId>| {
+        if walked.names.contains_key(k) {
+            return;
+        }
+        let Some((meta, _)) = cat_files.get(&f) else {
+            return;
+        };
+        walked.names.insert(k.clone(), f);
+        walked.files.entry(f).or_insert(DiskFile {
+            meta: *meta,
+            path: PathBuf::new(),
+            depth: 0,
+        });
+        kept.insert(f);
+        if meta.kind == Kind::Dir {
+            todo.push(f);
+        }
+    };
+    let mut todo: Vec<FileId> = walked.incomplete.iter().copied().collect();
+    for k in walked.unsure.clone() {
+        if let Some(f) = cat_names.get(&k) {
+            keep_name(&k, *f, &mut todo);
+        }
+    }
+    while let Some(dir) = todo.pop() {
+        for (k, f) in by_parent.get(&dir).into_iter().flatten() {
+            keep_name(k, *f, &mut todo);
+        }
+    }
+    kept
 }
 
 /// The catalog, from its own connection (it is read while the walk runs).

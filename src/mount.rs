@@ -51,7 +51,12 @@ pub fn run(args: MountArgs) -> Result<()> {
 
     let result = serve(&args, &pocket, &config, &mountpoint, &mut detached);
     if let (Some(d), Err(e)) = (detached.as_mut(), &result) {
-        d.report(Err(&format!("backpocket: {e:#}")));
+        // Before the mount was ready the parent prints it; after, only the log has it.
+        error!("{e:#}");
+        d.report(Err((
+            crate::exit::code_of(e) as i32,
+            &format!("backpocket: {e:#}"),
+        )));
     }
     drop(lock);
     result

@@ -95,6 +95,10 @@ fn a_damaged_journal_or_config_is_reported() {
     let out = run(&["mount", p.p(), p.mnt.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    // The same through --daemon: the parent passes on the daemon's message and exit code.
+    let out = run(&["mount", "--daemon", p.p(), p.mnt.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
     let out = run(&["journal", "status", "--pocket", p.p()], None);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(!is_mounted(&p.mnt));

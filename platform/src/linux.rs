@@ -221,12 +221,13 @@ pub struct Detached {
 }
 
 impl Detached {
-    /// Tells the parent the mount is ready (it exits 0) or failed (it prints `msg`, exits 1).
-    pub fn report(&mut self, result: std::result::Result<&str, &str>) {
+    /// Tells the parent the mount is ready (it prints the line, exits 0) or failed (it prints
+    /// the message and exits with the code).
+    pub fn report(&mut self, result: std::result::Result<&str, (i32, &str)>) {
         if let Some(mut p) = self.pipe.take() {
             let msg = match result {
                 Ok(m) => format!("ok {m}"),
-                Err(m) => format!("err {m}"),
+                Err((code, m)) => format!("err {code} {m}"),
             };
             let _ = p.write_all(msg.as_bytes());
         }
@@ -265,9 +266,10 @@ pub fn detach() -> Result<Detached> {
                 }
                 std::process::exit(0)
             }
-            Some(("err", m)) => {
+            Some(("err", rest)) => {
+                let (code, m) = rest.split_once(' ').unwrap_or(("1", rest));
                 eprintln!("{m}");
-                std::process::exit(1)
+                std::process::exit(code.parse().unwrap_or(1))
             }
             _ => {
                 eprintln!("backpocket: the background mount process ended before the mount was ready; run without --daemon to see why");

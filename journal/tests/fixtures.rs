@@ -1,0 +1,171 @@
+//! Stored journals of every format version are opened and read by this code, so a change
+//! that breaks reading what users' drives already hold fails here. The fixtures are made by
+//! `BACKPOCKET_WRITE_FIXTURES=1 cargo test -p journal --test fixtures` (once per version, then
+//! committed; never regenerated for an old version).
+
+use std::path::{Path, PathBuf};
+
+use journal::{Change, Journal, Kind, Meta, Reader};
+
+fn fixture(version: i64) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/journal-v{version}.db"))
+}
+
+fn meta(kind: Kind, size: u64) -> Meta {
+    Meta {
+        kind,
+        perm: 0o640,
+        uid: 1000,
+        gid: 100,
+        size,
+        mtime_ns: 1_763_900_000_123_456_789,
+        ctime_ns: 1_763_900_000_987_654_321,
+        rdev: 0,
+    }
+}
+
+/// The changes stored in the v1 fixture: one of each kind.
+fn v1_changes() -> Vec<Change> {
+    vec![
+        Change::Mkdir {
+            parent: 2,
+            name: b"docs".to_vec(),
+            file: 10,
+            meta: meta(Kind::Dir, 0),
+        },
+        Change::Create {
+            parent: 10,
+            name: b"r\xe9sum\xe9.odt".to_vec(),
+            file: 11,
+            meta: meta(Kind::File, 0),
+        },
+        Change::Content {
+            file: 11,
+            meta: meta(Kind::File, 48_213),
+        },
+        Change::Symlink {
+            parent: 2,
+            name: b"latest".to_vec(),
+            file: 12,
+            meta: meta(Kind::Symlink, 16),
+            target: b"docs/r\xe9sum\xe9.odt".to_vec(),
+        },
+        Change::Link {
+            parent: 2,
+            name: b"hard".to_vec(),
+            file: 11,
+        },
+        Change::SetXattr {
+            file: 11,
+            name: b"user.tag".to_vec(),
+            value: b"blue".to_vec(),
+        },
+        Change::SetAttr {
+            file: 11,
+            meta: meta(Kind::File, 48_213),
+        },
+        Change::Rename {
+            parent: 2,
+            name: b"hard".to_vec(),
+            new_parent: 10,
+            new_name: b"copy".to_vec(),
+            file: 11,
+            exchange: false,
+        },
+        Change::Create {
+            parent: 2,
+            name: b"fifo".to_vec(),
+            file: 13,
+            meta: meta(Kind::Fifo, 0),
+        },
+        Change::RemoveXattr {
+            file: 11,
+            name: b"user.tag".to_vec(),
+        },
+        Change::Unlink {
+            parent: 2,
+            name: b"fifo".to_vec(),
+            file: 13,
+        },
+        Change::Mkdir {
+            parent: 2,
+            name: b"tmp".to_vec(),
+            file: 14,
+            meta: meta(Kind::Dir, 0),
+        },
+        Change::Rmdir {
+            parent: 2,
+            name: b"tmp".to_vec(),
+            file: 14,
+        },
+        Change::Rename {
+            parent: 10,
+            name: b"copy".to_vec(),
+            new_parent: 2,
+            new_name: b"latest".to_vec(),
+            file: 11,
+            exchange: true,
+        },
+    ]
+}
+
+#[test]
+fn write_fixtures_when_asked() {
+    if std::env::var("BACKPOCKET_WRITE_FIXTURES").is_err() {
+        return;
+    }
+    let path = fixture(journal::FORMAT_VERSION);
+    assert!(
+        !path.exists(),
+        "fixtures of a released version are never rewritten"
+    );
+    let j = Journal::create(&path, 2).unwrap();
+    for c in v1_changes() {
+        j.handle().record(c);
+    }
+    journal::set_cursor(&path, "home-disk", 5).unwrap();
+    j.close().unwrap();
+}
+
+#[test]
+fn version_1_journal_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Opening may create -wal and -shm files beside it: work on a copy.
+    let db = tmp.path().join("journal.db");
+    std::fs::copy(fixture(1), &db).unwrap();
+    let r = Reader::open(&db).unwrap();
+    let recs = r.records_after(0, 100).unwrap();
+    let changes: Vec<Change> = recs.iter().map(|r| r.change.clone()).collect();
+    assert_eq!(changes, v1_changes());
+    assert_eq!(r.root().unwrap(), 2);
+    let s = r.status().unwrap();
+    assert_eq!(s.last_seq, 14);
+    assert_eq!(s.destinations.len(), 1);
+    assert_eq!(s.destinations[0].cursor, 5);
+    assert_eq!(s.destinations[0].pending_records, 9);
+    let tree: Vec<(Vec<u8>, u64)> = r
+        .tree()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path, e.file))
+        .collect();
+    assert_eq!(
+        tree,
+        vec![
+            (b"docs".to_vec(), 10),
+            (b"docs/copy".to_vec(), 12),
+            (b"docs/r\xe9sum\xe9.odt".to_vec(), 11),
+            (b"latest".to_vec(), 11),
+        ]
+    );
+    // And the writer takes it up where it was.
+    drop(r);
+    let j = Journal::open(&db).unwrap();
+    j.handle().record(Change::Unlink {
+        parent: 2,
+        name: b"latest".to_vec(),
+        file: 11,
+    });
+    j.close().unwrap();
+    assert_eq!(Reader::open(&db).unwrap().status().unwrap().last_seq, 15);
+}

@@ -192,6 +192,41 @@ impl Drive {
     }
 }
 
+/// A pocket made on a fresh loop-mounted filesystem, with a mountpoint beside the drive.
+struct PocketOnDrive {
+    tmp: tempfile::TempDir,
+    drive: Drive,
+    root: PathBuf,
+    mnt: PathBuf,
+}
+
+impl PocketOnDrive {
+    fn new(fs_type: &str, size_mb: u64) -> PocketOnDrive {
+        let tmp = tempfile::tempdir().unwrap();
+        let drive = Drive::new(tmp.path(), fs_type, size_mb);
+        let root = drive.dir.join("pocket");
+        let mnt = tmp.path().join("mnt");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&mnt).unwrap();
+        ok(&["init", root.to_str().unwrap()]);
+        PocketOnDrive {
+            tmp,
+            drive,
+            root,
+            mnt,
+        }
+    }
+
+    /// The same pocket through the helpers that take a [`Pocket`].
+    fn pocket(&self) -> Pocket {
+        Pocket {
+            tmp: tempfile::tempdir_in(self.tmp.path()).unwrap(),
+            root: self.root.clone(),
+            mnt: self.mnt.clone(),
+        }
+    }
+}
+
 impl Drop for Drive {
     fn drop(&mut self) {
         if self.mounted {
@@ -205,13 +240,9 @@ impl Drop for Drive {
 #[test]
 fn power_cut_keeps_what_fsync_promised() {
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut drive = Drive::new(tmp.path(), "xfs", 320);
-    let root = drive.dir.join("pocket");
-    let mnt = tmp.path().join("mnt");
-    fs::create_dir_all(&root).unwrap();
-    fs::create_dir_all(&mnt).unwrap();
-    ok(&["init", root.to_str().unwrap()]);
+    let mut d = PocketOnDrive::new("xfs", 320);
+    let (root, mnt) = (d.root.clone(), d.mnt.clone());
+    let drive = &mut d.drive;
     for mode in [&[][..], &["--no-passthrough"][..]] {
         let m = Mounted::start(&root, &mnt, mode);
         let name = format!("fsynced-{}", mode.len());
@@ -254,12 +285,7 @@ fn power_cut_keeps_what_fsync_promised() {
     // And the next mount reconciles whatever the cut left half-recorded.
     let m = Mounted::start(&root, &mnt, &[]);
     m.unmount();
-    let p = Pocket {
-        tmp: tempfile::tempdir().unwrap(),
-        root: root.clone(),
-        mnt: mnt.clone(),
-    };
-    assert_catalog_matches(&p);
+    assert_catalog_matches(&d.pocket());
 }
 
 /// The drive is pulled while mounted: operations fail with EIO, the daemon stays up, status
@@ -267,14 +293,9 @@ fn power_cut_keeps_what_fsync_promised() {
 #[test]
 fn a_pulled_drive_gives_eio_and_unmount_works() {
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let drive = Drive::new(tmp.path(), "xfs", 320);
-    let root = drive.dir.join("pocket");
-    let mnt = tmp.path().join("mnt");
-    fs::create_dir_all(&root).unwrap();
-    fs::create_dir_all(&mnt).unwrap();
-    ok(&["init", root.to_str().unwrap()]);
-    let m = Mounted::start(&root, &mnt, &[]);
+    let d = PocketOnDrive::new("xfs", 320);
+    let (root, mnt, drive) = (&d.root, &d.mnt, &d.drive);
+    let m = Mounted::start(root, mnt, &[]);
     fs::write(mnt.join("before"), b"x").unwrap();
     let out = Command::new("xfs_io")
         .args(["-x", "-c", "shutdown -f"])
@@ -284,9 +305,9 @@ fn a_pulled_drive_gives_eio_and_unmount_works() {
     assert!(out.status.success());
     let e = fs::write(mnt.join("after"), b"y").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
-    let e = fs::read_dir(&mnt).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    let e = fs::read_dir(mnt).and_then(|d| d.collect::<Result<Vec<_>, _>>());
     assert!(e.is_err());
-    assert!(is_mounted(&mnt), "the daemon must stay up");
+    assert!(is_mounted(mnt), "the daemon must stay up");
     let out = run(
         &["journal", "status", "--pocket", root.to_str().unwrap()],
         None,
@@ -295,7 +316,7 @@ fn a_pulled_drive_gives_eio_and_unmount_works() {
     assert!(!stderr(&out).is_empty());
     // The daemon cannot close the journal on a dead drive: it says so and exits non-zero.
     let (status, log) = m.unmount_status();
-    assert!(!is_mounted(&mnt));
+    assert!(!is_mounted(mnt));
     assert!(!status.success());
     assert!(log.contains("the next mount scans the pocket"), "{log}");
 }
@@ -305,14 +326,9 @@ fn a_pulled_drive_gives_eio_and_unmount_works() {
 #[test]
 fn a_full_drive_gives_enospc_and_keeps_records() {
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let drive = Drive::new(tmp.path(), "ext4", 48);
-    let root = drive.dir.join("pocket");
-    let mnt = tmp.path().join("mnt");
-    fs::create_dir_all(&root).unwrap();
-    fs::create_dir_all(&mnt).unwrap();
-    ok(&["init", root.to_str().unwrap()]);
-    let m = Mounted::start(&root, &mnt, &[]);
+    let d = PocketOnDrive::new("ext4", 48);
+    let m = Mounted::start(&d.root, &d.mnt, &[]);
+    let mnt = &d.mnt;
     let mut f = fs::File::create(mnt.join("filler")).unwrap();
     let chunk = vec![0x5au8; 1 << 20];
     let err = loop {
@@ -332,12 +348,7 @@ fn a_full_drive_gives_enospc_and_keeps_records() {
     }
     let _ = fs::create_dir(mnt.join("dir-on-full-drive"));
     let log = m.unmount();
-    let p = Pocket {
-        tmp: tempfile::tempdir().unwrap(),
-        root: root.clone(),
-        mnt: mnt.clone(),
-    };
-    let recs = p.records(0);
+    let recs = d.pocket().records(0);
     for name in &made {
         assert!(
             recs.iter()

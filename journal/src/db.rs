@@ -537,12 +537,18 @@ fn apply(tx: &Transaction<'_>, seq: u64, now: i64, change: &Change) -> Result<()
     Ok(())
 }
 
-fn meta_from_row(r: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Option<Meta>> {
-    let kind: Option<i64> = r.get(base)?;
-    let Some(kind) = kind.and_then(Kind::from_i64) else {
-        return Ok(None);
-    };
-    Ok(Some(Meta {
+/// The eight metadata columns (kind, perm, uid, gid, size, mtime_ns, ctime_ns, rdev) from
+/// `base` on; a kind this version does not know is a damaged row.
+pub(crate) fn meta_at(r: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Meta> {
+    let kind: i64 = r.get(base)?;
+    let kind = Kind::from_i64(kind).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            base,
+            rusqlite::types::Type::Integer,
+            format!("unknown file kind {kind}").into(),
+        )
+    })?;
+    Ok(Meta {
         kind,
         perm: r.get::<_, i64>(base + 1)? as u32,
         uid: r.get::<_, i64>(base + 2)? as u32,
@@ -551,7 +557,15 @@ fn meta_from_row(r: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Option<
         mtime_ns: r.get(base + 5)?,
         ctime_ns: r.get(base + 6)?,
         rdev: r.get::<_, i64>(base + 7)? as u64,
-    }))
+    })
+}
+
+/// A record's metadata, absent (NULL kind) for changes that carry none.
+fn meta_from_row(r: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Option<Meta>> {
+    match r.get::<_, Option<i64>>(base)? {
+        None => Ok(None),
+        Some(_) => meta_at(r, base).map(Some),
+    }
 }
 
 /// Reads records with `seq > after`, in order, at most `limit`.

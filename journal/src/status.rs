@@ -203,22 +203,7 @@ impl Reader {
             "SELECT id, kind, perm, uid, gid, size, mtime_ns, ctime_ns, rdev, recorded_ns FROM files",
         )?;
         let rows = stmt.query_map([], |r| {
-            let kind =
-                crate::record::Kind::from_i64(r.get(1)?).unwrap_or(crate::record::Kind::File);
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                crate::record::Meta {
-                    kind,
-                    perm: r.get::<_, i64>(2)? as u32,
-                    uid: r.get::<_, i64>(3)? as u32,
-                    gid: r.get::<_, i64>(4)? as u32,
-                    size: r.get::<_, i64>(5)? as u64,
-                    mtime_ns: r.get(6)?,
-                    ctime_ns: r.get(7)?,
-                    rdev: r.get::<_, i64>(8)? as u64,
-                },
-                r.get(9)?,
-            ))
+            Ok((r.get::<_, i64>(0)? as u64, db::meta_at(r, 1)?, r.get(9)?))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -231,19 +216,7 @@ impl Reader {
             "SELECT kind, perm, uid, gid, size, mtime_ns, ctime_ns, rdev FROM files WHERE id=?1",
         )?;
         Ok(stmt
-            .query_row([file as i64], |r| {
-                Ok(crate::record::Meta {
-                    kind: crate::record::Kind::from_i64(r.get(0)?)
-                        .unwrap_or(crate::record::Kind::File),
-                    perm: r.get::<_, i64>(1)? as u32,
-                    uid: r.get::<_, i64>(2)? as u32,
-                    gid: r.get::<_, i64>(3)? as u32,
-                    size: r.get::<_, i64>(4)? as u64,
-                    mtime_ns: r.get(5)?,
-                    ctime_ns: r.get(6)?,
-                    rdev: r.get::<_, i64>(7)? as u64,
-                })
-            })
+            .query_row([file as i64], |r| db::meta_at(r, 0))
             .optional()?)
     }
 

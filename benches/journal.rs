@@ -15,13 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use journal::{Change, Journal, Kind, Meta, Reader};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn meta(size: u64) -> Meta {
     Meta {
         kind: Kind::File,

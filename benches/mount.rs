@@ -19,13 +19,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn seq_write(dir: &Path, mb: usize) -> Duration {
     let buf = vec![0x5au8; 1 << 20];
     let path = dir.join("big");

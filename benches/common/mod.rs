@@ -21,6 +21,14 @@ pub fn drop_caches() {
     }
 }
 
+/// A size or count from the environment, for shorter or longer runs.
+pub fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn time(f: impl FnOnce()) -> Duration {
     let t = Instant::now();
     f();

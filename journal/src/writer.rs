@@ -44,7 +44,6 @@ enum Msg {
 pub struct Journal {
     handle: JournalHandle,
     thread: Option<JoinHandle<()>>,
-    path: PathBuf,
 }
 
 /// A cheap, cloneable way to append to the journal from any thread.
@@ -113,6 +112,7 @@ impl Journal {
         let writer_idle = idle.clone();
         let mut writer = Writer {
             conn,
+            db_path: path.to_owned(),
             tip,
             durable_seq: tip.last_seq,
             reserve,
@@ -129,24 +129,12 @@ impl Journal {
                 idle,
             },
             thread: Some(thread),
-            path: path.to_owned(),
         })
     }
 
     /// A handle for appending from other threads.
     pub fn handle(&self) -> JournalHandle {
         self.handle.clone()
-    }
-
-    /// The root directory's file id, as recorded when the journal was made.
-    pub fn root(&self) -> Result<u64> {
-        let conn = db::open_ro(&self.path)?;
-        Ok(db::meta_get(&conn, "root")?.unwrap_or(0) as u64)
-    }
-
-    /// Where the journal lives.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// A channel that receives the last committed seq after each commit; it is how the
@@ -260,6 +248,8 @@ enum Queued {
 
 struct Writer {
     conn: Connection,
+    /// For error messages.
+    db_path: PathBuf,
     tip: Tip,
     durable_seq: u64,
     reserve: PathBuf,
@@ -377,7 +367,7 @@ impl Writer {
     }
 
     fn commit(&mut self, queue: &[Queued], durable: bool) -> Result<()> {
-        let path = self.reserve.clone();
+        let path = self.db_path.clone();
         let sync = if durable { "FULL" } else { "NORMAL" };
         self.conn
             .execute_batch(&format!("PRAGMA synchronous={sync}"))

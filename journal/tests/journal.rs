@@ -291,3 +291,21 @@ fn appends_from_many_threads_keep_each_threads_order() {
     }
     j.close().unwrap();
 }
+
+/// The replicator's wake-up: after each commit a subscriber learns the last committed seq.
+#[test]
+fn subscribers_are_woken_after_commits() {
+    let (_tmp, _db, j) = setup();
+    let woken = j.subscribe();
+    j.handle().record(Change::Mkdir {
+        parent: 1,
+        name: b"d".to_vec(),
+        file: 3,
+        meta: meta(Kind::Dir, 0),
+    });
+    let seq = woken
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("woken after the commit");
+    assert_eq!(seq, 1);
+    j.close().unwrap();
+}

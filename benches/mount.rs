@@ -1,6 +1,6 @@
 //! The mount against the plain pocket folder, side by side in one run: sequential write and
-//! read of a large file (ended by fsync), creating, stat-ing and deleting many small files
-//! (ended by syncfs); and the mount with the journal against the mount without it.
+//! read of a large file (ended by fsync), creating, stat-ing (by path, and as `ls -l` does)
+//! and deleting many small files (ended by syncfs); and the mount with the journal against the mount without it.
 //!
 //!     cargo bench --bench mount                 # 1 GiB file, 10,000 files, 3 rounds
 //!     BENCH_FILE_MB=256 BENCH_FILES=2000 BENCH_ROUNDS=5 cargo bench --bench mount
@@ -81,6 +81,29 @@ fn stat_files(dir: &Path, n: usize) -> Duration {
     })
 }
 
+/// What `ls -l`, `find` and `du` do: list the folder, then stat each entry. Run on a second
+/// set of just-written files (untimed writing), so its attributes are as stale as the first's.
+fn list_stat_files(dir: &Path, n: usize) -> Duration {
+    let d = dir.join("listed");
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir(&d).unwrap();
+    for i in 0..n {
+        fs::write(d.join(format!("f{i:05}")), [7u8; 1024]).unwrap();
+    }
+    syncfs(dir);
+    let t = time(|| {
+        let mut seen = 0;
+        for e in fs::read_dir(&d).unwrap() {
+            let m = fs::symlink_metadata(e.unwrap().path()).unwrap();
+            assert_eq!(m.len(), 1024);
+            seen += 1;
+        }
+        assert_eq!(seen, n);
+    });
+    fs::remove_dir_all(&d).unwrap();
+    t
+}
+
 fn delete_files(dir: &Path, n: usize) -> Duration {
     let d = dir.join("small");
     time(|| {
@@ -122,12 +145,13 @@ fn main() {
     type Results = BTreeMap<(&'static str, String), Vec<Duration>>;
     let mut results: Results = BTreeMap::new();
     type Workload<'a> = (&'static str, &'a dyn Fn(&Path) -> Duration);
-    let workloads: [Workload; 5] = [
+    let workloads: [Workload; 6] = [
         ("1 sequential write + fsync", &|d| seq_write(d, mb)),
         ("2 sequential read (cold)", &|d| seq_read(d, mb)),
         ("3 create small files + syncfs", &|d| create_files(d, n)),
-        ("4 stat small files", &|d| stat_files(d, n)),
-        ("5 delete small files + syncfs", &|d| delete_files(d, n)),
+        ("4 stat small files by path", &|d| stat_files(d, n)),
+        ("5 list + stat small files (ls -l)", &|d| list_stat_files(d, n)),
+        ("6 delete small files + syncfs", &|d| delete_files(d, n)),
     ];
     for round in 0..rounds {
         // Rotate who goes first each round.

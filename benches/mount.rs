@@ -1,6 +1,7 @@
 //! The mount against the plain pocket folder, side by side in one run: sequential write and
 //! read of a large file (ended by fsync), creating, stat-ing (by path, and as `ls -l` does)
-//! and deleting many small files (ended by syncfs); and the mount with the journal against the mount without it.
+//! and deleting many small files (ended by syncfs); and the mount with the journal against
+//! the mount without it.
 //!
 //!     cargo bench --bench mount                 # 1 GiB file, 10,000 files, 3 rounds
 //!     BENCH_FILE_MB=256 BENCH_FILES=2000 BENCH_ROUNDS=5 cargo bench --bench mount
@@ -150,7 +151,9 @@ fn main() {
         ("2 sequential read (cold)", &|d| seq_read(d, mb)),
         ("3 create small files + syncfs", &|d| create_files(d, n)),
         ("4 stat small files by path", &|d| stat_files(d, n)),
-        ("5 list + stat small files (ls -l)", &|d| list_stat_files(d, n)),
+        ("5 list + stat small files (ls -l)", &|d| {
+            list_stat_files(d, n)
+        }),
         ("6 delete small files + syncfs", &|d| delete_files(d, n)),
     ];
     for round in 0..rounds {

@@ -18,7 +18,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     let mountpoint: PathBuf = std::path::absolute(&args.mountpoint)
         .with_context(|| format!("cannot use {}", args.mountpoint.display()))?;
     let mut lock = platform::PocketLock::acquire(&pocket.lock_path(), &pocket.root)?;
-    platform::prepare_mountpoint(&mountpoint, &pocket.root)?;
+    let cleaned_stale = platform::prepare_mountpoint(&mountpoint, &pocket.root)?;
 
     let mut detached = if args.daemon {
         let d = platform::detach()?;
@@ -47,6 +47,14 @@ pub fn run(args: MountArgs) -> Result<()> {
         }
     } else {
         crate::init_logging("info");
+    }
+    let fd_limit = platform::raise_fd_limit();
+    tracing::debug!("open files allowed: {fd_limit}");
+    if cleaned_stale {
+        tracing::warn!(
+            "{} was a stale mount of this pocket (its daemon had died); cleaned it up",
+            mountpoint.display()
+        );
     }
 
     let result = serve(&args, &pocket, &config, &mountpoint, &mut detached);

@@ -340,3 +340,29 @@ fn names_sizes_holes_and_identity() {
         assert_catalog_matches(&p);
     }
 }
+
+/// The daemon holds a descriptor per inode the kernel caches: it must not be bounded by the
+/// soft open-files limit it was started with (1024 on most systems).
+#[test]
+fn more_files_than_the_starting_open_files_limit() {
+    let p = Pocket::new();
+    p.init();
+    let n = 1500;
+    let m = Mounted::start_with(
+        &p.root,
+        &p.mnt,
+        &[],
+        &["prlimit".into(), "--nofile=256:".into(), "--".into()],
+    );
+    let d = m.mnt.join("many");
+    fs::create_dir(&d).unwrap();
+    for i in 0..n {
+        fs::write(d.join(format!("f{i}")), b"x").unwrap();
+    }
+    // Every file is known to the kernel now; stat them all again, and list them.
+    for i in 0..n {
+        fs::symlink_metadata(d.join(format!("f{i}"))).unwrap();
+    }
+    assert_eq!(fs::read_dir(&d).unwrap().count(), n);
+    m.unmount();
+}

@@ -80,7 +80,8 @@ fn kill9_during_writes_then_remount_records_everything() {
         assert!(ops > 0);
         // The mount is stale now (ENOTCONN); mounting again must clean it up and reconcile.
         let m = p.mount(&[]);
-        m.unmount();
+        let log = m.unmount();
+        assert!(log.contains("stale mount"), "the clean-up is said: {log}");
         assert_catalog_matches(&p);
         // And a scan afterwards finds nothing left to record.
         let scan: serde_json::Value =

@@ -317,7 +317,16 @@ impl PocketFs {
                 name,
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
-            )?,
+            )
+            .inspect_err(|e| {
+                if *e == Errno::MFILE {
+                    warn!(
+                        "the kernel keeps more files in its cache than this process may hold \
+                         open ({} inodes); raise the open-files limit (ulimit -n) and remount",
+                        self.inodes.read().len()
+                    );
+                }
+            })?,
         };
         let st = rustix::fs::fstat(&fd)?;
         let nodeid = self.nodeid_of(st.st_ino as u64);

@@ -8,7 +8,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{Error, Result};
 
@@ -89,24 +89,20 @@ pub fn backpocket_mount_containing(path: &Path) -> Result<Option<MountEntry>> {
 
 /// Checks that `mountpoint` can take a mount of the pocket at `pocket`, cleaning up a stale
 /// mount of that pocket left by a killed daemon first. The caller holds the pocket's lock, so
-/// any mount of this pocket that is still listed has lost its daemon.
-pub fn prepare_mountpoint(mountpoint: &Path, pocket: &Path) -> Result<()> {
+/// any mount of this pocket that is still listed has lost its daemon. Returns whether it
+/// cleaned one up (callers log it: this runs before logging is set up).
+pub fn prepare_mountpoint(mountpoint: &Path, pocket: &Path) -> Result<bool> {
+    let mut cleaned = false;
     if let Some(m) = mount_at(mountpoint)? {
         if m.fstype == FSTYPE && m.source == pocket {
-            warn!(
-                "{} is a stale mount of this pocket (its daemon died); cleaning it up",
-                mountpoint.display()
-            );
             unmount(mountpoint, true)?;
+            cleaned = true;
         }
     }
     match std::fs::metadata(mountpoint) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            warn!(
-                "{} is a stale mount of a daemon that died; cleaning it up",
-                mountpoint.display()
-            );
             unmount(mountpoint, true)?;
+            cleaned = true;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::MountpointMissing(mountpoint.to_owned()))
@@ -131,7 +127,7 @@ pub fn prepare_mountpoint(mountpoint: &Path, pocket: &Path) -> Result<()> {
     if entries.next().is_some() {
         return Err(Error::MountpointNotEmpty(mountpoint.to_owned()));
     }
-    Ok(())
+    Ok(cleaned)
 }
 
 /// Unmounts a FUSE mount: `umount2` as root, else through fusermount3. `lazy` detaches even
@@ -284,6 +280,38 @@ pub fn detach() -> Result<Detached> {
     Ok(Detached {
         pipe: Some(File::from(w)),
     })
+}
+
+/// Raises the limit of open descriptors as far as allowed (as root, to the kernel's
+/// `fs/nr_open`; otherwise to the hard limit) and returns it. The filesystem holds one
+/// descriptor per inode the kernel caches, so this limit bounds how many files the mount can
+/// show at once.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let mut want = cur.maximum;
+    if rustix::process::geteuid().is_root() {
+        if let Some(n) = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            want = Some(want.map_or(n, |m| m.max(n)));
+        }
+    }
+    let new = Rlimit {
+        current: want,
+        maximum: want.max(cur.maximum),
+    };
+    if setrlimit(Resource::Nofile, new).is_err() {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: cur.maximum,
+                maximum: cur.maximum,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// Bytes of a path, for messages and comparisons.

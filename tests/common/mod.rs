@@ -146,16 +146,25 @@ impl Mounted {
 
     /// Starts the mount, as another user when `user` is (uid, gid).
     pub fn start_as(root: &Path, mnt: &Path, extra: &[&str], user: Option<(u32, u32)>) -> Mounted {
-        let mut cmd = match user {
-            Some((uid, gid)) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={gid}"),
-                    "--clear-groups",
-                    "--",
-                    bin(),
-                ]);
+        let prefix: Vec<String> = match user {
+            Some((uid, gid)) => vec![
+                "setpriv".into(),
+                format!("--reuid={uid}"),
+                format!("--regid={gid}"),
+                "--clear-groups".into(),
+                "--".into(),
+            ],
+            None => Vec::new(),
+        };
+        Self::start_with(root, mnt, extra, &prefix)
+    }
+
+    /// Starts the mount behind a wrapper command (`prefix` then the binary).
+    pub fn start_with(root: &Path, mnt: &Path, extra: &[&str], prefix: &[String]) -> Mounted {
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
                 c
             }
             None => Command::new(bin()),

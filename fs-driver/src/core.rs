@@ -4,10 +4,16 @@
 //!
 //! Each known inode holds an `O_PATH` descriptor of its backing file. Operations go through
 //! `*at` calls relative to those descriptors (or `/proc/self/fd/N` where Linux offers no `*at`
-//! form), never through path strings, so renames made elsewhere and names with any bytes are
-//! no danger. The inode number the kernel sees is the backing inode number (the root is 1), so
-//! it is stable across rename, link, and remounts; holding the `O_PATH` descriptor keeps the
-//! backing inode alive, so its number cannot be reused while the kernel knows it.
+//! form), never through path strings, so names with any bytes are no danger. The inode number
+//! the kernel sees is the backing inode number (the root is 1), so it is stable across rename,
+//! link, and remounts.
+//!
+//! Descriptors are bounded by the open-files limit, and the kernel may cache more inodes than
+//! that. Past a budget, the least recently used idle files (one link, not open) let go of
+//! theirs and are opened again by their last name when needed, checked by inode number.
+//! Folders, open files and files with several links always keep theirs, and a file about to
+//! lose a name through the mount gets its descriptor back first: a backing inode the kernel
+//! still knows stays allocated, so its number cannot be reused under it.
 //!
 //! Records are handed to the journal before the reply, so the journal's order is the order in
 //! which the kernel saw the operations complete.
@@ -108,6 +114,15 @@ impl Snap {
     }
 }
 
+impl WriteState {
+    /// Remembers a folder that got a new entry for this file, once.
+    fn new_name_in(&mut self, parent: &Arc<Inode>) {
+        if !self.unsynced_parents.iter().any(|p| Arc::ptr_eq(p, parent)) {
+            self.unsynced_parents.push(parent.clone());
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct WriteState {
     /// The contents last recorded (or found at first open).
@@ -123,9 +138,16 @@ struct Inode {
     nodeid: u64,
     ino: u64,
     is_symlink: bool,
-    fd: OwnedFd,
+    is_dir: bool,
+    /// The `O_PATH` descriptor, while we hold one. A file's may be closed when descriptors run
+    /// short (see [`PocketFs::shed`]) and is opened again by name on demand; a folder's stays.
+    fd: Mutex<Option<Arc<OwnedFd>>>,
     lookups: AtomicU64,
     write: Mutex<WriteState>,
+    /// The name we last saw it under (parent's inode number, name), to open it again by.
+    name: Mutex<(u64, Vec<u8>)>,
+    /// When the kernel last looked it up (a tick of [`PocketFs::tick`]).
+    used: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -160,6 +182,12 @@ pub struct PocketFs {
     journal: Option<JournalHandle>,
     euid: u32,
     options: Options,
+    /// Orders inode use, for choosing what the kernel should forget first.
+    tick: AtomicU64,
+    /// How many `O_PATH` descriptors we hold before closing idle files' ones.
+    budget: usize,
+    /// `O_PATH` descriptors held now.
+    held: std::sync::atomic::AtomicUsize,
 }
 
 fn mtime_ns(st: &Stat) -> i64 {
@@ -233,10 +261,19 @@ impl PocketFs {
             nodeid: ROOT,
             ino: st.st_ino as u64,
             is_symlink: false,
-            fd,
+            is_dir: true,
+            fd: Mutex::new(Some(Arc::new(fd))),
             lookups: AtomicU64::new(1),
             write: Mutex::new(WriteState::default()),
+            name: Mutex::new((ROOT, Vec::new())),
+            used: AtomicU64::new(0),
         });
+        // Three quarters of the descriptors we may hold; the rest is for open files, the
+        // journal and everything else.
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1 << 20);
+        let budget = (limit as usize / 4 * 3).max(64);
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, root_inode);
         Ok(PocketFs {
@@ -248,6 +285,9 @@ impl PocketFs {
             journal,
             euid: rustix::process::geteuid().as_raw(),
             options,
+            tick: AtomicU64::new(1),
+            budget,
+            held: std::sync::atomic::AtomicUsize::new(1),
         })
     }
 
@@ -303,8 +343,11 @@ impl PocketFs {
         name: &CStr,
     ) -> FsResult<Entry> {
         let nodeid = self.nodeid_of(st.st_ino as u64);
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         if let Some(inode) = self.inodes.read().get(&nodeid) {
             inode.lookups.fetch_add(1, Ordering::Relaxed);
+            inode.used.store(tick, Ordering::Relaxed);
+            *inode.name.lock() = (parent.nodeid, name.to_bytes().to_vec());
             return Ok(Entry {
                 ino: nodeid,
                 stat: *st,
@@ -312,47 +355,163 @@ impl PocketFs {
         }
         let fd = match fd {
             Some(fd) => fd,
-            None => rustix::fs::openat(
-                &parent.fd,
-                name,
-                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .inspect_err(|e| {
-                if *e == Errno::MFILE {
-                    warn!(
-                        "the kernel keeps more files in its cache than this process may hold \
-                         open ({} inodes); raise the open-files limit (ulimit -n) and remount",
-                        self.inodes.read().len()
-                    );
-                }
-            })?,
+            None => self.open_path(parent, name)?,
         };
         let st = rustix::fs::fstat(&fd)?;
         let nodeid = self.nodeid_of(st.st_ino as u64);
-        let mut inodes = self.inodes.write();
-        let inode = inodes.entry(nodeid).or_insert_with(|| {
-            Arc::new(Inode {
-                nodeid,
-                ino: st.st_ino as u64,
-                is_symlink: FileType::from_raw_mode(st.st_mode as _) == FileType::Symlink,
-                fd,
-                lookups: AtomicU64::new(0),
-                write: Mutex::new(WriteState::default()),
-            })
-        });
-        inode.lookups.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut inodes = self.inodes.write();
+            let inode = match inodes.entry(nodeid) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    self.held.fetch_add(1, Ordering::Relaxed);
+                    let kind = FileType::from_raw_mode(st.st_mode as _);
+                    e.insert(Arc::new(Inode {
+                        nodeid,
+                        ino: st.st_ino as u64,
+                        is_symlink: kind == FileType::Symlink,
+                        is_dir: kind == FileType::Directory,
+                        fd: Mutex::new(Some(Arc::new(fd))),
+                        lookups: AtomicU64::new(0),
+                        write: Mutex::new(WriteState::default()),
+                        name: Mutex::new((parent.nodeid, name.to_bytes().to_vec())),
+                        used: AtomicU64::new(tick),
+                    }))
+                }
+            };
+            inode.lookups.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.held.load(Ordering::Relaxed) > self.budget {
+            self.shed();
+        }
         Ok(Entry {
             ino: nodeid,
             stat: st,
         })
     }
 
+    /// An `O_PATH` descriptor for a name in a folder.
+    fn open_path(&self, parent: &Inode, name: &CStr) -> FsResult<OwnedFd> {
+        let pfd = self.path_fd(parent)?;
+        let open = || {
+            rustix::fs::openat(
+                &*pfd,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        match open() {
+            Err(Errno::MFILE) | Err(Errno::NFILE) => {
+                self.shed();
+                Ok(open().inspect_err(|_| {
+                    warn!(
+                        "out of file descriptors with {} held for {} inodes; raise the \
+                         open-files limit (ulimit -n) and remount",
+                        self.held.load(Ordering::Relaxed),
+                        self.inodes.read().len()
+                    )
+                })?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// The inode's `O_PATH` descriptor, opened again by its name if it was shed. The number
+    /// is checked, so a name that now holds another file gives ESTALE, never the wrong file.
+    fn path_fd(&self, inode: &Inode) -> FsResult<Arc<OwnedFd>> {
+        if let Some(fd) = inode.fd.lock().as_ref() {
+            return Ok(fd.clone());
+        }
+        let (parent_id, name) = inode.name.lock().clone();
+        let parent = self.inode(parent_id)?;
+        let cname = CString::new(name).map_err(|_| FsError::Stale(inode.nodeid))?;
+        let fd = self.open_path(&parent, &cname).map_err(|e| match e {
+            FsError::Os(Errno::NOENT) => FsError::Stale(inode.nodeid),
+            other => other,
+        })?;
+        if rustix::fs::fstat(&fd)?.st_ino as u64 != inode.ino {
+            return Err(FsError::Stale(inode.nodeid));
+        }
+        let mut slot = inode.fd.lock();
+        if let Some(fd) = slot.as_ref() {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(fd);
+        *slot = Some(fd.clone());
+        drop(slot);
+        if self.held.fetch_add(1, Ordering::Relaxed) >= self.budget {
+            self.shed();
+        }
+        Ok(fd)
+    }
+
+    /// Before a name goes away: an inode the kernel still knows, whose descriptor was shed,
+    /// gets one again, so that its backing inode (and so its number) stays taken until the
+    /// kernel forgets it.
+    fn pin(&self, st: &Stat, parent_fd: &OwnedFd, name: &CStr) {
+        let Ok(inode) = self.inode(self.nodeid_of(st.st_ino as u64)) else {
+            return;
+        };
+        if inode.fd.lock().is_some() {
+            return;
+        }
+        if let Ok(fd) = rustix::fs::openat(
+            parent_fd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            let mut slot = inode.fd.lock();
+            if slot.is_none() && rustix::fs::fstat(&fd).map(|s| s.st_ino) == Ok(st.st_ino) {
+                *slot = Some(Arc::new(fd));
+                self.held.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Closes the descriptors of the least recently used files that nothing holds, down to
+    /// half the budget. Folders keep theirs (every operation in them needs it), and so do files
+    /// that cannot be found again by one name: open, unlinked, or with several links.
+    fn shed(&self) {
+        let inodes = self.inodes.read();
+        let mut idle: Vec<(u64, &Arc<Inode>)> = inodes
+            .values()
+            .filter(|i| !i.is_dir && Arc::strong_count(i) == 1)
+            .map(|i| (i.used.load(Ordering::Relaxed), i))
+            .collect();
+        idle.sort_by_key(|(used, _)| *used);
+        let target = self.budget / 2;
+        for (_, inode) in idle {
+            if self.held.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let mut slot = inode.fd.lock();
+            let Some(fd) = slot.as_ref() else { continue };
+            if Arc::strong_count(fd) > 1 {
+                continue; // in use by an operation right now
+            }
+            match rustix::fs::fstat(&**fd) {
+                Ok(st) if st.st_nlink == 1 => {
+                    *slot = None;
+                    self.held.fetch_sub(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `O_PATH` descriptors held, and how many we allow before shedding.
+    pub fn descriptors(&self) -> (usize, usize) {
+        (self.held.load(Ordering::Relaxed), self.budget)
+    }
+
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
         let parent = self.inode(parent)?;
+        let parent_fd = self.path_fd(&parent)?;
         self.check_name(&parent, name)?;
         let c = cname(name)?;
-        let st = rustix::fs::statat(&parent.fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
+        let st = rustix::fs::statat(&*parent_fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
         self.remember(&st, None, &parent, &c)
     }
 
@@ -367,39 +526,55 @@ impl PocketFs {
                 Ordering::Relaxed,
             );
             if prev <= n {
-                inodes.remove(&nodeid);
+                if let Some(gone) = inodes.remove(&nodeid) {
+                    if gone.fd.lock().is_some() {
+                        self.held.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
             }
         }
     }
 
     pub fn getattr(&self, nodeid: u64) -> FsResult<Stat> {
         let inode = self.inode(nodeid)?;
-        Ok(rustix::fs::fstat(&inode.fd)?)
+        let inode_fd = self.path_fd(&inode)?;
+        Ok(rustix::fs::fstat(&*inode_fd)?)
     }
 
     /// Attributes of "." or ".." of a directory; the root's ".." is the root itself, so the
     /// mount never shows what lies outside the pocket.
     pub fn dot_attr(&self, dir: u64, dotdot: bool) -> FsResult<Stat> {
         let inode = self.inode(dir)?;
+        let inode_fd = self.path_fd(&inode)?;
         if dotdot && dir != ROOT {
             Ok(rustix::fs::statat(
-                &inode.fd,
+                &*inode_fd,
                 c"..",
                 AtFlags::SYMLINK_NOFOLLOW,
             )?)
         } else {
-            Ok(rustix::fs::fstat(&inode.fd)?)
+            Ok(rustix::fs::fstat(&*inode_fd)?)
         }
     }
 
     /// Opens the backing file behind an `O_PATH` descriptor for real I/O.
     fn reopen(&self, inode: &Inode, flags: OFlags) -> FsResult<OwnedFd> {
-        Ok(rustix::fs::openat(
-            &self.proc_fd,
-            proc_name(&inode.fd),
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?)
+        let inode_fd = self.path_fd(inode)?;
+        let open = || {
+            rustix::fs::openat(
+                &self.proc_fd,
+                proc_name(&inode_fd),
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        match open() {
+            Err(Errno::MFILE) | Err(Errno::NFILE) => {
+                self.shed();
+                Ok(open()?)
+            }
+            other => Ok(other?),
+        }
     }
 
     fn open_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -418,6 +593,7 @@ impl PocketFs {
 
     pub fn setattr(&self, nodeid: u64, fh: Option<u64>, attr: SetAttr) -> FsResult<Stat> {
         let inode = self.inode(nodeid)?;
+        let inode_fd = self.path_fd(&inode)?;
         let handle = fh.and_then(|fh| self.open_file(fh).ok());
         if let Some(mode) = attr.mode {
             if inode.is_symlink {
@@ -425,14 +601,14 @@ impl PocketFs {
             }
             rustix::fs::chmodat(
                 &self.proc_fd,
-                proc_name(&inode.fd),
+                proc_name(&inode_fd),
                 Mode::from_raw_mode(mode as _),
                 AtFlags::empty(),
             )?;
         }
         if attr.uid.is_some() || attr.gid.is_some() {
             rustix::fs::chownat(
-                &inode.fd,
+                &*inode_fd,
                 c"",
                 attr.uid.map(uid_of),
                 attr.gid.map(gid_of),
@@ -455,7 +631,7 @@ impl PocketFs {
             };
             if inode.is_symlink {
                 rustix::fs::utimensat(
-                    &inode.fd,
+                    &*inode_fd,
                     c"",
                     &times,
                     AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
@@ -463,13 +639,13 @@ impl PocketFs {
             } else {
                 rustix::fs::utimensat(
                     &self.proc_fd,
-                    proc_name(&inode.fd),
+                    proc_name(&inode_fd),
                     &times,
                     AtFlags::empty(),
                 )?;
             }
         }
-        let st = rustix::fs::fstat(&inode.fd)?;
+        let st = rustix::fs::fstat(&*inode_fd)?;
         let meta = meta_of(&st);
         if attr.size.is_some() {
             // A new size is new contents.
@@ -500,7 +676,8 @@ impl PocketFs {
 
     pub fn readlink(&self, nodeid: u64) -> FsResult<Vec<u8>> {
         let inode = self.inode(nodeid)?;
-        let target = rustix::fs::readlinkat(&inode.fd, c"", Vec::new())?;
+        let inode_fd = self.path_fd(&inode)?;
+        let target = rustix::fs::readlinkat(&*inode_fd, c"", Vec::new())?;
         Ok(target.into_bytes())
     }
 
@@ -513,10 +690,11 @@ impl PocketFs {
         caller: Caller,
         mode: u32,
     ) -> FsResult<()> {
+        let parent_fd = self.path_fd(parent)?;
         if self.euid != 0 || (caller.uid == 0 && caller.gid == 0) {
             return Ok(());
         }
-        let pst = rustix::fs::fstat(&parent.fd)?;
+        let pst = rustix::fs::fstat(&*parent_fd)?;
         let gid = if pst.st_mode as u32 & libc::S_ISGID != 0 {
             pst.st_gid
         } else {
@@ -550,9 +728,10 @@ impl PocketFs {
         mode: u32,
         make_change: impl FnOnce(u64, Meta) -> Change,
     ) -> FsResult<Entry> {
+        let parent_fd = self.path_fd(parent)?;
         let c = cname(name)?;
         let fd = rustix::fs::openat(
-            &parent.fd,
+            &*parent_fd,
             &c,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
@@ -562,7 +741,7 @@ impl PocketFs {
         self.record(make_change(st.st_ino as u64, meta_of(&st)));
         let entry = self.remember(&st, Some(fd), parent, &c)?;
         if let Ok(inode) = self.inode(entry.ino) {
-            inode.write.lock().unsynced_parents.push(parent.clone());
+            inode.write.lock().new_name_in(parent);
         }
         Ok(entry)
     }
@@ -577,11 +756,12 @@ impl PocketFs {
         rdev: u32,
     ) -> FsResult<Entry> {
         let p = self.inode(parent)?;
+        let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
         let c = cname(name)?;
         let ftype = FileType::from_raw_mode(mode as _);
         let perm = Mode::from_raw_mode((mode & !umask & 0o7777) as _);
-        rustix::fs::mknodat(&p.fd, &c, ftype, perm, rdev as _)?;
+        rustix::fs::mknodat(&*p_fd, &c, ftype, perm, rdev as _)?;
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
         self.finish_create(&p, name, caller, mode & !umask, |file, meta| {
@@ -603,10 +783,11 @@ impl PocketFs {
         umask: u32,
     ) -> FsResult<Entry> {
         let p = self.inode(parent)?;
+        let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
         let c = cname(name)?;
         rustix::fs::mkdirat(
-            &p.fd,
+            &*p_fd,
             &c,
             Mode::from_raw_mode((mode & !umask & 0o7777) as _),
         )?;
@@ -630,9 +811,10 @@ impl PocketFs {
         target: &Path,
     ) -> FsResult<Entry> {
         let p = self.inode(parent)?;
+        let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
         let c = cname(name)?;
-        rustix::fs::symlinkat(target.as_os_str().as_bytes(), &p.fd, &c)?;
+        rustix::fs::symlinkat(target.as_os_str().as_bytes(), &*p_fd, &c)?;
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
         let target_b = target.as_os_str().as_bytes().to_vec();
@@ -657,15 +839,17 @@ impl PocketFs {
 
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> FsResult<Option<u64>> {
         let p = self.inode(parent)?;
+        let p_fd = self.path_fd(&p)?;
         self.check_name(&p, name)?;
         let c = cname(name)?;
-        let st = rustix::fs::statat(&p.fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
+        let st = rustix::fs::statat(&*p_fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
         let flags = if dir {
             AtFlags::REMOVEDIR
         } else {
             AtFlags::empty()
         };
-        rustix::fs::unlinkat(&p.fd, &c, flags)?;
+        self.pin(&st, &p_fd, &c);
+        rustix::fs::unlinkat(&*p_fd, &c, flags)?;
         let (parent, name, file) = (p.ino, name.as_bytes().to_vec(), st.st_ino as u64);
         self.record(if dir {
             Change::Rmdir { parent, name, file }
@@ -685,15 +869,20 @@ impl PocketFs {
         flags: u32,
     ) -> FsResult<Vec<u64>> {
         let p = self.inode(parent)?;
+        let p_fd = self.path_fd(&p)?;
         let np = self.inode(new_parent)?;
+        let np_fd = self.path_fd(&np)?;
         self.check_name(&p, name)?;
         self.check_new_name(&np, new_name)?;
         let c = cname(name)?;
         let nc = cname(new_name)?;
-        let st = rustix::fs::statat(&p.fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
-        let target = rustix::fs::statat(&np.fd, &nc, AtFlags::SYMLINK_NOFOLLOW).ok();
+        let st = rustix::fs::statat(&*p_fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
+        let target = rustix::fs::statat(&*np_fd, &nc, AtFlags::SYMLINK_NOFOLLOW).ok();
         let rflags = RenameFlags::from_bits(flags).ok_or(FsError::Os(Errno::INVAL))?;
-        rustix::fs::renameat_with(&p.fd, &c, &np.fd, &nc, rflags)?;
+        if let Some(t) = &target {
+            self.pin(t, &np_fd, &nc);
+        }
+        rustix::fs::renameat_with(&*p_fd, &c, &*np_fd, &nc, rflags)?;
         let file = st.st_ino as u64;
         let mut stale = vec![self.nodeid_of(file)];
         if let Some(t) = &target {
@@ -713,33 +902,43 @@ impl PocketFs {
             exchange: rflags.contains(RenameFlags::EXCHANGE),
         });
         if let Ok(inode) = self.inode(self.nodeid_of(file)) {
-            inode.write.lock().unsynced_parents.push(np.clone());
+            inode.write.lock().new_name_in(&np);
+            *inode.name.lock() = (np.nodeid, new_name.as_bytes().to_vec());
+        }
+        if rflags.contains(RenameFlags::EXCHANGE) {
+            if let Some(other) =
+                target.and_then(|t| self.inode(self.nodeid_of(t.st_ino as u64)).ok())
+            {
+                *other.name.lock() = (p.nodeid, name.as_bytes().to_vec());
+            }
         }
         Ok(stale)
     }
 
     pub fn link(&self, nodeid: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Entry> {
         let inode = self.inode(nodeid)?;
+        let inode_fd = self.path_fd(&inode)?;
         let np = self.inode(new_parent)?;
+        let np_fd = self.path_fd(&np)?;
         self.check_new_name(&np, new_name)?;
         let nc = cname(new_name)?;
         // linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for anyone.
         let mut path = b"/proc/self/fd/".to_vec();
-        path.extend_from_slice(proc_name(&inode.fd).as_bytes());
+        path.extend_from_slice(proc_name(&inode_fd).as_bytes());
         rustix::fs::linkat(
             rustix::fs::CWD,
             path.as_slice(),
-            &np.fd,
+            &*np_fd,
             &nc,
             AtFlags::SYMLINK_FOLLOW,
         )?;
-        let st = rustix::fs::fstat(&inode.fd)?;
+        let st = rustix::fs::fstat(&*inode_fd)?;
         self.record(Change::Link {
             parent: np.ino,
             name: new_name.as_bytes().to_vec(),
             file: inode.ino,
         });
-        inode.write.lock().unsynced_parents.push(np.clone());
+        inode.write.lock().new_name_in(&np);
         inode.lookups.fetch_add(1, Ordering::Relaxed);
         Ok(Entry {
             ino: nodeid,
@@ -774,9 +973,10 @@ impl PocketFs {
     /// Opens a file; returns the handle.
     pub fn open(&self, nodeid: u64, flags: i32) -> FsResult<u64> {
         let inode = self.inode(nodeid)?;
+        let inode_fd = self.path_fd(&inode)?;
         let (oflags, writable) = Self::open_flags(flags);
         if writable {
-            let st = rustix::fs::fstat(&inode.fd)?;
+            let st = rustix::fs::fstat(&*inode_fd)?;
             self.begin_write(&inode, &st);
         }
         let fd = self.reopen(&inode, oflags)?;
@@ -801,12 +1001,13 @@ impl PocketFs {
         flags: i32,
     ) -> FsResult<(Entry, u64)> {
         let p = self.inode(parent)?;
+        let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
         let c = cname(name)?;
         let (oflags, writable) = Self::open_flags(flags);
         let perm = mode & !umask & 0o7777;
         let fd = rustix::fs::openat(
-            &p.fd,
+            &*p_fd,
             &c,
             oflags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(perm as _),
@@ -823,7 +1024,7 @@ impl PocketFs {
         let inode = self.inode(entry.ino)?;
         {
             let mut w = inode.write.lock();
-            w.unsynced_parents.push(p.clone());
+            w.new_name_in(&p);
             if w.recorded.is_none() {
                 w.recorded = Some(Snap::of(&st));
             }
@@ -992,24 +1193,29 @@ impl PocketFs {
 
     pub fn statfs(&self) -> FsResult<rustix::fs::StatVfs> {
         let root = self.inode(ROOT)?;
-        Ok(rustix::fs::fstatvfs(&root.fd)?)
+        let root_fd = self.path_fd(&root)?;
+        Ok(rustix::fs::fstatvfs(&*root_fd)?)
     }
 
     /// xattrs go through the /proc link. Linux offers no race-free way to reach a symlink's
     /// own, and allows only trusted.* and security.* there: a symlink has none through the
     /// mount (reads say ENODATA, writes EPERM, as for user.* on a symlink).
-    fn xattr_path(&self, inode: &Inode, write: bool) -> FsResult<CString> {
+    ///
+    /// The descriptor comes back with the path: the path names it, so it must stay open
+    /// while the path is used.
+    fn xattr_path(&self, inode: &Inode, write: bool) -> FsResult<(CString, Arc<OwnedFd>)> {
         if inode.is_symlink {
             return Err(FsError::Os(if write { Errno::PERM } else { Errno::NODATA }));
         }
+        let fd = self.path_fd(inode)?;
         let mut p = b"/proc/self/fd/".to_vec();
-        p.extend_from_slice(proc_name(&inode.fd).as_bytes());
-        Ok(CString::new(p).expect("no NUL"))
+        p.extend_from_slice(proc_name(&fd).as_bytes());
+        Ok((CString::new(p).expect("no NUL"), fd))
     }
 
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let inode = self.inode(nodeid)?;
-        let path = self.xattr_path(&inode, true)?;
+        let (path, _fd) = self.xattr_path(&inode, true)?;
         let c = cname(name)?;
         rustix::fs::setxattr(
             path.as_c_str(),
@@ -1028,7 +1234,7 @@ impl PocketFs {
     /// The value, into a buffer of `size` bytes (ERANGE when too small).
     pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
         let inode = self.inode(nodeid)?;
-        let path = self.xattr_path(&inode, false)?;
+        let (path, _fd) = self.xattr_path(&inode, false)?;
         let c = cname(name)?;
         let mut buf = vec![0u8; size as usize];
         let n = rustix::fs::getxattr(path.as_c_str(), c.as_c_str(), &mut buf[..])?;
@@ -1038,7 +1244,7 @@ impl PocketFs {
 
     pub fn getxattr_len(&self, nodeid: u64, name: &OsStr) -> FsResult<usize> {
         let inode = self.inode(nodeid)?;
-        let path = self.xattr_path(&inode, false)?;
+        let (path, _fd) = self.xattr_path(&inode, false)?;
         let c = cname(name)?;
         Ok(rustix::fs::getxattr_query(path.as_c_str(), c.as_c_str())?)
     }
@@ -1048,7 +1254,7 @@ impl PocketFs {
         if inode.is_symlink {
             return Ok(Vec::new());
         }
-        let path = self.xattr_path(&inode, false)?;
+        let (path, _fd) = self.xattr_path(&inode, false)?;
         let mut buf = vec![0u8; size as usize];
         let n = rustix::fs::listxattr(path.as_c_str(), &mut buf[..])?;
         buf.truncate(n);
@@ -1060,13 +1266,13 @@ impl PocketFs {
         if inode.is_symlink {
             return Ok(0);
         }
-        let path = self.xattr_path(&inode, false)?;
+        let (path, _fd) = self.xattr_path(&inode, false)?;
         Ok(rustix::fs::listxattr_query(path.as_c_str())?)
     }
 
     pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> FsResult<()> {
         let inode = self.inode(nodeid)?;
-        let path = self.xattr_path(&inode, true)?;
+        let (path, _fd) = self.xattr_path(&inode, true)?;
         let c = cname(name)?;
         rustix::fs::removexattr(path.as_c_str(), c.as_c_str())?;
         self.record(Change::RemoveXattr {
@@ -1078,12 +1284,13 @@ impl PocketFs {
 
     pub fn access(&self, nodeid: u64, mask: i32) -> FsResult<()> {
         let inode = self.inode(nodeid)?;
+        let inode_fd = self.path_fd(&inode)?;
         if inode.is_symlink {
             return Ok(());
         }
         rustix::fs::accessat(
             &self.proc_fd,
-            proc_name(&inode.fd),
+            proc_name(&inode_fd),
             rustix::fs::Access::from_bits_retain(mask as _),
             AtFlags::empty(),
         )?;

@@ -17,6 +17,23 @@ pub fn run(args: MountArgs) -> Result<()> {
     let config = pocket.config()?;
     let mountpoint: PathBuf = std::path::absolute(&args.mountpoint)
         .with_context(|| format!("cannot use {}", args.mountpoint.display()))?;
+    // A mount inside its own pocket would serve itself (the daemon would call into its own
+    // mount and hang); a pocket inside its mount would be hidden by it.
+    let resolved = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.clone());
+    if resolved.starts_with(&pocket.root) || pocket.root.starts_with(&resolved) {
+        return Err(Failure::new(
+            ExitCode::Error,
+            anyhow::anyhow!(
+                "the mountpoint {} and the pocket {} are inside one another; mount the pocket \
+                 at a folder outside it (for example ~/Pocket)",
+                mountpoint.display(),
+                pocket.root.display()
+            ),
+        )
+        .into());
+    }
     let mut lock = platform::PocketLock::acquire(&pocket.lock_path(), &pocket.root)?;
     let cleaned_stale = platform::prepare_mountpoint(&mountpoint, &pocket.root)?;
 

@@ -392,7 +392,10 @@ fn more_files_under(limit: &str) {
         fs::write(d.join(format!("g{i}")), format!("new {i}")).unwrap();
     }
     for i in 100..200 {
-        assert_eq!(fs::read_to_string(d.join(format!("g{i}"))).unwrap(), format!("new {i}"));
+        assert_eq!(
+            fs::read_to_string(d.join(format!("g{i}"))).unwrap(),
+            format!("new {i}")
+        );
     }
     assert_eq!(fs::read_dir(&d).unwrap().count(), n - 100);
     m.unmount();

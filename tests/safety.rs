@@ -72,6 +72,24 @@ fn bad_mountpoints_and_folders_get_clear_errors() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     m.unmount();
 
+    // Inside one another: refused before anything is mounted.
+    let inner = p.root.join("mnt");
+    fs::create_dir(&inner).unwrap();
+    let out = run(&["mount", p.p(), inner.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("inside one another"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["mount", p.p(), p.tmp.path().to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("inside one another"),
+        "{}",
+        stderr(&out)
+    );
+
     let out = run(&["unmount", plain.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -106,8 +106,12 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
         matches!((cat_files.get(&id), disk_files.get(&id)), (Some((c, _)), Some(d)) if c.kind == d.meta.kind)
     };
 
+    // A name is unchanged when it names the same file id, of the same kind, on both sides (an
+    // inode number reused for another kind of file while nothing recorded is a new file).
     let structural = cat_names.len() != disk_names.len()
-        || cat_names.iter().any(|(k, f)| disk_names.get(k) != Some(f));
+        || cat_names
+            .iter()
+            .any(|(k, f)| disk_names.get(k) != Some(f) || !same(*f));
     let mut plan = Plan::new(&cat_names, &cat_files, journal, structural);
 
     // Renames and extra names of files that exist on both sides.
@@ -120,7 +124,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     let mut new_names: Vec<Key> = if structural {
         disk_names
             .iter()
-            .filter(|(k, f)| cat_names.get(*k) != Some(*f))
+            .filter(|(k, f)| cat_names.get(*k) != Some(*f) || !same(**f))
             .map(|(k, _)| k.clone())
             .collect()
     } else {
@@ -163,7 +167,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     // 3. New files, and new names of existing files.
     for key in &new_names {
         let file = disk_names[key];
-        if plan.state.get(key) == Some(&file) {
+        if plan.state.get(key) == Some(&file) && (same(file) || plan.created.contains(&file)) {
             continue;
         }
         let d = &disk_files[&file];
@@ -185,12 +189,14 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     // 4. Names that are gone, deepest first (a folder empties before it goes).
     let mut gone: Vec<Key> = cat_names
         .iter()
-        .filter(|(k, f)| disk_names.get(*k) != Some(*f))
+        .filter(|(k, f)| disk_names.get(*k) != Some(*f) || !same(**f))
         .map(|(k, _)| k.clone())
         .collect();
     gone.sort();
     for key in gone {
-        if plan.state.get(&key) == cat_names.get(&key) && plan.state.contains_key(&key) {
+        // Still the catalog's file under that name, and not a new file that took its number.
+        let old = cat_names[&key];
+        if plan.state.get(&key) == Some(&old) && !plan.created.contains(&old) {
             plan.remove(&key, &mut report);
         }
     }

@@ -347,7 +347,11 @@ impl PocketFs {
         if let Some(inode) = self.inodes.read().get(&nodeid) {
             inode.lookups.fetch_add(1, Ordering::Relaxed);
             inode.used.store(tick, Ordering::Relaxed);
-            *inode.name.lock() = (parent.nodeid, name.to_bytes().to_vec());
+            let mut known = inode.name.lock();
+            if known.0 != parent.nodeid || known.1 != name.to_bytes() {
+                *known = (parent.nodeid, name.to_bytes().to_vec());
+            }
+            drop(known);
             return Ok(Entry {
                 ino: nodeid,
                 stat: *st,

@@ -218,7 +218,12 @@ fn init(dir: &Path) -> Result<()> {
         Ok(j) => j,
         Err(e) => return Err(e).context("cannot create the journal"),
     };
-    let report = journal::scan(&p.root, &p.journal_path(), &journal.handle())?;
+    let spinner = spinner(&format!("adopting the files in {}", root.display()));
+    let report = journal::scan(&p.root, &p.journal_path(), &journal.handle());
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let report = report?;
     journal.close()?;
     // The config last: a folder with a config is a complete pocket.
     pocket::write_durably(&p.config_path(), text.as_bytes())?;
@@ -232,6 +237,15 @@ fn init(dir: &Path) -> Result<()> {
         root.display()
     );
     Ok(())
+}
+
+/// A spinner on stderr for work whose length is not known, when a person is watching.
+fn spinner(message: &str) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let s = indicatif::ProgressBar::new_spinner().with_message(message.to_owned());
+        s.enable_steady_tick(Duration::from_millis(120));
+        s
+    })
 }
 
 fn unmount(mountpoint: &Path) -> Result<()> {
@@ -304,12 +318,11 @@ fn scan(pocket: Option<&Path>, json: bool) -> Result<()> {
         other => anyhow::Error::from(other),
     })?;
     let journal = journal::Journal::open(&p.journal_path())?;
-    let spinner = (!json && std::io::stderr().is_terminal()).then(|| {
-        let s = indicatif::ProgressBar::new_spinner()
-            .with_message(format!("scanning {}", p.root.display()));
-        s.enable_steady_tick(Duration::from_millis(120));
-        s
-    });
+    let spinner = if json {
+        None
+    } else {
+        spinner(&format!("scanning {}", p.root.display()))
+    };
     let result = journal::scan(&p.root, &p.journal_path(), &journal.handle());
     if let Some(s) = spinner {
         s.finish_and_clear();

@@ -175,6 +175,7 @@ fn serve(
     let res = mount.run();
     signal_handle.close();
     info!("unmounted {}; closing the journal", mountpoint.display());
+    info!("served: {}", fs_driver::fuse::served_summary());
     let closed = journal.close();
     res.context("the mount session ended with an error")?;
     closed.context(

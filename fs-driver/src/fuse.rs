@@ -225,8 +225,11 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 }
 
 /// Runs a core call; a panic becomes EIO instead of a request the kernel waits on forever.
-fn guard<T>(op: &str, f: impl FnOnce() -> FsResult<T>) -> Result<T, Errno> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+fn guard<T>(op: &'static str, f: impl FnOnce() -> FsResult<T>) -> Result<T, Errno> {
+    let _span = tracing::trace_span!("fs", op).entered();
+    let i = OPS.iter().position(|o| *o == op).unwrap_or(OPS.len() - 1);
+    STATS.calls[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let res = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
             if let FsError::Journal(_) | FsError::Stale(_) = e {
@@ -238,7 +241,85 @@ fn guard<T>(op: &str, f: impl FnOnce() -> FsResult<T>) -> Result<T, Errno> {
             error!("{op}: internal error (panic); answered EIO");
             Err(Errno::EIO)
         }
+    };
+    if res.is_err() {
+        STATS.errors[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    res
+}
+
+/// The operations counted, in the order the summary lists them; the last catches the rest.
+const OPS: [&str; 32] = [
+    "lookup",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "read",
+    "write",
+    "release",
+    "fsync",
+    "opendir",
+    "readdir",
+    "readdirplus",
+    "releasedir",
+    "fsyncdir",
+    "statfs",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "access",
+    "create",
+    "fallocate",
+    "lseek",
+    "copy_file_range",
+    "other",
+];
+
+/// Requests served and failed, per operation, for the summary at unmount.
+struct Stats {
+    calls: [std::sync::atomic::AtomicU64; OPS.len()],
+    errors: [std::sync::atomic::AtomicU64; OPS.len()],
+}
+
+static STATS: Stats = Stats {
+    calls: [const { std::sync::atomic::AtomicU64::new(0) }; OPS.len()],
+    errors: [const { std::sync::atomic::AtomicU64::new(0) }; OPS.len()],
+};
+
+/// One line: what the mount served, busiest first (e.g. "lookup 1200 (3 failed), getattr 90").
+pub fn served_summary() -> String {
+    let mut v: Vec<(u64, u64, &str)> = OPS
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            (
+                STATS.calls[i].load(std::sync::atomic::Ordering::Relaxed),
+                STATS.errors[i].load(std::sync::atomic::Ordering::Relaxed),
+                *op,
+            )
+        })
+        .filter(|(calls, _, _)| *calls > 0)
+        .collect();
+    v.sort_by_key(|(calls, _, _)| std::cmp::Reverse(*calls));
+    v.iter()
+        .map(|(calls, errors, op)| {
+            if *errors > 0 {
+                format!("{op} {calls} ({errors} failed)")
+            } else {
+                format!("{op} {calls}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Filesystem for FuseFs {

@@ -191,6 +191,12 @@ fn run(command: Command) -> Result<()> {
 }
 
 fn init(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "{} exists and is not a folder; give a folder (it is created if missing)",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let root = dir.canonicalize()?;
     let meta = root.join(pocket::DIR);

@@ -65,7 +65,12 @@ impl Pocket {
     pub fn at(root: &Path) -> Result<Pocket> {
         let root = root
             .canonicalize()
-            .with_context(|| format!("cannot find the pocket folder {}", root.display()))
+            .with_context(|| {
+                format!(
+                    "cannot find the pocket folder {} (is the drive plugged in and the path right?)",
+                    root.display()
+                )
+            })
             .map_err(|e| Failure::new(ExitCode::NotAPocket, e))?;
         let pocket = Pocket { root };
         if !pocket.config_path().is_file() {

@@ -62,7 +62,8 @@ pub struct FuseFs {
 #[derive(Debug, Default)]
 struct Backing {
     by_inode: HashMap<u64, Weak<BackingId>>,
-    by_handle: HashMap<u64, Arc<BackingId>>,
+    /// Each open handle's backing id, and the inode it belongs to.
+    by_handle: HashMap<u64, (u64, Arc<BackingId>)>,
 }
 
 impl FuseFs {
@@ -132,15 +133,18 @@ impl FuseFs {
                 Err(_) => return None,
             },
         };
-        b.by_handle.insert(fh, id.clone());
+        b.by_handle.insert(fh, (ino, id.clone()));
         Some(id)
     }
 
     fn drop_backing(&self, fh: u64) {
         let mut b = self.backing.lock();
-        if let Some(id) = b.by_handle.remove(&fh) {
+        if let Some((ino, id)) = b.by_handle.remove(&fh) {
             drop(id);
-            b.by_inode.retain(|_, w| w.strong_count() > 0);
+            // The last handle of the inode gone: so is its backing id, and its entry.
+            if b.by_inode.get(&ino).is_some_and(|w| w.strong_count() == 0) {
+                b.by_inode.remove(&ino);
+            }
         }
     }
 }

@@ -32,7 +32,7 @@ pub enum Error {
     WriterGone,
 
     /// A SQLite error without a more specific meaning.
-    #[error("journal database error: {0}")]
+    #[error("journal database error: {0} (the journal is on the pocket's drive; check that the drive is present and healthy)")]
     Sqlite(#[from] rusqlite::Error),
 
     /// An I/O error on the pocket (scan) or the journal's files.

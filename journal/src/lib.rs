@@ -17,5 +17,7 @@ pub use db::FORMAT_VERSION;
 pub use error::{Error, Result};
 pub use record::{Change, FileId, Kind, Meta, Op, Record};
 pub use scan::{read_xattrs, scan, ScanReport, POCKET_DIR};
-pub use status::{compact, set_cursor, CatalogEntry, CursorStatus, Reader, Status};
+pub use status::{
+    compact, remove_cursor, set_cursor, CatalogEntry, CursorStatus, Reader, Snapshot, Status,
+};
 pub use writer::{Journal, JournalHandle};

@@ -266,3 +266,124 @@ pub struct CatalogEntry {
     pub meta: crate::record::Meta,
     pub target: Option<Vec<u8>>,
 }
+
+/// The whole catalog at one journal position, read in one transaction: what a new
+/// destination starts from (a checkpoint), so that it never replays from record 0.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Every record up to this one is reflected, none after.
+    pub seq: u64,
+    /// When the last reflected record was made (0 for an empty journal).
+    pub time_ns: i64,
+    pub root: u64,
+    /// (file id, metadata, symlink target).
+    pub files: Vec<(u64, crate::record::Meta, Option<Vec<u8>>)>,
+    /// (parent, name, file).
+    pub names: Vec<(u64, Vec<u8>, u64)>,
+    /// (file, name, value).
+    pub xattrs: Vec<(u64, Vec<u8>, Vec<u8>)>,
+}
+
+impl Reader {
+    /// A consistent copy of the catalog and the seq it stands at.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let tx = self.conn.unchecked_transaction()?;
+        let tip = db::read_tip(&tx)?;
+        let time_ns: i64 = tx
+            .query_row(
+                "SELECT time_ns FROM records WHERE seq=?1",
+                [tip.last_seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let root = db::meta_get(&tx, "root")?.unwrap_or(0) as u64;
+        let files = {
+            let mut stmt = tx.prepare(
+                "SELECT id, kind, perm, uid, gid, size, mtime_ns, ctime_ns, rdev, target FROM files",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, db::meta_at(r, 1)?, r.get(9)?))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let names = {
+            let mut stmt = tx.prepare("SELECT parent, name, file FROM names")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let xattrs = {
+            let mut stmt = tx.prepare("SELECT file, name, value FROM xattrs")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        Ok(Snapshot {
+            seq: tip.last_seq,
+            time_ns,
+            root,
+            files,
+            names,
+            xattrs,
+        })
+    }
+
+    /// One path of a file as the catalog has it now (relative to the pocket, bytes), None
+    /// when the file has no name any more. The replicator reads contents through it.
+    pub fn path_of(&self, file: u64) -> Result<Option<Vec<u8>>> {
+        let root = self.root()?;
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut cur = file;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT parent, name FROM names WHERE file=?1 LIMIT 1")?;
+        while cur != root {
+            let Some((parent, name)) = stmt
+                .query_row([cur as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            parts.push(name);
+            cur = parent;
+            if parts.len() > 4096 {
+                return Ok(None);
+            }
+        }
+        parts.reverse();
+        Ok(Some(parts.join(&b'/')))
+    }
+
+    /// Identifies this journal among all journals (its creation time): a vault that a new
+    /// drive continues (after `init --from`) tells the two journals' sequence numbers apart.
+    pub fn journal_id(&self) -> Result<i64> {
+        Ok(db::meta_get(&self.conn, "created_ns")?.unwrap_or(0))
+    }
+
+    /// A destination's cursor, None before its first drain.
+    pub fn cursor(&self, dest: &str) -> Result<Option<u64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT seq FROM cursors WHERE dest=?1")?
+            .query_row([dest], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|s| s as u64))
+    }
+}
+
+/// Forgets a destination's cursor (the destination was removed), so it no longer holds back
+/// compaction.
+pub fn remove_cursor(path: &Path, dest: &str) -> Result<()> {
+    let conn = db::open_rw(path, false)?;
+    conn.execute("DELETE FROM cursors WHERE dest=?1", [dest])?;
+    Ok(())
+}

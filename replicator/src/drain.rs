@@ -1,0 +1,586 @@
+//! The drain of one vault: records after the destination's cursor become one log segment,
+//! with the contents of the files they changed read from the drive, chunked, deduplicated and
+//! packed. The cursor moves only after the segment (and every pack it refers to) is durable.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    Content, FileState, Position, Segment, VChange, VMeta, VRecord, Xattr, KIND_DIR, KIND_FILE,
+};
+use crate::source::{read_file, ReadOutcome};
+use crate::tree::Tree;
+use crate::vault::{now_ns, Head, LogObject, Vault};
+
+/// Records taken into one segment at most.
+const BATCH: usize = 100_000;
+/// A checkpoint is written after this many segments, so a restore replays little.
+const CHECKPOINT_EVERY: u64 = 256;
+/// How often a file that keeps changing while read is tried before the drain gives up for now.
+const TORN_RETRIES: u32 = 8;
+
+/// What one drain did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    pub records: u64,
+    pub files: u64,
+    pub bytes_read: u64,
+    pub bytes_uploaded: u64,
+    pub new_chunks: u64,
+    /// The cursor after the drain.
+    pub cursor: u64,
+    /// Whether a full checkpoint was written (a new destination, or a new journal).
+    pub checkpoint: bool,
+}
+
+/// Live counters for a progress bar.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+}
+
+/// Where the drain reads from.
+#[derive(Debug)]
+pub struct Source<'a> {
+    pub pocket: &'a Path,
+    pub journal: &'a Path,
+    pub dest: &'a str,
+    pub cancel: &'a AtomicBool,
+    pub progress: &'a Progress,
+}
+
+impl Source<'_> {
+    fn abs(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.pocket.to_owned()
+        } else {
+            self.pocket.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A vault destination's drain state: the vault and its tree at the destination's cursor.
+#[derive(Debug)]
+pub struct VaultDrain {
+    pub vault: Vault,
+    state: Option<Option<(Tree, Head)>>,
+    segments_since_checkpoint: u64,
+    workers: usize,
+}
+
+impl VaultDrain {
+    pub fn new(vault: Vault) -> VaultDrain {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8);
+        VaultDrain {
+            vault,
+            state: None,
+            segments_since_checkpoint: 0,
+            workers,
+        }
+    }
+
+    /// The vault's newest head, once loaded.
+    pub fn head(&self) -> Option<&Head> {
+        self.state.as_ref().and_then(|s| s.as_ref()).map(|(_, h)| h)
+    }
+
+    /// Drains what is pending, one segment's worth. Ok(None) when nothing was pending.
+    pub fn drain_once(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
+        let res = self.drain_inner(src);
+        if res.is_err() {
+            // Whatever was applied in memory may be ahead of the vault: reload next time.
+            self.state = None;
+        }
+        res
+    }
+
+    fn drain_inner(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
+        let reader = journal::Reader::open(src.journal)?;
+        let jid = reader.journal_id()?;
+        if self.state.is_none() {
+            self.vault.load_index()?;
+            let loaded = self.vault.load_tree(None)?;
+            self.segments_since_checkpoint = 0;
+            self.state = Some(loaded);
+        }
+        let mut cursor = reader.cursor(src.dest)?;
+        let head = self.head().cloned();
+        if let Some(h) = &head {
+            // A drain killed between the segment and the cursor: the vault is the truth.
+            if h.journal_id == jid && cursor.is_none_or(|c| h.seq > c) {
+                info!(
+                    dest = src.dest,
+                    seq = h.seq,
+                    "the destination holds more than the cursor said; moving the cursor"
+                );
+                journal::set_cursor(src.journal, src.dest, h.seq)?;
+                cursor = Some(h.seq);
+            }
+        }
+        let needs_checkpoint = match (&head, cursor) {
+            (None, _) | (_, None) => true,
+            (Some(h), Some(c)) => h.journal_id != jid || c != h.seq,
+        };
+        if needs_checkpoint {
+            return self.checkpoint_from_journal(src, &reader, head).map(Some);
+        }
+        let cursor = cursor.unwrap_or(0);
+        let mut records = reader.records_after(cursor, BATCH)?;
+        if records.is_empty() {
+            return Ok(None);
+        }
+        if records[0].seq != cursor + 1 {
+            // Compaction removed records this destination never took: start from the catalog.
+            warn!(
+                dest = src.dest,
+                "records after the cursor were compacted away; writing a checkpoint"
+            );
+            return self.checkpoint_from_journal(src, &reader, head).map(Some);
+        }
+        let (mut tree, head) = self.state.take().flatten().ok_or(Error::Cancelled)?;
+        let mut applied = 0usize;
+        let mut report = DrainReport::default();
+        let mut attempts = 0u32;
+        // Apply, read contents; if a changed file is already gone from the drive, its removal
+        // is in the journal (or about to be): take those records too and try again.
+        let contents = loop {
+            for r in &records[applied..] {
+                tree.apply(&VChange::from_journal(&r.change));
+            }
+            applied = records.len();
+            let mut last_content: HashMap<u64, usize> = HashMap::new();
+            for (i, r) in records.iter().enumerate() {
+                if let Some(file) = content_of(&r.change) {
+                    last_content.insert(file, i);
+                }
+            }
+            let wanted: Vec<u64> = last_content
+                .keys()
+                .copied()
+                .filter(|f| tree.alive(*f))
+                .collect();
+            let outcome = self.read_contents(src, &reader, &wanted, &mut report)?;
+            if outcome.gone.is_empty() {
+                break (last_content, outcome.done);
+            }
+            attempts += 1;
+            if attempts > 40 {
+                return Err(Error::Source {
+                    path: src.pocket.to_owned(),
+                    detail: format!(
+                        "{} changed files could not be found on the drive",
+                        outcome.gone.len()
+                    ),
+                });
+            }
+            let more =
+                reader.records_after(records.last().map(|r| r.seq).unwrap_or(cursor), BATCH)?;
+            if more.is_empty() {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            records.extend(more);
+        };
+        let (last_content, mut done) = contents;
+        let last = records.last().expect("records is not empty");
+        let (end_seq, end_time) = (last.seq, last.time_ns);
+        let mut out = Vec::with_capacity(records.len());
+        let mut touched_dirs = BTreeSet::new();
+        for (i, r) in records.iter().enumerate() {
+            if !matches!(r.change, journal::Change::Content { .. }) {
+                note_dirs(&r.change, &mut touched_dirs);
+                out.push(VRecord {
+                    seq: r.seq,
+                    time_ns: r.time_ns,
+                    change: VChange::from_journal(&r.change),
+                });
+            }
+            // The file's contents go with its last content-bearing record of the batch.
+            let Some(file) = content_of(&r.change) else {
+                continue;
+            };
+            if last_content.get(&file) != Some(&i) {
+                continue;
+            }
+            let Some((content, meta)) = done.remove(&file) else {
+                continue;
+            };
+            out.push(VRecord {
+                seq: r.seq,
+                time_ns: r.time_ns,
+                change: VChange::Content {
+                    file,
+                    meta,
+                    content,
+                },
+            });
+        }
+        // Folder times move with every entry made or removed in them, which the journal does
+        // not record: take them as they are now.
+        for dir in touched_dirs {
+            if !tree.alive(dir) {
+                continue;
+            }
+            let rel = if dir == tree.root {
+                Some(Vec::new())
+            } else {
+                reader.path_of(dir)?
+            };
+            let Some(rel) = rel else { continue };
+            if let Some(meta) = lstat_meta(
+                &src.abs(&rel),
+                if dir == tree.root { None } else { Some(dir) },
+            ) {
+                out.push(VRecord {
+                    seq: end_seq,
+                    time_ns: end_time,
+                    change: VChange::SetAttr { file: dir, meta },
+                });
+            }
+        }
+        for r in &out {
+            if matches!(r.change, VChange::Content { .. } | VChange::SetAttr { .. }) {
+                tree.apply(&r.change);
+            }
+        }
+        let segment = Segment {
+            pos: Position {
+                gen: head.gen + 1,
+                prev: head.hash,
+                journal_id: jid,
+                seq: end_seq,
+                time_ns: end_time,
+                written_ns: now_ns(),
+            },
+            first_seq: cursor + 1,
+            records: out,
+        };
+        src.check_cancel()?;
+        let mut new_head = self.vault.append_log(&head, &LogObject::Segment(segment))?;
+        self.segments_since_checkpoint += 1;
+        if self.segments_since_checkpoint >= CHECKPOINT_EVERY {
+            new_head = self.write_checkpoint(&tree, &new_head, jid, end_seq, end_time)?;
+            report.checkpoint = true;
+        }
+        journal::set_cursor(src.journal, src.dest, end_seq)?;
+        report.records = end_seq - cursor;
+        report.cursor = end_seq;
+        debug!(dest = src.dest, ?report, "segment written");
+        self.state = Some(Some((tree, new_head)));
+        Ok(Some(report))
+    }
+
+    fn write_checkpoint(
+        &mut self,
+        tree: &Tree,
+        head: &Head,
+        jid: i64,
+        seq: u64,
+        time_ns: i64,
+    ) -> Result<Head> {
+        let cp = tree.to_checkpoint(Position {
+            gen: head.gen + 1,
+            prev: head.hash,
+            journal_id: jid,
+            seq,
+            time_ns,
+            written_ns: now_ns(),
+        });
+        self.segments_since_checkpoint = 0;
+        self.vault.append_log(head, &LogObject::Checkpoint(cp))
+    }
+
+    /// A full checkpoint from the journal's catalog: the start of a new destination, or of a
+    /// vault continued by a new drive.
+    fn checkpoint_from_journal(
+        &mut self,
+        src: &Source<'_>,
+        reader: &journal::Reader,
+        head: Option<Head>,
+    ) -> Result<DrainReport> {
+        let jid = reader.journal_id()?;
+        let mut report = DrainReport {
+            checkpoint: true,
+            ..DrainReport::default()
+        };
+        let mut attempts = 0;
+        loop {
+            let snap = reader.snapshot()?;
+            let mut tree = Tree::new(snap.root);
+            for (id, meta, target) in &snap.files {
+                tree.files.insert(
+                    *id,
+                    FileState {
+                        id: *id,
+                        meta: VMeta::from(*meta),
+                        target: target.clone(),
+                        xattrs: Vec::new(),
+                        content: None,
+                    },
+                );
+            }
+            for (file, name, value) in &snap.xattrs {
+                if let Some(f) = tree.files.get_mut(file) {
+                    f.xattrs.push(Xattr {
+                        name: name.clone(),
+                        value: value.clone(),
+                    });
+                }
+            }
+            for f in tree.files.values_mut() {
+                f.xattrs.sort();
+            }
+            for (parent, name, file) in &snap.names {
+                tree.apply(&VChange::Link {
+                    parent: *parent,
+                    name: name.clone(),
+                    file: *file,
+                });
+            }
+            // Folder and symlink metadata as it is now (folder times are not journaled).
+            if let Some(meta) = lstat_meta(src.pocket, None) {
+                if let Some(r) = tree.files.get_mut(&snap.root) {
+                    r.meta = meta;
+                }
+            }
+            for (rel, id) in tree.paths() {
+                let kind = tree.files[&id].meta.kind;
+                if kind != KIND_FILE {
+                    if let Some(meta) = lstat_meta(&src.abs(&rel), Some(id)) {
+                        tree.files.get_mut(&id).expect("listed").meta = meta;
+                    }
+                }
+            }
+            let wanted: Vec<u64> = tree
+                .files
+                .values()
+                .filter(|f| f.meta.kind == KIND_FILE)
+                .map(|f| f.id)
+                .collect();
+            let outcome = self.read_contents(src, reader, &wanted, &mut report)?;
+            if !outcome.gone.is_empty() {
+                attempts += 1;
+                if attempts > 10 {
+                    return Err(Error::Source {
+                        path: src.pocket.to_owned(),
+                        detail: "files keep disappearing while the first backup reads them; try again when the pocket is quieter".into(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            for (id, (content, meta)) in outcome.done {
+                tree.apply(&VChange::Content {
+                    file: id,
+                    meta,
+                    content,
+                });
+            }
+            let head = head.clone().unwrap_or_default();
+            let new_head = self.write_checkpoint(&tree, &head, jid, snap.seq, snap.time_ns)?;
+            journal::set_cursor(src.journal, src.dest, snap.seq)?;
+            report.records = snap.seq;
+            report.cursor = snap.seq;
+            self.state = Some(Some((tree, new_head)));
+            info!(
+                dest = src.dest,
+                seq = snap.seq,
+                files = report.files,
+                "checkpoint written"
+            );
+            return Ok(report);
+        }
+    }
+
+    /// Reads, chunks and uploads the given files in parallel. Every pack is durable when this
+    /// returns Ok.
+    fn read_contents(
+        &self,
+        src: &Source<'_>,
+        reader: &journal::Reader,
+        files: &[u64],
+        report: &mut DrainReport,
+    ) -> Result<ReadResult> {
+        // Paths come from the catalog as it is now: the file may have moved since its record.
+        let mut jobs = Vec::with_capacity(files.len());
+        let mut gone = Vec::new();
+        for &id in files {
+            match reader.path_of(id)? {
+                Some(rel) => jobs.push((id, src.abs(&rel))),
+                None => gone.push(id),
+            }
+        }
+        src.progress
+            .files_total
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        let next = AtomicUsize::new(0);
+        let uploaded = AtomicU64::new(0);
+        let new_chunks = AtomicU64::new(0);
+        let bytes_read = AtomicU64::new(0);
+        let results: Vec<Result<Vec<(u64, Outcome)>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..self.workers.min(jobs.len().max(1)))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut packer = self.vault.packer();
+                        let chunker = self.vault.chunker();
+                        let mut out = Vec::new();
+                        let res = (|| {
+                            loop {
+                                let i = next.fetch_add(1, Ordering::Relaxed);
+                                let Some((id, path)) = jobs.get(i) else { break };
+                                src.check_cancel()?;
+                                let mut tries = 0;
+                                let outcome = loop {
+                                    let mut sink = |c: &[u8]| {
+                                        bytes_read.fetch_add(c.len() as u64, Ordering::Relaxed);
+                                        src.progress.bytes_done.fetch_add(c.len() as u64, Ordering::Relaxed);
+                                        packer.add(c)
+                                    };
+                                    match read_file(path, *id, &chunker, &mut sink)? {
+                                        ReadOutcome::Done(c, m) => break Outcome::Done(c, m),
+                                        ReadOutcome::Gone => break Outcome::Gone,
+                                        ReadOutcome::Torn => {
+                                            tries += 1;
+                                            if tries > TORN_RETRIES {
+                                                return Err(Error::Source {
+                                                    path: path.clone(),
+                                                    detail: "it keeps changing while being read; it will be taken once it settles".into(),
+                                                });
+                                            }
+                                            std::thread::sleep(Duration::from_millis(10 << tries.min(6)));
+                                        }
+                                    }
+                                };
+                                src.progress.files_done.fetch_add(1, Ordering::Relaxed);
+                                out.push((*id, outcome));
+                            }
+                            packer.flush()
+                        })();
+                        uploaded.fetch_add(packer.uploaded_bytes, Ordering::Relaxed);
+                        new_chunks.fetch_add(packer.new_chunks, Ordering::Relaxed);
+                        match res {
+                            Ok(()) => Ok(out),
+                            Err(e) => {
+                                packer.abandon();
+                                Err(e)
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Format("a drain worker panicked".into())))
+                })
+                .collect()
+        });
+        let mut done = HashMap::new();
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(v) => {
+                    for (id, o) in v {
+                        match o {
+                            Outcome::Done(c, m) => {
+                                done.insert(id, (c, m));
+                            }
+                            Outcome::Gone => gone.push(id),
+                        }
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        report.files += done.len() as u64;
+        report.bytes_read += bytes_read.load(Ordering::Relaxed);
+        report.bytes_uploaded += uploaded.load(Ordering::Relaxed);
+        report.new_chunks += new_chunks.load(Ordering::Relaxed);
+        Ok(ReadResult { done, gone })
+    }
+}
+
+enum Outcome {
+    Done(Content, VMeta),
+    Gone,
+}
+
+struct ReadResult {
+    done: HashMap<u64, (Content, VMeta)>,
+    gone: Vec<u64>,
+}
+
+/// The file whose contents a change asks for: a content record, or the creation of a regular
+/// file (the scan records a file that appeared with data as a create alone).
+fn content_of(c: &journal::Change) -> Option<u64> {
+    match c {
+        journal::Change::Content { file, .. } => Some(*file),
+        journal::Change::Create { file, meta, .. } if meta.kind == journal::Kind::File => {
+            Some(*file)
+        }
+        _ => None,
+    }
+}
+
+/// The folders whose entries a change touches.
+fn note_dirs(c: &journal::Change, dirs: &mut BTreeSet<u64>) {
+    use journal::Change as C;
+    match c {
+        C::Create { parent, .. }
+        | C::Mkdir { parent, .. }
+        | C::Symlink { parent, .. }
+        | C::Link { parent, .. }
+        | C::Unlink { parent, .. }
+        | C::Rmdir { parent, .. } => {
+            dirs.insert(*parent);
+        }
+        C::Rename {
+            parent, new_parent, ..
+        } => {
+            dirs.insert(*parent);
+            dirs.insert(*new_parent);
+        }
+        _ => {}
+    }
+}
+
+/// An entry's metadata now, if it still is file `expect` (None: do not check, for the root).
+pub(crate) fn lstat_meta(path: &Path, expect: Option<u64>) -> Option<VMeta> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    if expect.is_some_and(|id| id != m.ino()) {
+        return None;
+    }
+    let meta = journal::Meta::from_std(&m)?;
+    let mut v = VMeta::from(meta);
+    if v.kind == KIND_DIR {
+        v.size = 0;
+    }
+    Some(v)
+}

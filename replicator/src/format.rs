@@ -1,0 +1,408 @@
+//! The objects a vault holds, as stored. `docs/vault-format.md` describes the same thing for
+//! someone writing another reader; a change here is a change of the format version.
+//!
+//! Structured objects are CBOR (RFC 8949), compressed with zstd, then sealed (see
+//! [`crate::crypto`]) with associated data `backpocket-vault-1 <type> <name>`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, Key};
+use crate::error::{Error, Result};
+
+/// The vault format this code writes and reads.
+pub const VAULT_FORMAT: u32 = 1;
+
+/// Largest object we will decode (a checkpoint of a very large pocket fits well within it);
+/// a damaged length never turns into a huge allocation.
+pub const MAX_OBJECT: usize = 1 << 30;
+
+/// A chunk's identity: keyed BLAKE3 of its plaintext.
+pub type ChunkId = [u8; 32];
+
+/// The vault's `config`: plaintext JSON, everything needed to open the vault with only a
+/// passphrase.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The vault format version.
+    pub backpocket_vault: u32,
+    /// This vault's random identity.
+    pub id: String,
+    /// The pocket that writes this vault (one writer per vault).
+    pub pocket_id: String,
+    /// How the pocket key comes from the passphrase.
+    pub kdf: crypto::KdfParams,
+    /// The vault's master key, sealed with the pocket key.
+    #[serde(with = "crypto::hex_bytes")]
+    pub wrapped_key: Vec<u8>,
+    pub created_ns: i64,
+    pub chunker: ChunkerParams,
+}
+
+/// FastCDC sizes, fixed for the life of a vault (changing them would end deduplication).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerParams {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        // 1 MiB average like restic: large enough that the index stays small, small enough
+        // that a 1% edit of a big file re-sends little.
+        ChunkerParams {
+            min: 256 * 1024,
+            avg: 1024 * 1024,
+            max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// One blob in a pack, as listed in the pack's header and in its index object.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobEntry {
+    #[serde(with = "serde_bytes")]
+    pub id: ChunkId,
+    /// Where the sealed blob starts in the pack.
+    pub offset: u64,
+    /// Sealed length.
+    pub len: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+    /// Whether the plaintext was zstd-compressed before sealing.
+    pub zstd: bool,
+}
+
+/// `index/<pack name>`: which blobs a pack holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PackIndex {
+    pub pack: String,
+    pub size: u64,
+    pub blobs: Vec<BlobEntry>,
+}
+
+/// Metadata as stored (the journal's `Meta`, in a form this format owns).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VMeta {
+    /// 1 file, 2 folder, 3 symlink, 4 fifo, 5 socket, 6 char device, 7 block device.
+    pub kind: u8,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub rdev: u64,
+}
+
+pub const KIND_FILE: u8 = 1;
+pub const KIND_DIR: u8 = 2;
+pub const KIND_SYMLINK: u8 = 3;
+
+impl From<journal::Meta> for VMeta {
+    fn from(m: journal::Meta) -> VMeta {
+        VMeta {
+            kind: m.kind as u8,
+            perm: m.perm,
+            uid: m.uid,
+            gid: m.gid,
+            size: m.size,
+            mtime_ns: m.mtime_ns,
+            ctime_ns: m.ctime_ns,
+            rdev: m.rdev,
+        }
+    }
+}
+
+/// A chunk of a file's data.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkRef {
+    #[serde(with = "serde_bytes")]
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+/// A run of data at `offset`; what lies between extents is a hole.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A regular file's contents: its size and its data extents (the hole map is what they leave).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Content {
+    pub size: u64,
+    pub extents: Vec<Extent>,
+}
+
+impl Content {
+    pub fn data_bytes(&self) -> u64 {
+        self.extents
+            .iter()
+            .flat_map(|e| &e.chunks)
+            .map(|c| c.len as u64)
+            .sum()
+    }
+}
+
+/// One change, as replayed by a restore. Names are bytes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum VChange {
+    Create {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        file: u64,
+        meta: VMeta,
+    },
+    Mkdir {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        file: u64,
+        meta: VMeta,
+    },
+    Symlink {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        file: u64,
+        meta: VMeta,
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    Link {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        file: u64,
+    },
+    Rename {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        new_parent: u64,
+        #[serde(with = "serde_bytes")]
+        new_name: Vec<u8>,
+        file: u64,
+        exchange: bool,
+    },
+    Unlink {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        file: u64,
+    },
+    Rmdir {
+        parent: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        file: u64,
+    },
+    SetAttr {
+        file: u64,
+        meta: VMeta,
+    },
+    SetXattr {
+        file: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    RemoveXattr {
+        file: u64,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    /// The file's contents as read from the drive after its last change in the segment.
+    Content {
+        file: u64,
+        meta: VMeta,
+        content: Content,
+    },
+}
+
+impl VChange {
+    pub fn from_journal(c: &journal::Change) -> VChange {
+        use journal::Change as C;
+        match c.clone() {
+            C::Create {
+                parent,
+                name,
+                file,
+                meta,
+            } => VChange::Create {
+                parent,
+                name,
+                file,
+                meta: meta.into(),
+            },
+            C::Mkdir {
+                parent,
+                name,
+                file,
+                meta,
+            } => VChange::Mkdir {
+                parent,
+                name,
+                file,
+                meta: meta.into(),
+            },
+            C::Symlink {
+                parent,
+                name,
+                file,
+                meta,
+                target,
+            } => VChange::Symlink {
+                parent,
+                name,
+                file,
+                meta: meta.into(),
+                target,
+            },
+            C::Link { parent, name, file } => VChange::Link { parent, name, file },
+            C::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                file,
+                exchange,
+            } => VChange::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                file,
+                exchange,
+            },
+            C::Unlink { parent, name, file } => VChange::Unlink { parent, name, file },
+            C::Rmdir { parent, name, file } => VChange::Rmdir { parent, name, file },
+            C::SetAttr { file, meta } => VChange::SetAttr {
+                file,
+                meta: meta.into(),
+            },
+            C::SetXattr { file, name, value } => VChange::SetXattr { file, name, value },
+            C::RemoveXattr { file, name } => VChange::RemoveXattr { file, name },
+            C::Content { file, meta } => VChange::Content {
+                file,
+                meta: meta.into(),
+                content: Content::default(),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VRecord {
+    pub seq: u64,
+    pub time_ns: i64,
+    pub change: VChange,
+}
+
+/// A file in a tree.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileState {
+    pub id: u64,
+    pub meta: VMeta,
+    #[serde(with = "serde_bytes")]
+    pub target: Option<Vec<u8>>,
+    pub xattrs: Vec<Xattr>,
+    pub content: Option<Content>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Xattr {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NameEntry {
+    pub parent: u64,
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    pub file: u64,
+}
+
+/// Where a log object stands in the pocket's history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Position {
+    /// The vault's own sequence of log objects (segments and checkpoints), from 1.
+    pub gen: u64,
+    /// BLAKE3 of the previous log object's stored bytes (zeros for the first): the chain
+    /// that makes a removed or reordered segment visible.
+    #[serde(with = "serde_bytes")]
+    pub prev: [u8; 32],
+    /// Which journal the sequence numbers belong to (a new drive made by `init --from`
+    /// starts a new journal and continues the vault).
+    pub journal_id: i64,
+    /// The last journal record reflected.
+    pub seq: u64,
+    /// When that record was made (the point a restore `--at` compares with).
+    pub time_ns: i64,
+    /// When the object was written.
+    pub written_ns: i64,
+}
+
+/// `log/<gen>`: the records of one drain.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Segment {
+    pub pos: Position,
+    pub first_seq: u64,
+    pub records: Vec<VRecord>,
+}
+
+/// `checkpoints/<gen>`: the whole tree at a point.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub pos: Position,
+    pub root: u64,
+    pub files: Vec<FileState>,
+    pub names: Vec<NameEntry>,
+}
+
+/// The name that binds a sealed object to its place.
+pub fn aad(kind: &str, name: &str) -> Vec<u8> {
+    format!("backpocket-vault-{VAULT_FORMAT} {kind} {name}").into_bytes()
+}
+
+/// CBOR, zstd, seal.
+pub fn seal_object<T: Serialize>(key: &Key, kind: &str, name: &str, value: &T) -> Result<Vec<u8>> {
+    let mut cbor = Vec::new();
+    ciborium::into_writer(value, &mut cbor)
+        .map_err(|e| Error::Format(format!("encoding {kind}: {e}")))?;
+    let z = zstd::bulk::compress(&cbor, 3)
+        .map_err(|e| Error::Format(format!("compressing {kind}: {e}")))?;
+    crypto::seal(key, &aad(kind, name), &z)
+}
+
+/// Opens, decompresses and decodes; any damage is an error naming the object.
+pub fn open_object<T: for<'de> Deserialize<'de>>(
+    key: &Key,
+    kind: &str,
+    name: &str,
+    sealed: &[u8],
+) -> Result<T> {
+    let damaged = |detail: String| Error::Damaged {
+        object: name.to_owned(),
+        detail,
+    };
+    let z = crypto::open(key, &aad(kind, name), sealed)
+        .map_err(|_| damaged("authentication failed (damaged, swapped or tampered with)".into()))?;
+    let cbor = zstd::bulk::decompress(&z, MAX_OBJECT)
+        .map_err(|e| damaged(format!("cannot decompress: {e}")))?;
+    ciborium::from_reader(&cbor[..]).map_err(|e| damaged(format!("cannot decode: {e}")))
+}
+
+/// The name of a log object.
+pub fn gen_name(gen: u64) -> String {
+    format!("{gen:020}")
+}

@@ -1,0 +1,28 @@
+//! The replicator: drains the journal to destinations, and reads them back (restore, verify,
+//! log). Formats are described in `docs/vault-format.md`.
+
+pub mod crypto;
+mod drain;
+mod error;
+pub mod format;
+mod mirror;
+mod restore;
+mod service;
+mod source;
+mod state;
+mod store;
+mod tree;
+mod vault;
+mod verify;
+
+pub use crypto::{KdfParams, Key};
+pub use drain::{DrainReport, Progress};
+pub use error::{Error, Result};
+pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
+pub use service::{
+    is_unreachable, runtime, sync, DestSpec, Mode, Replicator, Setup, SyncOutcome, SyncReport,
+};
+pub use state::DestState;
+pub use store::{local_path, Store};
+pub use vault::{Point, Vault};
+pub use verify::{verify, Damage, VerifyReport};

@@ -1,0 +1,470 @@
+//! Restore from a vault: the tree at a point, rebuilt in a new folder, contents fetched pack
+//! by pack in parallel and every chunk checked against its hash before it is written.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use rustix::fs::{AtFlags, Mode as FsMode, Timespec, Timestamps, CWD};
+
+use crate::drain::Progress;
+use crate::error::{Error, Result};
+use crate::format::{BlobEntry, Content, FileState, KIND_DIR, KIND_FILE, KIND_SYMLINK};
+use crate::tree::Tree;
+use crate::vault::{Loc, Vault};
+
+/// What to restore and where.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// The newest point whose changes were all made at or before this time (ns since the
+    /// epoch); the newest point when None.
+    pub at: Option<i64>,
+    /// Only these paths (and what is under them); everything when empty.
+    pub paths: Vec<Vec<u8>>,
+    /// Set owners (only root can).
+    pub owners: bool,
+    pub workers: usize,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub other: u64,
+    pub bytes: u64,
+    /// The point restored: when its last change was made, and the journal record it ends at.
+    pub point_time_ns: i64,
+    pub point_seq: u64,
+    /// Files that could not be restored exactly (damaged or missing data), with the reason.
+    pub failed: Vec<(Vec<u8>, String)>,
+    /// Entries that could not be made here (device nodes as an ordinary user).
+    pub skipped: Vec<(Vec<u8>, String)>,
+}
+
+/// Restores the vault's tree at `opts.at` into `opts.target`, which must be missing or empty.
+pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Result<RestoreReport> {
+    let (tree, head) = vault.load_tree(opts.at)?.ok_or_else(|| {
+        Error::Format(match opts.at {
+            Some(_) => "the destination holds no backup that old".into(),
+            None => "the destination holds no backup yet".into(),
+        })
+    })?;
+    prepare_target(&opts.target)?;
+    vault.load_index()?;
+    let mut report = RestoreReport {
+        point_time_ns: head.time_ns,
+        point_seq: head.seq,
+        ..RestoreReport::default()
+    };
+    let entries = select(&tree, &opts.paths)?;
+    let target = &opts.target;
+    let abs = |rel: &[u8]| target.join(OsStr::from_bytes(rel));
+
+    // 1. The tree's shape: folders, files (at full size, so holes stay holes), links.
+    let mut first_name: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut writes: Vec<(PathBuf, &Content)> = Vec::new();
+    for (rel, id) in &entries {
+        let f = &tree.files[id];
+        let p = abs(rel);
+        let made = match f.meta.kind {
+            KIND_DIR => {
+                report.dirs += 1;
+                std::fs::create_dir(&p).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+            }
+            KIND_FILE => {
+                if let Some(first) = first_name.get(id) {
+                    std::fs::hard_link(abs(first), &p)
+                } else {
+                    first_name.insert(*id, rel.clone());
+                    report.files += 1;
+                    let size = f.content.as_ref().map_or(f.meta.size, |c| c.size);
+                    let r = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&p)
+                        .and_then(|file| file.set_len(size));
+                    if let Some(c) = &f.content {
+                        writes.push((p.clone(), c));
+                        report.bytes += c.data_bytes();
+                    }
+                    r
+                }
+            }
+            KIND_SYMLINK => {
+                report.symlinks += 1;
+                let t = f.target.clone().unwrap_or_default();
+                std::os::unix::fs::symlink(OsStr::from_bytes(&t), &p)
+            }
+            kind => {
+                if let Some(first) = first_name.get(id) {
+                    std::fs::hard_link(abs(first), &p)
+                } else {
+                    first_name.insert(*id, rel.clone());
+                    report.other += 1;
+                    let ty = match kind {
+                        4 => rustix::fs::FileType::Fifo,
+                        5 => rustix::fs::FileType::Socket,
+                        6 => rustix::fs::FileType::CharacterDevice,
+                        _ => rustix::fs::FileType::BlockDevice,
+                    };
+                    match rustix::fs::mknodat(
+                        CWD,
+                        &p,
+                        ty,
+                        FsMode::from_raw_mode(0o600),
+                        f.meta.rdev,
+                    ) {
+                        Ok(()) => Ok(()),
+                        Err(e) if e == rustix::io::Errno::PERM => {
+                            report.skipped.push((
+                                rel.clone(),
+                                "device nodes can be made only by root".into(),
+                            ));
+                            continue;
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
+            }
+        };
+        made.map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
+    }
+
+    // 2. Contents, pack by pack.
+    progress
+        .bytes_total
+        .fetch_add(report.bytes, Ordering::Relaxed);
+    progress
+        .files_total
+        .fetch_add(writes.len() as u64, Ordering::Relaxed);
+    let failed = Mutex::new(Vec::<(PathBuf, String)>::new());
+    let mut by_pack: BTreeMap<std::sync::Arc<str>, Vec<(BlobEntry, Vec<(usize, u64)>)>> =
+        BTreeMap::new();
+    {
+        let mut blob_slot: HashMap<[u8; 32], (std::sync::Arc<str>, usize)> = HashMap::new();
+        for (fi, (path, content)) in writes.iter().enumerate() {
+            for ext in &content.extents {
+                let mut off = ext.offset;
+                for c in &ext.chunks {
+                    match blob_slot.get(&c.id) {
+                        Some((pack, i)) => {
+                            by_pack.get_mut(pack).expect("slot")[*i].1.push((fi, off))
+                        }
+                        None => match vault.locate(&c.id) {
+                            Some(Loc { pack, blob }) => {
+                                let v = by_pack.entry(pack.clone()).or_default();
+                                blob_slot.insert(c.id, (pack, v.len()));
+                                v.push((blob, vec![(fi, off)]));
+                            }
+                            None => failed.lock().push((
+                                path.clone(),
+                                format!(
+                                    "chunk {} is missing from the destination",
+                                    hex::encode(c.id)
+                                ),
+                            )),
+                        },
+                    }
+                    off += c.len as u64;
+                }
+            }
+        }
+    }
+    let packs: Vec<_> = by_pack.into_iter().collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..opts.workers.clamp(1, 16) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((pack, blobs)) = packs.get(i) else {
+                    break;
+                };
+                for (fi, e) in restore_pack(vault, pack, blobs, &writes, progress) {
+                    failed.lock().push((writes[fi].0.clone(), e));
+                }
+            });
+        }
+    });
+    let mut failed = failed.into_inner();
+    failed.sort();
+    failed.dedup_by(|a, b| a.0 == b.0);
+    let failed_paths: std::collections::HashSet<PathBuf> =
+        failed.iter().map(|(p, _)| p.clone()).collect();
+    report.failed = failed
+        .into_iter()
+        .map(|(p, e)| {
+            (
+                p.strip_prefix(target)
+                    .unwrap_or(&p)
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+                e,
+            )
+        })
+        .collect();
+    for (p, _) in &writes {
+        if failed_paths.contains(p) {
+            // Never leave a file that looks restored but is not.
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    progress
+        .files_done
+        .fetch_add(writes.len() as u64, Ordering::Relaxed);
+
+    // 3. Metadata: files first, folders deepest first so their times stay as set.
+    let mut done_ids = std::collections::HashSet::new();
+    for (rel, id) in entries.iter().rev() {
+        let p = abs(rel);
+        if failed_paths.contains(&p) || report.skipped.iter().any(|(s, _)| s == rel) {
+            continue;
+        }
+        if !done_ids.insert(*id) {
+            continue;
+        }
+        set_meta(&p, &tree.files[id], opts.owners)
+            .map_err(|e| Error::io(format!("cannot set the attributes of {}", p.display()), e))?;
+    }
+    if let Some(root) = tree.files.get(&tree.root) {
+        if opts.paths.is_empty() {
+            let _ = set_meta(target, root, opts.owners);
+        }
+    }
+    // A restore is done when it is on disk.
+    let dir = std::fs::File::open(target)
+        .map_err(|e| Error::io(format!("cannot open {}", target.display()), e))?;
+    rustix::fs::syncfs(&dir)
+        .map_err(|e| Error::io("cannot flush the restored files to disk", e.into()))?;
+    Ok(report)
+}
+
+fn prepare_target(target: &Path) -> Result<()> {
+    match std::fs::read_dir(target) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(Error::Format(format!(
+                    "{} is not empty; restore into a new or empty folder",
+                    target.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(target)
+            .map_err(|e| Error::io(format!("cannot create {}", target.display()), e)),
+        Err(e) => Err(Error::io(format!("cannot open {}", target.display()), e)),
+    }
+}
+
+/// The entries to restore: all, or the given paths with what is under them and the folders
+/// above them.
+fn select(tree: &Tree, wanted: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, u64)>> {
+    let all = tree.paths();
+    if wanted.is_empty() {
+        return Ok(all);
+    }
+    let wanted: Vec<Vec<u8>> = wanted
+        .iter()
+        .map(|w| w.strip_suffix(b"/").unwrap_or(w).to_vec())
+        .collect();
+    let mut out = Vec::new();
+    let mut found = vec![false; wanted.len()];
+    for (p, id) in all {
+        let mut keep = false;
+        for (i, w) in wanted.iter().enumerate() {
+            if &p == w || (p.starts_with(w) && p.get(w.len()) == Some(&b'/')) {
+                found[i] = true;
+                keep = true;
+            } else if w.starts_with(&p) && w.get(p.len()) == Some(&b'/') {
+                keep = true;
+            }
+        }
+        if keep {
+            out.push((p, id));
+        }
+    }
+    if let Some(i) = found.iter().position(|f| !f) {
+        return Err(Error::Format(format!(
+            "{} is not in that backup",
+            String::from_utf8_lossy(&wanted[i])
+        )));
+    }
+    Ok(out)
+}
+
+type Targets = Vec<(BlobEntry, Vec<(usize, u64)>)>;
+
+fn restore_pack(
+    vault: &Vault,
+    pack: &str,
+    blobs: &Targets,
+    writes: &[(PathBuf, &Content)],
+    progress: &Progress,
+) -> Vec<(usize, String)> {
+    let key = Vault::pack_key(pack);
+    let mut failed = Vec::new();
+    let fail_all = |targets: &[(usize, u64)], e: &Error, failed: &mut Vec<(usize, String)>| {
+        for (f, _) in targets {
+            failed.push((*f, e.to_string()));
+        }
+    };
+    // One read of the pack when most of it is wanted, else one read per blob.
+    let wanted: u64 = blobs.iter().map(|(b, _)| b.len as u64).sum();
+    let end = blobs
+        .iter()
+        .map(|(b, _)| b.offset + b.len as u64)
+        .max()
+        .unwrap_or(0);
+    let whole = if wanted * 2 >= end {
+        match vault.store.get_range(&key, 0, end) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                for (_, t) in blobs {
+                    fail_all(t, &e, &mut failed);
+                }
+                return failed;
+            }
+        }
+    } else {
+        None
+    };
+    let mut open: HashMap<usize, std::fs::File> = HashMap::new();
+    for (blob, targets) in blobs {
+        let data = match &whole {
+            Some(bytes) => vault.open_blob(bytes, blob),
+            None => vault
+                .store
+                .get_range(&key, blob.offset, blob.len as u64)
+                .and_then(|sealed| {
+                    let mut b = blob.clone();
+                    b.offset = 0;
+                    vault.open_blob(&sealed, &b)
+                }),
+        };
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                fail_all(targets, &e, &mut failed);
+                continue;
+            }
+        };
+        for (f, off) in targets {
+            let path = &writes[*f].0;
+            let file = match open.entry(*f) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    match std::fs::OpenOptions::new().write(true).open(path) {
+                        Ok(file) => v.insert(file),
+                        Err(e) => {
+                            failed.push((*f, format!("cannot write {}: {e}", path.display())));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = file.write_all_at(&data, *off) {
+                failed.push((*f, format!("cannot write {}: {e}", path.display())));
+                continue;
+            }
+            progress
+                .bytes_done
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if open.len() > 256 {
+            open.clear();
+        }
+    }
+    failed
+}
+
+fn ts(ns: i64) -> Timespec {
+    Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
+}
+
+fn set_meta(p: &Path, f: &FileState, owners: bool) -> std::io::Result<()> {
+    for x in &f.xattrs {
+        rustix::fs::lsetxattr(
+            p,
+            OsStr::from_bytes(&x.name),
+            &x.value,
+            rustix::fs::XattrFlags::empty(),
+        )?;
+    }
+    if owners {
+        rustix::fs::chownat(
+            CWD,
+            p,
+            Some(rustix::process::Uid::from_raw(f.meta.uid)),
+            Some(rustix::process::Gid::from_raw(f.meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    if f.meta.kind != KIND_SYMLINK {
+        // After chown, which clears set-id bits.
+        rustix::fs::chmodat(CWD, p, FsMode::from_raw_mode(f.meta.perm), AtFlags::empty())?;
+    }
+    let t = ts(f.meta.mtime_ns);
+    rustix::fs::utimensat(
+        CWD,
+        p,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+/// One version of a file that a destination holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    /// When the point's last change was made.
+    pub time_ns: i64,
+    pub seq: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub kind: u8,
+}
+
+/// The distinct versions of `path` across the vault's history, oldest first.
+pub fn versions(vault: &Vault, path: &[u8]) -> Result<Vec<Version>> {
+    let mut out: Vec<Version> = Vec::new();
+    let mut last: Option<(u64, u64, i64, Option<Content>)> = None;
+    vault.replay_all(&mut |tree, point| {
+        let Some(id) = tree.lookup(path) else {
+            last = None;
+            return Ok(());
+        };
+        let f = &tree.files[&id];
+        let now = (id, f.meta.size, f.meta.mtime_ns, f.content.clone());
+        if last.as_ref() != Some(&now) {
+            out.push(Version {
+                time_ns: point.time_ns,
+                seq: point.seq,
+                size: f.meta.size,
+                mtime_ns: f.meta.mtime_ns,
+                kind: f.meta.kind,
+            });
+            last = Some(now);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}

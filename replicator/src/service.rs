@@ -1,0 +1,460 @@
+//! The replicator as it runs: one thread per destination, so that a slow or absent one never
+//! holds the others back, all sharing one tokio runtime for their transfers. Woken by the
+//! journal after each commit; failures retry with backoff and are written where
+//! `journal status` reads them.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use tokio::runtime::{Handle, Runtime};
+use tracing::{info, warn};
+
+use crate::crypto::Key;
+use crate::drain::{DrainReport, Progress, Source, VaultDrain};
+use crate::error::{Error, Result};
+use crate::mirror::MirrorDrain;
+use crate::state::{DestLock, DestState};
+use crate::store::Store;
+use crate::vault::{now_ns, Vault};
+
+/// How a destination stores the pocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Encrypted, deduplicated, versioned.
+    Vault,
+    /// A plain copy of the tree, readable without backpocket.
+    Mirror,
+}
+
+/// A configured destination.
+#[derive(Clone, Debug)]
+pub struct DestSpec {
+    pub name: String,
+    pub url: String,
+    pub mode: Mode,
+    /// Mirror: how long replaced and deleted files stay in `.backpocket-versions/`.
+    pub keep_versions: Duration,
+}
+
+/// Everything the replicator needs to know about the pocket.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub pocket: PathBuf,
+    pub meta_dir: PathBuf,
+    pub journal: PathBuf,
+    pub pocket_id: String,
+    /// The pocket's config file, stored (sealed) in each vault so a new drive can be made from it.
+    pub pocket_config: Vec<u8>,
+    /// The pocket key, when this machine has it; vaults wait for it otherwise.
+    pub key: Option<Key>,
+    pub dests: Vec<DestSpec>,
+}
+
+/// A destination opened for draining.
+#[derive(Debug)]
+pub enum DestDrain {
+    Vault(Box<VaultDrain>),
+    Mirror(Box<MirrorDrain>),
+}
+
+impl DestDrain {
+    /// Opens the destination (it must be reachable), checking that it is ours and has not gone
+    /// back in time.
+    pub fn open(spec: &DestSpec, setup: &Setup, rt: Handle) -> Result<DestDrain> {
+        let store = Store::open(&spec.url, rt, false)?;
+        match spec.mode {
+            Mode::Vault => {
+                let key = setup.key.as_ref().ok_or(Error::NeedPassphrase)?;
+                let vault = Vault::open(store, key)?;
+                if vault.config.pocket_id != setup.pocket_id {
+                    return Err(Error::OtherPocket(vault.config.pocket_id.clone()));
+                }
+                let st = DestState::load(&setup.meta_dir, &spec.name);
+                if st.vault_id.as_deref() == Some(vault.config.id.as_str()) {
+                    if let (Some(gen), Some(hash)) = (st.head_gen, &st.head_hash) {
+                        let head = vault.head()?;
+                        let found = head.as_ref().map(|h| (h.gen, hex::encode(h.hash)));
+                        let ok = match &found {
+                            Some((g, _)) if *g > gen => true,
+                            Some((g, h)) => *g == gen && h == hash,
+                            None => false,
+                        };
+                        if !ok {
+                            return Err(Error::RolledBack {
+                                found: found.map_or("an empty log".into(), |(g, _)| {
+                                    format!("log object {g}")
+                                }),
+                                expected: format!("log object {gen}"),
+                            });
+                        }
+                    }
+                }
+                vault.put_pocket_config(&setup.pocket_config)?;
+                Ok(DestDrain::Vault(Box::new(VaultDrain::new(vault))))
+            }
+            Mode::Mirror => Ok(DestDrain::Mirror(Box::new(MirrorDrain::open(
+                store,
+                spec,
+                &setup.pocket_id,
+            )?))),
+        }
+    }
+
+    pub fn drain_once(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
+        match self {
+            DestDrain::Vault(v) => v.drain_once(src),
+            DestDrain::Mirror(m) => m.drain_once(src),
+        }
+    }
+
+    /// Records the destination's newest log object in the pocket's state.
+    fn note_head(&self, st: &mut DestState) {
+        if let DestDrain::Vault(v) = self {
+            if let Some(h) = v.head() {
+                st.vault_id = Some(v.vault.config.id.clone());
+                st.head_gen = Some(h.gen);
+                st.head_hash = Some(hex::encode(h.hash));
+            }
+        }
+    }
+}
+
+/// Whether an error means "not reachable now" rather than "reached, and it failed".
+pub fn is_unreachable(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        Error::Store { source, .. } => {
+            source.is_temporary() || source.kind() == opendal::ErrorKind::NotFound
+        }
+        _ => false,
+    }
+}
+
+/// A tokio runtime for transfers.
+pub fn runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("replicator-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the replicator's runtime", e))
+}
+
+/// The running replicator.
+#[derive(Debug)]
+pub struct Replicator {
+    cancel: Arc<AtomicBool>,
+    stop: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+    _rt: Option<Runtime>,
+}
+
+impl Replicator {
+    /// Starts draining every destination; `wake` receives the journal's commits.
+    pub fn start(setup: Setup, wake: Receiver<u64>) -> Result<Replicator> {
+        let rt = runtime()?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let setup = Arc::new(setup);
+        let mut threads = Vec::new();
+        let mut wakers: Vec<Sender<()>> = Vec::new();
+        for spec in setup.dests.clone() {
+            let (tx, rx) = bounded(1);
+            wakers.push(tx);
+            let (setup, handle, cancel, stop) = (
+                setup.clone(),
+                rt.handle().clone(),
+                cancel.clone(),
+                stop_rx.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("dest-{}", spec.name))
+                    .spawn(move || run_dest(&spec, &setup, handle, rx, stop, &cancel))
+                    .map_err(|e| Error::io("cannot start a replicator thread", e))?,
+            );
+        }
+        let stop = stop_rx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("replicator".into())
+                .spawn(move || loop {
+                    select! {
+                        recv(wake) -> m => {
+                            if m.is_err() { return; }
+                            for w in &wakers { let _ = w.try_send(()); }
+                        }
+                        recv(stop) -> _ => return,
+                    }
+                })
+                .map_err(|e| Error::io("cannot start the replicator thread", e))?,
+        );
+        Ok(Replicator {
+            cancel,
+            stop: Some(stop_tx),
+            threads,
+            _rt: Some(rt),
+        })
+    }
+
+    /// Stops: a drain in progress is abandoned (its cursor does not move, so nothing is lost).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.stop.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(rt) = self._rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run_dest(
+    spec: &DestSpec,
+    setup: &Setup,
+    rt: Handle,
+    wake: Receiver<()>,
+    stop: Receiver<()>,
+    cancel: &AtomicBool,
+) {
+    // `sync` may hold the destination; wait for it.
+    let _lock = loop {
+        match DestLock::try_take(&setup.meta_dir, &spec.name) {
+            Ok(Some(l)) => break l,
+            Ok(None) => {}
+            Err(e) => warn!(dest = spec.name, "{e}"),
+        }
+        if stop.recv_timeout(Duration::from_secs(1))
+            != Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        {
+            return;
+        }
+    };
+    let progress = Progress::default();
+    let src = Source {
+        pocket: &setup.pocket,
+        journal: &setup.journal,
+        dest: &spec.name,
+        cancel,
+        progress: &progress,
+    };
+    let mut drain: Option<DestDrain> = None;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let res = drain_all(spec, setup, &rt, &mut drain, &src);
+        let mut st = DestState::load(&setup.meta_dir, &spec.name);
+        st.last_attempt_ns = Some(now_ns());
+        let wait = match res {
+            Err(Error::Cancelled) => return,
+            Ok(n) => {
+                if n > 0 {
+                    info!(dest = spec.name, records = n, "drained");
+                }
+                st.reachable = Some(true);
+                st.last_success_ns = Some(now_ns());
+                st.last_error = None;
+                if let Some(d) = &drain {
+                    d.note_head(&mut st);
+                }
+                backoff = Duration::from_secs(1);
+                // Nothing pending: sleep until the journal commits, or check again in a while
+                // (a destination may have come back, a scan may have run).
+                Duration::from_secs(30)
+            }
+            Err(e) => {
+                warn!(dest = spec.name, "{e}");
+                st.reachable = Some(!is_unreachable(&e));
+                st.last_error = Some(e.to_string());
+                st.last_error_ns = Some(now_ns());
+                drain = None;
+                let w = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+                w
+            }
+        };
+        if let Err(e) = st.save(&setup.meta_dir, &spec.name) {
+            warn!(dest = spec.name, "{e}");
+        }
+        select! {
+            recv(wake) -> _ => {
+                // Coalesce a burst of commits into one drain.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            recv(stop) -> _ => return,
+            default(wait) => {}
+        }
+    }
+}
+
+/// Drains until nothing is pending. Returns how many records went.
+fn drain_all(
+    spec: &DestSpec,
+    setup: &Setup,
+    rt: &Handle,
+    drain: &mut Option<DestDrain>,
+    src: &Source<'_>,
+) -> Result<u64> {
+    if drain.is_none() {
+        *drain = Some(DestDrain::open(spec, setup, rt.clone())?);
+    }
+    let d = drain.as_mut().expect("opened above");
+    let mut total = 0;
+    while let Some(r) = d.drain_once(src)? {
+        total += r.records;
+        if src.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+    }
+    Ok(total)
+}
+
+/// The outcome of `sync` for one destination.
+#[derive(Debug)]
+pub struct SyncOutcome {
+    pub name: String,
+    pub result: Result<SyncReport>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SyncReport {
+    pub drained: DrainReport,
+    /// The mount's replicator was draining this destination; `sync` waited for it.
+    pub waited_for_mount: bool,
+}
+
+/// Drains every destination once, in parallel, until each holds record `target` or fails.
+pub fn sync(
+    setup: &Setup,
+    target: u64,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Vec<SyncOutcome> {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let msg = e.to_string();
+            return setup
+                .dests
+                .iter()
+                .map(|d| SyncOutcome {
+                    name: d.name.clone(),
+                    result: Err(Error::Format(msg.clone())),
+                })
+                .collect();
+        }
+    };
+    let out = std::thread::scope(|s| {
+        let handles: Vec<_> = setup
+            .dests
+            .iter()
+            .map(|spec| {
+                let handle = rt.handle().clone();
+                s.spawn(move || SyncOutcome {
+                    name: spec.name.clone(),
+                    result: sync_one(spec, setup, handle, target, progress, cancel),
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("sync thread"))
+            .collect()
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    out
+}
+
+fn sync_one(
+    spec: &DestSpec,
+    setup: &Setup,
+    rt: Handle,
+    target: u64,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<SyncReport> {
+    let src = Source {
+        pocket: &setup.pocket,
+        journal: &setup.journal,
+        dest: &spec.name,
+        cancel,
+        progress,
+    };
+    let Some(_lock) = DestLock::try_take(&setup.meta_dir, &spec.name)? else {
+        // The mount's replicator has it: wait until it holds `target`, or reports a failure.
+        let started = now_ns();
+        loop {
+            let reader = journal::Reader::open(&setup.journal)?;
+            if reader.cursor(&spec.name)?.is_some_and(|c| c >= target) {
+                return Ok(SyncReport {
+                    waited_for_mount: true,
+                    ..SyncReport::default()
+                });
+            }
+            let st = DestState::load(&setup.meta_dir, &spec.name);
+            if let (Some(err), Some(at)) = (&st.last_error, st.last_error_ns) {
+                if at > started {
+                    return Err(Error::Format(err.clone()));
+                }
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut st = DestState::load(&setup.meta_dir, &spec.name);
+    st.last_attempt_ns = Some(now_ns());
+    let res = (|| {
+        let mut d = DestDrain::open(spec, setup, rt)?;
+        let mut total = DrainReport::default();
+        while let Some(r) = d.drain_once(&src)? {
+            total.records += r.records;
+            total.files += r.files;
+            total.bytes_read += r.bytes_read;
+            total.bytes_uploaded += r.bytes_uploaded;
+            total.new_chunks += r.new_chunks;
+            total.checkpoint |= r.checkpoint;
+            total.cursor = r.cursor;
+            if r.cursor >= target {
+                break;
+            }
+        }
+        Ok((d, total))
+    })();
+    let out = match res {
+        Ok((d, total)) => {
+            st.reachable = Some(true);
+            st.last_success_ns = Some(now_ns());
+            st.last_error = None;
+            d.note_head(&mut st);
+            Ok(SyncReport {
+                drained: total,
+                waited_for_mount: false,
+            })
+        }
+        Err(e) => {
+            st.reachable = Some(!is_unreachable(&e));
+            st.last_error = Some(e.to_string());
+            st.last_error_ns = Some(now_ns());
+            Err(e)
+        }
+    };
+    st.save(&setup.meta_dir, &spec.name)?;
+    out
+}

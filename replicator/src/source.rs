@@ -1,0 +1,230 @@
+//! Reading a file from the pocket for upload: data extents (holes stay holes), content-defined
+//! chunks, and the check that the file did not change while it was read.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
+
+use crate::error::{Error, Result};
+use crate::format::{ChunkRef, ChunkerParams, Content, Extent, VMeta};
+
+/// Files up to this size are read whole and cut in memory; larger ones are streamed.
+const WHOLE_READ: u64 = 32 << 20;
+
+/// What a read found.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// The contents, and the metadata they go with.
+    Done(Content, VMeta),
+    /// The file is gone or is another file now (its inode differs).
+    Gone,
+    /// It changed while being read; read it again.
+    Torn,
+}
+
+/// The chunker's settings for one vault.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunker {
+    pub params: ChunkerParams,
+    /// XORed into FastCDC's gear table, derived from the vault key, so chunk boundaries do not
+    /// reveal which known files a vault holds.
+    pub seed: u64,
+}
+
+/// Reads `path` (which should be file `id`) and hands each chunk to `sink`.
+pub fn read_file(
+    path: &Path,
+    id: u64,
+    chunker: &Chunker,
+    sink: &mut dyn FnMut(&[u8]) -> Result<ChunkRef>,
+) -> Result<ReadOutcome> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nofollow() | libc_o_noatime_if_owner())
+        .open(path)
+        .or_else(|_| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc_o_nofollow())
+                .open(path)
+        }) {
+        Ok(f) => f,
+        Err(e) if matches!(e.raw_os_error(), Some(2) | Some(20) | Some(40)) => {
+            return Ok(ReadOutcome::Gone)
+        }
+        Err(e) => {
+            return Err(Error::Source {
+                path: path.to_owned(),
+                detail: format!("cannot read: {e}"),
+            })
+        }
+    };
+    let before = file.metadata().map_err(|e| src_err(path, e))?;
+    if before.ino() != id || !before.is_file() {
+        return Ok(ReadOutcome::Gone);
+    }
+    let size = before.size();
+    let extents =
+        data_extents(&file, size, before.blocks() * 512 < size).map_err(|e| src_err(path, e))?;
+    let mut out = Vec::with_capacity(extents.len());
+    for (start, end) in extents {
+        let mut chunks = Vec::new();
+        cut(&file, start, end, chunker, &mut |c| {
+            chunks.push(sink(c)?);
+            Ok(())
+        })
+        .map_err(|e| match e {
+            Error::Io { source, .. } => src_err(path, source),
+            e => e,
+        })?;
+        out.push(Extent {
+            offset: start,
+            chunks,
+        });
+    }
+    let after = file.metadata().map_err(|e| src_err(path, e))?;
+    if after.size() != before.size()
+        || after.mtime_nsec() != before.mtime_nsec()
+        || after.mtime() != before.mtime()
+        || after.ctime() != before.ctime()
+        || after.ctime_nsec() != before.ctime_nsec()
+    {
+        return Ok(ReadOutcome::Torn);
+    }
+    let meta = journal::Meta::from_std(&after)
+        .map(VMeta::from)
+        .ok_or_else(|| Error::Source {
+            path: path.to_owned(),
+            detail: "unknown file type".into(),
+        })?;
+    Ok(ReadOutcome::Done(Content { size, extents: out }, meta))
+}
+
+fn src_err(path: &Path, e: std::io::Error) -> Error {
+    Error::Source {
+        path: path.to_owned(),
+        detail: format!("cannot read: {e}"),
+    }
+}
+
+/// The data runs of a file: one run for an ordinary file, the SEEK_DATA/SEEK_HOLE map for a
+/// sparse one.
+fn data_extents(file: &File, size: u64, sparse: bool) -> std::io::Result<Vec<(u64, u64)>> {
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    if !sparse {
+        return Ok(vec![(0, size)]);
+    }
+    use rustix::fs::{seek, SeekFrom};
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match seek(file, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            // A filesystem without SEEK_DATA: the whole file is data.
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
+                return Ok(vec![(0, size)])
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if start >= size {
+            break;
+        }
+        let end = match seek(file, SeekFrom::Hole(start)) {
+            Ok(e) => e.min(size),
+            Err(e) => return Err(e.into()),
+        };
+        out.push((start, end));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Cuts bytes `start..end` of `file` into chunks.
+fn cut(
+    file: &File,
+    start: u64,
+    end: u64,
+    chunker: &Chunker,
+    emit: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let p = chunker.params;
+    let len = end - start;
+    let io = |e: std::io::Error| Error::Io {
+        context: "read".into(),
+        source: e,
+    };
+    if len <= WHOLE_READ {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, start).map_err(io)?;
+        if len < p.min as u64 {
+            return emit(&buf);
+        }
+        let cdc = FastCDC::with_level_and_seed(
+            &buf,
+            p.min as usize,
+            p.avg as usize,
+            p.max as usize,
+            Normalization::Level1,
+            chunker.seed,
+        );
+        for c in cdc {
+            emit(&buf[c.offset..c.offset + c.length])?;
+        }
+        return Ok(());
+    }
+    let reader = Ranged {
+        file,
+        pos: start,
+        end,
+    };
+    let cdc = StreamCDC::with_level_and_seed(
+        reader,
+        p.min as usize,
+        p.avg as usize,
+        p.max as usize,
+        Normalization::Level1,
+        chunker.seed,
+    );
+    for c in cdc {
+        let c = c.map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(e) => io(e),
+            e => Error::Format(format!("chunking: {e}")),
+        })?;
+        emit(&c.data)?;
+    }
+    Ok(())
+}
+
+struct Ranged<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Ranged<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+fn libc_o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// O_NOATIME spares the drive an inode write per file read; it is allowed only to the
+/// file's owner (or root), so the caller retries without it.
+fn libc_o_noatime_if_owner() -> i32 {
+    rustix::fs::OFlags::NOATIME.bits() as i32
+}

@@ -1,0 +1,95 @@
+//! What the pocket remembers about each destination between runs, in
+//! `.backpocket/dest/<name>.json`: reachability, the last success and failure (for
+//! `journal status`), and the newest log object it wrote there (to notice a destination that
+//! went back in time).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DestState {
+    pub reachable: Option<bool>,
+    pub last_attempt_ns: Option<i64>,
+    pub last_success_ns: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ns: Option<i64>,
+    /// The newest log object this pocket wrote to the destination, and its hash.
+    pub head_gen: Option<u64>,
+    pub head_hash: Option<String>,
+    /// The vault this state is about (a destination re-added at another folder starts over).
+    pub vault_id: Option<String>,
+}
+
+/// The folder of per-destination state inside `.backpocket/`.
+pub fn dir(meta_dir: &Path) -> PathBuf {
+    meta_dir.join("dest")
+}
+
+fn path(meta_dir: &Path, name: &str) -> PathBuf {
+    dir(meta_dir).join(format!("{name}.json"))
+}
+
+impl DestState {
+    /// The saved state, or the default when there is none (or it cannot be read: it is only
+    /// a cache of facts the next drain re-learns).
+    pub fn load(meta_dir: &Path, name: &str) -> DestState {
+        std::fs::read(path(meta_dir, name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Saves atomically and durably.
+    pub fn save(&self, meta_dir: &Path, name: &str) -> Result<()> {
+        let d = dir(meta_dir);
+        std::fs::create_dir_all(&d)
+            .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+        let p = path(meta_dir, name);
+        let tmp = p.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Format(e.to_string()))?;
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &p)
+        };
+        write().map_err(|e| Error::io(format!("cannot save {}", p.display()), e))
+    }
+
+    pub fn remove(meta_dir: &Path, name: &str) {
+        let _ = std::fs::remove_file(path(meta_dir, name));
+        let _ = std::fs::remove_file(dir(meta_dir).join(format!("{name}.lock")));
+    }
+}
+
+/// Holds a destination for one drainer at a time (the mount's replicator or `sync`): two
+/// writers would fork the vault's log.
+#[derive(Debug)]
+pub struct DestLock {
+    _file: std::fs::File,
+}
+
+impl DestLock {
+    /// Takes the lock, or None if another process holds it.
+    pub fn try_take(meta_dir: &Path, name: &str) -> Result<Option<DestLock>> {
+        let d = dir(meta_dir);
+        std::fs::create_dir_all(&d)
+            .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+        let p = d.join(format!("{name}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(DestLock { _file: f })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(Error::io(format!("cannot lock {}", p.display()), e.into())),
+        }
+    }
+}

@@ -1,0 +1,723 @@
+//! A vault at a destination: opening it, its index, writing packs, and its log (segments and
+//! checkpoints, one hash-chained sequence).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tracing::debug;
+
+use crate::crypto::{self, KdfParams, Key};
+use crate::error::{Error, Result};
+use crate::format::{
+    self, gen_name, BlobEntry, Checkpoint, ChunkId, ChunkRef, ChunkerParams, PackIndex, Position,
+    Segment, VaultConfig, VAULT_FORMAT,
+};
+use crate::source::Chunker;
+use crate::store::Store;
+use crate::tree::Tree;
+
+/// Packs are cut at about this size (DESIGN: at most 64 MiB, so a cut upload re-sends little).
+pub const PACK_TARGET: usize = 16 << 20;
+
+/// Where a chunk lives.
+#[derive(Clone, Debug)]
+pub struct Loc {
+    pub pack: Arc<str>,
+    pub blob: BlobEntry,
+}
+
+struct Keys {
+    blob: Key,
+    objects: Key,
+    chunk_id: Key,
+    pack_name: Key,
+    gear_seed: u64,
+}
+
+/// An open vault.
+pub struct Vault {
+    pub store: Store,
+    pub config: VaultConfig,
+    keys: Keys,
+    index: Mutex<HashMap<ChunkId, Loc>>,
+    /// Chunks being packed by some worker right now (so two workers never pack one twice).
+    in_flight: Mutex<HashSet<ChunkId>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("url", &self.store.url())
+            .field("id", &self.config.id)
+            .finish()
+    }
+}
+
+/// The newest log object: where the next one continues.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    pub gen: u64,
+    pub hash: [u8; 32],
+    pub journal_id: i64,
+    pub seq: u64,
+    pub time_ns: i64,
+}
+
+/// One log object in the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogKind {
+    Segment,
+    Checkpoint,
+}
+
+impl LogKind {
+    fn dir(self) -> &'static str {
+        match self {
+            LogKind::Segment => "log",
+            LogKind::Checkpoint => "checkpoints",
+        }
+    }
+    fn kind(self) -> &'static str {
+        match self {
+            LogKind::Segment => "log",
+            LogKind::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+/// A restore point: the end of one log object.
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub gen: u64,
+    pub kind: LogKind,
+    pub time_ns: i64,
+    pub written_ns: i64,
+    pub seq: u64,
+    pub records: usize,
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Vault {
+    /// Makes a new vault in an empty folder, its master key sealed with `pocket_key`.
+    pub fn create(
+        store: Store,
+        pocket_id: &str,
+        kdf: KdfParams,
+        pocket_key: &Key,
+    ) -> Result<Vault> {
+        if store.exists("config")? {
+            return Err(Error::Format(format!(
+                "{} already holds a vault; add it with its own pocket, or pick an empty folder",
+                store.url()
+            )));
+        }
+        let master = Key::random()?;
+        let mut idb = [0u8; 16];
+        getrandom::fill(&mut idb).map_err(|e| Error::Crypto(e.to_string()))?;
+        let id = hex::encode(idb);
+        let wrapped_key = crypto::seal(pocket_key, &master_aad(&id), master.as_bytes())?;
+        let config = VaultConfig {
+            backpocket_vault: VAULT_FORMAT,
+            id,
+            pocket_id: pocket_id.to_owned(),
+            kdf,
+            wrapped_key,
+            created_ns: now_ns(),
+            chunker: ChunkerParams::default(),
+        };
+        let mut dirs: Vec<String> = (0..=255u8).map(|b| format!("data/{b:02x}")).collect();
+        dirs.extend(["index", "log", "checkpoints"].map(String::from));
+        store.make_dirs(&dirs)?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Format(e.to_string()))?;
+        // The config goes last: a folder without one is not a vault yet, so a creation cut
+        // short can simply be retried.
+        store.put("config", json)?;
+        Ok(Vault::with_key(store, config, master))
+    }
+
+    /// Reads a vault's config (no key needed): to learn its KDF parameters and owner.
+    pub fn read_config(store: &Store) -> Result<VaultConfig> {
+        let raw = match store.get("config") {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::NotAVault(format!(
+                    "{} has no vault config",
+                    store.url()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let config: VaultConfig = serde_json::from_slice(&raw).map_err(|e| {
+            Error::NotAVault(format!("{}: its config cannot be read: {e}", store.url()))
+        })?;
+        if config.backpocket_vault > VAULT_FORMAT {
+            return Err(Error::Format(format!(
+                "{} is vault format {}, this backpocket reads up to {VAULT_FORMAT}: update backpocket",
+                store.url(),
+                config.backpocket_vault
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Opens a vault with the pocket key (from the pocket, or derived from the passphrase with
+    /// the vault's KDF parameters).
+    pub fn open(store: Store, pocket_key: &Key) -> Result<Vault> {
+        let config = Vault::read_config(&store)?;
+        let master = crypto::open(pocket_key, &master_aad(&config.id), &config.wrapped_key)
+            .map_err(|_| Error::WrongPassphrase)?;
+        let master = Key::from_bytes(&master)?;
+        Ok(Vault::with_key(store, config, master))
+    }
+
+    fn with_key(store: Store, config: VaultConfig, master: Key) -> Vault {
+        let seed_key = master.derive("backpocket vault 1 gear seed");
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&seed_key.as_bytes()[..8]);
+        Vault {
+            store,
+            config,
+            keys: Keys {
+                blob: master.derive("backpocket vault 1 blob"),
+                objects: master.derive("backpocket vault 1 objects"),
+                chunk_id: master.derive("backpocket vault 1 chunk id"),
+                pack_name: master.derive("backpocket vault 1 pack name"),
+                gear_seed: u64::from_le_bytes(seed),
+            },
+            index: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn chunker(&self) -> Chunker {
+        Chunker {
+            params: self.config.chunker,
+            seed: self.keys.gear_seed,
+        }
+    }
+
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        *blake3::keyed_hash(self.keys.chunk_id.as_bytes(), data).as_bytes()
+    }
+
+    /// Reads every index object. A damaged index object is reported, not fatal: its chunks are
+    /// simply sent again.
+    pub fn load_index(&self) -> Result<Vec<String>> {
+        let mut damaged = Vec::new();
+        let mut map = HashMap::new();
+        for (key, _) in self.store.list("index/")? {
+            let name = key.trim_start_matches("index/").to_owned();
+            let raw = self.store.get(&key)?;
+            match format::open_object::<PackIndex>(&self.keys.objects, "index", &name, &raw) {
+                Ok(idx) if idx.pack == name => {
+                    let pack: Arc<str> = Arc::from(name.as_str());
+                    for blob in idx.blobs {
+                        map.insert(
+                            blob.id,
+                            Loc {
+                                pack: pack.clone(),
+                                blob,
+                            },
+                        );
+                    }
+                }
+                Ok(_) | Err(_) => damaged.push(key),
+            }
+        }
+        debug!(chunks = map.len(), "vault index loaded");
+        *self.index.lock() = map;
+        Ok(damaged)
+    }
+
+    pub fn locate(&self, id: &ChunkId) -> Option<Loc> {
+        self.index.lock().get(id).cloned()
+    }
+
+    pub fn index_len(&self) -> usize {
+        self.index.lock().len()
+    }
+
+    /// All the index knows, for verify and prune.
+    pub fn index_snapshot(&self) -> HashMap<ChunkId, Loc> {
+        self.index.lock().clone()
+    }
+
+    /// The store key of a pack.
+    pub fn pack_key(name: &str) -> String {
+        format!("data/{}/{}", &name[..2.min(name.len())], name)
+    }
+
+    /// Reads one blob out of a pack's bytes, checks it and returns the plaintext.
+    pub fn open_blob(&self, pack_bytes: &[u8], blob: &BlobEntry) -> Result<Vec<u8>> {
+        let name = hex::encode(blob.id);
+        let damaged = |d: &str| Error::Damaged {
+            object: format!("chunk {name}"),
+            detail: d.to_owned(),
+        };
+        let start = blob.offset as usize;
+        let end = start + blob.len as usize;
+        let sealed = pack_bytes
+            .get(start..end)
+            .ok_or_else(|| damaged("the pack is shorter than its index says"))?;
+        self.open_sealed_blob(sealed, blob)
+    }
+
+    fn open_sealed_blob(&self, sealed: &[u8], blob: &BlobEntry) -> Result<Vec<u8>> {
+        let name = hex::encode(blob.id);
+        let damaged = |d: &str| Error::Damaged {
+            object: format!("chunk {name}"),
+            detail: d.to_owned(),
+        };
+        let plain = crypto::open(&self.keys.blob, &format::aad("blob", &name), sealed)
+            .map_err(|_| damaged("authentication failed (damaged, swapped or tampered with)"))?;
+        let data = if blob.zstd {
+            zstd::bulk::decompress(&plain, blob.raw_len as usize)
+                .map_err(|_| damaged("cannot decompress"))?
+        } else {
+            plain
+        };
+        if data.len() != blob.raw_len as usize || self.chunk_id(&data) != blob.id {
+            return Err(damaged("its contents do not match its hash"));
+        }
+        Ok(data)
+    }
+
+    /// Fetches and checks one chunk.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.locate(id).ok_or_else(|| Error::Damaged {
+            object: format!("chunk {}", hex::encode(id)),
+            detail: "no pack holds it".into(),
+        })?;
+        let sealed = self.store.get_range(
+            &Vault::pack_key(&loc.pack),
+            loc.blob.offset,
+            loc.blob.len as u64,
+        )?;
+        self.open_sealed_blob(&sealed, &loc.blob)
+    }
+
+    /// The keyed name of a pack's bytes (verify checks it with `--read-data`).
+    pub fn pack_name(&self, bytes: &[u8]) -> String {
+        blake3::keyed_hash(self.keys.pack_name.as_bytes(), bytes)
+            .to_hex()
+            .to_string()
+    }
+
+    /// A packer for one worker thread.
+    pub fn packer(&self) -> Packer<'_> {
+        Packer {
+            vault: self,
+            buf: Vec::with_capacity(PACK_TARGET + (1 << 20)),
+            blobs: Vec::new(),
+            uploaded_bytes: 0,
+            new_chunks: 0,
+        }
+    }
+
+    // --- the log ---
+
+    /// Every log object, in order: (gen, kind).
+    pub fn list_log(&self) -> Result<Vec<(u64, LogKind)>> {
+        let mut out = Vec::new();
+        for kind in [LogKind::Segment, LogKind::Checkpoint] {
+            for (key, _) in self.store.list(&format!("{}/", kind.dir()))? {
+                let name = key.rsplit('/').next().unwrap_or("");
+                match name.parse::<u64>() {
+                    Ok(gen) if gen_name(gen) == name => out.push((gen, kind)),
+                    _ => {
+                        return Err(Error::Damaged {
+                            object: key.clone(),
+                            detail: "not a log object name".into(),
+                        })
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|(g, _)| *g);
+        for w in out.windows(2) {
+            if w[0].0 == w[1].0 {
+                return Err(Error::Damaged {
+                    object: format!("log object {}", w[0].0),
+                    detail: "stored both as a segment and as a checkpoint".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn log_key(kind: LogKind, gen: u64) -> String {
+        format!("{}/{}", kind.dir(), gen_name(gen))
+    }
+
+    /// Reads one log object: its stored bytes' hash and its content.
+    pub fn read_log(&self, gen: u64, kind: LogKind) -> Result<([u8; 32], LogObject)> {
+        let raw = self.store.get(&Vault::log_key(kind, gen))?;
+        let hash = *blake3::hash(&raw).as_bytes();
+        let name = gen_name(gen);
+        let obj = match kind {
+            LogKind::Segment => LogObject::Segment(format::open_object(
+                &self.keys.objects,
+                kind.kind(),
+                &name,
+                &raw,
+            )?),
+            LogKind::Checkpoint => LogObject::Checkpoint(format::open_object(
+                &self.keys.objects,
+                kind.kind(),
+                &name,
+                &raw,
+            )?),
+        };
+        if obj.pos().gen != gen {
+            return Err(Error::Damaged {
+                object: Vault::log_key(kind, gen),
+                detail: "its content names another position".into(),
+            });
+        }
+        Ok((hash, obj))
+    }
+
+    /// Writes the next log object after `head` and returns the new head.
+    pub fn append_log(&self, head: &Head, obj: &LogObject) -> Result<Head> {
+        let kind = obj.kind();
+        let pos = obj.pos();
+        debug_assert_eq!(pos.gen, head.gen + 1);
+        let name = gen_name(pos.gen);
+        let bytes = match obj {
+            LogObject::Segment(s) => {
+                format::seal_object(&self.keys.objects, kind.kind(), &name, s)?
+            }
+            LogObject::Checkpoint(c) => {
+                format::seal_object(&self.keys.objects, kind.kind(), &name, c)?
+            }
+        };
+        let hash = *blake3::hash(&bytes).as_bytes();
+        self.store.put(&Vault::log_key(kind, pos.gen), bytes)?;
+        Ok(Head {
+            gen: pos.gen,
+            hash,
+            journal_id: pos.journal_id,
+            seq: pos.seq,
+            time_ns: pos.time_ns,
+        })
+    }
+
+    /// The restore points, oldest first (reads every log object's position).
+    pub fn points(&self) -> Result<Vec<Point>> {
+        let mut out = Vec::new();
+        for (gen, kind) in self.list_log()? {
+            let (_, obj) = self.read_log(gen, kind)?;
+            let pos = obj.pos();
+            out.push(Point {
+                gen,
+                kind,
+                time_ns: pos.time_ns,
+                written_ns: pos.written_ns,
+                seq: pos.seq,
+                records: match &obj {
+                    LogObject::Segment(s) => s.records.len(),
+                    LogObject::Checkpoint(_) => 0,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds the tree at the newest point whose changes were all made at or before
+    /// `until` (all of the log when None), checking the hash chain on the way. Returns None
+    /// for an empty vault, or when no point is that old.
+    pub fn load_tree(&self, until: Option<i64>) -> Result<Option<(Tree, Head)>> {
+        self.replay(until, false, &mut |_, _| Ok(()))
+    }
+
+    /// Replays the whole log from its oldest checkpoint, calling `visit` after each object.
+    pub fn replay_all(
+        &self,
+        visit: &mut dyn FnMut(&Tree, &Point) -> Result<()>,
+    ) -> Result<Option<(Tree, Head)>> {
+        self.replay(None, true, visit)
+    }
+
+    /// As [`Vault::load_tree`], calling `visit` with the tree after each log object.
+    fn replay(
+        &self,
+        until: Option<i64>,
+        from_oldest: bool,
+        visit: &mut dyn FnMut(&Tree, &Point) -> Result<()>,
+    ) -> Result<Option<(Tree, Head)>> {
+        let log = self.list_log()?;
+        // Start at the newest checkpoint that is old enough (or the oldest one).
+        let mut start = None;
+        if from_oldest {
+            start = log.iter().position(|(_, k)| *k == LogKind::Checkpoint);
+        }
+        for (i, (gen, kind)) in log.iter().enumerate().rev() {
+            if start.is_some() {
+                break;
+            }
+            if *kind != LogKind::Checkpoint {
+                continue;
+            }
+            let (_, obj) = self.read_log(*gen, *kind)?;
+            if until.is_none_or(|t| obj.pos().time_ns <= t) {
+                start = Some(i);
+                break;
+            }
+        }
+        let Some(start) = start else { return Ok(None) };
+        let mut tree = Tree::default();
+        let mut head: Option<Head> = None;
+        for (gen, kind) in &log[start..] {
+            let (hash, obj) = self.read_log(*gen, *kind)?;
+            let pos = obj.pos().clone();
+            if let Some(h) = &head {
+                if pos.gen != h.gen + 1 {
+                    return Err(Error::Damaged {
+                        object: format!("log object {}", h.gen + 1),
+                        detail: "missing from the chain".into(),
+                    });
+                }
+                if pos.prev != h.hash {
+                    return Err(Error::Damaged {
+                        object: Vault::log_key(*kind, *gen),
+                        detail: "it does not follow the object before it (replaced or reordered)"
+                            .into(),
+                    });
+                }
+            }
+            if until.is_some_and(|t| pos.time_ns > t) {
+                break;
+            }
+            let records = match obj {
+                LogObject::Segment(s) => {
+                    for r in &s.records {
+                        tree.apply(&r.change);
+                    }
+                    s.records.len()
+                }
+                LogObject::Checkpoint(c) => {
+                    tree = Tree::from_checkpoint(c);
+                    0
+                }
+            };
+            head = Some(Head {
+                gen: pos.gen,
+                hash,
+                journal_id: pos.journal_id,
+                seq: pos.seq,
+                time_ns: pos.time_ns,
+            });
+            visit(
+                &tree,
+                &Point {
+                    gen: pos.gen,
+                    kind: *kind,
+                    time_ns: pos.time_ns,
+                    written_ns: pos.written_ns,
+                    seq: pos.seq,
+                    records,
+                },
+            )?;
+        }
+        Ok(head.map(|h| (tree, h)))
+    }
+
+    /// The newest log object's head without rebuilding the tree (cheap: one list, one read).
+    pub fn head(&self) -> Result<Option<Head>> {
+        let log = self.list_log()?;
+        let Some((gen, kind)) = log.last() else {
+            return Ok(None);
+        };
+        let (hash, obj) = self.read_log(*gen, *kind)?;
+        let pos = obj.pos();
+        Ok(Some(Head {
+            gen: pos.gen,
+            hash,
+            journal_id: pos.journal_id,
+            seq: pos.seq,
+            time_ns: pos.time_ns,
+        }))
+    }
+
+    /// Stores the pocket's config in the vault (sealed), so that a new drive made from the
+    /// vault knows its destinations.
+    pub fn put_pocket_config(&self, text: &[u8]) -> Result<()> {
+        let sealed = format::seal_object(
+            &self.keys.objects,
+            "pocket",
+            "config",
+            &serde_bytes::ByteBuf::from(text.to_vec()),
+        )?;
+        self.store.put("pocket", sealed)
+    }
+
+    pub fn pocket_config(&self) -> Result<Option<Vec<u8>>> {
+        let raw = match self.store.get("pocket") {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let b: serde_bytes::ByteBuf =
+            format::open_object(&self.keys.objects, "pocket", "config", &raw)?;
+        Ok(Some(b.into_vec()))
+    }
+
+    /// Reads an index object, for verify.
+    pub fn read_index_object(&self, name: &str) -> Result<PackIndex> {
+        let raw = self.store.get(&format!("index/{name}"))?;
+        format::open_object(&self.keys.objects, "index", name, &raw)
+    }
+}
+
+fn master_aad(vault_id: &str) -> Vec<u8> {
+    format::aad("master-key", vault_id)
+}
+
+/// A segment or a checkpoint.
+#[derive(Debug)]
+pub enum LogObject {
+    Segment(Segment),
+    Checkpoint(Checkpoint),
+}
+
+impl LogObject {
+    pub fn pos(&self) -> &Position {
+        match self {
+            LogObject::Segment(s) => &s.pos,
+            LogObject::Checkpoint(c) => &c.pos,
+        }
+    }
+    pub fn kind(&self) -> LogKind {
+        match self {
+            LogObject::Segment(_) => LogKind::Segment,
+            LogObject::Checkpoint(_) => LogKind::Checkpoint,
+        }
+    }
+}
+
+/// Packs chunks for one worker: dedup against the index and the other workers, compress,
+/// seal, and upload a pack with its index object once it is full.
+pub struct Packer<'v> {
+    vault: &'v Vault,
+    buf: Vec<u8>,
+    blobs: Vec<BlobEntry>,
+    /// Bytes written to the destination.
+    pub uploaded_bytes: u64,
+    pub new_chunks: u64,
+}
+
+impl std::fmt::Debug for Packer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packer")
+            .field("blobs", &self.blobs.len())
+            .finish()
+    }
+}
+
+impl Packer<'_> {
+    /// Takes one chunk; returns how the file refers to it.
+    pub fn add(&mut self, data: &[u8]) -> Result<ChunkRef> {
+        let id = self.vault.chunk_id(data);
+        let r = ChunkRef {
+            id,
+            len: data.len() as u32,
+        };
+        if self.vault.index.lock().contains_key(&id) || !self.vault.in_flight.lock().insert(id) {
+            return Ok(r);
+        }
+        let compressed =
+            zstd::bulk::compress(data, 1).map_err(|e| Error::Format(format!("zstd: {e}")))?;
+        let (plain, zstd) = if compressed.len() < data.len() - data.len() / 32 {
+            (compressed.as_slice(), true)
+        } else {
+            (data, false)
+        };
+        let sealed = crypto::seal(
+            &self.vault.keys.blob,
+            &format::aad("blob", &hex::encode(id)),
+            plain,
+        )?;
+        self.blobs.push(BlobEntry {
+            id,
+            offset: self.buf.len() as u64,
+            len: sealed.len() as u32,
+            raw_len: data.len() as u32,
+            zstd,
+        });
+        self.buf.extend_from_slice(&sealed);
+        self.new_chunks += 1;
+        if self.buf.len() >= PACK_TARGET {
+            self.flush()?;
+        }
+        Ok(r)
+    }
+
+    /// Uploads the pack being filled, then its index object; only then do its chunks count as
+    /// held by the destination.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.blobs.is_empty() {
+            return Ok(());
+        }
+        let mut header = Vec::new();
+        ciborium::into_writer(&self.blobs, &mut header)
+            .map_err(|e| Error::Format(e.to_string()))?;
+        let sealed_header = crypto::seal(
+            &self.vault.keys.objects,
+            &format::aad("pack-header", ""),
+            &header,
+        )?;
+        let mut pack = std::mem::take(&mut self.buf);
+        pack.extend_from_slice(&sealed_header);
+        pack.extend_from_slice(&(sealed_header.len() as u32).to_le_bytes());
+        let name = self.vault.pack_name(&pack);
+        let size = pack.len() as u64;
+        self.vault.store.put(&Vault::pack_key(&name), pack)?;
+        let blobs = std::mem::take(&mut self.blobs);
+        let index = PackIndex {
+            pack: name.clone(),
+            size,
+            blobs,
+        };
+        let sealed = format::seal_object(&self.vault.keys.objects, "index", &name, &index)?;
+        self.uploaded_bytes += size + sealed.len() as u64;
+        self.vault.store.put(&format!("index/{name}"), sealed)?;
+        let pack: Arc<str> = Arc::from(name.as_str());
+        let mut map = self.vault.index.lock();
+        let mut fl = self.vault.in_flight.lock();
+        for blob in index.blobs {
+            fl.remove(&blob.id);
+            map.insert(
+                blob.id,
+                Loc {
+                    pack: pack.clone(),
+                    blob,
+                },
+            );
+        }
+        self.buf = Vec::with_capacity(PACK_TARGET + (1 << 20));
+        Ok(())
+    }
+
+    /// Forgets chunks this packer took but never uploaded (the drain failed), so that the
+    /// next drain packs them again.
+    pub fn abandon(&mut self) {
+        let mut fl = self.vault.in_flight.lock();
+        for b in self.blobs.drain(..) {
+            fl.remove(&b.id);
+        }
+        self.buf.clear();
+    }
+}
+
+/// A point in time as people read it (RFC 3339, UTC).
+pub fn format_time(ns: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}

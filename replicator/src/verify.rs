@@ -1,0 +1,197 @@
+//! `verify`: every object of a vault checked, and each damaged one named with the files and
+//! versions it affects. Without `--read-data` packs are checked for presence and size; with
+//! it every byte is read, authenticated and hashed.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use crate::drain::Progress;
+use crate::error::{Error, Result};
+use crate::format::ChunkId;
+use crate::vault::Vault;
+
+/// One damaged object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The object's key at the destination.
+    pub object: String,
+    pub detail: String,
+    /// "path (version of TIME)" for each file version that needs it.
+    pub affects: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    pub packs: u64,
+    pub chunks: u64,
+    pub log_objects: u64,
+    pub bytes_read: u64,
+    /// Packs no index refers to (left by an interrupted drain; prune removes them).
+    pub unreferenced_packs: u64,
+    pub damage: Vec<Damage>,
+}
+
+pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let mut damage: Vec<Damage> = Vec::new();
+    // Chunks that cannot be read back, and which object is to blame.
+    let mut bad_chunks: HashMap<ChunkId, usize> = HashMap::new();
+
+    for key in vault.load_index()? {
+        damage.push(Damage {
+            object: key,
+            detail: "the index object cannot be opened (damaged or tampered with); its packs' chunks will be sent again".into(),
+            affects: Vec::new(),
+        });
+    }
+    let stored: HashMap<String, u64> = vault.store.list("data/")?.into_iter().collect();
+    let index_names: Vec<String> = vault
+        .store
+        .list("index/")?
+        .into_iter()
+        .map(|(k, _)| k.trim_start_matches("index/").to_owned())
+        .collect();
+    let mut indexed_packs = HashSet::new();
+    let total: u64 = stored.values().sum();
+    progress
+        .bytes_total
+        .store(if read_data { total } else { 0 }, Ordering::Relaxed);
+    progress
+        .files_total
+        .store(index_names.len() as u64, Ordering::Relaxed);
+    for name in &index_names {
+        progress.files_done.fetch_add(1, Ordering::Relaxed);
+        let Ok(idx) = vault.read_index_object(name) else {
+            continue;
+        };
+        let key = Vault::pack_key(name);
+        indexed_packs.insert(key.clone());
+        report.packs += 1;
+        report.chunks += idx.blobs.len() as u64;
+        let mut blame =
+            |detail: String, ids: &mut dyn Iterator<Item = ChunkId>, damage: &mut Vec<Damage>| {
+                damage.push(Damage {
+                    object: key.clone(),
+                    detail,
+                    affects: Vec::new(),
+                });
+                for id in ids {
+                    bad_chunks.insert(id, damage.len() - 1);
+                }
+            };
+        match stored.get(&key) {
+            None => {
+                blame(
+                    "missing".into(),
+                    &mut idx.blobs.iter().map(|b| b.id),
+                    &mut damage,
+                );
+                continue;
+            }
+            Some(size) if *size != idx.size => {
+                blame(
+                    format!("{size} bytes, but its index says {}", idx.size),
+                    &mut idx.blobs.iter().map(|b| b.id),
+                    &mut damage,
+                );
+                continue;
+            }
+            Some(_) => {}
+        }
+        if !read_data {
+            continue;
+        }
+        let bytes = vault.store.get(&key)?;
+        report.bytes_read += bytes.len() as u64;
+        progress
+            .bytes_done
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let mut bad: Vec<(ChunkId, String)> = Vec::new();
+        for b in &idx.blobs {
+            if let Err(e) = vault.open_blob(&bytes, b) {
+                bad.push((b.id, e.to_string()));
+            }
+        }
+        if vault.pack_name(&bytes) != *name && bad.is_empty() {
+            blame(
+                "its contents do not match its name (changed outside the chunks)".into(),
+                &mut std::iter::empty(),
+                &mut damage,
+            );
+        }
+        if !bad.is_empty() {
+            let detail = format!(
+                "{} of its {} chunks fail their check (damaged or tampered with)",
+                bad.len(),
+                idx.blobs.len()
+            );
+            blame(detail, &mut bad.iter().map(|(id, _)| *id), &mut damage);
+        }
+    }
+    report.unreferenced_packs = stored
+        .keys()
+        .filter(|k| !indexed_packs.contains(*k))
+        .count() as u64;
+
+    // The log: the chain, and every chunk every version refers to.
+    let known: HashSet<ChunkId> = vault.index_snapshot().keys().copied().collect();
+    let mut missing: HashMap<ChunkId, BTreeSet<String>> = HashMap::new();
+    let mut affected: HashMap<usize, BTreeSet<String>> = HashMap::new();
+    let mut seen_versions: HashSet<(u64, ChunkId)> = HashSet::new();
+    let mut objects = 0u64;
+    let replay = vault.replay_all(&mut |tree, point| {
+        objects += 1;
+        let when = crate::vault::format_time(point.time_ns);
+        for (f, c) in tree.contents() {
+            for ch in c.extents.iter().flat_map(|e| &e.chunks) {
+                let bad = bad_chunks.get(&ch.id);
+                let lost = !known.contains(&ch.id);
+                if (bad.is_some() || lost) && seen_versions.insert((f.id, ch.id)) {
+                    let path = tree
+                        .path_of(f.id)
+                        .map(|p| String::from_utf8_lossy(&p).into_owned())
+                        .unwrap_or_else(|| format!("file {}", f.id));
+                    let label = format!("{path} (version of {when})");
+                    match bad {
+                        Some(i) => {
+                            affected.entry(*i).or_default().insert(label);
+                        }
+                        None => {
+                            missing.entry(ch.id).or_default().insert(label);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+    match replay {
+        Ok(None) if vault.list_log()?.is_empty() => {}
+        Ok(None) => damage.push(Damage {
+            object: "checkpoints/".into(),
+            detail: "the log has no checkpoint to start from".into(),
+            affects: Vec::new(),
+        }),
+        Ok(Some(_)) => {}
+        Err(Error::Damaged { object, detail }) => damage.push(Damage {
+            object,
+            detail: format!("{detail}; versions after it cannot be restored"),
+            affects: Vec::new(),
+        }),
+        Err(e) => return Err(e),
+    }
+    report.log_objects = objects;
+    for (i, labels) in affected {
+        damage[i].affects = labels.into_iter().collect();
+    }
+    for (id, labels) in missing {
+        damage.push(Damage {
+            object: format!("chunk {}", hex::encode(id)),
+            detail: "referenced by the log, but no pack holds it".into(),
+            affects: labels.into_iter().collect(),
+        });
+    }
+    damage.sort_by(|a, b| a.object.cmp(&b.object));
+    report.damage = damage;
+    Ok(report)
+}

@@ -1,0 +1,380 @@
+//! The vault end to end without a mount: a pocket changed on disk and scanned into a journal,
+//! drained to a vault, restored, compared; tampering, wrong keys, points in time.
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use replicator::{
+    restore, sync, versions, DestSpec, KdfParams, Key, Mode, Progress, RestoreOptions, Setup,
+    Store, Vault,
+};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    pocket: PathBuf,
+    vault_dir: PathBuf,
+    key: Key,
+    kdf: KdfParams,
+}
+
+fn kdf() -> KdfParams {
+    let mut k = KdfParams::new().unwrap();
+    // Small for tests; the real parameters are exercised by the binary's tests.
+    k.m_kib = 1024;
+    k.t = 1;
+    k
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let pocket = tmp.path().join("pocket");
+        std::fs::create_dir_all(pocket.join(".backpocket")).unwrap();
+        let ino = std::fs::metadata(&pocket).unwrap().ino();
+        journal::Journal::create(&pocket.join(".backpocket/journal.db"), ino)
+            .unwrap()
+            .close()
+            .unwrap();
+        let kdf = kdf();
+        let key = kdf.derive(b"correct horse").unwrap();
+        let vault_dir = tmp.path().join("vault");
+        let rt = replicator::runtime().unwrap();
+        let store = Store::open(vault_dir.to_str().unwrap(), rt.handle().clone(), true).unwrap();
+        Vault::create(store, "pocket-1", kdf.clone(), &key).unwrap();
+        rt.shutdown_background();
+        Fixture {
+            _tmp: tmp,
+            pocket,
+            vault_dir,
+            key,
+            kdf,
+        }
+    }
+
+    fn scan(&self) {
+        let j = journal::Journal::open(&self.journal()).unwrap();
+        journal::scan(&self.pocket, &self.journal(), &j.handle()).unwrap();
+        j.close().unwrap();
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.pocket.join(".backpocket/journal.db")
+    }
+
+    fn setup(&self) -> Setup {
+        Setup {
+            pocket: self.pocket.clone(),
+            meta_dir: self.pocket.join(".backpocket"),
+            journal: self.journal(),
+            pocket_id: "pocket-1".into(),
+            pocket_config: b"format = 1\n".to_vec(),
+            key: Some(self.key.clone()),
+            dests: vec![DestSpec {
+                name: "v".into(),
+                url: self.vault_dir.to_str().unwrap().into(),
+                mode: Mode::Vault,
+                keep_versions: std::time::Duration::from_secs(0),
+            }],
+        }
+    }
+
+    fn sync(&self) -> replicator::SyncReport {
+        self.scan();
+        let target = journal::Reader::open(&self.journal())
+            .unwrap()
+            .status()
+            .unwrap()
+            .last_seq;
+        let mut out = sync(
+            &self.setup(),
+            target,
+            &Progress::default(),
+            &AtomicBool::new(false),
+        );
+        out.remove(0).result.unwrap()
+    }
+
+    fn open_vault(&self) -> (tokio::runtime::Runtime, Vault) {
+        let rt = replicator::runtime().unwrap();
+        let store =
+            Store::open(self.vault_dir.to_str().unwrap(), rt.handle().clone(), false).unwrap();
+        let v = Vault::open(store, &self.key).unwrap();
+        (rt, v)
+    }
+
+    fn restore(&self, to: &Path, at: Option<i64>) -> replicator::RestoreReport {
+        let (_rt, v) = self.open_vault();
+        restore(
+            &v,
+            &RestoreOptions {
+                target: to.to_owned(),
+                at,
+                paths: Vec::new(),
+                owners: rustix::process::geteuid().is_root(),
+                workers: 2,
+            },
+            &Progress::default(),
+        )
+        .unwrap()
+    }
+}
+
+/// Everything restore promises, per path: kind, mode, size, mtime (not for folders whose
+/// entries we compare anyway), link target, contents hash, xattrs, link identity.
+fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            if rel.starts_with(b".backpocket") {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let mut line = format!(
+                "mode={:o} uid={} gid={} mtime={}.{}",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                m.mtime_nsec()
+            );
+            if m.is_file() {
+                let data = std::fs::read(&p).unwrap();
+                line += &format!(
+                    " size={} blocks0={} hash={}",
+                    m.len(),
+                    m.blocks() == 0,
+                    blake3::hash(&data).to_hex()
+                );
+                let first = inodes.entry(m.ino()).or_insert_with(|| rel.clone());
+                line += &format!(" link={}", String::from_utf8_lossy(first));
+            } else if m.is_symlink() {
+                line += &format!(" target={:?}", std::fs::read_link(&p).unwrap());
+            } else if m.is_dir() {
+                stack.push(p.clone());
+            }
+            if let Ok(names) = xattr_list(&p) {
+                line += &format!(" xattrs={names:?}");
+            }
+            out.insert(rel, line);
+        }
+    }
+    out
+}
+
+fn xattr_list(p: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    journal::read_xattrs(p)
+}
+
+fn write(p: &Path, data: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn drain_then_restore_is_exact() {
+    let f = Fixture::new();
+    let p = &f.pocket;
+    write(&p.join("a/b/small.txt"), b"hello world\n");
+    write(&p.join("big.bin"), &pseudo_random(5 << 20, 7));
+    write(
+        &p.join("text.txt"),
+        &b"the same line again\n".repeat(100_000),
+    );
+    std::fs::create_dir_all(p.join("empty/dir")).unwrap();
+    std::os::unix::fs::symlink("a/b/small.txt", p.join("link")).unwrap();
+    std::fs::hard_link(p.join("a/b/small.txt"), p.join("hard")).unwrap();
+    let weird = std::ffi::OsStr::from_bytes(b"caf\xe9 \xff name");
+    write(&p.join(weird), b"latin-1 name");
+    std::fs::set_permissions(
+        p.join("a/b/small.txt"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    // A sparse file: 1 MiB of data in the middle of 64 MiB.
+    {
+        let sp = std::fs::File::create(p.join("sparse")).unwrap();
+        sp.set_len(64 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sp, &pseudo_random(1 << 20, 3), 20 << 20)
+            .unwrap();
+    }
+    rustix::fs::setxattr(
+        p.join("text.txt").as_path(),
+        "user.colour",
+        b"blue",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .ok();
+    let r = f.sync();
+    assert!(r.drained.checkpoint, "the first drain writes a checkpoint");
+    let out = f._tmp.path().join("out");
+    let rep = f.restore(&out, None);
+    assert!(rep.failed.is_empty(), "{:?}", rep.failed);
+    assert_eq!(snapshot(p), snapshot(&out));
+    // The hole map survives: the restored sparse file does not use 64 MiB.
+    assert!(std::fs::metadata(out.join("sparse")).unwrap().blocks() * 512 < 8 << 20);
+
+    // Changes: edit, rename, delete, new file; drained as a segment.
+    write(&p.join("a/b/small.txt"), b"hello again\n");
+    std::fs::rename(p.join("big.bin"), p.join("a/big-moved.bin")).unwrap();
+    std::fs::remove_file(p.join("hard")).unwrap();
+    write(&p.join("new/file"), b"new");
+    std::fs::remove_dir(p.join("empty/dir")).unwrap();
+    let r2 = f.sync();
+    assert!(!r2.drained.checkpoint);
+    assert!(
+        r2.drained.bytes_uploaded < 1 << 20,
+        "a rename re-sends nothing: {r2:?}"
+    );
+    let out2 = f._tmp.path().join("out2");
+    f.restore(&out2, None);
+    assert_eq!(snapshot(p), snapshot(&out2));
+
+    // The first point is still there.
+    let out3 = f._tmp.path().join("out3");
+    let first = f.restore(&f._tmp.path().join("probe"), None).point_time_ns;
+    assert!(first > 0);
+    let (_rt, v) = f.open_vault();
+    let points = v.points().unwrap();
+    assert_eq!(points.len(), 2);
+    f.restore(&out3, Some(points[0].time_ns));
+    assert_eq!(
+        std::fs::read(out3.join("a/b/small.txt")).unwrap(),
+        b"hello world\n"
+    );
+    assert!(out3.join("big.bin").exists() && !out3.join("new").exists());
+    let vs = versions(&v, b"a/b/small.txt").unwrap();
+    assert_eq!(vs.len(), 2, "{vs:?}");
+}
+
+#[test]
+fn wrong_key_is_refused_and_vault_holds_no_plaintext() {
+    let f = Fixture::new();
+    let secret_name = "quarterly-salaries-2026.ods";
+    let secret_text = b"Alice earns exactly 123456 per year, do not share";
+    write(&f.pocket.join(secret_name), &secret_text.repeat(50));
+    write(&f.pocket.join("tiny"), b"x");
+    f.sync();
+    // No object at the vault contains a name or content in plain text.
+    let mut stack = vec![f.vault_dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            assert!(!p.to_string_lossy().contains("salaries"));
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let b = std::fs::read(&p).unwrap();
+            for needle in [secret_name.as_bytes(), b"earns exactly", b"tiny"] {
+                assert!(
+                    !b.windows(needle.len()).any(|w| w == needle),
+                    "{} holds plaintext",
+                    p.display()
+                );
+            }
+        }
+    }
+    let rt = replicator::runtime().unwrap();
+    let store = Store::open(f.vault_dir.to_str().unwrap(), rt.handle().clone(), false).unwrap();
+    let wrong = f.kdf.derive(b"wrong horse").unwrap();
+    let err = Vault::open(store, &wrong).unwrap_err();
+    assert!(matches!(err, replicator::Error::WrongPassphrase), "{err}");
+    assert!(err.to_string().contains("wrong passphrase"));
+}
+
+#[test]
+fn a_flipped_byte_is_found_by_verify_and_refused_by_restore() {
+    let f = Fixture::new();
+    write(&f.pocket.join("doc/report.txt"), &pseudo_random(300_000, 9));
+    write(&f.pocket.join("other.txt"), &pseudo_random(2_000, 10));
+    f.sync();
+    let (_rt, v) = f.open_vault();
+    let clean = replicator::verify(&v, true, &Progress::default()).unwrap();
+    assert!(clean.damage.is_empty(), "{:?}", clean.damage);
+    assert!(clean.packs >= 1 && clean.chunks >= 2);
+    // Flip one byte in the middle of the first pack.
+    let pack = walk_files(&f.vault_dir.join("data"))
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = 1000;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+    let fast = replicator::verify(&v, false, &Progress::default()).unwrap();
+    assert!(
+        fast.damage.is_empty(),
+        "presence and size still match without --read-data"
+    );
+    let rep = replicator::verify(&v, true, &Progress::default()).unwrap();
+    assert_eq!(rep.damage.len(), 1, "{:?}", rep.damage);
+    let d = &rep.damage[0];
+    assert!(d.object.starts_with("data/"), "{d:?}");
+    assert!(
+        d.affects
+            .iter()
+            .any(|a| a.starts_with("doc/report.txt") || a.starts_with("other.txt")),
+        "{d:?}"
+    );
+    let out = f._tmp.path().join("out");
+    let r = restore(
+        &v,
+        &RestoreOptions {
+            target: out.clone(),
+            at: None,
+            paths: Vec::new(),
+            owners: false,
+            workers: 2,
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    assert_eq!(r.failed.len(), 1, "{:?}", r.failed);
+    let bad = String::from_utf8_lossy(&r.failed[0].0).into_owned();
+    assert!(
+        !out.join(&bad).exists(),
+        "a damaged file is not left looking restored"
+    );
+}
+
+fn walk_files(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![d.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

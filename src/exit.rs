@@ -13,8 +13,10 @@ pub enum ExitCode {
     NotAPocket = 3,
     /// The pocket is mounted or in use, or the mountpoint is busy.
     Busy = 4,
-    /// The journal or the config is damaged.
+    /// The journal, the config or a destination's data is damaged.
     Damaged = 5,
+    /// The passphrase was wrong, or a key was needed and none was given.
+    Key = 6,
 }
 
 /// An error that knows its exit code.
@@ -50,6 +52,17 @@ pub fn code_of(e: &anyhow::Error) -> ExitCode {
                 journal::Error::Corrupt { .. } | journal::Error::TooNew { .. }
             ) {
                 return ExitCode::Damaged;
+            }
+        }
+        if let Some(r) = cause.downcast_ref::<replicator::Error>() {
+            match r {
+                replicator::Error::WrongPassphrase | replicator::Error::NeedPassphrase => {
+                    return ExitCode::Key
+                }
+                replicator::Error::Damaged { .. }
+                | replicator::Error::Auth
+                | replicator::Error::RolledBack { .. } => return ExitCode::Damaged,
+                _ => {}
             }
         }
         if let Some(p) = cause.downcast_ref::<platform::Error>() {

@@ -1,6 +1,8 @@
 //! The `backpocket` command: the command line, config loading and wiring of the crates.
 
+mod backup;
 mod exit;
+mod keys;
 mod mount;
 mod pocket;
 mod report;
@@ -22,6 +24,8 @@ use crate::pocket::Pocket;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    key: keys::KeyArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -30,6 +34,10 @@ enum Command {
     Init {
         /// The folder on the drive (created if missing).
         dir: PathBuf,
+        /// Make the pocket from a destination (a configured name or its folder): the drive
+        /// was lost. The files, and the pocket's config with its destinations, come back.
+        #[arg(long, value_name = "DEST")]
+        from: Option<String>,
     },
     /// Mount a pocket as a folder. Runs in the foreground until unmounted (Ctrl-C, SIGTERM or
     /// `backpocket unmount`), unless --daemon.
@@ -47,6 +55,71 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Backup destinations: where the pocket's changes go.
+    Dest {
+        #[command(subcommand)]
+        command: DestCommand,
+    },
+    /// Back up now: record changes made without the mount, then drain the journal to every
+    /// reachable destination. Returns when they hold everything, and says which could not be
+    /// reached. With a mounted pocket, waits for the mount's own replicator.
+    Sync {
+        #[command(flatten)]
+        pocket: PocketArg,
+        /// Keep going: sync again every few seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The versions the destinations hold of a file.
+    Log {
+        /// The file (in the pocket or its mount, or a path relative to the pocket).
+        path: PathBuf,
+        /// Ask only this destination.
+        #[arg(long, value_name = "DEST")]
+        from: Option<String>,
+        #[command(flatten)]
+        pocket: PocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore from a destination into a new folder, exactly as it was (contents, names, modes,
+    /// times, links, xattrs, holes), every chunk checked against its hash.
+    Restore {
+        /// A configured destination, or its folder (when the drive is lost).
+        #[arg(long, value_name = "DEST")]
+        from: String,
+        /// A new or empty folder (never the live pocket).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// The pocket as it was at this time (UTC): "2026-11-20 10:00" or RFC 3339.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Only these paths (relative to the pocket) and what is under them.
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        pocket: PocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a vault: every object present and of the right size; with --read-data every byte
+    /// decrypted and hashed. Names each damaged object and the file versions it affects.
+    Verify {
+        /// A configured destination, or its folder.
+        dest: String,
+        #[arg(long)]
+        read_data: bool,
+        #[command(flatten)]
+        pocket: PocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The pocket key this machine remembers.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// The journal: what is recorded and not yet protected.
     Journal {
@@ -81,6 +154,59 @@ enum JournalCommand {
     },
     /// Remove records that every destination holds.
     Compact {
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DestCommand {
+    /// Add a destination: a folder on another disk or a mounted share.
+    Add {
+        /// A short name for it (letters, digits, '-', '_', '.').
+        name: String,
+        /// The folder (created if its parent exists): a path or file:// URL.
+        url: String,
+        /// vault: encrypted, deduplicated, versioned. mirror: a plain copy anyone can open.
+        #[arg(long, value_enum, default_value = "vault")]
+        mode: ModeArg,
+        /// Mirror: days that replaced and deleted files are kept in .backpocket-versions/.
+        #[arg(long, default_value_t = 30)]
+        keep_versions_days: u64,
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
+    /// The configured destinations.
+    List {
+        #[command(flatten)]
+        pocket: PocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop backing up to a destination (what it holds is left alone).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ModeArg {
+    Vault,
+    Mirror,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Check the passphrase and remember the pocket key on this machine (so the mount backs up
+    /// to vaults without asking).
+    Remember {
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
+    /// Forget this machine's copy of the pocket key.
+    Forget {
         #[command(flatten)]
         pocket: PocketArg,
     },
@@ -148,10 +274,10 @@ fn main() {
     };
     let result = match cli.command {
         // The mount sets up logging itself: after the fork for --daemon.
-        Command::Mount(args) => mount::run(args),
+        Command::Mount(args) => mount::run(args, &cli.key),
         other => {
             init_logging("warn");
-            run(other)
+            run(other, &cli.key)
         }
     };
     if let Err(e) = result {
@@ -160,9 +286,94 @@ fn main() {
     }
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
     match command {
-        Command::Init { dir } => init(&dir),
+        Command::Init { dir, from: None } => init(&dir),
+        Command::Init {
+            dir,
+            from: Some(from),
+        } => backup::init_from(&from, &dir, key),
+        Command::Dest { command } => match command {
+            DestCommand::Add {
+                name,
+                url,
+                mode,
+                keep_versions_days,
+                pocket,
+            } => {
+                let p = Pocket::find(pocket.pocket.as_deref())?;
+                let mode = match mode {
+                    ModeArg::Vault => replicator::Mode::Vault,
+                    ModeArg::Mirror => replicator::Mode::Mirror,
+                };
+                backup::dest_add(&p, &name, &url, mode, keep_versions_days, key)
+            }
+            DestCommand::List { pocket, json } => {
+                backup::dest_list(&Pocket::find(pocket.pocket.as_deref())?, json)
+            }
+            DestCommand::Remove { name, pocket } => {
+                backup::dest_remove(&Pocket::find(pocket.pocket.as_deref())?, &name)
+            }
+        },
+        Command::Sync {
+            pocket,
+            watch,
+            json,
+        } => backup::sync(&Pocket::find(pocket.pocket.as_deref())?, watch, json, key),
+        Command::Log {
+            path,
+            from,
+            pocket,
+            json,
+        } => backup::log(pocket.pocket.as_deref(), &path, from.as_deref(), json, key),
+        Command::Restore {
+            from,
+            to,
+            at,
+            paths,
+            pocket,
+            json,
+        } => backup::restore(
+            pocket.pocket.as_deref(),
+            &from,
+            &to,
+            at.as_deref(),
+            &paths,
+            json,
+            key,
+        ),
+        Command::Verify {
+            dest,
+            read_data,
+            pocket,
+            json,
+        } => backup::verify(pocket.pocket.as_deref(), &dest, read_data, json, key),
+        Command::Key { command } => match command {
+            KeyCommand::Remember { pocket } => {
+                let p = Pocket::find(pocket.pocket.as_deref())?;
+                let config = p.config()?;
+                if config.key.is_none() {
+                    anyhow::bail!("this pocket has no key yet: it is made with the first vault destination (`backpocket dest add`)");
+                }
+                keys::forget(&config.id)?;
+                keys::pocket_key(&config, key, true)?;
+                println!(
+                    "this machine now remembers the key of the pocket {}",
+                    p.root.display()
+                );
+                Ok(())
+            }
+            KeyCommand::Forget { pocket } => {
+                let p = Pocket::find(pocket.pocket.as_deref())?;
+                let config = p.config()?;
+                if keys::forget(&config.id)? {
+                    println!("forgot this machine's copy of the pocket key; vault backups wait for `backpocket key remember`");
+                } else {
+                    println!("this machine did not remember the pocket key");
+                }
+                Ok(())
+            }
+        },
         Command::Mount(_) => unreachable!("handled in main"),
         Command::Unmount { mountpoint } => unmount(&mountpoint),
         Command::Scan { pocket, json } => scan(pocket.pocket.as_deref(), json),
@@ -191,6 +402,18 @@ fn run(command: Command) -> Result<()> {
 }
 
 fn init(dir: &Path) -> Result<()> {
+    let config = pocket::Config {
+        format: 1,
+        id: pocket::new_id()?,
+        journal: Default::default(),
+        key: None,
+        destinations: Vec::new(),
+    };
+    init_with(dir, config)
+}
+
+/// Makes a pocket of `dir` with `config` (new, or the one a destination kept).
+pub fn init_with(dir: &Path, config: pocket::Config) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!(
             "{} exists and is not a folder; give a folder (it is created if missing)",
@@ -210,15 +433,7 @@ fn init(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(&meta).with_context(|| format!("cannot create {}", meta.display()))?;
     let p = Pocket { root: root.clone() };
     let _lock = platform::PocketLock::acquire(&p.lock_path(), &p.root)?;
-    let config = pocket::Config {
-        format: 1,
-        id: pocket::new_id()?,
-        journal: Default::default(),
-    };
-    let text = format!(
-        "# backpocket pocket configuration (README.md explains every key)\n{}",
-        toml::to_string_pretty(&config)?
-    );
+    let text = config.to_text()?;
     let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&root)?);
     let journal = match journal::Journal::create(&p.journal_path(), ino) {
         Ok(j) => j,

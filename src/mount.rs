@@ -1,5 +1,6 @@
 //! `backpocket mount`: lock, (detach), open the journal, reconcile, mount, serve, close.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +12,33 @@ use crate::exit::{ExitCode, Failure};
 use crate::pocket::Pocket;
 use crate::MountArgs;
 
-pub fn run(args: MountArgs) -> Result<()> {
+pub fn run(args: MountArgs, key_args: &crate::keys::KeyArgs) -> Result<()> {
     // Everything before the fork is single-threaded: no logger thread, no SQLite, no runtime.
     let pocket = Pocket::at(&args.pocket)?;
     let config = pocket.config()?;
+    // The key before the fork, so that the prompt (if any) is at the terminal. Without it the
+    // mount still records everything; vault destinations wait for `backpocket key remember`.
+    let needs_key = config
+        .destinations
+        .iter()
+        .any(|d| d.mode == replicator::Mode::Vault);
+    let key = if needs_key {
+        match crate::keys::pocket_key(&config, key_args, std::io::stdin().is_terminal()) {
+            Ok(k) => k,
+            Err(e)
+                if e.downcast_ref::<replicator::Error>()
+                    .is_some_and(|r| matches!(r, replicator::Error::NeedPassphrase)) =>
+            {
+                eprintln!(
+                    "backpocket: this machine does not know the pocket key; vault destinations wait until `backpocket key remember` (changes are recorded meanwhile)"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
     let mountpoint: PathBuf = std::path::absolute(&args.mountpoint)
         .with_context(|| format!("cannot use {}", args.mountpoint.display()))?;
     // A mount inside its own pocket would serve itself (the daemon would call into its own
@@ -74,7 +98,7 @@ pub fn run(args: MountArgs) -> Result<()> {
         );
     }
 
-    let result = serve(&args, &pocket, &config, &mountpoint, &mut detached);
+    let result = serve(&args, &pocket, &config, key, &mountpoint, &mut detached);
     if let (Some(d), Err(e)) = (detached.as_mut(), &result) {
         // Before the mount was ready the parent prints it; after, only the log has it.
         error!("{e:#}");
@@ -91,6 +115,7 @@ fn serve(
     args: &MountArgs,
     pocket: &Pocket,
     config: &crate::pocket::Config,
+    key: Option<replicator::Key>,
     mountpoint: &std::path::Path,
     detached: &mut Option<platform::Detached>,
 ) -> Result<()> {
@@ -105,6 +130,14 @@ fn serve(
     let report = journal::scan(&pocket.root, &pocket.journal_path(), &journal.handle())
         .context("the start-up scan failed")?;
     info!("{}", crate::report::scan_line(&report));
+
+    // The replicator drains to the destinations while the mount runs.
+    let replicator = if config.destinations.is_empty() || args.no_journal {
+        None
+    } else {
+        let setup = crate::backup::setup(pocket, config, key)?;
+        Some(replicator::Replicator::start(setup, journal.subscribe())?)
+    };
 
     let options = fs_driver::Options {
         quiet_period: Duration::from_secs(config.journal.quiet_period_secs.max(1)),
@@ -176,6 +209,10 @@ fn serve(
     signal_handle.close();
     info!("unmounted {}; closing the journal", mountpoint.display());
     info!("served: {}", fs_driver::fuse::served_summary());
+    if let Some(r) = replicator {
+        // A drain in progress is abandoned; its records stay pending for the next one.
+        r.stop();
+    }
     let closed = journal.close();
     res.context("the mount session ended with an error")?;
     closed.context(

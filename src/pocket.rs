@@ -1,6 +1,7 @@
 //! A pocket on disk: where its parts live, its config, and how commands find it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,66 @@ pub struct Config {
     pub id: String,
     #[serde(default)]
     pub journal: JournalConfig,
+    /// How the pocket key comes from the passphrase (made with the first vault).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyConfig>,
+    /// Where backups go; the drive carries them to every machine.
+    #[serde(default, rename = "destination", skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub kdf: replicator::KdfParams,
+    /// A known text sealed with the pocket key: tells a wrong passphrase from a right one.
+    pub check: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestConfig {
+    pub name: String,
+    /// A local folder (an external disk, a mounted share): a path or a file:// URL.
+    pub url: String,
+    #[serde(default = "default_mode")]
+    pub mode: replicator::Mode,
+    /// Mirror: days that replaced and deleted files stay in `.backpocket-versions/`.
+    #[serde(default = "default_keep_days")]
+    pub keep_versions_days: u64,
+}
+
+fn default_mode() -> replicator::Mode {
+    replicator::Mode::Vault
+}
+
+fn default_keep_days() -> u64 {
+    30
+}
+
+impl DestConfig {
+    pub fn spec(&self) -> replicator::DestSpec {
+        replicator::DestSpec {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            mode: self.mode,
+            keep_versions: Duration::from_secs(self.keep_versions_days * 86_400),
+        }
+    }
+}
+
+impl Config {
+    /// The config as written to disk.
+    pub fn to_text(&self) -> Result<String> {
+        Ok(format!(
+            "# backpocket pocket configuration (README.md explains every key)\n{}",
+            toml::to_string_pretty(self)?
+        ))
+    }
+
+    pub fn destination(&self, name: &str) -> Option<&DestConfig> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +117,10 @@ impl Pocket {
     }
     pub fn lock_path(&self) -> PathBuf {
         self.meta_dir().join("lock")
+    }
+    /// Saves the config durably.
+    pub fn save_config(&self, config: &Config) -> Result<()> {
+        write_durably(&self.config_path(), config.to_text()?.as_bytes())
     }
     pub fn log_path(&self) -> PathBuf {
         self.meta_dir().join("mount.log")

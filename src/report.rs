@@ -50,31 +50,76 @@ pub fn ago(ns: i64) -> String {
     )
 }
 
+/// One destination as status shows it: the config, the journal's cursor, and what the
+/// replicator last saw.
+struct DestLine {
+    name: String,
+    url: String,
+    mode: &'static str,
+    cursor: Option<journal::CursorStatus>,
+    state: replicator::DestState,
+}
+
 pub fn status(p: &Pocket, json: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let reader = journal::Reader::open(&p.journal_path())?;
     let s = reader.status()?;
+    let config = p.config()?;
     tracing::debug!("status took {:?}", started.elapsed());
+    let dests: Vec<DestLine> = config
+        .destinations
+        .iter()
+        .map(|d| DestLine {
+            name: d.name.clone(),
+            url: d.url.clone(),
+            mode: match d.mode {
+                replicator::Mode::Vault => "vault",
+                replicator::Mode::Mirror => "mirror",
+            },
+            cursor: s.destinations.iter().find(|c| c.name == d.name).cloned(),
+            state: replicator::DestState::load(&p.meta_dir(), &d.name),
+        })
+        .collect();
+    // A destination that never drained lacks everything recorded.
+    let pending = |d: &DestLine| match &d.cursor {
+        Some(c) => (c.pending_records, c.pending_bytes, c.oldest_pending_ns),
+        None => s.all_pending,
+    };
+    // "Protected" means some configured destination holds it.
+    let (pending_records, pending_bytes, oldest_ns) = if dests.is_empty() {
+        (s.pending_records, s.pending_bytes, s.oldest_pending_ns)
+    } else {
+        dests
+            .iter()
+            .map(pending)
+            .min_by_key(|(r, _, _)| *r)
+            .unwrap_or((0, 0, None))
+    };
     if json {
-        let destinations: Vec<_> = s
-            .destinations
+        let destinations: Vec<_> = dests
             .iter()
             .map(|d| {
+                let (records, bytes, oldest) = pending(d);
                 json!({
                     "name": d.name,
-                    "cursor": d.cursor,
-                    "pending_records": d.pending_records,
-                    "pending_bytes": d.pending_bytes,
-                    "oldest_pending_age_s": d.oldest_pending_ns.map(age_s),
-                    "last_success": rfc3339(d.updated_ns),
+                    "url": d.url,
+                    "mode": d.mode,
+                    "reachable": d.state.reachable,
+                    "waiting_for": null,
+                    "cursor": d.cursor.as_ref().map(|c| c.cursor),
+                    "pending_records": records,
+                    "pending_bytes": bytes,
+                    "oldest_pending_age_s": oldest.map(age_s),
+                    "last_success": d.state.last_success_ns.map(rfc3339),
+                    "last_error": d.state.last_error,
                 })
             })
             .collect();
         let out = json!({
             "pocket": p.root,
-            "pending_records": s.pending_records,
-            "pending_bytes": s.pending_bytes,
-            "oldest_pending_age_s": s.oldest_pending_ns.map(age_s),
+            "pending_records": pending_records,
+            "pending_bytes": pending_bytes,
+            "oldest_pending_age_s": oldest_ns.map(age_s),
             "journal": {
                 "records": s.records,
                 "last_seq": s.last_seq,
@@ -87,26 +132,43 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("pocket   {}", p.root.display());
-    if s.pending_records == 0 {
+    if pending_records == 0 {
         println!("pending  nothing: every recorded change is protected");
     } else {
         println!(
             "pending  {} changes, {}, oldest {}",
-            s.pending_records,
-            bytes(s.pending_bytes),
-            s.oldest_pending_ns.map(ago).unwrap_or_default()
+            pending_records,
+            bytes(pending_bytes),
+            oldest_ns.map(ago).unwrap_or_default()
         );
     }
-    if s.destinations.is_empty() {
-        println!("         no destinations yet: these changes are only on the drive");
+    if dests.is_empty() {
+        println!("         no destinations yet: these changes are only on the drive (`backpocket dest add`)");
     }
-    for d in &s.destinations {
-        println!(
-            "  {:<12} {} changes, {} pending",
-            d.name,
-            d.pending_records,
-            bytes(d.pending_bytes)
-        );
+    for d in &dests {
+        let (records, b, oldest) = pending(d);
+        let what = if records == 0 {
+            "up to date".to_owned()
+        } else {
+            format!(
+                "{records} changes, {} pending, oldest {}",
+                bytes(b),
+                oldest.map(ago).unwrap_or_default()
+            )
+        };
+        let reach = match d.state.reachable {
+            Some(false) => ", NOT REACHABLE",
+            _ => "",
+        };
+        let last = d
+            .state
+            .last_success_ns
+            .map(|t| format!("; last success {}", ago(t)))
+            .unwrap_or_else(|| "; never backed up".into());
+        println!("  {:<12} {:<6} {what}{reach}{last}", d.name, d.mode);
+        if let Some(e) = &d.state.last_error {
+            println!("               last error: {e}");
+        }
     }
     println!(
         "journal  {} records, {}, last scan {}",

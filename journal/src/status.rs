@@ -28,6 +28,9 @@ pub struct Status {
     pub size_bytes: u64,
     pub last_scan_ns: Option<i64>,
     pub destinations: Vec<CursorStatus>,
+    /// What a destination that never drained lacks: every record kept, their bytes, and when
+    /// the oldest was made.
+    pub all_pending: (u64, u64, Option<i64>),
 }
 
 /// One destination's position in the journal.
@@ -91,6 +94,7 @@ impl Reader {
         // "Not yet protected" means no destination holds it: measured from the furthest cursor.
         let base = destinations.iter().map(|d| d.cursor).max().unwrap_or(0);
         let (pending_records, pending_bytes, oldest_pending_ns) = pending_after(&tx, tip, base)?;
+        let all_pending = pending_after(&tx, tip, 0)?;
         let last_scan_ns = db::meta_get(&tx, "last_scan_ns")?;
         drop(tx);
         let size_bytes = ["", "-wal", "-shm"]
@@ -110,6 +114,7 @@ impl Reader {
             size_bytes,
             last_scan_ns,
             destinations,
+            all_pending,
         })
     }
 

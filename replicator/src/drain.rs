@@ -61,7 +61,7 @@ pub struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn abs(&self, rel: &[u8]) -> PathBuf {
+    pub(crate) fn abs(&self, rel: &[u8]) -> PathBuf {
         if rel.is_empty() {
             self.pocket.to_owned()
         } else {
@@ -69,7 +69,7 @@ impl Source<'_> {
         }
     }
 
-    fn check_cancel(&self) -> Result<()> {
+    pub(crate) fn check_cancel(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
             Err(Error::Cancelled)
         } else {

@@ -18,6 +18,7 @@ mod verify;
 pub use crypto::{KdfParams, Key};
 pub use drain::{DrainReport, Progress};
 pub use error::{Error, Result};
+pub use mirror::{init_mirror, is_mirror, restore_mirror};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use service::{
     is_unreachable, runtime, sync, DestSpec, Mode, Replicator, Setup, SyncOutcome, SyncReport,

@@ -1,27 +1,732 @@
-//! The mirror format: a plain copy of the tree.
+//! The mirror format: a plain copy of the pocket's tree that anyone can open without
+//! backpocket. Files are copied atomically (temporary file, fsync, rename, fsync of the
+//! folder); what the copy cannot say by itself (owners, xattrs, hard links, hole maps, names,
+//! and a hash per data run to prove a restore) is in `.backpocket-mirror/tree`, written last,
+//! so the mirror's metadata always describes a consistent point. Replaced and deleted files
+//! are moved to `.backpocket-versions/<time>/` and kept for the configured time.
 
-use crate::drain::{DrainReport, Source};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use crate::drain::{lstat_meta, DrainReport, Progress, Source};
 use crate::error::{Error, Result};
+use crate::format::{
+    Checkpoint, ChunkRef, Content, Extent, FileState, Position, VChange, VMeta, Xattr, KIND_DIR,
+    KIND_FILE, KIND_SYMLINK,
+};
+use crate::restore::{prepare_target, set_meta, RestoreReport};
 use crate::service::DestSpec;
-use crate::store::Store;
+use crate::store::{sync_dir, Store};
+use crate::tree::Tree;
+use crate::vault::now_ns;
+
+const META_DIR: &str = ".backpocket-mirror";
+const VERSIONS_DIR: &str = ".backpocket-versions";
+const MIRROR_FORMAT: u32 = 1;
+/// Each data run is hashed in pieces of this size (the metadata's lengths are 32-bit).
+const PIECE: u64 = 64 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorConfig {
+    backpocket_mirror: u32,
+    pocket_id: String,
+}
+
+/// Makes `store` a mirror of the pocket `pocket_id` (or checks that it is one already).
+pub fn init_mirror(store: &Store, pocket_id: &str) -> Result<()> {
+    let root = store
+        .local_root()
+        .ok_or_else(|| Error::Format("mirrors need a local folder in this version".into()))?;
+    let cfg = root.join(META_DIR).join("config");
+    if let Ok(raw) = std::fs::read(&cfg) {
+        let c: MirrorConfig = serde_json::from_slice(&raw)
+            .map_err(|e| Error::NotAVault(format!("{}: {e}", cfg.display())))?;
+        if c.pocket_id != pocket_id {
+            return Err(Error::OtherPocket(c.pocket_id));
+        }
+        return Ok(());
+    }
+    let busy = std::fs::read_dir(root)
+        .map_err(|e| Error::io(format!("cannot read {}", root.display()), e))?
+        .any(|e| e.map(|e| e.file_name() != ".tmp").unwrap_or(true));
+    if busy {
+        return Err(Error::Format(format!(
+            "{} is not empty and is not a mirror; give an empty or new folder",
+            root.display()
+        )));
+    }
+    store.make_dirs(&[META_DIR.to_owned(), VERSIONS_DIR.to_owned()])?;
+    let c = MirrorConfig {
+        backpocket_mirror: MIRROR_FORMAT,
+        pocket_id: pocket_id.to_owned(),
+    };
+    store.put(
+        &format!("{META_DIR}/config"),
+        serde_json::to_vec_pretty(&c).map_err(|e| Error::Format(e.to_string()))?,
+    )
+}
+
+/// Whether `path` holds a mirror.
+pub fn is_mirror(path: &Path) -> bool {
+    path.join(META_DIR).join("config").is_file()
+}
 
 /// A mirror destination's drain state.
 #[derive(Debug)]
 pub struct MirrorDrain {
-    _store: Store,
+    store: Store,
+    root: PathBuf,
+    keep: Duration,
+    state: Option<Option<(Tree, Position)>>,
 }
 
 impl MirrorDrain {
-    pub fn open(store: Store, _spec: &DestSpec, _pocket_id: &str) -> Result<MirrorDrain> {
-        let _ = store;
-        Err(Error::Format(
-            "mirror destinations are not available in this version".into(),
-        ))
+    pub fn open(store: Store, spec: &DestSpec, pocket_id: &str) -> Result<MirrorDrain> {
+        let root = store
+            .local_root()
+            .ok_or_else(|| Error::Format("mirrors need a local folder in this version".into()))?
+            .to_owned();
+        if !is_mirror(&root) {
+            return Err(Error::NotAVault(format!(
+                "{} is not a mirror (no {META_DIR}/config)",
+                root.display()
+            )));
+        }
+        init_mirror(&store, pocket_id)?;
+        Ok(MirrorDrain {
+            store,
+            root,
+            keep: spec.keep_versions,
+            state: None,
+        })
     }
 
-    pub fn drain_once(&mut self, _src: &Source<'_>) -> Result<Option<DrainReport>> {
-        Err(Error::Format(
-            "mirror destinations are not available in this version".into(),
-        ))
+    pub fn drain_once(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
+        let res = self.drain_inner(src);
+        if res.is_err() {
+            self.state = None;
+        }
+        res
     }
+
+    fn drain_inner(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
+        let reader = journal::Reader::open(src.journal)?;
+        let jid = reader.journal_id()?;
+        if self.state.is_none() {
+            self.state = Some(read_tree(&self.root)?);
+        }
+        let mut cursor = reader.cursor(src.dest)?;
+        if let Some(Some((_, pos))) = &self.state {
+            if pos.journal_id == jid && cursor.is_none_or(|c| pos.seq > c) {
+                journal::set_cursor(src.journal, src.dest, pos.seq)?;
+                cursor = Some(pos.seq);
+            }
+        }
+        let old = self.state.take().flatten();
+        let full = match (&old, cursor) {
+            (Some((_, pos)), Some(c)) => pos.journal_id != jid || pos.seq != c,
+            _ => true,
+        };
+        let mut report = DrainReport::default();
+        let (new_tree, seq, time_ns, changed): (Tree, u64, i64, Vec<u64>) = if full {
+            let snap = reader.snapshot()?;
+            let mut t = Tree::new(snap.root);
+            for (id, meta, target) in &snap.files {
+                t.files.insert(
+                    *id,
+                    FileState {
+                        id: *id,
+                        meta: VMeta::from(*meta),
+                        target: target.clone(),
+                        xattrs: Vec::new(),
+                        content: None,
+                    },
+                );
+            }
+            for (file, name, value) in &snap.xattrs {
+                if let Some(f) = t.files.get_mut(file) {
+                    f.xattrs.push(Xattr {
+                        name: name.clone(),
+                        value: value.clone(),
+                    });
+                }
+            }
+            for (parent, name, file) in &snap.names {
+                t.apply(&VChange::Link {
+                    parent: *parent,
+                    name: name.clone(),
+                    file: *file,
+                });
+            }
+            let changed = t
+                .files
+                .values()
+                .filter(|f| f.meta.kind == KIND_FILE)
+                .map(|f| f.id)
+                .collect();
+            report.checkpoint = true;
+            (t, snap.seq, snap.time_ns, changed)
+        } else {
+            let c = cursor.unwrap_or(0);
+            let records = reader.records_after(c, 100_000)?;
+            if records.is_empty() {
+                self.state = Some(old);
+                return Ok(None);
+            }
+            let mut t = old.as_ref().map(|(t, _)| t.clone()).unwrap_or_default();
+            let mut changed = Vec::new();
+            for r in &records {
+                t.apply(&VChange::from_journal(&r.change));
+                match &r.change {
+                    journal::Change::Content { file, .. } => changed.push(*file),
+                    journal::Change::Create { file, meta, .. }
+                        if meta.kind == journal::Kind::File =>
+                    {
+                        changed.push(*file)
+                    }
+                    _ => {}
+                }
+            }
+            // Contents the records changed: keep the old hash map for files not changed.
+            if let Some((ot, _)) = &old {
+                for (id, f) in t.files.iter_mut() {
+                    if f.content.is_none()
+                        || f.content
+                            .as_ref()
+                            .is_some_and(|c| c.extents.is_empty() && c.size == 0)
+                    {
+                        if let Some(of) = ot.files.get(id) {
+                            if !changed.contains(id) {
+                                f.content = of.content.clone();
+                            }
+                        }
+                    }
+                }
+            }
+            changed.sort();
+            changed.dedup();
+            let last = records.last().expect("not empty");
+            (t, last.seq, last.time_ns, changed)
+        };
+        let mut new_tree = new_tree;
+        // Fresh metadata for everything that is not a regular file (folder times move).
+        if let Some(m) = lstat_meta(src.pocket, None) {
+            if let Some(r) = new_tree.files.get_mut(&new_tree.root) {
+                r.meta = m;
+            }
+        }
+        let paths = new_tree.paths();
+        for (rel, id) in &paths {
+            if new_tree.files[id].meta.kind != KIND_FILE {
+                if let Some(m) = lstat_meta(&src.abs(rel), Some(*id)) {
+                    new_tree.files.get_mut(id).expect("listed").meta = m;
+                }
+            }
+        }
+        let old_tree = old.map(|(t, _)| t).unwrap_or_default();
+        self.apply(
+            src,
+            &reader,
+            &old_tree,
+            &mut new_tree,
+            &paths,
+            &changed,
+            &mut report,
+        )?;
+        let pos = Position {
+            gen: 0,
+            prev: [0; 32],
+            journal_id: jid,
+            seq,
+            time_ns,
+            written_ns: now_ns(),
+        };
+        write_tree(&self.store, &new_tree, &pos)?;
+        journal::set_cursor(src.journal, src.dest, seq)?;
+        self.expire_versions();
+        report.records = seq - cursor.unwrap_or(0).min(seq);
+        report.cursor = seq;
+        debug!(dest = src.dest, ?report, "mirror updated");
+        self.state = Some(Some((new_tree, pos)));
+        Ok(Some(report))
+    }
+
+    /// Makes the folder match `new`: old names away (to the versions folder), new folders,
+    /// changed files copied, links, metadata.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        src: &Source<'_>,
+        reader: &journal::Reader,
+        old: &Tree,
+        new: &mut Tree,
+        paths: &[(Vec<u8>, u64)],
+        changed: &[u64],
+        report: &mut DrainReport,
+    ) -> Result<()> {
+        let stamp = crate::vault::format_time(now_ns()).replace(':', "");
+        let versions = self.root.join(VERSIONS_DIR).join(&stamp);
+        let new_by_path: HashMap<&[u8], u64> =
+            paths.iter().map(|(p, id)| (p.as_slice(), *id)).collect();
+        let dst = |rel: &[u8]| self.root.join(OsStr::from_bytes(rel));
+        let keep_aside = |rel: &[u8]| -> Result<()> {
+            let from = dst(rel);
+            if std::fs::symlink_metadata(&from).is_err() {
+                return Ok(());
+            }
+            if std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_dir()) {
+                return Ok(());
+            }
+            let to = versions.join(OsStr::from_bytes(rel));
+            std::fs::create_dir_all(to.parent().expect("has parent"))
+                .map_err(|e| Error::io("cannot keep an old version", e))?;
+            std::fs::rename(&from, &to).map_err(|e| {
+                Error::io(
+                    format!("cannot keep {} as an old version", from.display()),
+                    e,
+                )
+            })
+        };
+        // 1. Names that went away or now name something else: keep the old file aside.
+        let old_paths = old.paths();
+        for (rel, id) in old_paths.iter().rev() {
+            let gone = match new_by_path.get(rel.as_slice()) {
+                None => true,
+                Some(nid) => nid != id || new.files[nid].meta.kind != old.files[id].meta.kind,
+            };
+            if gone {
+                if old.files[id].meta.kind == KIND_DIR {
+                    let _ = std::fs::remove_dir(dst(rel));
+                } else {
+                    keep_aside(rel)?;
+                }
+            }
+        }
+        // 2. New and changed entries, parents first.
+        let mut first_name: HashMap<u64, Vec<u8>> = HashMap::new();
+        let changed: std::collections::HashSet<u64> = changed.iter().copied().collect();
+        let old_by_path: HashMap<&[u8], u64> = old_paths
+            .iter()
+            .map(|(p, id)| (p.as_slice(), *id))
+            .collect();
+        src.progress
+            .files_total
+            .fetch_add(changed.len() as u64, Ordering::Relaxed);
+        for (rel, id) in paths {
+            src.check_cancel()?;
+            let kind = new.files[id].meta.kind;
+            let d = dst(rel);
+            let same_as_before = old_by_path.get(rel.as_slice()) == Some(id);
+            match kind {
+                KIND_DIR if !d.is_dir() => {
+                    std::fs::create_dir(&d)
+                        .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+                }
+                KIND_DIR => {}
+                KIND_FILE => {
+                    if let Some(first) = first_name.get(id) {
+                        if !same_as_before || std::fs::symlink_metadata(&d).is_err() {
+                            let _ = std::fs::remove_file(&d);
+                            std::fs::hard_link(dst(first), &d).map_err(|e| {
+                                Error::io(format!("cannot link {}", d.display()), e)
+                            })?;
+                        }
+                        continue;
+                    }
+                    first_name.insert(*id, rel.clone());
+                    let moved_from = (!same_as_before && !changed.contains(id))
+                        .then(|| old.path_of(*id))
+                        .flatten();
+                    if same_as_before && !changed.contains(id) && d.exists() {
+                        continue;
+                    }
+                    if let Some(from) = moved_from
+                        .filter(|f| dst(f).exists() && new_by_path.get(f.as_slice()) != Some(id))
+                    {
+                        // A move: the copy moves too, nothing is sent again.
+                        keep_aside(rel)?;
+                        std::fs::rename(dst(&from), &d)
+                            .map_err(|e| Error::io(format!("cannot move {}", d.display()), e))?;
+                        continue;
+                    }
+                    if same_as_before && d.exists() {
+                        // The previous contents stay readable among the kept versions; the new
+                        // copy then replaces the name atomically.
+                        let to = versions.join(OsStr::from_bytes(rel));
+                        std::fs::create_dir_all(to.parent().expect("has parent"))
+                            .map_err(|e| Error::io("cannot keep an old version", e))?;
+                        std::fs::hard_link(&d, &to).map_err(|e| {
+                            Error::io(format!("cannot keep {} as an old version", d.display()), e)
+                        })?;
+                    }
+                    let content = self.copy_in(src, reader, *id, &d, report)?;
+                    if let Some((c, m)) = content {
+                        let f = new.files.get_mut(id).expect("listed");
+                        f.content = Some(c);
+                        f.meta = m;
+                    }
+                }
+                KIND_SYMLINK => {
+                    let t = new.files[id].target.clone().unwrap_or_default();
+                    if std::fs::read_link(&d).ok().as_deref()
+                        != Some(Path::new(OsStr::from_bytes(&t)))
+                    {
+                        let _ = std::fs::remove_file(&d);
+                        std::os::unix::fs::symlink(OsStr::from_bytes(&t), &d)
+                            .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+                    }
+                }
+                _ => {
+                    // Fifos, sockets and devices live in the metadata file only.
+                }
+            }
+        }
+        // 3. Times and modes as far as this folder can hold them (owners and xattrs are in
+        // the metadata file; setting them needs root).
+        for (rel, id) in paths.iter().rev() {
+            let f = &new.files[id];
+            if matches!(f.meta.kind, KIND_DIR | KIND_FILE | KIND_SYMLINK) {
+                let mut g = f.clone();
+                g.xattrs.clear();
+                let _ = set_meta(&dst(rel), &g, false);
+            }
+        }
+        sync_tree_dirs(&self.root, paths, new)?;
+        Ok(())
+    }
+
+    /// Copies file `id` from the drive to `dest` atomically, keeping holes, and returns its
+    /// data runs with a hash per run. None when the file is gone (its removal follows).
+    fn copy_in(
+        &self,
+        src: &Source<'_>,
+        reader: &journal::Reader,
+        id: u64,
+        dest: &Path,
+        report: &mut DrainReport,
+    ) -> Result<Option<(Content, VMeta)>> {
+        let Some(rel) = reader.path_of(id)? else {
+            return Ok(None);
+        };
+        let from = src.abs(&rel);
+        for attempt in 0..8u32 {
+            let f = match File::open(&from) {
+                Ok(f) => f,
+                Err(_) => return Ok(None),
+            };
+            let before = f
+                .metadata()
+                .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
+            if before.ino() != id {
+                return Ok(None);
+            }
+            let tmp = self
+                .root
+                .join(".tmp")
+                .join(format!("mirror-{id}-{}", std::process::id()));
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+            out.set_len(before.size())
+                .map_err(|e| Error::io("cannot write the mirror", e))?;
+            let mut extents = Vec::new();
+            let runs = crate::source::data_extents(
+                &f,
+                before.size(),
+                before.blocks() * 512 < before.size(),
+            )
+            .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            for (start, end) in runs {
+                let mut chunks = Vec::new();
+                let mut piece = start;
+                while piece < end {
+                    let piece_end = (piece + PIECE).min(end);
+                    let mut h = blake3::Hasher::new();
+                    let mut pos = piece;
+                    while pos < piece_end {
+                        let n = ((piece_end - pos) as usize).min(buf.len());
+                        f.read_exact_at(&mut buf[..n], pos)
+                            .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
+                        out.write_all_at(&buf[..n], pos)
+                            .map_err(|e| Error::io("cannot write the mirror", e))?;
+                        h.update(&buf[..n]);
+                        pos += n as u64;
+                        report.bytes_read += n as u64;
+                        src.progress
+                            .bytes_done
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    chunks.push(ChunkRef {
+                        id: *h.finalize().as_bytes(),
+                        len: (piece_end - piece) as u32,
+                    });
+                    piece = piece_end;
+                }
+                extents.push(Extent {
+                    offset: start,
+                    chunks,
+                });
+            }
+            let after = f
+                .metadata()
+                .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
+            let torn = after.size() != before.size()
+                || after.mtime_nsec() != before.mtime_nsec()
+                || after.mtime() != before.mtime()
+                || after.ctime_nsec() != before.ctime_nsec()
+                || after.ctime() != before.ctime();
+            if torn {
+                let _ = std::fs::remove_file(&tmp);
+                std::thread::sleep(Duration::from_millis(10 << attempt.min(6)));
+                continue;
+            }
+            out.sync_all()
+                .map_err(|e| Error::io("cannot write the mirror", e))?;
+            drop(out);
+            std::fs::rename(&tmp, dest)
+                .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
+            report.files += 1;
+            report.bytes_uploaded += after.size();
+            src.progress.files_done.fetch_add(1, Ordering::Relaxed);
+            let meta = journal::Meta::from_std(&after)
+                .map(VMeta::from)
+                .ok_or_else(|| Error::Format("unknown file type".into()))?;
+            return Ok(Some((
+                Content {
+                    size: after.size(),
+                    extents,
+                },
+                meta,
+            )));
+        }
+        Err(Error::Source {
+            path: from,
+            detail: "it keeps changing while being copied; it will be taken once it settles".into(),
+        })
+    }
+
+    /// Removes kept versions older than the configured time.
+    fn expire_versions(&self) {
+        let dir = self.root.join(VERSIONS_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok());
+            if old.is_some_and(|age| age > self.keep) {
+                info!("removing old versions {}", e.path().display());
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// fsync every folder of the mirror once (renames into them must survive a power cut).
+fn sync_tree_dirs(root: &Path, paths: &[(Vec<u8>, u64)], t: &Tree) -> Result<()> {
+    sync_dir(root)?;
+    for (rel, id) in paths {
+        if t.files[id].meta.kind == KIND_DIR {
+            sync_dir(&root.join(OsStr::from_bytes(rel)))?;
+        }
+    }
+    Ok(())
+}
+
+fn read_tree(root: &Path) -> Result<Option<(Tree, Position)>> {
+    let p = root.join(META_DIR).join("tree");
+    let raw = match std::fs::read(&p) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("cannot read {}", p.display()), e)),
+    };
+    let damaged = |d: String| Error::Damaged {
+        object: p.display().to_string(),
+        detail: d,
+    };
+    let cbor = zstd::bulk::decompress(&raw, crate::format::MAX_OBJECT)
+        .map_err(|e| damaged(e.to_string()))?;
+    let cp: Checkpoint = ciborium::from_reader(&cbor[..]).map_err(|e| damaged(e.to_string()))?;
+    let pos = cp.pos.clone();
+    Ok(Some((Tree::from_checkpoint(cp), pos)))
+}
+
+fn write_tree(store: &Store, t: &Tree, pos: &Position) -> Result<()> {
+    let cp = t.to_checkpoint(pos.clone());
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&cp, &mut cbor).map_err(|e| Error::Format(e.to_string()))?;
+    let z = zstd::bulk::compress(&cbor, 3).map_err(|e| Error::Format(e.to_string()))?;
+    store.put(&format!("{META_DIR}/tree"), z)
+}
+
+/// Restores a mirror's tree into `target`, checking every data run against its hash.
+pub fn restore_mirror(
+    root: &Path,
+    target: &Path,
+    paths: &[Vec<u8>],
+    owners: bool,
+    progress: &Progress,
+) -> Result<RestoreReport> {
+    let (tree, pos) = read_tree(root)?
+        .ok_or_else(|| Error::Format(format!("{} holds no mirrored tree yet", root.display())))?;
+    prepare_target(target)?;
+    let entries = crate::restore::select(&tree, paths)?;
+    let mut report = RestoreReport {
+        point_time_ns: pos.time_ns,
+        point_seq: pos.seq,
+        ..RestoreReport::default()
+    };
+    let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for (rel, id) in &entries {
+        let f = &tree.files[id];
+        let to = target.join(OsStr::from_bytes(rel));
+        let from = root.join(OsStr::from_bytes(rel));
+        let made: std::io::Result<()> = match f.meta.kind {
+            KIND_DIR => {
+                report.dirs += 1;
+                std::fs::create_dir(&to)
+            }
+            KIND_SYMLINK => {
+                report.symlinks += 1;
+                std::os::unix::fs::symlink(
+                    OsStr::from_bytes(f.target.as_deref().unwrap_or_default()),
+                    &to,
+                )
+            }
+            KIND_FILE => {
+                if let Some(fst) = first.get(id) {
+                    std::fs::hard_link(target.join(OsStr::from_bytes(fst)), &to)
+                } else {
+                    first.insert(*id, rel.clone());
+                    report.files += 1;
+                    let c = f.content.clone().unwrap_or_default();
+                    match copy_checked(&from, &to, &c, &mut buf, progress) {
+                        Ok(()) => {
+                            report.bytes += c.data_bytes();
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&to);
+                            report.failed.push((rel.clone(), e));
+                            continue;
+                        }
+                    }
+                }
+            }
+            _ => {
+                report.other += 1;
+                let ty = match f.meta.kind {
+                    4 => rustix::fs::FileType::Fifo,
+                    5 => rustix::fs::FileType::Socket,
+                    6 => rustix::fs::FileType::CharacterDevice,
+                    _ => rustix::fs::FileType::BlockDevice,
+                };
+                match rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &to,
+                    ty,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    f.meta.rdev,
+                ) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e == rustix::io::Errno::PERM => {
+                        report
+                            .skipped
+                            .push((rel.clone(), "device nodes can be made only by root".into()));
+                        continue;
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
+        made.map_err(|e| Error::io(format!("cannot create {}", to.display()), e))?;
+    }
+    let mut done = std::collections::HashSet::new();
+    for (rel, id) in entries.iter().rev() {
+        if report.failed.iter().any(|(p, _)| p == rel)
+            || report.skipped.iter().any(|(p, _)| p == rel)
+            || !done.insert(*id)
+        {
+            continue;
+        }
+        let to = target.join(OsStr::from_bytes(rel));
+        set_meta(&to, &tree.files[id], owners)
+            .map_err(|e| Error::io(format!("cannot set the attributes of {}", to.display()), e))?;
+    }
+    if paths.is_empty() {
+        if let Some(r) = tree.files.get(&tree.root) {
+            let _ = set_meta(target, r, owners);
+        }
+    }
+    let dir = File::open(target)
+        .map_err(|e| Error::io(format!("cannot open {}", target.display()), e))?;
+    rustix::fs::syncfs(&dir)
+        .map_err(|e| Error::io("cannot flush the restored files to disk", e.into()))?;
+    Ok(report)
+}
+
+fn copy_checked(
+    from: &Path,
+    to: &Path,
+    c: &Content,
+    buf: &mut [u8],
+    progress: &Progress,
+) -> Result<(), String> {
+    let src = File::open(from).map_err(|e| format!("the mirror's copy cannot be read: {e}"))?;
+    let size = src.metadata().map_err(|e| e.to_string())?.len();
+    if size != c.size {
+        return Err(format!(
+            "the mirror's copy is {size} bytes, the mirror's metadata says {}",
+            c.size
+        ));
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|e| e.to_string())?;
+    out.set_len(c.size).map_err(|e| e.to_string())?;
+    for ext in &c.extents {
+        let mut pos = ext.offset;
+        for piece in &ext.chunks {
+            let end = pos + piece.len as u64;
+            let mut h = blake3::Hasher::new();
+            while pos < end {
+                let n = ((end - pos) as usize).min(buf.len());
+                src.read_exact_at(&mut buf[..n], pos)
+                    .map_err(|e| e.to_string())?;
+                out.write_all_at(&buf[..n], pos)
+                    .map_err(|e| e.to_string())?;
+                h.update(&buf[..n]);
+                pos += n as u64;
+                progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if piece.id != *h.finalize().as_bytes() {
+                return Err("the mirror's copy does not match its hash (changed or damaged at the destination)".into());
+            }
+        }
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(())
 }

@@ -151,8 +151,7 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
         .files_total
         .fetch_add(writes.len() as u64, Ordering::Relaxed);
     let failed = Mutex::new(Vec::<(PathBuf, String)>::new());
-    let mut by_pack: BTreeMap<std::sync::Arc<str>, Vec<(BlobEntry, Vec<(usize, u64)>)>> =
-        BTreeMap::new();
+    let mut by_pack: BTreeMap<std::sync::Arc<str>, Targets> = BTreeMap::new();
     {
         let mut blob_slot: HashMap<[u8; 32], (std::sync::Arc<str>, usize)> = HashMap::new();
         for (fi, (path, content)) in writes.iter().enumerate() {
@@ -252,7 +251,7 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     Ok(report)
 }
 
-fn prepare_target(target: &Path) -> Result<()> {
+pub(crate) fn prepare_target(target: &Path) -> Result<()> {
     match std::fs::read_dir(target) {
         Ok(mut d) => {
             if d.next().is_some() {
@@ -271,7 +270,7 @@ fn prepare_target(target: &Path) -> Result<()> {
 
 /// The entries to restore: all, or the given paths with what is under them and the folders
 /// above them.
-fn select(tree: &Tree, wanted: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, u64)>> {
+pub(crate) fn select(tree: &Tree, wanted: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, u64)>> {
     let all = tree.paths();
     if wanted.is_empty() {
         return Ok(all);
@@ -397,7 +396,7 @@ fn ts(ns: i64) -> Timespec {
     }
 }
 
-fn set_meta(p: &Path, f: &FileState, owners: bool) -> std::io::Result<()> {
+pub(crate) fn set_meta(p: &Path, f: &FileState, owners: bool) -> std::io::Result<()> {
     for x in &f.xattrs {
         rustix::fs::lsetxattr(
             p,

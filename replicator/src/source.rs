@@ -112,7 +112,11 @@ fn src_err(path: &Path, e: std::io::Error) -> Error {
 
 /// The data runs of a file: one run for an ordinary file, the SEEK_DATA/SEEK_HOLE map for a
 /// sparse one.
-fn data_extents(file: &File, size: u64, sparse: bool) -> std::io::Result<Vec<(u64, u64)>> {
+pub(crate) fn data_extents(
+    file: &File,
+    size: u64,
+    sparse: bool,
+) -> std::io::Result<Vec<(u64, u64)>> {
     if size == 0 {
         return Ok(Vec::new());
     }

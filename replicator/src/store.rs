@@ -5,6 +5,7 @@
 //! The calls block: the drain's workers are plain threads doing CPU work (chunking, zstd,
 //! AES), and they hand each transfer to the replicator's tokio runtime.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use opendal::Operator;
@@ -64,7 +65,7 @@ impl Store {
         let tmp = path.join(TMP_DIR);
         // A write killed midway leaves a temporary file; nothing refers to it.
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)
+        private_dir(&tmp)
             .map_err(|e| Error::io(format!("cannot write to {}", path.display()), e))?;
         let builder = opendal::services::Fs::default()
             .root(&path.to_string_lossy())
@@ -100,6 +101,9 @@ impl Store {
             .map_err(|e| Error::store(format!("cannot write {key} to {}", self.url), e))?;
         if let Some(root) = &self.local {
             let file = root.join(key);
+            // Our own objects are private whatever the process umask (the mount runs with 0).
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
             sync_dir(file.parent().unwrap_or(root))?;
         }
         Ok(())
@@ -186,8 +190,7 @@ impl Store {
         };
         for d in dirs {
             let p = root.join(d);
-            std::fs::create_dir_all(&p)
-                .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
+            private_dir(&p).map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
         }
         for d in dirs {
             let p = root.join(d);
@@ -195,6 +198,20 @@ impl Store {
             sync_dir(p.parent().unwrap_or(root))?;
         }
         sync_dir(root)
+    }
+
+    /// Makes the destination's own folder private (a vault: nobody else has any business in it).
+    pub fn make_private(&self) -> Result<()> {
+        match &self.local {
+            Some(root) => std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| {
+                    Error::io(
+                        format!("cannot set the permissions of {}", root.display()),
+                        e,
+                    )
+                }),
+            None => Ok(()),
+        }
     }
 
     /// The local folder, when the destination is one.
@@ -212,6 +229,15 @@ pub fn local_path(url: &str) -> Option<PathBuf> {
         return None;
     }
     Some(PathBuf::from(url))
+}
+
+/// A folder (and its missing parents) that only the owner can enter.
+fn private_dir(p: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {

@@ -132,6 +132,7 @@ impl Vault {
             created_ns: now_ns(),
             chunker: ChunkerParams::default(),
         };
+        store.make_private()?;
         let mut dirs: Vec<String> = (0..=255u8).map(|b| format!("data/{b:02x}")).collect();
         dirs.extend(["index", "log", "checkpoints"].map(String::from));
         store.make_dirs(&dirs)?;

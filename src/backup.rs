@@ -1,0 +1,659 @@
+//! The backup commands: destinations, sync, restore, verify, log, and a new drive from a
+//! destination.
+
+use std::io::IsTerminal;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use replicator::{Mode, Progress, Store, Vault};
+use serde_json::json;
+
+use crate::exit::{ExitCode, Failure};
+use crate::keys::{self, KeyArgs};
+use crate::pocket::{Config, DestConfig, Pocket};
+use crate::report::{bytes, rfc3339};
+
+/// Shows a progress bar for `progress` while `f` runs, when a person is watching.
+pub fn with_progress<T>(progress: &Progress, label: &str, f: impl FnOnce() -> T) -> T {
+    if !std::io::stderr().is_terminal() {
+        return f();
+    }
+    let bar = indicatif::ProgressBar::new(0).with_message(label.to_owned());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
+                bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        let out = f();
+        done.store(true, Ordering::Relaxed);
+        out
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !name.starts_with('.')
+}
+
+/// `dest add`.
+pub fn dest_add(
+    p: &Pocket,
+    name: &str,
+    url: &str,
+    mode: Mode,
+    keep_days: u64,
+    args: &KeyArgs,
+) -> Result<()> {
+    if !valid_name(name) {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            anyhow!(
+                "{name:?} is not a usable destination name: use letters, digits, '-', '_' and '.'"
+            ),
+        )
+        .into());
+    }
+    let mut config = p.config()?;
+    if config.destination(name).is_some() {
+        bail!("a destination named {name} exists already (`backpocket dest remove {name}` first)");
+    }
+    let Some(path) = replicator::local_path(url) else {
+        bail!("{url}: only local folders (a path or file:// URL) are supported as destinations in this version");
+    };
+    let path = std::path::absolute(&path)?;
+    if path.starts_with(&p.root) || p.root.starts_with(&path) {
+        bail!(
+            "{} is inside the pocket (or holds it); a backup must live somewhere else",
+            path.display()
+        );
+    }
+    let url = path.to_string_lossy().into_owned();
+    let rt = replicator::runtime()?;
+    let store = Store::open(&url, rt.handle().clone(), true).with_context(|| {
+        format!("cannot use {url} as a destination (its parent folder must exist)")
+    })?;
+    match mode {
+        Mode::Vault => {
+            let key = keys::pocket_key_or_new(p, &mut config, args)?;
+            match Vault::read_config(&store) {
+                Ok(vc) if vc.pocket_id == config.id => {
+                    Vault::open(store, &key)?;
+                    println!("{url} already holds this pocket's vault; continuing it");
+                }
+                Ok(vc) => return Err(replicator::Error::OtherPocket(vc.pocket_id).into()),
+                Err(replicator::Error::NotAVault(_)) => {
+                    if std::fs::read_dir(&path)?
+                        .any(|e| e.map(|e| e.file_name() != ".tmp").unwrap_or(true))
+                    {
+                        bail!("{url} is not empty and is not a vault; give an empty or new folder");
+                    }
+                    let kdf = config.key.as_ref().expect("made above").kdf.clone();
+                    Vault::create(store, &config.id, kdf, &key)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Mode::Mirror => {
+            replicator::init_mirror(&store, &config.id)?;
+        }
+    }
+    rt.shutdown_background();
+    config.destinations.push(DestConfig {
+        name: name.to_owned(),
+        url: url.clone(),
+        mode,
+        keep_versions_days: keep_days,
+    });
+    p.save_config(&config)?;
+    let mode_name = match mode {
+        Mode::Vault => "vault",
+        Mode::Mirror => "mirror",
+    };
+    println!("added destination {name}: {mode_name} at {url}");
+    println!("it is backed up while the pocket is mounted, or now with `backpocket sync`");
+    Ok(())
+}
+
+pub fn dest_list(p: &Pocket, json: bool) -> Result<()> {
+    let config = p.config()?;
+    if json {
+        let list: Vec<_> = config
+            .destinations
+            .iter()
+            .map(|d| json!({"name": d.name, "url": d.url, "mode": d.mode, "keep_versions_days": d.keep_versions_days}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if config.destinations.is_empty() {
+        println!("no destinations; add one with `backpocket dest add NAME FOLDER`");
+    }
+    for d in &config.destinations {
+        let mode = match d.mode {
+            Mode::Vault => "vault ",
+            Mode::Mirror => "mirror",
+        };
+        println!("{:<16} {mode} {}", d.name, d.url);
+    }
+    Ok(())
+}
+
+pub fn dest_remove(p: &Pocket, name: &str) -> Result<()> {
+    let mut config = p.config()?;
+    let before = config.destinations.len();
+    config.destinations.retain(|d| d.name != name);
+    if config.destinations.len() == before {
+        bail!("no destination named {name} (see `backpocket dest list`)");
+    }
+    p.save_config(&config)?;
+    journal::remove_cursor(&p.journal_path(), name)?;
+    replicator::DestState::remove(&p.meta_dir(), name);
+    println!("removed destination {name}; what it holds is left as it is");
+    Ok(())
+}
+
+/// What the replicator needs, for the mount and for `sync`.
+pub fn setup(
+    p: &Pocket,
+    config: &Config,
+    key: Option<replicator::Key>,
+) -> Result<replicator::Setup> {
+    Ok(replicator::Setup {
+        pocket: p.root.clone(),
+        meta_dir: p.meta_dir(),
+        journal: p.journal_path(),
+        pocket_id: config.id.clone(),
+        pocket_config: std::fs::read(p.config_path())?,
+        key,
+        dests: config.destinations.iter().map(|d| d.spec()).collect(),
+    })
+}
+
+/// `sync`: record what changed (when not mounted), then drain every destination.
+pub fn sync(p: &Pocket, watch: bool, json: bool, args: &KeyArgs) -> Result<()> {
+    let config = p.config()?;
+    if config.destinations.is_empty() {
+        bail!("this pocket has no destinations; add one with `backpocket dest add NAME FOLDER`");
+    }
+    let needs_key = config.destinations.iter().any(|d| d.mode == Mode::Vault);
+    let key = if needs_key {
+        keys::pocket_key(&config, args, true)?
+    } else {
+        None
+    };
+    let setup = setup(p, &config, key)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                c.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    loop {
+        let mounted = scan_unless_mounted(p)?;
+        let target = journal::Reader::open(&p.journal_path())?.status()?.last_seq;
+        let progress = Progress::default();
+        let started = std::time::Instant::now();
+        let outcomes = with_progress(&progress, "backing up", || {
+            replicator::sync(&setup, target, &progress, &cancel)
+        });
+        let elapsed = started.elapsed();
+        let mut failed = 0;
+        let mut lines = Vec::new();
+        for o in &outcomes {
+            match &o.result {
+                Ok(r) => {
+                    lines.push(
+                        json!({"name": o.name, "ok": true, "records": r.drained.records,
+                        "files": r.drained.files, "bytes_read": r.drained.bytes_read,
+                        "bytes_uploaded": r.drained.bytes_uploaded, "cursor": r.drained.cursor,
+                        "waited_for_mount": r.waited_for_mount}),
+                    );
+                    if !json {
+                        if r.waited_for_mount {
+                            println!("{:<16} up to date (drained by the mount)", o.name);
+                        } else {
+                            println!(
+                                "{:<16} up to date: {} changes, {} files read, {} sent in {:.1}s",
+                                o.name,
+                                r.drained.records,
+                                r.drained.files,
+                                bytes(r.drained.bytes_uploaded),
+                                elapsed.as_secs_f64()
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    let reachable = !replicator::is_unreachable(e);
+                    lines.push(json!({"name": o.name, "ok": false, "reachable": reachable, "error": e.to_string()}));
+                    if !json {
+                        let what = if reachable { "failed" } else { "not reachable" };
+                        println!("{:<16} {what}: {e}", o.name);
+                    }
+                }
+            }
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&json!({"mounted": mounted, "destinations": lines}))?
+            );
+        }
+        if !watch || cancel.load(Ordering::Relaxed) {
+            if failed > 0 {
+                // Keep the most telling error's exit code (a wrong key, damage).
+                let first = outcomes
+                    .into_iter()
+                    .find_map(|o| o.result.err())
+                    .expect("failed");
+                return Err(Failure::new(
+                    crate::exit::code_of(&anyhow::Error::from(first)),
+                    anyhow!(
+                        "{failed} of {} destinations are not up to date",
+                        setup.dests.len()
+                    ),
+                )
+                .into());
+            }
+            return Ok(());
+        }
+        for _ in 0..50 {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Scans the pocket when no mount records its changes; returns whether it is mounted.
+fn scan_unless_mounted(p: &Pocket) -> Result<bool> {
+    let _lock = match platform::PocketLock::acquire(&p.lock_path(), &p.root) {
+        Ok(l) => l,
+        Err(platform::Error::Locked { .. }) => return Ok(true),
+        Err(e) => return Err(e.into()),
+    };
+    let j = journal::Journal::open(&p.journal_path())?;
+    journal::scan(&p.root, &p.journal_path(), &j.handle())
+        .context("the scan before syncing failed")?;
+    j.close()?;
+    Ok(false)
+}
+
+/// A destination for reading: a configured name (with the pocket's key), or a folder/URL
+/// (with the passphrase) when the drive is lost.
+pub struct Opened {
+    pub vault: Vault,
+    _rt: tokio::runtime::Runtime,
+}
+
+pub fn open_vault(pocket: Option<&Path>, dest: &str, args: &KeyArgs) -> Result<Opened> {
+    let rt = replicator::runtime()?;
+    let found = Pocket::find(pocket).ok();
+    let configured = found.as_ref().and_then(|p| {
+        let c = p.config().ok()?;
+        let d = c.destination(dest)?.clone();
+        Some((c, d))
+    });
+    let (url, pocket_cfg) = match configured {
+        Some((c, d)) => {
+            if d.mode != Mode::Vault {
+                bail!("{dest} is a mirror; read it with any file browser, or restore from it with `backpocket restore --from {}`", d.url);
+            }
+            (d.url, Some(c))
+        }
+        None => {
+            if replicator::local_path(dest).is_none() && !dest.contains('/') {
+                bail!("{dest} is neither a configured destination nor a folder; see `backpocket dest list`");
+            }
+            (dest.to_owned(), found.and_then(|p| p.config().ok()))
+        }
+    };
+    let store = Store::open(&url, rt.handle().clone(), false)?;
+    let vc = Vault::read_config(&store)?;
+    let key = match &pocket_cfg {
+        Some(c) if c.id == vc.pocket_id && c.key.is_some() => {
+            keys::pocket_key(c, args, true)?.expect("has a key")
+        }
+        _ => keys::key_for_vault(&vc, args)?,
+    };
+    let vault = Vault::open(store, &key)?;
+    Ok(Opened { vault, _rt: rt })
+}
+
+/// Parses `--at`: RFC 3339, or "YYYY-MM-DD HH:MM[:SS]" in UTC.
+pub fn parse_time(s: &str) -> Result<i64> {
+    let try_parse = |t: &str| humantime::parse_rfc3339_weak(t).ok();
+    let t = try_parse(s)
+        .or_else(|| try_parse(&format!("{s}:00")))
+        .or_else(|| try_parse(&format!("{s} 23:59:59")))
+        .ok_or_else(|| {
+            Failure::new(
+                ExitCode::Usage,
+                anyhow!("{s:?} is not a time; write e.g. \"2026-11-20 10:00\" (UTC) or RFC 3339"),
+            )
+        })?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64)
+}
+
+/// `restore`.
+pub fn restore(
+    pocket: Option<&Path>,
+    from: &str,
+    to: &Path,
+    at: Option<&str>,
+    paths: &[PathBuf],
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    let at = at.map(parse_time).transpose()?;
+    if let Ok(p) = Pocket::find(pocket) {
+        let t = std::path::absolute(to)?;
+        if t.starts_with(&p.root) {
+            bail!(
+                "{} is inside the live pocket; restore to another folder and copy back what you need",
+                t.display()
+            );
+        }
+    }
+    if let Some(mirror) = mirror_url(pocket, from) {
+        return restore_mirror(&mirror, to, paths, json);
+    }
+    let opened = open_vault(pocket, from, args)?;
+    let progress = Progress::default();
+    let opts = replicator::RestoreOptions {
+        target: to.to_owned(),
+        at,
+        paths: paths
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect(),
+        owners: rustix::process::geteuid().is_root(),
+        workers: 8,
+    };
+    let started = std::time::Instant::now();
+    let report = with_progress(&progress, "restoring", || {
+        replicator::restore(&opened.vault, &opts, &progress)
+    })?;
+    print_restore(&report, to, started.elapsed(), json)
+}
+
+fn print_restore(
+    report: &replicator::RestoreReport,
+    to: &Path,
+    elapsed: Duration,
+    json: bool,
+) -> Result<()> {
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "target": to, "point": rfc3339(report.point_time_ns), "seq": report.point_seq,
+                "files": report.files, "dirs": report.dirs, "symlinks": report.symlinks,
+                "other": report.other, "bytes": report.bytes,
+                "failed": report.failed.iter().map(|(p, e)| json!({"path": lossy(p), "error": e})).collect::<Vec<_>>(),
+                "skipped": report.skipped.iter().map(|(p, e)| json!({"path": lossy(p), "reason": e})).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        println!(
+            "restored the pocket as of {} into {}: {} files, {} folders, {} symlinks, {} in {:.1}s",
+            rfc3339(report.point_time_ns),
+            to.display(),
+            report.files,
+            report.dirs,
+            report.symlinks,
+            bytes(report.bytes),
+            elapsed.as_secs_f64()
+        );
+        for (p, why) in &report.skipped {
+            println!("  skipped {}: {why}", lossy(p));
+        }
+        for (p, e) in &report.failed {
+            println!("  NOT restored {}: {e}", lossy(p));
+        }
+    }
+    if !report.failed.is_empty() {
+        return Err(Failure::new(
+            ExitCode::Damaged,
+            anyhow!(
+                "{} files could not be restored because the destination's data for them is damaged or missing (run `backpocket verify --read-data` on it; another destination may hold them)",
+                report.failed.len()
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The folder of a mirror destination, when `from` names one.
+fn mirror_url(pocket: Option<&Path>, from: &str) -> Option<String> {
+    if let Some(d) = Pocket::find(pocket)
+        .ok()
+        .and_then(|p| p.config().ok())
+        .and_then(|c| c.destination(from).cloned())
+    {
+        return (d.mode == Mode::Mirror).then_some(d.url);
+    }
+    let path = replicator::local_path(from)?;
+    replicator::is_mirror(&path).then(|| from.to_owned())
+}
+
+fn restore_mirror(url: &str, to: &Path, paths: &[PathBuf], json: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let progress = Progress::default();
+    let wanted: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+    let report = with_progress(&progress, "restoring", || {
+        replicator::restore_mirror(
+            Path::new(url),
+            to,
+            &wanted,
+            rustix::process::geteuid().is_root(),
+            &progress,
+        )
+    })?;
+    print_restore(&report, to, started.elapsed(), json)
+}
+
+/// `verify`.
+pub fn verify(
+    pocket: Option<&Path>,
+    dest: &str,
+    read_data: bool,
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    let opened = open_vault(pocket, dest, args)?;
+    let progress = Progress::default();
+    let report = with_progress(&progress, "verifying", || {
+        replicator::verify(&opened.vault, read_data, &progress)
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "packs": report.packs, "chunks": report.chunks, "log_objects": report.log_objects,
+                "bytes_read": report.bytes_read, "unreferenced_packs": report.unreferenced_packs,
+                "read_data": read_data,
+                "damage": report.damage.iter().map(|d| json!({"object": d.object, "detail": d.detail, "affects": d.affects})).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        println!(
+            "checked {} packs ({} chunks{}), {} log objects",
+            report.packs,
+            report.chunks,
+            if read_data {
+                format!(", {} read and decrypted", bytes(report.bytes_read))
+            } else {
+                ", presence and size; --read-data reads every byte".into()
+            },
+            report.log_objects
+        );
+        for d in &report.damage {
+            println!("DAMAGED {}: {}", d.object, d.detail);
+            for a in &d.affects {
+                println!("    affects {a}");
+            }
+        }
+        if report.damage.is_empty() {
+            println!("no damage found");
+        }
+    }
+    if !report.damage.is_empty() {
+        return Err(Failure::new(
+            ExitCode::Damaged,
+            anyhow!("{} damaged objects at {dest}", report.damage.len()),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// `log PATH`: the versions each vault destination holds of a file.
+pub fn log(
+    pocket: Option<&Path>,
+    path: &Path,
+    from: Option<&str>,
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    let p = Pocket::find(pocket)?;
+    let config = p.config()?;
+    let rel = relative_to_pocket(&p, path)?;
+    let dests: Vec<&DestConfig> = config
+        .destinations
+        .iter()
+        .filter(|d| d.mode == Mode::Vault && from.is_none_or(|f| f == d.name))
+        .collect();
+    if dests.is_empty() {
+        bail!("no vault destination to ask (mirrors keep old versions in .backpocket-versions/ at the destination)");
+    }
+    let mut out = Vec::new();
+    for d in dests {
+        let opened = match open_vault(Some(&p.root), &d.name, args) {
+            Ok(o) => o,
+            Err(e) => {
+                if !json {
+                    println!("{}: cannot read: {e:#}", d.name);
+                }
+                continue;
+            }
+        };
+        let versions = replicator::versions(&opened.vault, &rel)?;
+        if !json {
+            println!("{} ({} versions):", d.name, versions.len());
+            for v in &versions {
+                println!(
+                    "  {}  {:>10}  modified {}",
+                    rfc3339(v.time_ns),
+                    bytes(v.size),
+                    rfc3339(v.mtime_ns)
+                );
+            }
+        }
+        out.push(json!({"destination": d.name, "versions": versions.iter().map(|v| json!({
+            "time": rfc3339(v.time_ns), "seq": v.seq, "size": v.size, "mtime": rfc3339(v.mtime_ns)})).collect::<Vec<_>>()}));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// A path given on the command line, as bytes relative to the pocket.
+fn relative_to_pocket(p: &Pocket, path: &Path) -> Result<Vec<u8>> {
+    let abs = std::path::absolute(path)?;
+    if let Ok(rel) = abs.strip_prefix(&p.root) {
+        return Ok(rel.as_os_str().as_bytes().to_vec());
+    }
+    if let Some(m) = platform::backpocket_mount_containing(&abs)? {
+        if let Ok(rel) = abs.strip_prefix(&m.mountpoint) {
+            return Ok(rel.as_os_str().as_bytes().to_vec());
+        }
+    }
+    Ok(path.as_os_str().as_bytes().to_vec())
+}
+
+/// `init --from DEST DIR`: a new drive from a destination.
+pub fn init_from(from: &str, dir: &Path, args: &KeyArgs) -> Result<()> {
+    if dir.join(crate::pocket::DIR).exists() {
+        bail!("{} is already a pocket", dir.display());
+    }
+    let opened = open_vault(Some(Path::new("/nonexistent-pocket")), from, args)?;
+    let text = opened.vault.pocket_config()?.ok_or_else(|| {
+        anyhow!("{from} does not hold its pocket's config (written by the first drain); make the pocket with `backpocket init` and restore into it")
+    })?;
+    let text = String::from_utf8(text).context("the stored pocket config is not text")?;
+    let config: Config =
+        toml::from_str(&text).context("the stored pocket config cannot be read")?;
+    let progress = Progress::default();
+    let opts = replicator::RestoreOptions {
+        target: dir.to_owned(),
+        at: None,
+        paths: Vec::new(),
+        owners: rustix::process::geteuid().is_root(),
+        workers: 8,
+    };
+    let started = std::time::Instant::now();
+    let report = with_progress(&progress, "restoring", || {
+        replicator::restore(&opened.vault, &opts, &progress)
+    })?;
+    print_restore(&report, dir, started.elapsed(), false)?;
+    crate::init_with(dir, config)?;
+    println!(
+        "the new pocket backs up to the same destinations ({}); mount it with: backpocket mount {} MOUNTPOINT",
+        p_names(&p_config_names(dir)?),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn p_config_names(dir: &Path) -> Result<Vec<String>> {
+    Ok(Pocket::at(dir)?
+        .config()?
+        .destinations
+        .into_iter()
+        .map(|d| d.name)
+        .collect())
+}
+
+fn p_names(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}

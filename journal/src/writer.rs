@@ -373,9 +373,11 @@ impl Writer {
             .execute_batch(&format!("PRAGMA synchronous={sync}"))
             .map_err(|e| db::classify(&path, e))?;
         let mut tip = self.tip;
+        // IMMEDIATE: take the write lock up front, so that a cursor update by the replicator
+        // makes us wait (busy timeout) instead of failing the commit with a stale snapshot.
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| db::classify(&path, e))?;
         let mut dropped = 0usize;
         for item in queue {

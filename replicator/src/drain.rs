@@ -172,26 +172,32 @@ impl VaultDrain {
             applied = records.len();
             let mut last_content: HashMap<u64, usize> = HashMap::new();
             for (i, r) in records.iter().enumerate() {
+                if is_birth(&r.change) {
+                    // An inode number used again: what the old file asked for is moot.
+                    last_content.remove(&r.change.file());
+                }
                 if let Some(file) = content_of(&r.change) {
                     last_content.insert(file, i);
                 }
             }
-            let wanted: Vec<u64> = last_content
-                .keys()
-                .copied()
-                .filter(|f| tree.alive(*f))
-                .collect();
+            last_content.retain(|f, _| tree.files.get(f).is_some_and(|f| f.meta.kind == KIND_FILE));
+            let wanted: Vec<u64> = last_content.keys().copied().collect();
             let outcome = self.read_contents(src, &reader, &wanted, &mut report)?;
             if outcome.gone.is_empty() {
                 break (last_content, outcome.done);
             }
             attempts += 1;
             if attempts > 40 {
+                let first = outcome
+                    .gone
+                    .first()
+                    .and_then(|id| tree.path_of(*id))
+                    .unwrap_or_default();
                 return Err(Error::Source {
-                    path: src.pocket.to_owned(),
+                    path: src.pocket.join(OsStr::from_bytes(&first)),
                     detail: format!(
-                        "{} changed files could not be found on the drive",
-                        outcome.gone.len()
+                        "this and {} other changed files could not be found on the drive",
+                        outcome.gone.len() - 1
                     ),
                 });
             }
@@ -547,6 +553,16 @@ fn content_of(c: &journal::Change) -> Option<u64> {
         }
         _ => None,
     }
+}
+
+/// Whether a change makes a new file (possibly under a reused inode number).
+fn is_birth(c: &journal::Change) -> bool {
+    matches!(
+        c,
+        journal::Change::Create { .. }
+            | journal::Change::Mkdir { .. }
+            | journal::Change::Symlink { .. }
+    )
 }
 
 /// The folders whose entries a change touches.

@@ -275,7 +275,10 @@ impl MirrorDrain {
         changed: &[u64],
         report: &mut DrainReport,
     ) -> Result<()> {
-        let stamp = crate::vault::format_time(now_ns()).replace(':', "");
+        // Milliseconds: two drains within a second keep separate versions.
+        let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now())
+            .to_string()
+            .replace(':', "");
         let versions = self.root.join(VERSIONS_DIR).join(&stamp);
         let new_by_path: HashMap<&[u8], u64> =
             paths.iter().map(|(p, id)| (p.as_slice(), *id)).collect();
@@ -366,6 +369,7 @@ impl MirrorDrain {
                         let to = versions.join(OsStr::from_bytes(rel));
                         std::fs::create_dir_all(to.parent().expect("has parent"))
                             .map_err(|e| Error::io("cannot keep an old version", e))?;
+                        let _ = std::fs::remove_file(&to);
                         std::fs::hard_link(&d, &to).map_err(|e| {
                             Error::io(format!("cannot keep {} as an old version", d.display()), e)
                         })?;

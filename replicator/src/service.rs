@@ -257,7 +257,21 @@ fn run_dest(
     let mut drain: Option<DestDrain> = None;
     let mut backoff = Duration::from_secs(1);
     loop {
-        let res = drain_all(spec, setup, &rt, &mut drain, &src);
+        // A bug must show in status, not end this destination's thread silently.
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drain_all(spec, setup, &rt, &mut drain, &src)
+        }))
+        .unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            drain = None;
+            Err(Error::Format(format!(
+                "internal error while draining ({what}); please report it"
+            )))
+        });
         let mut st = DestState::load(&setup.meta_dir, &spec.name);
         st.last_attempt_ns = Some(now_ns());
         let wait = match res {

@@ -251,16 +251,16 @@ impl Tree {
                 .range((dir, Vec::new())..)
                 .take_while(|((p, _), _)| *p == dir)
             {
+                let Some(f) = self.files.get(file) else {
+                    // A name for a file the records never made: not restorable, not listed.
+                    continue;
+                };
                 let mut path = prefix.clone();
                 if !path.is_empty() {
                     path.push(b'/');
                 }
                 path.extend_from_slice(name);
-                if self
-                    .files
-                    .get(file)
-                    .is_some_and(|f| f.meta.kind == KIND_DIR)
-                {
+                if f.meta.kind == KIND_DIR {
                     stack.push((*file, path.clone()));
                 }
                 out.push((path, *file));

@@ -398,3 +398,103 @@ pub fn ops(records: &[serde_json::Value]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Everything a restore promises, per path (relative, bytes): kind and mode, owner, mtime
+/// (folders too), size, a hash of the contents, the data runs (hole map), symlink target,
+/// xattrs, and which earlier path it is a hard link of. `.backpocket` is left out.
+pub fn exact_tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut out = BTreeMap::new();
+    let mut first_of_inode: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    let mut entries = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            if rel == b".backpocket" {
+                continue;
+            }
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            entries.push((rel, p));
+        }
+    }
+    entries.sort();
+    for (rel, p) in entries {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let mut line = format!(
+            "mode={:o} owner={}:{} mtime={}.{:09}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.mtime(),
+            m.mtime_nsec()
+        );
+        if m.is_file() {
+            let data = std::fs::read(&p).unwrap();
+            line += &format!(" size={} blake3={}", m.len(), blake3::hash(&data).to_hex());
+            line += &format!(" data={:?}", data_runs(&p, m.len()));
+            let first = first_of_inode.entry(m.ino()).or_insert_with(|| rel.clone());
+            if *first != rel {
+                line += &format!(" hardlink-of={}", String::from_utf8_lossy(first));
+            }
+        } else if m.file_type().is_symlink() {
+            line += &format!(" -> {:?}", std::fs::read_link(&p).unwrap());
+        }
+        if !m.file_type().is_symlink() {
+            let mut x = journal::read_xattrs(&p).unwrap_or_default();
+            x.sort();
+            if !x.is_empty() {
+                line += &format!(" xattrs={x:?}");
+            }
+        }
+        out.insert(rel, line);
+    }
+    out
+}
+
+/// A file's data runs (SEEK_DATA/SEEK_HOLE), to compare hole maps.
+pub fn data_runs(p: &Path, size: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{seek, SeekFrom};
+    let f = std::fs::File::open(p).unwrap();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let Ok(start) = seek(&f, SeekFrom::Data(pos)) else {
+            break;
+        };
+        let end = seek(&f, SeekFrom::Hole(start)).unwrap().min(size);
+        out.push((start, end));
+        pos = end;
+    }
+    out
+}
+
+/// Asserts two trees are equal, printing the first differences.
+pub fn assert_same_tree(want: &BTreeMap<Vec<u8>, String>, got: &BTreeMap<Vec<u8>, String>) {
+    if want == got {
+        return;
+    }
+    let mut diffs = Vec::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => diffs.push(format!("missing {}: {v}", String::from_utf8_lossy(k))),
+            Some(g) if g != v => diffs.push(format!(
+                "differs {}:\n   want {v}\n   got  {g}",
+                String::from_utf8_lossy(k)
+            )),
+            _ => {}
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(*k)) {
+        diffs.push(format!("extra {}", String::from_utf8_lossy(k)));
+    }
+    diffs.truncate(12);
+    panic!("trees differ:\n{}", diffs.join("\n"));
+}

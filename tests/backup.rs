@@ -1,0 +1,632 @@
+//! Backup end to end: real mounts, real destinations, the real binary. A workload through the
+//! mount is restored exactly from a vault and a mirror; the daemon is killed with -9 mid-drain
+//! again and again; the destination fills up and goes read-only; a byte is flipped; a wrong
+//! passphrase is given; the drive is lost and a new one made from the vault.
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{assert_same_tree, exact_tree, ok, run, Pocket};
+
+const PASS: &str = "correct horse battery staple";
+
+/// A pocket with a passphrase file and its backup destinations.
+struct Backed {
+    pocket: Pocket,
+    pass: PathBuf,
+}
+
+impl Backed {
+    fn new() -> Backed {
+        let pocket = Pocket::new();
+        pocket.init();
+        let pass = pocket.tmp.path().join("passphrase");
+        std::fs::write(&pass, format!("{PASS}\n")).unwrap();
+        Backed { pocket, pass }
+    }
+
+    fn pf(&self) -> &str {
+        self.pass.to_str().unwrap()
+    }
+
+    fn dest(&self, name: &str, dir: &Path, mode: &str) {
+        ok(&[
+            "dest",
+            "add",
+            name,
+            dir.to_str().unwrap(),
+            "--mode",
+            mode,
+            "--pocket",
+            self.pocket.p(),
+            "--passphrase-file",
+            self.pf(),
+        ]);
+    }
+
+    fn mount(&self) -> common::Mounted {
+        self.pocket.mount(&["--passphrase-file", self.pf()])
+    }
+
+    /// Waits until every destination holds every record.
+    fn wait_drained(&self, m: &common::Mounted, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.pocket.status();
+            let dests = s["destinations"].as_array().unwrap();
+            if !dests.is_empty()
+                && dests
+                    .iter()
+                    .all(|d| d["pending_records"] == 0 && d["cursor"].is_u64())
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not drained in {timeout:?}: {s:#}\ndaemon log:\n{}",
+                m.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn restore(&self, from: &str, to: &Path) -> std::process::Output {
+        run(
+            &[
+                "restore",
+                "--from",
+                from,
+                "--to",
+                to.to_str().unwrap(),
+                "--pocket",
+                self.pocket.p(),
+                "--passphrase-file",
+                self.pf(),
+            ],
+            None,
+        )
+    }
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn ok_out(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A workload with every kind of change restore must reproduce.
+fn workload(m: &Path) {
+    std::fs::create_dir_all(m.join("docs/deep/er")).unwrap();
+    std::fs::write(m.join("docs/report.txt"), b"first draft\n").unwrap();
+    std::fs::write(m.join("docs/report.txt"), b"second draft, longer\n").unwrap();
+    std::fs::write(m.join("docs/deep/er/data.bin"), pseudo_random(3 << 20, 1)).unwrap();
+    std::fs::write(m.join("notes.md"), b"# notes\n".repeat(20_000)).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            m.join(format!("docs/small-{i}.txt")),
+            format!("file {i}\n").repeat(i + 1),
+        )
+        .unwrap();
+    }
+    // Renames, a swap target, deletes, a temp file created and removed.
+    std::fs::rename(m.join("docs/small-0.txt"), m.join("docs/deep/moved.txt")).unwrap();
+    std::fs::write(m.join("tmp.swp"), b"scratch").unwrap();
+    std::fs::remove_file(m.join("tmp.swp")).unwrap();
+    std::fs::remove_file(m.join("docs/small-1.txt")).unwrap();
+    std::fs::create_dir(m.join("gone")).unwrap();
+    std::fs::remove_dir(m.join("gone")).unwrap();
+    std::fs::create_dir_all(m.join("empty/folder")).unwrap();
+    // Links.
+    std::os::unix::fs::symlink("docs/report.txt", m.join("report-link")).unwrap();
+    std::os::unix::fs::symlink("/nowhere/at/all", m.join("dangling")).unwrap();
+    std::fs::hard_link(m.join("notes.md"), m.join("docs/notes-hardlink.md")).unwrap();
+    // Names as bytes.
+    let odd = std::ffi::OsStr::from_bytes(b"r\xe9sum\xe9 \xff.txt");
+    std::fs::write(m.join(odd), b"latin-1 named").unwrap();
+    std::fs::write(m.join("emoji-\u{1F600}.txt"), b"utf-8 named").unwrap();
+    // Modes, times, xattrs.
+    std::fs::set_permissions(
+        m.join("docs/report.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(m.join("empty"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let script = m.join("run.sh");
+    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let st = Command::new("touch")
+        .args(["-m", "-d", "2001-02-03 04:05:06.789"])
+        .arg(m.join("notes.md"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    rustix::fs::setxattr(
+        m.join("docs/report.txt").as_path(),
+        "user.reviewed",
+        b"yes",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    // A sparse file: data at 1 MiB and at 40 MiB of a 64 MiB file.
+    {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(m.join("disk.img"))
+            .unwrap();
+        f.set_len(64 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &pseudo_random(256 << 10, 2), 1 << 20)
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &pseudo_random(128 << 10, 3), 40 << 20)
+            .unwrap();
+        f.sync_all().unwrap();
+    }
+    // Truncation and an in-place edit in the middle of a big file.
+    std::fs::write(m.join("truncated"), pseudo_random(100_000, 4)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("truncated"))
+        .unwrap()
+        .set_len(777)
+        .unwrap();
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("docs/deep/er/data.bin"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"EDITED IN THE MIDDLE", 1_500_000).unwrap();
+    }
+    // A file written after being unlinked while open leaves nothing.
+    {
+        let mut f = std::fs::File::create(m.join("ghost")).unwrap();
+        std::fs::remove_file(m.join("ghost")).unwrap();
+        std::io::Write::write_all(&mut f, b"boo").unwrap();
+    }
+    let st = Command::new("mkfifo")
+        .arg(m.join("a-fifo"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_mounted_workload_restores_exactly_from_a_vault_and_a_mirror() {
+    let b = Backed::new();
+    let vault = b.pocket.tmp.path().join("vault");
+    let mirror = b.pocket.tmp.path().join("mirror");
+    b.dest("home", &vault, "vault");
+    b.dest("office", &mirror, "mirror");
+    let m = b.mount();
+    workload(&b.pocket.mnt);
+    let s = b.wait_drained(&m, Duration::from_secs(60));
+    for d in s["destinations"].as_array().unwrap() {
+        for key in [
+            "name",
+            "url",
+            "mode",
+            "reachable",
+            "pending_records",
+            "pending_bytes",
+            "last_success",
+            "last_error",
+            "cursor",
+        ] {
+            assert!(d.get(key).is_some(), "status lacks {key}: {d:#}");
+        }
+        assert_eq!(d["reachable"], true);
+        assert!(d["last_error"].is_null(), "{d:#}");
+        assert!(d["last_success"].is_string());
+    }
+    let want = exact_tree(&b.pocket.mnt);
+    let from_vault = b.pocket.tmp.path().join("from-vault");
+    ok_out(&b.restore("home", &from_vault));
+    assert_same_tree(&want, &exact_tree(&from_vault));
+    let from_mirror = b.pocket.tmp.path().join("from-mirror");
+    ok_out(&b.restore("office", &from_mirror));
+    assert_same_tree(&want, &exact_tree(&from_mirror));
+    // The mirror is a plain folder anyone can read.
+    assert_eq!(
+        std::fs::read(mirror.join("docs/report.txt")).unwrap(),
+        b"second draft, longer\n"
+    );
+    m.unmount();
+    // Edits after the drain: the mirror keeps the replaced version aside.
+    let m = b.mount();
+    std::fs::write(b.pocket.mnt.join("docs/report.txt"), b"third draft\n").unwrap();
+    std::fs::remove_file(b.pocket.mnt.join("run.sh")).unwrap();
+    b.wait_drained(&m, Duration::from_secs(30));
+    let kept: Vec<PathBuf> = walk(&mirror.join(".backpocket-versions"));
+    assert!(
+        kept.iter().any(|p| p.ends_with("docs/report.txt")
+            && std::fs::read(p).unwrap() == b"second draft, longer\n"),
+        "{kept:?}"
+    );
+    assert!(kept.iter().any(|p| p.ends_with("run.sh")), "{kept:?}");
+    // `log` lists both versions of the report from the vault.
+    let log = ok(&[
+        "log",
+        b.pocket.mnt.join("docs/report.txt").to_str().unwrap(),
+        "--pocket",
+        b.pocket.p(),
+        "--passphrase-file",
+        b.pf(),
+        "--json",
+    ]);
+    let log: serde_json::Value = serde_json::from_str(&log).unwrap();
+    let versions = log[0]["versions"].as_array().unwrap();
+    assert!(versions.len() >= 2, "{log:#}");
+    m.unmount();
+    let ver = ok(&[
+        "verify",
+        "home",
+        "--read-data",
+        "--pocket",
+        b.pocket.p(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    assert!(ver.contains("no damage found"), "{ver}");
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![d.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn killed_mid_drain_again_and_again_nothing_is_lost() {
+    let b = Backed::new();
+    let vault = b.pocket.tmp.path().join("vault");
+    b.dest("home", &vault, "vault");
+    let rounds: u64 = std::env::var("BACKPOCKET_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let mut seed = 0x5eed_u64;
+    for round in 0..rounds {
+        let m = b.mount();
+        let dir = b.pocket.mnt.join(format!("round-{round}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..12u64 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let size = 200_000 + (seed >> 44) as usize;
+            std::fs::write(dir.join(format!("f{i}")), pseudo_random(size, seed)).unwrap();
+        }
+        if round > 0 {
+            // Change earlier rounds too: edits, a rename, a delete.
+            let prev = b.pocket.mnt.join(format!("round-{}", round - 1));
+            std::fs::write(prev.join("f0"), pseudo_random(50_000, seed ^ 1)).unwrap();
+            std::fs::rename(prev.join("f1"), prev.join("f1-renamed")).unwrap();
+            std::fs::remove_file(prev.join("f2")).unwrap();
+        }
+        // Kill at a different moment of the drain each round.
+        std::thread::sleep(Duration::from_millis((seed >> 40) % 400));
+        m.kill9();
+    }
+    // A last clean run drains everything.
+    let m = b.mount();
+    b.wait_drained(&m, Duration::from_secs(120));
+    let want = exact_tree(&b.pocket.mnt);
+    m.unmount();
+    let out = b.pocket.tmp.path().join("restored");
+    ok_out(&b.restore("home", &out));
+    assert_same_tree(&want, &exact_tree(&out));
+    let ver = ok(&[
+        "verify",
+        "home",
+        "--read-data",
+        "--pocket",
+        b.pocket.p(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    assert!(ver.contains("no damage found"), "{ver}");
+    // Nothing half-written is left where restore could see it.
+    assert!(
+        walk(&vault.join(".tmp")).is_empty(),
+        "temporary files left behind"
+    );
+}
+
+/// A small tmpfs to be a destination that fills up and goes read-only, like a real disk.
+struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    fn new(parent: &Path, size: &str) -> SmallFs {
+        let dir = parent.join("smallfs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        SmallFs { dir }
+    }
+
+    fn remount(&self, opts: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn wait_for_error(b: &Backed, what: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = b.pocket.status();
+        let d = &s["destinations"][0];
+        if d["last_error"].as_str().is_some_and(|e| e.contains(what)) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "no {what:?} error: {s:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_full_then_read_only_destination_is_reported_and_resumed() {
+    require_root!();
+    let b = Backed::new();
+    let fs = SmallFs::new(b.pocket.tmp.path(), "3m");
+    let vault = fs.dir.join("vault");
+    b.dest("disk", &vault, "vault");
+    let m = b.mount();
+    for i in 0..6 {
+        std::fs::write(
+            b.pocket.mnt.join(format!("big-{i}")),
+            pseudo_random(1 << 20, i),
+        )
+        .unwrap();
+    }
+    let s = wait_for_error(&b, "full");
+    assert!(
+        s["destinations"][0]["pending_records"].as_u64().unwrap() > 0,
+        "{s:#}"
+    );
+    // Give it room: the replicator retries by itself and catches up.
+    fs.remount("size=64m");
+    b.wait_drained(&m, Duration::from_secs(60));
+    // Now read-only.
+    fs.remount("ro");
+    std::fs::write(
+        b.pocket.mnt.join("after-ro"),
+        b"written while the destination is read-only",
+    )
+    .unwrap();
+    wait_for_error(&b, "Read-only");
+    fs.remount("rw");
+    b.wait_drained(&m, Duration::from_secs(60));
+    let want = exact_tree(&b.pocket.mnt);
+    m.unmount();
+    let out = b.pocket.tmp.path().join("restored");
+    ok_out(&b.restore("disk", &out));
+    assert_same_tree(&want, &exact_tree(&out));
+}
+
+#[test]
+fn wrong_passphrase_flipped_byte_and_a_lost_drive() {
+    let b = Backed::new();
+    let vault = b.pocket.tmp.path().join("vault");
+    b.dest("home", &vault, "vault");
+    std::fs::write(
+        b.pocket.root.join("contract.txt"),
+        pseudo_random(400_000, 7),
+    )
+    .unwrap();
+    std::fs::write(
+        b.pocket.root.join("letter.txt"),
+        b"Dear Alice, the plans are in the usual place.\n",
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "sync",
+            "--pocket",
+            b.pocket.p(),
+            "--passphrase-file",
+            b.pf(),
+            "--json",
+        ],
+        None,
+    );
+    let text = ok_out(&out);
+    let sync: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(sync["destinations"][0]["ok"], true, "{sync:#}");
+
+    // Wrong passphrase: refused, says so, exit code 6; nothing restored.
+    let bad = b.pocket.tmp.path().join("bad-pass");
+    std::fs::write(&bad, "hunter2\n").unwrap();
+    let target = b.pocket.tmp.path().join("never");
+    let out = run(
+        &[
+            "restore",
+            "--from",
+            vault.to_str().unwrap(),
+            "--to",
+            target.to_str().unwrap(),
+            "--passphrase-file",
+            bad.to_str().unwrap(),
+        ],
+        Some(Path::new("/")),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    assert!(!target.exists() || std::fs::read_dir(&target).unwrap().next().is_none());
+
+    // The vault holds neither names nor contents in plain text.
+    for p in walk(&vault) {
+        assert!(
+            !p.to_string_lossy().contains("contract") && !p.to_string_lossy().contains("letter")
+        );
+        let bytes = std::fs::read(&p).unwrap();
+        for needle in [&b"Dear Alice"[..], b"contract.txt", b"letter.txt"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds plaintext",
+                p.display()
+            );
+        }
+    }
+
+    // The drive is lost: a new pocket from the vault, with only the passphrase.
+    let newdrive = b.pocket.tmp.path().join("new-drive");
+    let out = run(
+        &[
+            "init",
+            "--from",
+            vault.to_str().unwrap(),
+            newdrive.to_str().unwrap(),
+            "--passphrase-file",
+            b.pf(),
+        ],
+        Some(Path::new("/")),
+    );
+    ok_out(&out);
+    assert_same_tree(&exact_tree(&b.pocket.root), &exact_tree(&newdrive));
+    let dests = ok(&[
+        "dest",
+        "list",
+        "--pocket",
+        newdrive.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        dests.contains("\"home\""),
+        "the new drive knows its destinations: {dests}"
+    );
+    // It continues the same vault.
+    std::fs::write(
+        newdrive.join("after-loss.txt"),
+        b"new work on the new drive",
+    )
+    .unwrap();
+    ok(&[
+        "sync",
+        "--pocket",
+        newdrive.to_str().unwrap(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    let again = b.pocket.tmp.path().join("again");
+    let out = run(
+        &[
+            "restore",
+            "--from",
+            vault.to_str().unwrap(),
+            "--to",
+            again.to_str().unwrap(),
+            "--passphrase-file",
+            b.pf(),
+        ],
+        Some(Path::new("/")),
+    );
+    ok_out(&out);
+    assert_same_tree(&exact_tree(&newdrive), &exact_tree(&again));
+
+    // A flipped byte in a pack: verify names it and the file; restore refuses that file.
+    let packs: Vec<PathBuf> = walk(&vault.join("data"));
+    for pack in &packs {
+        let mut bytes = std::fs::read(pack).unwrap();
+        let i = bytes.len() / 3;
+        bytes[i] ^= 0x01;
+        std::fs::write(pack, &bytes).unwrap();
+    }
+    let out = run(
+        &[
+            "verify",
+            vault.to_str().unwrap(),
+            "--read-data",
+            "--passphrase-file",
+            b.pf(),
+        ],
+        Some(Path::new("/")),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("DAMAGED data/"), "{report}");
+    assert!(
+        report.contains("affects contract.txt") || report.contains("affects letter.txt"),
+        "{report}"
+    );
+    let refused = b.pocket.tmp.path().join("refused");
+    let out = run(
+        &[
+            "restore",
+            "--from",
+            vault.to_str().unwrap(),
+            "--to",
+            refused.to_str().unwrap(),
+            "--passphrase-file",
+            b.pf(),
+        ],
+        Some(Path::new("/")),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT restored"));
+}

@@ -657,3 +657,115 @@ fn p_names(names: &[String]) -> String {
         names.join(", ")
     }
 }
+
+/// Holds a configured destination against the mount's replicator while retention rewrites
+/// it (one writer per vault). None when `dest` is a folder given directly.
+fn hold_destination(
+    pocket: Option<&Path>,
+    dest: &str,
+) -> Result<Option<(Pocket, replicator::DestLock)>> {
+    let Some(p) = Pocket::find(pocket).ok() else {
+        return Ok(None);
+    };
+    if p.config()?.destination(dest).is_none() {
+        return Ok(None);
+    }
+    match replicator::DestLock::try_take(&p.meta_dir(), dest)? {
+        Some(l) => Ok(Some((p, l))),
+        None => Err(Failure::new(
+            ExitCode::Busy,
+            anyhow!("the mount is backing up to {dest} right now; unmount the pocket (or wait for `backpocket sync` to end) and try again"),
+        )
+        .into()),
+    }
+}
+
+/// `forget`.
+#[allow(clippy::too_many_arguments)]
+pub fn forget(
+    pocket: Option<&Path>,
+    dest: &str,
+    policy: &replicator::KeepPolicy,
+    dry_run: bool,
+    and_prune: bool,
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    if policy.is_empty() {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            anyhow!("say what to keep, e.g. --keep-hourly 24 --keep-daily 30 (the newest point is always kept)"),
+        )
+        .into());
+    }
+    let held = hold_destination(pocket, dest)?;
+    let opened = open_vault(pocket, dest, args)?;
+    let (report, head) = replicator::forget(&opened.vault, policy, dry_run)?;
+    if let (Some((p, _)), Some(h)) = (&held, &head) {
+        // The pocket remembers the new newest object, or it would take the vault as rolled back.
+        let mut st = replicator::DestState::load(&p.meta_dir(), dest);
+        st.head_gen = Some(h.gen);
+        st.head_hash = Some(hex::encode(h.hash));
+        st.save(&p.meta_dir(), dest)?;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "dry_run": dry_run, "points_before": report.points_before, "removed": report.removed,
+                "kept": report.kept.iter().map(|p| rfc3339(p.time_ns)).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        let verb = if dry_run { "would keep" } else { "kept" };
+        println!(
+            "{verb} {} of {} restore points; {} {}",
+            report.kept.len(),
+            report.points_before,
+            report.removed,
+            if dry_run { "would go" } else { "forgotten" }
+        );
+        for p in &report.kept {
+            println!("  keep {}", rfc3339(p.time_ns));
+        }
+    }
+    if and_prune && !dry_run {
+        print_prune(&replicator::prune(&opened.vault, false)?, false, json)?;
+    }
+    Ok(())
+}
+
+/// `prune`.
+pub fn prune(
+    pocket: Option<&Path>,
+    dest: &str,
+    dry_run: bool,
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    let _held = hold_destination(pocket, dest)?;
+    let opened = open_vault(pocket, dest, args)?;
+    print_prune(&replicator::prune(&opened.vault, dry_run)?, dry_run, json)
+}
+
+fn print_prune(r: &replicator::PruneReport, dry_run: bool, json: bool) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "dry_run": dry_run, "packs_deleted": r.packs_deleted, "bytes_freed": r.bytes_freed,
+                "packs_kept": r.packs_kept, "unused_bytes_kept": r.unused_bytes_kept,
+            }))?
+        );
+    } else {
+        println!(
+            "{} {} packs, {}; kept {} packs ({} in them no point needs)",
+            if dry_run { "would delete" } else { "deleted" },
+            r.packs_deleted,
+            bytes(r.bytes_freed),
+            r.packs_kept,
+            bytes(r.unused_bytes_kept)
+        );
+    }
+    Ok(())
+}

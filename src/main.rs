@@ -116,6 +116,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keep only the restore points a policy names (the newest is always kept); with
+    /// --prune, then delete the data no kept point needs.
+    Forget {
+        /// A configured destination, or its folder.
+        dest: String,
+        /// Keep the N newest points.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_last: usize,
+        /// Keep the newest point of each of the last N hours that have one.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_hourly: usize,
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_daily: usize,
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_weekly: usize,
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_monthly: usize,
+        /// Say what would be kept and removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete unneeded data afterwards.
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        pocket: PocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the data (packs) that no restore point of a vault needs.
+    Prune {
+        dest: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        pocket: PocketArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// The pocket key this machine remembers.
     Key {
         #[command(subcommand)]
@@ -348,6 +386,41 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
             pocket,
             json,
         } => backup::verify(pocket.pocket.as_deref(), &dest, read_data, json, key),
+        Command::Forget {
+            dest,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            dry_run,
+            prune,
+            pocket,
+            json,
+        } => {
+            let policy = replicator::KeepPolicy {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+            };
+            backup::forget(
+                pocket.pocket.as_deref(),
+                &dest,
+                &policy,
+                dry_run,
+                prune,
+                json,
+                key,
+            )
+        }
+        Command::Prune {
+            dest,
+            dry_run,
+            pocket,
+            json,
+        } => backup::prune(pocket.pocket.as_deref(), &dest, dry_run, json, key),
         Command::Key { command } => match command {
             KeyCommand::Remember { pocket } => {
                 let p = Pocket::find(pocket.pocket.as_deref())?;

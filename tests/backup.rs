@@ -579,6 +579,35 @@ fn wrong_passphrase_flipped_byte_and_a_lost_drive() {
     ok_out(&out);
     assert_same_tree(&exact_tree(&newdrive), &exact_tree(&again));
 
+    // Retention through the command line: only the newest point stays, and it restores.
+    let f = ok(&[
+        "forget",
+        "home",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--pocket",
+        newdrive.to_str().unwrap(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    assert!(f.contains("kept 1 of"), "{f}");
+    let pruned = b.pocket.tmp.path().join("pruned");
+    let out = run(
+        &[
+            "restore",
+            "--from",
+            vault.to_str().unwrap(),
+            "--to",
+            pruned.to_str().unwrap(),
+            "--passphrase-file",
+            b.pf(),
+        ],
+        Some(Path::new("/")),
+    );
+    ok_out(&out);
+    assert_same_tree(&exact_tree(&newdrive), &exact_tree(&pruned));
+
     // A flipped byte in a pack: verify names it and the file; restore refuses that file.
     let packs: Vec<PathBuf> = walk(&vault.join("data"));
     for pack in &packs {

@@ -7,6 +7,7 @@ mod error;
 pub mod format;
 mod mirror;
 mod restore;
+mod retention;
 mod service;
 mod source;
 mod state;
@@ -20,10 +21,11 @@ pub use drain::{DrainReport, Progress};
 pub use error::{Error, Result};
 pub use mirror::{init_mirror, is_mirror, restore_mirror};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
+pub use retention::{forget, prune, ForgetReport, KeepPolicy, PruneReport};
 pub use service::{
     is_unreachable, runtime, sync, DestSpec, Mode, Replicator, Setup, SyncOutcome, SyncReport,
 };
-pub use state::DestState;
+pub use state::{DestLock, DestState};
 pub use store::{local_path, Store};
 pub use vault::{Point, Vault};
 pub use verify::{verify, Damage, VerifyReport};

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: make a pocket, mount it, work in it, and watch the
-# journal record every change; then change the drive behind backpocket's back and let a scan
-# find it. Needs FUSE (root, or an ordinary user with fuse3 installed).
+# The main job, end to end on this machine: a pocket on a "USB drive" with a vault on a
+# "backup disk", mounted; work in it and watch the journal drain to the vault by itself; then
+# restore and check. Needs FUSE (root, or an ordinary user with fuse3 installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --locked
@@ -9,12 +9,20 @@ bp="$PWD/target/release/backpocket"
 demo=$(mktemp -d /tmp/backpocket-demo.XXXXXX)
 trap 'mountpoint -q "$demo/mnt" && "$bp" unmount "$demo/mnt" >/dev/null; rm -rf "$demo"' EXIT
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+# The demo's passphrase and remembered key stay inside the demo folder.
+export XDG_CONFIG_HOME="$demo/config"
+export BACKPOCKET_PASSPHRASE="demo passphrase, not a good one"
 
-mkdir -p "$demo/usb/pocket" "$demo/mnt"
+mkdir -p "$demo/usb/pocket" "$demo/backupdisk" "$demo/mnt"
 echo "notes from before backpocket" > "$demo/usb/pocket/notes.txt"
 
 say backpocket init "$demo/usb/pocket"
 "$bp" init "$demo/usb/pocket"
+cd "$demo/usb/pocket"
+say backpocket dest add home-disk "$demo/backupdisk/vault"
+"$bp" dest add home-disk "$demo/backupdisk/vault"
+say backpocket dest add office-copy "$demo/backupdisk/mirror" --mode mirror
+"$bp" dest add office-copy "$demo/backupdisk/mirror" --mode mirror
 say backpocket mount --daemon "$demo/usb/pocket" "$demo/mnt"
 "$bp" mount --daemon "$demo/usb/pocket" "$demo/mnt"
 
@@ -22,27 +30,33 @@ say "work in the mount: write, make folders, rename, link"
 cd "$demo/mnt"
 mkdir -p docs/2026
 printf 'quarterly report\n' > docs/2026/report.txt
-head -c 5000000 /dev/urandom > docs/photo.raw
+head -c 50000000 /dev/urandom > docs/photo.raw
 mv notes.txt docs/notes.txt
 ln -s docs/2026/report.txt latest
-sync docs/2026/report.txt
-ls -lR "$demo/mnt"
-
-say backpocket journal status
+say backpocket journal status      "# right after the writes"
 "$bp" journal status
-say backpocket journal log
-"$bp" journal log
+sleep 2
+say backpocket journal status      "# two seconds later: drained by the mount's replicator"
+"$bp" journal status
 say backpocket journal status --json
 "$bp" journal status --json
+
+say "edit the report again; the vault keeps both versions"
+printf 'quarterly report, revised\n' > docs/2026/report.txt
+sleep 1
+say backpocket log docs/2026/report.txt
+"$bp" log docs/2026/report.txt
 cd /
 
 say backpocket unmount "$demo/mnt"
 "$bp" unmount "$demo/mnt"
 
-say "the drive on a machine without backpocket: edit the pocket folder directly"
-echo "edited elsewhere" >> "$demo/usb/pocket/docs/notes.txt"
-rm "$demo/usb/pocket/docs/photo.raw"
-say backpocket scan --pocket "$demo/usb/pocket"
-"$bp" scan --pocket "$demo/usb/pocket"
-say backpocket journal status --pocket "$demo/usb/pocket"
-"$bp" journal status --pocket "$demo/usb/pocket"
+say "the drive is lost: restore from the vault with only the passphrase, and check"
+say backpocket restore --from "$demo/backupdisk/vault" --to "$demo/restored"
+(cd / && "$bp" restore --from "$demo/backupdisk/vault" --to "$demo/restored")
+say diff -r "$demo/usb/pocket" "$demo/restored"
+diff -r --exclude=.backpocket "$demo/usb/pocket" "$demo/restored" && echo "identical"
+say backpocket verify "$demo/backupdisk/vault" --read-data
+(cd / && "$bp" verify "$demo/backupdisk/vault" --read-data)
+say ls "$demo/backupdisk/mirror/docs"   "# the mirror: plain files anyone can open"
+ls -l "$demo/backupdisk/mirror/docs"

@@ -316,8 +316,12 @@ pub struct Opened {
 }
 
 pub fn open_vault(pocket: Option<&Path>, dest: &str, args: &KeyArgs) -> Result<Opened> {
+    open_vault_of(Pocket::find(pocket).ok(), dest, args)
+}
+
+/// As [`open_vault`], with the pocket (if any) already found.
+fn open_vault_of(found: Option<Pocket>, dest: &str, args: &KeyArgs) -> Result<Opened> {
     let rt = replicator::runtime()?;
-    let found = Pocket::find(pocket).ok();
     let configured = found.as_ref().and_then(|p| {
         let c = p.config().ok()?;
         let d = c.destination(dest)?.clone();
@@ -375,14 +379,20 @@ pub fn restore(
     args: &KeyArgs,
 ) -> Result<()> {
     let at = at.map(parse_time).transpose()?;
-    if let Ok(p) = Pocket::find(pocket) {
-        let t = std::path::absolute(to)?;
-        if t.starts_with(&p.root) {
-            bail!(
-                "{} is inside the live pocket; restore to another folder and copy back what you need",
-                t.display()
-            );
-        }
+    let t = std::path::absolute(to)?;
+    let in_pocket = Pocket::find(pocket).is_ok_and(|p| t.starts_with(&p.root));
+    let in_mount = t
+        .ancestors()
+        .find(|a| a.exists())
+        .map(platform::backpocket_mount_containing)
+        .transpose()?
+        .flatten()
+        .is_some();
+    if in_pocket || in_mount {
+        bail!(
+            "{} is inside a live pocket; restore to another folder and copy back what you need",
+            t.display()
+        );
     }
     if let Some(mirror) = mirror_url(pocket, from) {
         return restore_mirror(&mirror, to, paths, json);
@@ -612,7 +622,8 @@ pub fn init_from(from: &str, dir: &Path, args: &KeyArgs) -> Result<()> {
     if dir.join(crate::pocket::DIR).exists() {
         bail!("{} is already a pocket", dir.display());
     }
-    let opened = open_vault(Some(Path::new("/nonexistent-pocket")), from, args)?;
+    // The drive is lost: the destination alone, and the passphrase.
+    let opened = open_vault_of(None, from, args)?;
     let text = opened.vault.pocket_config()?.ok_or_else(|| {
         anyhow!("{from} does not hold its pocket's config (written by the first drain); make the pocket with `backpocket init` and restore into it")
     })?;

@@ -544,11 +544,14 @@ struct ReadResult {
 }
 
 /// The file whose contents a change asks for: a content record, or the creation of a regular
-/// file (the scan records a file that appeared with data as a create alone).
-fn content_of(c: &journal::Change) -> Option<u64> {
+/// file that already has data (the scan records a file that appeared with data as a create
+/// alone; the mount creates files empty and records their contents at release).
+pub(crate) fn content_of(c: &journal::Change) -> Option<u64> {
     match c {
         journal::Change::Content { file, .. } => Some(*file),
-        journal::Change::Create { file, meta, .. } if meta.kind == journal::Kind::File => {
+        journal::Change::Create { file, meta, .. }
+            if meta.kind == journal::Kind::File && meta.size > 0 =>
+        {
             Some(*file)
         }
         _ => None,

@@ -188,14 +188,8 @@ impl MirrorDrain {
             let mut changed = Vec::new();
             for r in &records {
                 t.apply(&VChange::from_journal(&r.change));
-                match &r.change {
-                    journal::Change::Content { file, .. } => changed.push(*file),
-                    journal::Change::Create { file, meta, .. }
-                        if meta.kind == journal::Kind::File =>
-                    {
-                        changed.push(*file)
-                    }
-                    _ => {}
+                if let Some(file) = crate::drain::content_of(&r.change) {
+                    changed.push(file);
                 }
             }
             // Contents the records changed: keep the old hash map for files not changed.

@@ -279,6 +279,7 @@ fn run_dest(
             Ok(n) => {
                 if n > 0 {
                     info!(dest = spec.name, records = n, "drained");
+                    compact_if_large(&setup.journal);
                 }
                 st.reachable = Some(true);
                 st.last_success_ns = Some(now_ns());
@@ -312,6 +313,22 @@ fn run_dest(
             }
             recv(stop) -> _ => return,
             default(wait) => {}
+        }
+    }
+}
+
+/// Removes the records every destination holds once the journal has many: the journal on the
+/// drive stays small without anyone running `journal compact`.
+fn compact_if_large(journal_path: &std::path::Path) {
+    const KEEP_AT_MOST: u64 = 100_000;
+    let records = journal::Reader::open(journal_path)
+        .and_then(|r| r.status())
+        .map(|s| s.records)
+        .unwrap_or(0);
+    if records > KEEP_AT_MOST {
+        match journal::compact(journal_path) {
+            Ok(n) => info!(removed = n, "journal compacted"),
+            Err(e) => warn!("journal compaction: {e}"),
         }
     }
 }

@@ -232,3 +232,62 @@ fn libc_o_nofollow() -> i32 {
 fn libc_o_noatime_if_owner() -> i32 {
     rustix::fs::OFlags::NOATIME.bits() as i32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_file_written_while_read_is_never_taken_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("growing");
+        std::fs::write(&path, vec![7u8; 8 << 20]).unwrap();
+        let id = std::fs::metadata(&path).unwrap().ino();
+        let stop = AtomicBool::new(false);
+        let chunker = Chunker {
+            params: ChunkerParams::default(),
+            seed: 1,
+        };
+        let (mut torn, mut done) = (0, 0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::io::Write::write_all(&mut &f, &[1u8; 4096]).unwrap();
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            });
+            for _ in 0..20 {
+                let mut total = 0u64;
+                let mut sink = |c: &[u8]| {
+                    total += c.len() as u64;
+                    Ok(ChunkRef {
+                        id: [0; 32],
+                        len: c.len() as u32,
+                    })
+                };
+                match read_file(&path, id, &chunker, &mut sink).unwrap() {
+                    ReadOutcome::Torn => torn += 1,
+                    ReadOutcome::Done(c, m) => {
+                        done += 1;
+                        // What was taken is exactly the size it claims.
+                        assert_eq!(c.data_bytes(), c.size);
+                        assert_eq!(total, c.size);
+                        assert_eq!(m.size, c.size);
+                    }
+                    ReadOutcome::Gone => panic!("the file is there"),
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(
+            torn > 0,
+            "appends during the read were noticed ({done} clean reads)"
+        );
+    }
+}

@@ -13,9 +13,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::format::{
-    Content, FileState, Position, Segment, VChange, VMeta, VRecord, Xattr, KIND_DIR, KIND_FILE,
-};
+use crate::format::{Content, Position, Segment, VChange, VMeta, VRecord, KIND_DIR, KIND_FILE};
 use crate::source::{read_file, ReadOutcome};
 use crate::tree::Tree;
 use crate::vault::{now_ns, Head, LogObject, Vault};
@@ -333,51 +331,8 @@ impl VaultDrain {
         let mut attempts = 0;
         loop {
             let snap = reader.snapshot()?;
-            let mut tree = Tree::new(snap.root);
-            for (id, meta, target) in &snap.files {
-                tree.files.insert(
-                    *id,
-                    FileState {
-                        id: *id,
-                        meta: VMeta::from(*meta),
-                        target: target.clone(),
-                        xattrs: Vec::new(),
-                        content: None,
-                    },
-                );
-            }
-            for (file, name, value) in &snap.xattrs {
-                if let Some(f) = tree.files.get_mut(file) {
-                    f.xattrs.push(Xattr {
-                        name: name.clone(),
-                        value: value.clone(),
-                    });
-                }
-            }
-            for f in tree.files.values_mut() {
-                f.xattrs.sort();
-            }
-            for (parent, name, file) in &snap.names {
-                tree.apply(&VChange::Link {
-                    parent: *parent,
-                    name: name.clone(),
-                    file: *file,
-                });
-            }
-            // Folder and symlink metadata as it is now (folder times are not journaled).
-            if let Some(meta) = lstat_meta(src.pocket, None) {
-                if let Some(r) = tree.files.get_mut(&snap.root) {
-                    r.meta = meta;
-                }
-            }
-            for (rel, id) in tree.paths() {
-                let kind = tree.files[&id].meta.kind;
-                if kind != KIND_FILE {
-                    if let Some(meta) = lstat_meta(&src.abs(&rel), Some(id)) {
-                        tree.files.get_mut(&id).expect("listed").meta = meta;
-                    }
-                }
-            }
+            let mut tree = Tree::from_snapshot(&snap);
+            refresh_metadata(&mut tree, src);
             let wanted: Vec<u64> = tree
                 .files
                 .values()
@@ -587,6 +542,25 @@ fn note_dirs(c: &journal::Change, dirs: &mut BTreeSet<u64>) {
             dirs.insert(*new_parent);
         }
         _ => {}
+    }
+}
+
+/// Takes the metadata of the root and of everything but regular files as it is on the drive
+/// now: folder times move with their entries, which the journal does not record.
+pub(crate) fn refresh_metadata(tree: &mut Tree, src: &Source<'_>) {
+    let root = tree.root;
+    if let (Some(meta), Some(r)) = (lstat_meta(src.pocket, None), tree.files.get_mut(&root)) {
+        r.meta = meta;
+    }
+    for (rel, id) in tree.paths() {
+        let Some(f) = tree.files.get_mut(&id) else {
+            continue;
+        };
+        if f.meta.kind != KIND_FILE {
+            if let Some(meta) = lstat_meta(&src.abs(&rel), Some(id)) {
+                f.meta = meta;
+            }
+        }
     }
 }
 

@@ -18,11 +18,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use crate::drain::{lstat_meta, DrainReport, Progress, Source};
+use crate::drain::{refresh_metadata, DrainReport, Progress, Source};
 use crate::error::{Error, Result};
 use crate::format::{
-    Checkpoint, ChunkRef, Content, Extent, FileState, Position, VChange, VMeta, Xattr, KIND_DIR,
-    KIND_FILE, KIND_SYMLINK,
+    Checkpoint, ChunkRef, Content, Extent, Position, VChange, VMeta, KIND_DIR, KIND_FILE,
+    KIND_SYMLINK,
 };
 use crate::restore::{prepare_target, set_meta, RestoreReport};
 use crate::service::DestSpec;
@@ -141,34 +141,7 @@ impl MirrorDrain {
         let mut report = DrainReport::default();
         let (new_tree, seq, time_ns, changed): (Tree, u64, i64, Vec<u64>) = if full {
             let snap = reader.snapshot()?;
-            let mut t = Tree::new(snap.root);
-            for (id, meta, target) in &snap.files {
-                t.files.insert(
-                    *id,
-                    FileState {
-                        id: *id,
-                        meta: VMeta::from(*meta),
-                        target: target.clone(),
-                        xattrs: Vec::new(),
-                        content: None,
-                    },
-                );
-            }
-            for (file, name, value) in &snap.xattrs {
-                if let Some(f) = t.files.get_mut(file) {
-                    f.xattrs.push(Xattr {
-                        name: name.clone(),
-                        value: value.clone(),
-                    });
-                }
-            }
-            for (parent, name, file) in &snap.names {
-                t.apply(&VChange::Link {
-                    parent: *parent,
-                    name: name.clone(),
-                    file: *file,
-                });
-            }
+            let t = Tree::from_snapshot(&snap);
             let changed = t
                 .files
                 .values()
@@ -214,20 +187,8 @@ impl MirrorDrain {
             (t, last.seq, last.time_ns, changed)
         };
         let mut new_tree = new_tree;
-        // Fresh metadata for everything that is not a regular file (folder times move).
-        if let Some(m) = lstat_meta(src.pocket, None) {
-            if let Some(r) = new_tree.files.get_mut(&new_tree.root) {
-                r.meta = m;
-            }
-        }
+        refresh_metadata(&mut new_tree, src);
         let paths = new_tree.paths();
-        for (rel, id) in &paths {
-            if new_tree.files[id].meta.kind != KIND_FILE {
-                if let Some(m) = lstat_meta(&src.abs(rel), Some(*id)) {
-                    new_tree.files.get_mut(id).expect("listed").meta = m;
-                }
-            }
-        }
         let old_tree = old.map(|(t, _)| t).unwrap_or_default();
         self.apply(
             src,

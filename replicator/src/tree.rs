@@ -46,6 +46,42 @@ impl Tree {
         t
     }
 
+    /// The journal's catalog as a tree (contents not yet known).
+    pub fn from_snapshot(snap: &journal::Snapshot) -> Tree {
+        let mut t = Tree::new(snap.root);
+        for (id, meta, target) in &snap.files {
+            t.files.insert(
+                *id,
+                FileState {
+                    id: *id,
+                    meta: VMeta::from(*meta),
+                    target: target.clone(),
+                    xattrs: Vec::new(),
+                    content: None,
+                },
+            );
+        }
+        for (file, name, value) in &snap.xattrs {
+            if let Some(f) = t.files.get_mut(file) {
+                f.xattrs.push(Xattr {
+                    name: name.clone(),
+                    value: value.clone(),
+                });
+            }
+        }
+        for f in t.files.values_mut() {
+            f.xattrs.sort();
+        }
+        for (parent, name, file) in &snap.names {
+            t.apply(&VChange::Link {
+                parent: *parent,
+                name: name.clone(),
+                file: *file,
+            });
+        }
+        t
+    }
+
     pub fn from_checkpoint(cp: Checkpoint) -> Tree {
         let mut t = Tree {
             root: cp.root,

@@ -659,3 +659,90 @@ fn wrong_passphrase_flipped_byte_and_a_lost_drive() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("NOT restored"));
 }
+
+#[test]
+fn a_destination_unplugged_mid_drain_then_plugged_back_resumes() {
+    require_root!();
+    let b = Backed::new();
+    // The "backup disk": a folder bind-mounted at `disk`, unmounted to pull it out.
+    let storage = b.pocket.tmp.path().join("storage");
+    let disk = b.pocket.tmp.path().join("disk");
+    std::fs::create_dir_all(&storage).unwrap();
+    std::fs::create_dir_all(&disk).unwrap();
+    let plug = || {
+        assert!(Command::new("mount")
+            .arg("--bind")
+            .arg(&storage)
+            .arg(&disk)
+            .status()
+            .unwrap()
+            .success())
+    };
+    let unplug = || {
+        assert!(Command::new("umount")
+            .arg("-l")
+            .arg(&disk)
+            .status()
+            .unwrap()
+            .success())
+    };
+    plug();
+    b.dest("disk", &disk.join("vault"), "vault");
+    let m = b.mount();
+    for i in 0..20 {
+        std::fs::write(
+            b.pocket.mnt.join(format!("f{i}")),
+            pseudo_random(512 << 10, 50 + i),
+        )
+        .unwrap();
+    }
+    // Pull it out while that drains.
+    std::thread::sleep(Duration::from_millis(30));
+    unplug();
+    for i in 20..30 {
+        std::fs::write(
+            b.pocket.mnt.join(format!("f{i}")),
+            pseudo_random(64 << 10, 50 + i),
+        )
+        .unwrap();
+    }
+    let s = wait_for_error(&b, "not there");
+    assert_eq!(s["destinations"][0]["reachable"], false, "{s:#}");
+    assert!(s["destinations"][0]["pending_records"].as_u64().unwrap() > 0);
+    // Nothing was written to the machine's own disk in its place.
+    assert!(!disk.join("vault").exists());
+    plug();
+    b.wait_drained(&m, Duration::from_secs(60));
+    let want = exact_tree(&b.pocket.mnt);
+    m.unmount();
+    let out = b.pocket.tmp.path().join("restored");
+    ok_out(&b.restore("disk", &out));
+    assert_same_tree(&want, &exact_tree(&out));
+    unplug();
+}
+
+#[test]
+fn a_wrong_passphrase_at_mount_is_refused() {
+    let b = Backed::new();
+    b.dest("home", &b.pocket.tmp.path().join("vault"), "vault");
+    let bad = b.pocket.tmp.path().join("bad");
+    std::fs::write(&bad, "not it\n").unwrap();
+    let out = run(
+        &[
+            "mount",
+            b.pocket.p(),
+            b.pocket.mnt.to_str().unwrap(),
+            "--passphrase-file",
+            bad.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    assert!(!common::is_mounted(&b.pocket.mnt));
+}

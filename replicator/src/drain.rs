@@ -115,6 +115,7 @@ impl VaultDrain {
     }
 
     fn drain_inner(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
+        self.vault.store.check_present()?;
         let reader = journal::Reader::open(src.journal)?;
         let jid = reader.journal_id()?;
         if self.state.is_none() {

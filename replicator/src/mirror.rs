@@ -121,6 +121,7 @@ impl MirrorDrain {
     }
 
     fn drain_inner(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
+        self.store.check_present()?;
         let reader = journal::Reader::open(src.journal)?;
         let jid = reader.journal_id()?;
         if self.state.is_none() {

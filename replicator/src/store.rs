@@ -24,6 +24,10 @@ pub struct Store {
     rt: Handle,
     /// The folder, for local destinations.
     local: Option<PathBuf>,
+    /// The local folder's identity (device, inode) when opened: a disk pulled out (or a share
+    /// unmounted) leaves an ordinary folder or nothing at that path, and nothing may be
+    /// written there in its place.
+    identity: Option<(u64, u64)>,
     url: String,
 }
 
@@ -75,9 +79,27 @@ impl Store {
         Ok(Store {
             op,
             rt,
+            identity: Some(identity(&path)?),
             local: Some(path),
             url: url.to_owned(),
         })
+    }
+
+    /// Fails (as "not there") when the local folder is no longer the one opened.
+    pub fn check_present(&self) -> Result<()> {
+        let (Some(root), Some(id)) = (&self.local, self.identity) else {
+            return Ok(());
+        };
+        match identity(root) {
+            Ok(now) if now == id => Ok(()),
+            _ => Err(Error::io(
+                format!(
+                    "the destination folder {} is not there any more (was the disk unplugged or the share unmounted?)",
+                    root.display()
+                ),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )),
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -86,14 +108,12 @@ impl Store {
 
     /// Whether the destination can be used now.
     pub fn reachable(&self) -> bool {
-        match &self.local {
-            Some(p) => p.join(TMP_DIR).is_dir(),
-            None => true,
-        }
+        self.check_present().is_ok()
     }
 
     /// Writes `key` atomically and durably.
     pub fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        self.check_present()?;
         let op = self.op.clone();
         let k = key.to_owned();
         self.rt
@@ -102,6 +122,9 @@ impl Store {
         if let Some(root) = &self.local {
             let file = root.join(key);
             // Our own objects are private whatever the process umask (the mount runs with 0).
+            // Checked again: a folder pulled away during the write may have let it land on
+            // the machine's own disk; it must not count as held.
+            self.check_present()?;
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
             sync_dir(file.parent().unwrap_or(root))?;
@@ -238,6 +261,13 @@ fn private_dir(p: &Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(p)?;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+}
+
+fn identity(p: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m =
+        std::fs::metadata(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+    Ok((m.dev(), m.ino()))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {

@@ -439,3 +439,75 @@ fn dir_size(d: &Path) -> u64 {
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum()
 }
+
+#[test]
+fn a_drain_cut_before_the_cursor_moved_resends_nothing() {
+    let f = Fixture::new();
+    write(&f.pocket.join("a.bin"), &pseudo_random(3 << 20, 1));
+    f.sync();
+    write(&f.pocket.join("b.bin"), &pseudo_random(3 << 20, 2));
+    let r = f.sync();
+    assert!(r.drained.bytes_uploaded > 2 << 20);
+    // As if the process died after the segment was durable but before the cursor moved.
+    let cursor = journal::Reader::open(&f.journal())
+        .unwrap()
+        .cursor("v")
+        .unwrap()
+        .unwrap();
+    journal::set_cursor(&f.journal(), "v", cursor - 2).unwrap();
+    let objects = walk_files(&f.vault_dir).len();
+    let again = f.sync();
+    assert_eq!(again.drained.bytes_uploaded, 0, "{again:?}");
+    assert_eq!(
+        walk_files(&f.vault_dir).len(),
+        objects,
+        "no new object at the vault"
+    );
+    assert_eq!(
+        journal::Reader::open(&f.journal())
+            .unwrap()
+            .cursor("v")
+            .unwrap(),
+        Some(cursor)
+    );
+}
+
+#[test]
+fn a_vault_put_back_to_an_older_copy_is_reported_as_rolled_back() {
+    let f = Fixture::new();
+    write(&f.pocket.join("a.txt"), b"one");
+    f.sync();
+    let old = f._tmp.path().join("old-copy");
+    copy_tree(&f.vault_dir, &old);
+    write(&f.pocket.join("b.txt"), b"two");
+    f.sync();
+    // Someone restores the destination from an old copy of the disk.
+    std::fs::remove_dir_all(&f.vault_dir).unwrap();
+    copy_tree(&old, &f.vault_dir);
+    write(&f.pocket.join("c.txt"), b"three");
+    f.scan();
+    let target = journal::Reader::open(&f.journal())
+        .unwrap()
+        .status()
+        .unwrap()
+        .last_seq;
+    let mut out = replicator::sync(
+        &f.setup(),
+        target,
+        &Progress::default(),
+        &std::sync::atomic::AtomicBool::new(false),
+    );
+    let err = out.remove(0).result.unwrap_err();
+    assert!(matches!(err, replicator::Error::RolledBack { .. }), "{err}");
+    assert!(err.to_string().contains("rolled back"));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

@@ -254,16 +254,40 @@ fn a_mounted_workload_restores_exactly_from_a_vault_and_a_mirror() {
     m.unmount();
     // Edits after the drain: the mirror keeps the replaced version aside.
     let m = b.mount();
-    std::fs::write(b.pocket.mnt.join("docs/report.txt"), b"third draft\n").unwrap();
-    std::fs::remove_file(b.pocket.mnt.join("run.sh")).unwrap();
+    let mnt = &b.pocket.mnt;
     b.wait_drained(&m, Duration::from_secs(30));
-    let kept: Vec<PathBuf> = walk(&mirror.join(".backpocket-versions"));
+    let kept_before = walk(&mirror.join(".backpocket-versions"));
+    std::fs::write(mnt.join("docs/report.txt"), b"third draft\n").unwrap();
+    std::fs::remove_file(mnt.join("run.sh")).unwrap();
+    // A folder moved, and two files swapping names (one of them hard-linked).
+    std::fs::rename(mnt.join("docs/deep"), mnt.join("deep-moved")).unwrap();
+    std::fs::rename(mnt.join("truncated"), mnt.join("swap.tmp")).unwrap();
+    std::fs::rename(mnt.join("notes.md"), mnt.join("truncated")).unwrap();
+    std::fs::rename(mnt.join("swap.tmp"), mnt.join("notes.md")).unwrap();
+    b.wait_drained(&m, Duration::from_secs(30));
+    let kept: Vec<PathBuf> = walk(&mirror.join(".backpocket-versions"))
+        .into_iter()
+        .filter(|p| !kept_before.contains(p))
+        .collect();
     assert!(
         kept.iter().any(|p| p.ends_with("docs/report.txt")
             && std::fs::read(p).unwrap() == b"second draft, longer\n"),
         "{kept:?}"
     );
     assert!(kept.iter().any(|p| p.ends_with("run.sh")), "{kept:?}");
+    // Moves are moves at the mirror: nothing moved was kept aside as if deleted.
+    assert_eq!(
+        kept.len(),
+        2,
+        "only the replaced report and the deleted script: {kept:?}"
+    );
+    let want = exact_tree(mnt);
+    let again = b.pocket.tmp.path().join("from-mirror-again");
+    ok_out(&b.restore("office", &again));
+    assert_same_tree(&want, &exact_tree(&again));
+    let again = b.pocket.tmp.path().join("from-vault-again");
+    ok_out(&b.restore("home", &again));
+    assert_same_tree(&want, &exact_tree(&again));
     // `log` lists both versions of the report from the vault.
     let log = ok(&[
         "log",

@@ -158,7 +158,11 @@ impl VaultDrain {
             );
             return self.checkpoint_from_journal(src, &reader, head).map(Some);
         }
-        let (mut tree, head) = self.state.take().flatten().ok_or(Error::Cancelled)?;
+        let (mut tree, head) = self
+            .state
+            .take()
+            .flatten()
+            .ok_or_else(|| Error::Format("internal: the vault's tree was not loaded".into()))?;
         let mut applied = 0usize;
         let mut report = DrainReport::default();
         let mut attempts = 0u32;

@@ -218,8 +218,9 @@ impl MirrorDrain {
         Ok(Some(report))
     }
 
-    /// Makes the folder match `new`: old names away (to the versions folder), new folders,
-    /// changed files copied, links, metadata.
+    /// Makes the folder match `new`. Moves are done as moves (a renamed folder is one rename,
+    /// nothing is copied again); names that went away and contents that were replaced are
+    /// kept in the versions folder; changed files are copied; then links and metadata.
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
@@ -231,6 +232,7 @@ impl MirrorDrain {
         changed: &[u64],
         report: &mut DrainReport,
     ) -> Result<()> {
+        self.store.check_present()?;
         // Milliseconds: two drains within a second keep separate versions.
         let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now())
             .to_string()
@@ -238,47 +240,110 @@ impl MirrorDrain {
         let versions = self.root.join(VERSIONS_DIR).join(&stamp);
         let new_by_path: HashMap<&[u8], u64> =
             paths.iter().map(|(p, id)| (p.as_slice(), *id)).collect();
+        let changed: std::collections::HashSet<u64> = changed.iter().copied().collect();
+        let old_paths = old.paths();
+        let mut old_loc: HashMap<u64, Vec<u8>> = HashMap::new();
+        for (p, id) in &old_paths {
+            old_loc.entry(*id).or_insert_with(|| p.clone());
+        }
+        let kind_of = |t: &Tree, id: u64| t.files.get(&id).map(|f| f.meta.kind);
         let dst = |rel: &[u8]| self.root.join(OsStr::from_bytes(rel));
+        let io = |what: &str, p: &Path, e| Error::io(format!("cannot {what} {}", p.display()), e);
         let keep_aside = |rel: &[u8]| -> Result<()> {
             let from = dst(rel);
-            if std::fs::symlink_metadata(&from).is_err() {
-                return Ok(());
-            }
-            if std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_dir()) {
-                return Ok(());
+            match std::fs::symlink_metadata(&from) {
+                Ok(m) if !m.is_dir() => {}
+                _ => return Ok(()),
             }
             let to = versions.join(OsStr::from_bytes(rel));
             std::fs::create_dir_all(to.parent().expect("has parent"))
-                .map_err(|e| Error::io("cannot keep an old version", e))?;
-            std::fs::rename(&from, &to).map_err(|e| {
-                Error::io(
-                    format!("cannot keep {} as an old version", from.display()),
-                    e,
-                )
-            })
+                .map_err(|e| io("keep an old version of", &from, e))?;
+            std::fs::rename(&from, &to).map_err(|e| io("keep an old version of", &from, e))
         };
-        // 1. Names that went away or now name something else: keep the old file aside.
-        let old_paths = old.paths();
-        for (rel, id) in old_paths.iter().rev() {
-            let gone = match new_by_path.get(rel.as_slice()) {
-                None => true,
-                Some(nid) => nid != id || new.files[nid].meta.kind != old.files[id].meta.kind,
-            };
-            if gone {
-                if old.files[id].meta.kind == KIND_DIR {
-                    let _ = std::fs::remove_dir(dst(rel));
-                } else {
-                    keep_aside(rel)?;
-                }
+        // Where an old path's copy is now, after the folder moves done so far.
+        let mut moved_dirs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let relocate = |p: &[u8], moved: &[(Vec<u8>, Vec<u8>)]| -> Vec<u8> {
+            let hit = moved
+                .iter()
+                .filter(|(from, _)| p.starts_with(from) && p.get(from.len()) == Some(&b'/'))
+                .max_by_key(|(from, _)| from.len());
+            match hit {
+                Some((from, to)) => [to.as_slice(), &p[from.len()..]].concat(),
+                None => p.to_vec(),
             }
+        };
+
+        // 1. Folders that moved, parents first: one rename each.
+        for (rel, id) in paths {
+            if kind_of(new, *id) != Some(KIND_DIR) || kind_of(old, *id) != Some(KIND_DIR) {
+                continue;
+            }
+            let Some(op) = old_loc.get(id) else { continue };
+            let cur = relocate(op, &moved_dirs);
+            if &cur == rel || !dst(&cur).is_dir() || std::fs::symlink_metadata(dst(rel)).is_ok() {
+                continue;
+            }
+            if let Some(parent) = dst(rel).parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
+            }
+            std::fs::rename(dst(&cur), dst(rel)).map_err(|e| io("move", &dst(&cur), e))?;
+            moved_dirs.push((op.clone(), rel.clone()));
         }
-        // 2. New and changed entries, parents first.
-        let mut first_name: HashMap<u64, Vec<u8>> = HashMap::new();
-        let changed: std::collections::HashSet<u64> = changed.iter().copied().collect();
-        let old_by_path: HashMap<&[u8], u64> = old_paths
-            .iter()
-            .map(|(p, id)| (p.as_slice(), *id))
+        // Where each old file's copy is now (by any of its names), and which file each copy
+        // is, as moves proceed.
+        let mut here: HashMap<PathBuf, (u64, Vec<u8>)> = HashMap::new();
+        let mut at: HashMap<u64, PathBuf> = HashMap::new();
+        for (op, id) in &old_paths {
+            if kind_of(old, *id) == Some(KIND_DIR) {
+                continue;
+            }
+            let p = dst(&relocate(op, &moved_dirs));
+            at.entry(*id).or_insert_with(|| p.clone());
+            here.insert(p, (*id, op.clone()));
+        }
+        let put_aside = |from: &Path, old_rel: &[u8]| -> Result<()> {
+            if std::fs::symlink_metadata(from).is_err() {
+                return Ok(());
+            }
+            let to = versions.join(OsStr::from_bytes(old_rel));
+            std::fs::create_dir_all(to.parent().expect("has parent"))
+                .map_err(|e| io("keep an old version of", from, e))?;
+            std::fs::rename(from, &to).map_err(|e| io("keep an old version of", from, e))
+        };
+        // Old files that are still in the tree (by id, as the same kind).
+        let lives_on: std::collections::HashSet<u64> = at
+            .keys()
+            .copied()
+            .filter(|x| kind_of(new, *x).is_some() && kind_of(new, *x) == kind_of(old, *x))
             .collect();
+        let parking = self.root.join(".tmp");
+        let mut parked = 0u64;
+        // Frees the name `d` (new path `rel`): a copy there that another name still needs is
+        // parked in .tmp (a swap or a cycle of renames); anything else there is an old version.
+        let mut vacate = |d: &Path,
+                          rel: &[u8],
+                          here: &mut HashMap<PathBuf, (u64, Vec<u8>)>,
+                          at: &mut HashMap<u64, PathBuf>|
+         -> Result<()> {
+            let Some((x, old_rel)) = here.remove(d) else {
+                return keep_aside(rel);
+            };
+            if !lives_on.contains(&x) {
+                return put_aside(d, &old_rel);
+            }
+            if at.get(&x).map(PathBuf::as_path) != Some(d) {
+                // Another name of a file that lives on: its data stays under that name.
+                return std::fs::remove_file(d).map_err(|e| io("remove", d, e));
+            }
+            parked += 1;
+            let tmp = parking.join(format!("mirror-park-{x}-{parked}"));
+            std::fs::rename(d, &tmp).map_err(|e| io("move", d, e))?;
+            at.insert(x, tmp.clone());
+            here.insert(tmp, (x, old_rel));
+            Ok(())
+        };
+        // 2. New, moved and changed entries, parents first.
+        let mut first_name: HashMap<u64, Vec<u8>> = HashMap::new();
         src.progress
             .files_total
             .fetch_add(changed.len() as u64, Ordering::Relaxed);
@@ -286,65 +351,91 @@ impl MirrorDrain {
             src.check_cancel()?;
             let kind = new.files[id].meta.kind;
             let d = dst(rel);
-            let same_as_before = old_by_path.get(rel.as_slice()) == Some(id);
             match kind {
                 KIND_DIR if !d.is_dir() => {
-                    std::fs::create_dir(&d)
-                        .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+                    vacate(&d, rel, &mut here, &mut at)?;
+                    std::fs::create_dir(&d).map_err(|e| io("create", &d, e))?;
                 }
                 KIND_DIR => {}
                 KIND_FILE => {
                     if let Some(first) = first_name.get(id) {
-                        if !same_as_before || std::fs::symlink_metadata(&d).is_err() {
-                            let _ = std::fs::remove_file(&d);
-                            std::fs::hard_link(dst(first), &d).map_err(|e| {
-                                Error::io(format!("cannot link {}", d.display()), e)
-                            })?;
+                        // Another name of a file already done: a hard link to it.
+                        let ino = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+                        if ino(&d).is_none() || ino(&d) != ino(&dst(first)) {
+                            vacate(&d, rel, &mut here, &mut at)?;
+                            std::fs::hard_link(dst(first), &d).map_err(|e| io("link", &d, e))?;
                         }
+                        here.remove(&d);
                         continue;
                     }
                     first_name.insert(*id, rel.clone());
-                    let moved_from = (!same_as_before && !changed.contains(id))
-                        .then(|| old.path_of(*id))
-                        .flatten();
-                    if same_as_before && !changed.contains(id) && d.exists() {
-                        continue;
-                    }
-                    if let Some(from) = moved_from
-                        .filter(|f| dst(f).exists() && new_by_path.get(f.as_slice()) != Some(id))
-                    {
-                        // A move: the copy moves too, nothing is sent again.
-                        keep_aside(rel)?;
-                        std::fs::rename(dst(&from), &d)
-                            .map_err(|e| Error::io(format!("cannot move {}", d.display()), e))?;
-                        continue;
-                    }
-                    if same_as_before && d.exists() {
+                    let copy = at
+                        .get(id)
+                        .filter(|_| kind_of(old, *id) == Some(KIND_FILE))
+                        .filter(|c| c.exists())
+                        .cloned();
+                    let in_place = copy.as_deref() == Some(d.as_path());
+                    let previous = old.files.get(id).and_then(|f| f.content.clone());
+                    let mut keep_previous = || -> Result<()> {
+                        if !in_place {
+                            return Ok(());
+                        }
                         // The previous contents stay readable among the kept versions; the new
                         // copy then replaces the name atomically.
                         let to = versions.join(OsStr::from_bytes(rel));
                         std::fs::create_dir_all(to.parent().expect("has parent"))
-                            .map_err(|e| Error::io("cannot keep an old version", e))?;
+                            .map_err(|e| io("keep an old version of", &d, e))?;
                         let _ = std::fs::remove_file(&to);
-                        std::fs::hard_link(&d, &to).map_err(|e| {
-                            Error::io(format!("cannot keep {} as an old version", d.display()), e)
-                        })?;
+                        std::fs::hard_link(&d, &to).map_err(|e| io("keep an old version of", &d, e))
+                    };
+                    if in_place {
+                        here.remove(&d);
+                        if !changed.contains(id) {
+                            continue;
+                        }
+                    } else {
+                        vacate(&d, rel, &mut here, &mut at)?;
+                        if let Some(from) = copy {
+                            let (_, old_rel) = here.remove(&from).unwrap_or((*id, rel.clone()));
+                            if !changed.contains(id) {
+                                // A move: the copy moves too, nothing is sent again.
+                                std::fs::rename(&from, &d).map_err(|e| io("move", &d, e))?;
+                                at.insert(*id, d.clone());
+                                continue;
+                            }
+                            // Moved and changed: the old copy is an old version.
+                            put_aside(&from, &old_rel)?;
+                        }
                     }
-                    let content = self.copy_in(src, reader, *id, &d, report)?;
-                    if let Some((c, m)) = content {
+                    let previous = if in_place { previous } else { None };
+                    // Read through the catalog's current path: the file may have moved since.
+                    let Some(from) = reader.path_of(*id)?.map(|r| src.abs(&r)) else {
+                        continue;
+                    };
+                    if let Some((c, m)) = self.copy_in(
+                        src,
+                        (&from, *id),
+                        &d,
+                        previous.as_ref(),
+                        &mut keep_previous,
+                        report,
+                    )? {
                         let f = new.files.get_mut(id).expect("listed");
                         f.content = Some(c);
                         f.meta = m;
                     }
+                    at.insert(*id, d.clone());
                 }
                 KIND_SYMLINK => {
                     let t = new.files[id].target.clone().unwrap_or_default();
-                    if std::fs::read_link(&d).ok().as_deref()
-                        != Some(Path::new(OsStr::from_bytes(&t)))
-                    {
-                        let _ = std::fs::remove_file(&d);
+                    let same = std::fs::read_link(&d).ok().as_deref()
+                        == Some(Path::new(OsStr::from_bytes(&t)));
+                    if same {
+                        here.remove(&d);
+                    } else {
+                        vacate(&d, rel, &mut here, &mut at)?;
                         std::os::unix::fs::symlink(OsStr::from_bytes(&t), &d)
-                            .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+                            .map_err(|e| io("create", &d, e))?;
                     }
                 }
                 _ => {
@@ -352,7 +443,31 @@ impl MirrorDrain {
                 }
             }
         }
-        // 3. Times and modes as far as this folder can hold them (owners and xattrs are in
+        // 3. What is left of the old tree: old versions; then empty old folders, deepest first.
+        let mut left: Vec<(PathBuf, (u64, Vec<u8>))> = here.into_iter().collect();
+        left.sort();
+        for (p, (x, old_rel)) in left {
+            let rel = p
+                .strip_prefix(&self.root)
+                .map(|r| r.as_os_str().as_bytes())
+                .unwrap_or_default();
+            if new_by_path.contains_key(rel) {
+                continue;
+            }
+            if lives_on.contains(&x) && at.get(&x) != Some(&p) {
+                // An old name of a file that lives on under another.
+                let _ = std::fs::remove_file(&p);
+                continue;
+            }
+            put_aside(&p, &old_rel)?;
+        }
+        for (op, id) in old_paths.iter().rev() {
+            let cur = relocate(op, &moved_dirs);
+            if kind_of(old, *id) == Some(KIND_DIR) && !new_by_path.contains_key(cur.as_slice()) {
+                let _ = std::fs::remove_dir(dst(&cur));
+            }
+        }
+        // 4. Times and modes as far as this folder can hold them (owners and xattrs are in
         // the metadata file; setting them needs root).
         for (rel, id) in paths.iter().rev() {
             let f = &new.files[id];
@@ -371,15 +486,13 @@ impl MirrorDrain {
     fn copy_in(
         &self,
         src: &Source<'_>,
-        reader: &journal::Reader,
-        id: u64,
+        (from, id): (&Path, u64),
         dest: &Path,
+        previous: Option<&Content>,
+        keep_previous: &mut dyn FnMut() -> Result<()>,
         report: &mut DrainReport,
     ) -> Result<Option<(Content, VMeta)>> {
-        let Some(rel) = reader.path_of(id)? else {
-            return Ok(None);
-        };
-        let from = src.abs(&rel);
+        let from = from.to_owned();
         for attempt in 0..8u32 {
             let f = match File::open(&from) {
                 Ok(f) => f,
@@ -456,24 +569,30 @@ impl MirrorDrain {
                 std::thread::sleep(Duration::from_millis(10 << attempt.min(6)));
                 continue;
             }
+            let meta = journal::Meta::from_std(&after)
+                .map(VMeta::from)
+                .ok_or_else(|| Error::Format("unknown file type".into()))?;
+            let content = Content {
+                size: after.size(),
+                extents,
+            };
+            src.progress.files_done.fetch_add(1, Ordering::Relaxed);
+            if previous == Some(&content) && dest.exists() {
+                // Recorded as changed (a scan is conservative) but the same bytes: the copy
+                // there stays, and no old version is made of it.
+                drop(out);
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(Some((content, meta)));
+            }
             out.sync_all()
                 .map_err(|e| Error::io("cannot write the mirror", e))?;
             drop(out);
+            keep_previous()?;
             std::fs::rename(&tmp, dest)
                 .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
             report.files += 1;
             report.bytes_uploaded += after.size();
-            src.progress.files_done.fetch_add(1, Ordering::Relaxed);
-            let meta = journal::Meta::from_std(&after)
-                .map(VMeta::from)
-                .ok_or_else(|| Error::Format("unknown file type".into()))?;
-            return Ok(Some((
-                Content {
-                    size: after.size(),
-                    extents,
-                },
-                meta,
-            )));
+            return Ok(Some((content, meta)));
         }
         Err(Error::Source {
             path: from,

@@ -344,6 +344,7 @@ fn killed_mid_drain_again_and_again_nothing_is_lost() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
     let mut seed = 0x5eed_u64;
+    let mut killed_mid_drain = 0;
     for round in 0..rounds {
         let m = b.mount();
         let dir = b.pocket.mnt.join(format!("round-{round}"));
@@ -352,7 +353,8 @@ fn killed_mid_drain_again_and_again_nothing_is_lost() {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let size = 200_000 + (seed >> 44) as usize;
+            // 0.5 to 2.5 MB of random data: a drain takes a good part of a second here.
+            let size = 500_000 + (seed >> 43) as usize;
             std::fs::write(dir.join(format!("f{i}")), pseudo_random(size, seed)).unwrap();
         }
         if round > 0 {
@@ -363,9 +365,20 @@ fn killed_mid_drain_again_and_again_nothing_is_lost() {
             std::fs::remove_file(prev.join("f2")).unwrap();
         }
         // Kill at a different moment of the drain each round.
-        std::thread::sleep(Duration::from_millis((seed >> 40) % 400));
+        std::thread::sleep(Duration::from_millis((seed >> 40) % 300));
+        let pending = b.pocket.status()["destinations"][0]["pending_records"]
+            .as_u64()
+            .unwrap();
+        if pending > 0 {
+            killed_mid_drain += 1;
+        }
         m.kill9();
     }
+    assert!(
+        killed_mid_drain > 0,
+        "no kill landed while records were pending; the test proves nothing"
+    );
+    eprintln!("{killed_mid_drain} of {rounds} kills landed with records still pending");
     // A last clean run drains everything.
     let m = b.mount();
     b.wait_drained(&m, Duration::from_secs(120));

@@ -183,7 +183,6 @@ pub fn setup(
         meta_dir: p.meta_dir(),
         journal: p.journal_path(),
         pocket_id: config.id.clone(),
-        pocket_config: std::fs::read(p.config_path())?,
         key,
         dests: config.destinations.iter().map(|d| d.spec()).collect(),
     })

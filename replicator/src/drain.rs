@@ -83,10 +83,13 @@ pub struct VaultDrain {
     state: Option<Option<(Tree, Head)>>,
     segments_since_checkpoint: u64,
     workers: usize,
+    /// The pocket's config file, and what of it the vault holds.
+    config_path: PathBuf,
+    config_sent: Option<Vec<u8>>,
 }
 
 impl VaultDrain {
-    pub fn new(vault: Vault) -> VaultDrain {
+    pub fn new(vault: Vault, config_path: PathBuf) -> VaultDrain {
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -96,7 +99,22 @@ impl VaultDrain {
             state: None,
             segments_since_checkpoint: 0,
             workers,
+            config_path,
+            config_sent: None,
         }
+    }
+
+    /// Stores the pocket's config in the vault when it changed (a destination added while
+    /// mounted, say): whoever rebuilds the drive from this vault gets the current one.
+    fn send_config(&mut self) -> Result<()> {
+        let Ok(text) = std::fs::read(&self.config_path) else {
+            return Ok(());
+        };
+        if self.config_sent.as_ref() != Some(&text) {
+            self.vault.put_pocket_config(&text)?;
+            self.config_sent = Some(text);
+        }
+        Ok(())
     }
 
     /// The vault's newest head, once loaded.
@@ -116,6 +134,7 @@ impl VaultDrain {
 
     fn drain_inner(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
         self.vault.store.check_present()?;
+        self.send_config()?;
         let reader = journal::Reader::open(src.journal)?;
         let jid = reader.journal_id()?;
         if self.state.is_none() {

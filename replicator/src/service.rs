@@ -48,8 +48,6 @@ pub struct Setup {
     pub meta_dir: PathBuf,
     pub journal: PathBuf,
     pub pocket_id: String,
-    /// The pocket's config file, stored (sealed) in each vault so a new drive can be made from it.
-    pub pocket_config: Vec<u8>,
     /// The pocket key, when this machine has it; vaults wait for it otherwise.
     pub key: Option<Key>,
     pub dests: Vec<DestSpec>,
@@ -94,8 +92,9 @@ impl DestDrain {
                         }
                     }
                 }
-                vault.put_pocket_config(&setup.pocket_config)?;
-                Ok(DestDrain::Vault(Box::new(VaultDrain::new(vault))))
+                // The pocket's config travels in the vault, so a new drive can be made from it.
+                let config = setup.meta_dir.join("config.toml");
+                Ok(DestDrain::Vault(Box::new(VaultDrain::new(vault, config))))
             }
             Mode::Mirror => Ok(DestDrain::Mirror(Box::new(MirrorDrain::open(
                 store,

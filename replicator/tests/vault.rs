@@ -70,7 +70,6 @@ impl Fixture {
             meta_dir: self.pocket.join(".backpocket"),
             journal: self.journal(),
             pocket_id: "pocket-1".into(),
-            pocket_config: b"format = 1\n".to_vec(),
             key: Some(self.key.clone()),
             dests: vec![DestSpec {
                 name: "v".into(),
@@ -510,4 +509,27 @@ fn copy_tree(from: &Path, to: &Path) {
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+#[test]
+fn the_pocket_config_travels_in_the_vault_and_follows_changes() {
+    let f = Fixture::new();
+    let cfg = f.pocket.join(".backpocket/config.toml");
+    std::fs::write(&cfg, "format = 1\nid = \"pocket-1\"\n").unwrap();
+    write(&f.pocket.join("a"), b"a");
+    f.sync();
+    let (_rt, v) = f.open_vault();
+    assert_eq!(
+        v.pocket_config().unwrap().unwrap(),
+        b"format = 1\nid = \"pocket-1\"\n"
+    );
+    // A destination added later changes the config; the next drain carries it.
+    std::fs::write(&cfg, "format = 1\nid = \"pocket-1\"\n# changed\n").unwrap();
+    write(&f.pocket.join("b"), b"b");
+    f.sync();
+    assert!(v
+        .pocket_config()
+        .unwrap()
+        .unwrap()
+        .ends_with(b"# changed\n"));
 }

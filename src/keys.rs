@@ -90,6 +90,15 @@ pub fn forget(pocket_id: &str) -> Result<bool> {
     }
 }
 
+/// The pocket key if this machine remembers it (never asks, never derives).
+pub fn remembered(config: &Config) -> Option<Key> {
+    let kc = config.key.as_ref()?;
+    let text = std::fs::read_to_string(machine_key_path(&config.id)?).ok()?;
+    let bytes = Zeroizing::new(hex::decode(text.trim()).ok()?);
+    let key = Key::from_bytes(&bytes).ok()?;
+    checks(kc, &config.id, &key).then_some(key)
+}
+
 fn checks(kc: &KeyConfig, pocket_id: &str, key: &Key) -> bool {
     hex::decode(&kc.check)
         .ok()
@@ -104,15 +113,8 @@ pub fn pocket_key(config: &Config, args: &KeyArgs, interactive: bool) -> Result<
         return Ok(None);
     };
     if args.passphrase_file.is_none() && std::env::var_os(ENV).is_none() {
-        if let Some(path) = machine_key_path(&config.id) {
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                let bytes = Zeroizing::new(hex::decode(text.trim()).unwrap_or_default());
-                if let Ok(key) = Key::from_bytes(&bytes) {
-                    if checks(kc, &config.id, &key) {
-                        return Ok(Some(key));
-                    }
-                }
-            }
+        if let Some(key) = remembered(config) {
+            return Ok(Some(key));
         }
     }
     let prompt = interactive.then_some("pocket passphrase: ");

@@ -132,11 +132,22 @@ fn serve(
     info!("{}", crate::report::scan_line(&report));
 
     // The replicator drains to the destinations while the mount runs.
-    let replicator = if config.destinations.is_empty() || args.no_journal {
+    // It follows destinations added or removed while mounted (`backpocket dest add`).
+    let replicator = if args.no_journal {
         None
     } else {
         let setup = crate::backup::setup(pocket, config, key)?;
-        Some(replicator::Replicator::start(setup, journal.subscribe())?)
+        let p = pocket.clone();
+        let reload: replicator::Reload = Box::new(move || {
+            let config = p.config().ok()?;
+            let specs = config.destinations.iter().map(|d| d.spec()).collect();
+            Some((specs, crate::keys::remembered(&config)))
+        });
+        Some(replicator::Replicator::start(
+            setup,
+            journal.subscribe(),
+            Some(reload),
+        )?)
     };
 
     let options = fs_driver::Options {

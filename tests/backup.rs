@@ -783,3 +783,25 @@ fn a_wrong_passphrase_at_mount_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
     assert!(!common::is_mounted(&b.pocket.mnt));
 }
+
+#[test]
+fn a_destination_added_while_mounted_starts_draining() {
+    let b = Backed::new();
+    let m = b.mount();
+    std::fs::write(
+        b.pocket.mnt.join("before.txt"),
+        b"written before any destination",
+    )
+    .unwrap();
+    // The first vault makes the pocket key and remembers it on this machine; the running
+    // mount picks up both within seconds.
+    let vault = b.pocket.tmp.path().join("vault");
+    b.dest("late", &vault, "vault");
+    std::fs::write(b.pocket.mnt.join("after.txt"), b"written after").unwrap();
+    b.wait_drained(&m, Duration::from_secs(30));
+    let want = exact_tree(&b.pocket.mnt);
+    let out = b.pocket.tmp.path().join("restored");
+    ok_out(&b.restore("late", &out));
+    assert_same_tree(&want, &exact_tree(&out));
+    m.unmount();
+}

@@ -23,7 +23,8 @@ pub use mirror::{init_mirror, is_mirror, restore_mirror};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use retention::{forget, prune, ForgetReport, KeepPolicy, PruneReport};
 pub use service::{
-    is_unreachable, runtime, sync, DestSpec, Mode, Replicator, Setup, SyncOutcome, SyncReport,
+    is_unreachable, runtime, sync, DestSpec, Mode, Reload, Replicator, Setup, SyncOutcome,
+    SyncReport,
 };
 pub use state::{DestLock, DestState};
 pub use store::{local_path, Store};

@@ -32,7 +32,7 @@ pub enum Mode {
 }
 
 /// A configured destination.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DestSpec {
     pub name: String,
     pub url: String,
@@ -149,54 +149,103 @@ pub fn runtime() -> Result<Runtime> {
 pub struct Replicator {
     cancel: Arc<AtomicBool>,
     stop: Option<Sender<()>>,
-    threads: Vec<JoinHandle<()>>,
+    coordinator: Option<JoinHandle<()>>,
     _rt: Option<Runtime>,
 }
 
+/// Reads the destinations as configured now, and the pocket key if this machine has it (None
+/// when the config cannot be read): the replicator follows destinations added and removed
+/// while it runs, and vaults start once a key appears (`backpocket key remember`).
+pub type Reload = Box<dyn Fn() -> Option<(Vec<DestSpec>, Option<Key>)> + Send>;
+
+/// One destination's thread, as the coordinator holds it.
+struct Running {
+    spec: DestSpec,
+    wake: Sender<()>,
+    /// Dropped to stop the thread.
+    _stop: Sender<()>,
+    cancel: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Running {
+    fn start(spec: DestSpec, setup: &Arc<Setup>, rt: &Handle) -> Result<Running> {
+        let (wake, wake_rx) = bounded(1);
+        let (stop, stop_rx) = bounded::<()>(0);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (s, setup, rt, c) = (spec.clone(), setup.clone(), rt.clone(), cancel.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("dest-{}", spec.name))
+            .spawn(move || run_dest(&s, &setup, rt, wake_rx, stop_rx, &c))
+            .map_err(|e| Error::io("cannot start a replicator thread", e))?;
+        Ok(Running {
+            spec,
+            wake,
+            _stop: stop,
+            cancel,
+            thread,
+        })
+    }
+
+    /// Stops the thread; a drain in progress is abandoned.
+    fn finish(self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        drop(self._stop);
+        let _ = self.thread.join();
+    }
+}
+
 impl Replicator {
-    /// Starts draining every destination; `wake` receives the journal's commits.
-    pub fn start(setup: Setup, wake: Receiver<u64>) -> Result<Replicator> {
+    /// Starts draining every destination; `wake` receives the journal's commits. With
+    /// `reload`, destinations added to or removed from the config while running are started
+    /// and stopped within a few seconds.
+    pub fn start(setup: Setup, wake: Receiver<u64>, reload: Option<Reload>) -> Result<Replicator> {
         let rt = runtime()?;
         let cancel = Arc::new(AtomicBool::new(false));
-        let (stop_tx, stop_rx) = bounded::<()>(0);
-        let setup = Arc::new(setup);
-        let mut threads = Vec::new();
-        let mut wakers: Vec<Sender<()>> = Vec::new();
+        let (stop_tx, stop) = bounded::<()>(0);
+        let mut setup = Arc::new(setup);
+        let mut running: Vec<Running> = Vec::new();
         for spec in setup.dests.clone() {
-            let (tx, rx) = bounded(1);
-            wakers.push(tx);
-            let (setup, handle, cancel, stop) = (
-                setup.clone(),
-                rt.handle().clone(),
-                cancel.clone(),
-                stop_rx.clone(),
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("dest-{}", spec.name))
-                    .spawn(move || run_dest(&spec, &setup, handle, rx, stop, &cancel))
-                    .map_err(|e| Error::io("cannot start a replicator thread", e))?,
-            );
+            running.push(Running::start(spec, &setup, rt.handle())?);
         }
-        let stop = stop_rx.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("replicator".into())
-                .spawn(move || loop {
+        let (handle, all_cancel) = (rt.handle().clone(), cancel.clone());
+        let coordinator = std::thread::Builder::new()
+            .name("replicator".into())
+            .spawn(move || {
+                loop {
                     select! {
                         recv(wake) -> m => {
-                            if m.is_err() { return; }
-                            for w in &wakers { let _ = w.try_send(()); }
+                            if m.is_err() { break; }
+                            for r in &running { let _ = r.wake.try_send(()); }
                         }
-                        recv(stop) -> _ => return,
+                        recv(stop) -> _ => break,
+                        default(Duration::from_secs(2)) => {
+                            if let Some((specs, key)) = reload.as_ref().and_then(|r| r()) {
+                                if setup.key.is_none() && key.is_some() {
+                                    // The key came: vaults that waited for it start over.
+                                    setup = Arc::new(Setup { key, ..(*setup).clone() });
+                                    let (vaults, rest): (Vec<_>, Vec<_>) = running
+                                        .into_iter()
+                                        .partition(|r| r.spec.mode == Mode::Vault);
+                                    vaults.into_iter().for_each(Running::finish);
+                                    running = rest;
+                                }
+                                running = follow(running, specs, &setup, &handle);
+                            }
+                        }
                     }
-                })
-                .map_err(|e| Error::io("cannot start the replicator thread", e))?,
-        );
+                }
+                for r in running {
+                    r.cancel
+                        .store(all_cancel.load(Ordering::Relaxed), Ordering::Relaxed);
+                    r.finish();
+                }
+            })
+            .map_err(|e| Error::io("cannot start the replicator thread", e))?;
         Ok(Replicator {
             cancel,
             stop: Some(stop_tx),
-            threads,
+            coordinator: Some(coordinator),
             _rt: Some(rt),
         })
     }
@@ -209,13 +258,49 @@ impl Replicator {
     fn shutdown(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
         self.stop.take();
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.coordinator.take() {
             let _ = t.join();
         }
         if let Some(rt) = self._rt.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
     }
+}
+
+/// Starts threads for destinations that appeared in the config, stops those that went or
+/// changed; the others keep running undisturbed.
+fn follow(
+    running: Vec<Running>,
+    specs: Vec<DestSpec>,
+    setup: &Arc<Setup>,
+    rt: &Handle,
+) -> Vec<Running> {
+    let mut keep = Vec::new();
+    for r in running {
+        if specs.contains(&r.spec) {
+            keep.push(r);
+        } else {
+            info!(
+                dest = r.spec.name,
+                "destination removed or changed in the config; stopping it"
+            );
+            r.finish();
+        }
+    }
+    for spec in specs {
+        if keep.iter().any(|r| r.spec == spec) {
+            continue;
+        }
+        info!(
+            dest = spec.name,
+            "destination added to the config; starting it"
+        );
+        match Running::start(spec, setup, rt) {
+            Ok(r) => keep.push(r),
+            Err(e) => warn!("{e}"),
+        }
+    }
+    keep
 }
 
 impl Drop for Replicator {

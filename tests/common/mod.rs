@@ -30,10 +30,20 @@ macro_rules! require_root {
     };
 }
 
+/// Where the binary under test keeps per-user state (remembered pocket keys): a folder of
+/// this test process, never the user's own `~/.config`.
+pub fn config_home() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bp-test-config-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// Runs the binary, returns its output.
 pub fn run(args: &[&str], cwd: Option<&Path>) -> Output {
     let mut cmd = Command::new(bin());
-    cmd.args(args).env("BACKPOCKET_LOG", "warn");
+    cmd.args(args)
+        .env("BACKPOCKET_LOG", "warn")
+        .env("XDG_CONFIG_HOME", config_home());
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
@@ -175,6 +185,7 @@ impl Mounted {
             .arg(mnt)
             .args(extra)
             .env("BACKPOCKET_LOG", "info")
+            .env("XDG_CONFIG_HOME", config_home())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

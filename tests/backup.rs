@@ -53,16 +53,25 @@ impl Backed {
         self.pocket.mount(&["--passphrase-file", self.pf()])
     }
 
-    /// Waits until every destination holds every record.
+    /// Waits until every destination holds every record. The kernel sends a file's release
+    /// (which records its contents) just after `close()` returns, so "nothing pending" counts
+    /// only once no record has come for a moment.
     fn wait_drained(&self, m: &common::Mounted, timeout: Duration) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
+        let mut last_seq = None;
+        let mut quiet_since = Instant::now();
         loop {
             let s = self.pocket.status();
+            if last_seq != s["journal"]["last_seq"].as_u64() {
+                last_seq = s["journal"]["last_seq"].as_u64();
+                quiet_since = Instant::now();
+            }
             let dests = s["destinations"].as_array().unwrap();
             if !dests.is_empty()
                 && dests
                     .iter()
                     .all(|d| d["pending_records"] == 0 && d["cursor"].is_u64())
+                && quiet_since.elapsed() >= Duration::from_millis(500)
             {
                 return s;
             }

@@ -50,6 +50,9 @@ pub enum Error {
     Source { path: PathBuf, detail: String },
     #[error("stopped")]
     Cancelled,
+    /// The pocket changed under a drain in a way newer journal records will explain.
+    #[error("the pocket changed while it was being copied; it will be taken again")]
+    Retry,
 }
 
 impl Error {

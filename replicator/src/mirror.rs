@@ -113,11 +113,22 @@ impl MirrorDrain {
     }
 
     pub fn drain_once(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
-        let res = self.drain_inner(src);
-        if res.is_err() {
-            self.state = None;
+        let mut attempts = 0;
+        loop {
+            let res = self.drain_inner(src);
+            if res.is_err() {
+                self.state = None;
+            }
+            match res {
+                // A changed file was not where the journal says (a rename or removal whose
+                // record is not committed yet): take the newer records and try again.
+                Err(Error::Retry) if attempts < 40 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                res => return res,
+            }
         }
-        res
     }
 
     fn drain_inner(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
@@ -409,21 +420,25 @@ impl MirrorDrain {
                     }
                     let previous = if in_place { previous } else { None };
                     // Read through the catalog's current path: the file may have moved since.
-                    let Some(from) = reader.path_of(*id)?.map(|r| src.abs(&r)) else {
-                        continue;
-                    };
-                    if let Some((c, m)) = self.copy_in(
-                        src,
-                        (&from, *id),
-                        &d,
-                        previous.as_ref(),
-                        &mut keep_previous,
-                        report,
-                    )? {
-                        let f = new.files.get_mut(id).expect("listed");
-                        f.content = Some(c);
-                        f.meta = m;
-                    }
+                    // Never describe contents that were not copied: a file not found where
+                    // the catalog says makes the drain start over with newer records.
+                    let from = reader
+                        .path_of(*id)?
+                        .map(|r| src.abs(&r))
+                        .ok_or(Error::Retry)?;
+                    let (c, m) = self
+                        .copy_in(
+                            src,
+                            (&from, *id),
+                            &d,
+                            previous.as_ref(),
+                            &mut keep_previous,
+                            report,
+                        )?
+                        .ok_or(Error::Retry)?;
+                    let f = new.files.get_mut(id).expect("listed");
+                    f.content = Some(c);
+                    f.meta = m;
                     at.insert(*id, d.clone());
                 }
                 KIND_SYMLINK => {

@@ -533,3 +533,72 @@ fn the_pocket_config_travels_in_the_vault_and_follows_changes() {
         .unwrap()
         .ends_with(b"# changed\n"));
 }
+
+#[test]
+fn a_mirror_never_describes_contents_it_did_not_copy() {
+    // The race CI once hit: a file's contents are recorded, then it is renamed on the drive,
+    // and the mirror drains before the rename's record is committed.
+    let f = Fixture::new();
+    let p = &f.pocket;
+    let mirror = f._tmp.path().join("mirror");
+    let rt = replicator::runtime().unwrap();
+    let store = Store::open(mirror.to_str().unwrap(), rt.handle().clone(), true).unwrap();
+    replicator::init_mirror(&store, "pocket-1").unwrap();
+    let mut setup = f.setup();
+    setup.dests = vec![DestSpec {
+        name: "m".into(),
+        url: mirror.to_str().unwrap().into(),
+        mode: Mode::Mirror,
+        keep_versions: std::time::Duration::from_secs(3600),
+    }];
+    write(&p.join("a.txt"), b"first");
+    f.scan();
+    let drain = |setup: &Setup| {
+        let target = journal::Reader::open(&f.journal())
+            .unwrap()
+            .status()
+            .unwrap()
+            .last_seq;
+        let mut out = replicator::sync(
+            setup,
+            target,
+            &Progress::default(),
+            &std::sync::atomic::AtomicBool::new(false),
+        );
+        out.remove(0).result.unwrap()
+    };
+    drain(&setup);
+    // Changed and then renamed on the drive; the journal learns of the rename 200 ms later.
+    write(&p.join("a.txt"), b"second, longer");
+    let root = std::fs::metadata(p).unwrap().ino();
+    let md = std::fs::metadata(p.join("a.txt")).unwrap();
+    let j = journal::Journal::open(&f.journal()).unwrap();
+    j.handle().record(journal::Change::Content {
+        file: md.ino(),
+        meta: journal::Meta::from_std(&md).unwrap(),
+    });
+    j.handle().sync().unwrap();
+    std::fs::rename(p.join("a.txt"), p.join("b.txt")).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            j.handle().record(journal::Change::Rename {
+                parent: root,
+                name: b"a.txt".to_vec(),
+                new_parent: root,
+                new_name: b"b.txt".to_vec(),
+                file: md.ino(),
+                exchange: false,
+            });
+            j.handle().sync().unwrap();
+        });
+        drain(&setup);
+    });
+    drain(&setup);
+    j.close().unwrap();
+    let out = f._tmp.path().join("restored");
+    let r = replicator::restore_mirror(&mirror, &out, &[], false, &Progress::default()).unwrap();
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(std::fs::read(out.join("b.txt")).unwrap(), b"second, longer");
+    assert!(!out.join("a.txt").exists());
+}

@@ -10,6 +10,9 @@ command -v xfs_io >/dev/null || need+=(xfsprogs)
 command -v setfattr >/dev/null || need+=(attr)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+# The backup tests mount tmpfs and bind mounts as destinations that fill up and get unplugged.
+command -v mount >/dev/null || need+=(mount)
+command -v mkfifo >/dev/null || need+=(coreutils)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     apt-get update -qq

@@ -397,20 +397,32 @@ pub fn restore(
         return restore_mirror(&mirror, to, paths, json);
     }
     let opened = open_vault(pocket, from, args)?;
+    let paths = paths
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+    restore_vault(&opened.vault, to, at, paths, json)
+}
+
+/// Restores a vault's point into `to`, with a progress bar, and says what it did.
+fn restore_vault(
+    vault: &Vault,
+    to: &Path,
+    at: Option<i64>,
+    paths: Vec<Vec<u8>>,
+    json: bool,
+) -> Result<()> {
     let progress = Progress::default();
     let opts = replicator::RestoreOptions {
         target: to.to_owned(),
         at,
-        paths: paths
-            .iter()
-            .map(|p| p.as_os_str().as_bytes().to_vec())
-            .collect(),
+        paths,
         owners: rustix::process::geteuid().is_root(),
         workers: 8,
     };
     let started = std::time::Instant::now();
     let report = with_progress(&progress, "restoring", || {
-        replicator::restore(&opened.vault, &opts, &progress)
+        replicator::restore(vault, &opts, &progress)
     })?;
     print_restore(&report, to, started.elapsed(), json)
 }
@@ -629,19 +641,7 @@ pub fn init_from(from: &str, dir: &Path, args: &KeyArgs) -> Result<()> {
     let text = String::from_utf8(text).context("the stored pocket config is not text")?;
     let config: Config =
         toml::from_str(&text).context("the stored pocket config cannot be read")?;
-    let progress = Progress::default();
-    let opts = replicator::RestoreOptions {
-        target: dir.to_owned(),
-        at: None,
-        paths: Vec::new(),
-        owners: rustix::process::geteuid().is_root(),
-        workers: 8,
-    };
-    let started = std::time::Instant::now();
-    let report = with_progress(&progress, "restoring", || {
-        replicator::restore(&opened.vault, &opts, &progress)
-    })?;
-    print_restore(&report, dir, started.elapsed(), false)?;
+    restore_vault(&opened.vault, dir, None, Vec::new(), false)?;
     crate::init_with(dir, config)?;
     println!(
         "the new pocket backs up to the same destinations ({}); mount it with: backpocket mount {} MOUNTPOINT",

@@ -24,7 +24,7 @@ use crate::format::{
     Checkpoint, ChunkRef, Content, Extent, Position, VChange, VMeta, KIND_DIR, KIND_FILE,
     KIND_SYMLINK,
 };
-use crate::restore::{prepare_target, set_meta, RestoreReport};
+use crate::restore::{make_special, prepare_target, set_meta, RestoreReport, NOT_ROOT};
 use crate::service::DestSpec;
 use crate::store::{sync_dir, Store};
 use crate::tree::Tree;
@@ -730,27 +730,13 @@ pub fn restore_mirror(
             }
             _ => {
                 report.other += 1;
-                let ty = match f.meta.kind {
-                    4 => rustix::fs::FileType::Fifo,
-                    5 => rustix::fs::FileType::Socket,
-                    6 => rustix::fs::FileType::CharacterDevice,
-                    _ => rustix::fs::FileType::BlockDevice,
-                };
-                match rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    &to,
-                    ty,
-                    rustix::fs::Mode::from_raw_mode(0o600),
-                    f.meta.rdev,
-                ) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e == rustix::io::Errno::PERM => {
-                        report
-                            .skipped
-                            .push((rel.clone(), "device nodes can be made only by root".into()));
+                match make_special(&to, f.meta.kind, f.meta.rdev) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        report.skipped.push((rel.clone(), NOT_ROOT.into()));
                         continue;
                     }
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(e),
                 }
             }
         };

@@ -52,8 +52,8 @@ pub struct RestoreReport {
 pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Result<RestoreReport> {
     let (tree, head) = vault.load_tree(opts.at)?.ok_or_else(|| {
         Error::Format(match opts.at {
-            Some(_) => "the destination holds no backup that old".into(),
-            None => "the destination holds no backup yet".into(),
+            Some(_) => "the destination holds no backup that old; `backpocket log PATH` lists the versions it holds".into(),
+            None => "the destination holds no backup yet; back up first (mount the pocket, or `backpocket sync`)".into(),
         })
     })?;
     prepare_target(&opts.target)?;
@@ -114,28 +114,13 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
                 } else {
                     first_name.insert(*id, rel.clone());
                     report.other += 1;
-                    let ty = match kind {
-                        4 => rustix::fs::FileType::Fifo,
-                        5 => rustix::fs::FileType::Socket,
-                        6 => rustix::fs::FileType::CharacterDevice,
-                        _ => rustix::fs::FileType::BlockDevice,
-                    };
-                    match rustix::fs::mknodat(
-                        CWD,
-                        &p,
-                        ty,
-                        FsMode::from_raw_mode(0o600),
-                        f.meta.rdev,
-                    ) {
-                        Ok(()) => Ok(()),
-                        Err(e) if e == rustix::io::Errno::PERM => {
-                            report.skipped.push((
-                                rel.clone(),
-                                "device nodes can be made only by root".into(),
-                            ));
+                    match make_special(&p, kind, f.meta.rdev) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => {
+                            report.skipped.push((rel.clone(), NOT_ROOT.into()));
                             continue;
                         }
-                        Err(e) => Err(e.into()),
+                        Err(e) => Err(e),
                     }
                 }
             }
@@ -249,6 +234,24 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     rustix::fs::syncfs(&dir)
         .map_err(|e| Error::io("cannot flush the restored files to disk", e.into()))?;
     Ok(report)
+}
+
+/// Why a device node was left out.
+pub(crate) const NOT_ROOT: &str = "device nodes can be made only by root";
+
+/// Makes a fifo, socket or device node (`kind` as stored). Ok(false) when only root may.
+pub(crate) fn make_special(p: &Path, kind: u8, rdev: u64) -> std::io::Result<bool> {
+    let ty = match kind {
+        4 => rustix::fs::FileType::Fifo,
+        5 => rustix::fs::FileType::Socket,
+        6 => rustix::fs::FileType::CharacterDevice,
+        _ => rustix::fs::FileType::BlockDevice,
+    };
+    match rustix::fs::mknodat(CWD, p, ty, FsMode::from_raw_mode(0o600), rdev) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::PERM => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) fn prepare_target(target: &Path) -> Result<()> {

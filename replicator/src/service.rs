@@ -357,10 +357,13 @@ fn run_dest(
             )))
         });
         let mut st = DestState::load(&setup.meta_dir, &spec.name);
+        let before = st.clone();
         st.last_attempt_ns = Some(now_ns());
+        let mut drained = 0;
         let wait = match res {
             Err(Error::Cancelled) => return,
             Ok(n) => {
+                drained = n;
                 if n > 0 {
                     info!(dest = spec.name, records = n, "drained");
                     compact_if_large(&setup.journal);
@@ -387,8 +390,22 @@ fn run_dest(
                 w
             }
         };
-        if let Err(e) = st.save(&setup.meta_dir, &spec.name) {
-            warn!(dest = spec.name, "{e}");
+        // An idle destination checked every 30 s must not mean a durable write to the drive
+        // every 30 s: save what changed, and refresh "last success" every 10 minutes.
+        let stale = before
+            .last_success_ns
+            .is_none_or(|t| now_ns() - t > 600_000_000_000);
+        // Failures are always saved: `sync` waits on the mount's next one.
+        let changed = drained > 0
+            || stale
+            || st.last_error.is_some()
+            || st.reachable != before.reachable
+            || st.last_error != before.last_error
+            || st.head_gen != before.head_gen;
+        if changed {
+            if let Err(e) = st.save(&setup.meta_dir, &spec.name) {
+                warn!(dest = spec.name, "{e}");
+            }
         }
         select! {
             recv(wake) -> _ => {

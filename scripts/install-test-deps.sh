@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine (run as root): FUSE, xfs tools
-# for the power-cut tests, attr, the `tests` user pjdfstest wants, and pjdfstest itself.
+# for the power-cut tests, attr, the `tests` user pjdfstest wants, and pjdfstest itself;
+# OpenSSH and Garage (an S3 server) for the remote-destination tests.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,11 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 # The backup tests mount tmpfs and bind mounts as destinations that fill up and get unplugged.
 command -v mount >/dev/null || need+=(mount)
 command -v mkfifo >/dev/null || need+=(coreutils)
+# The remote-destination tests start their own sshd (and drive ssh), and put the servers in a
+# network namespace behind a veth pair.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     apt-get update -qq
@@ -35,3 +41,15 @@ if ! command -v pjdfstest >/dev/null; then
     echo "installing pjdfstest (cargo install, about a minute)"
     cargo install pjdfstest --version 0.2.2 --locked --quiet
 fi
+
+# Garage, the S3 server the remote tests start (about 12 minutes to build on a fresh machine,
+# so only when it is not on PATH already). Its own target folder, so it never fights over
+# ours.
+if ! command -v garage >/dev/null; then
+    echo "installing garage (cargo install, about 12 minutes)"
+    CARGO_TARGET_DIR="${TMPDIR:-/tmp}/garage-build" cargo install garage --version 2.5.0 --locked \
+        --no-default-features --features bundled-libs,sqlite --quiet
+    rm -rf "${TMPDIR:-/tmp}/garage-build"
+fi
+# sshd as root wants its privilege-separation folder.
+mkdir -p /run/sshd

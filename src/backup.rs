@@ -55,6 +55,45 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
+/// How to reach a remote destination and when to use it (`dest add`).
+#[derive(clap::Args, Debug, Default)]
+pub struct RemoteArgs {
+    /// When to back up there (repeat for several; all must hold): always, reachable,
+    /// network=CIDR, gateway=MAC, host=NAME:PORT, not-metered, schedule='Mon-Fri 09:00-18:00'.
+    #[arg(long = "when", value_name = "CONDITION")]
+    pub when: Vec<String>,
+    /// S3: the service's address, such as https://s3.office.lan.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// S3: the region requests are signed for (default us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3: address buckets as bucket.host instead of host/bucket.
+    #[arg(long)]
+    pub virtual_host_style: bool,
+    /// Transfers in flight at once (default 4 for a server, 2 for a folder).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: Option<u16>,
+    /// Upload bandwidth cap, such as 5MiB/s or 800k.
+    #[arg(long, value_name = "RATE")]
+    pub bandwidth_limit: Option<String>,
+    #[command(flatten)]
+    pub creds: CredentialArgs,
+}
+
+/// Where a destination's credentials come from.
+#[derive(clap::Args, Debug, Default)]
+pub struct CredentialArgs {
+    /// S3: read the keys from this profile of ~/.aws/credentials (else from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// SFTP: carry this private key in the pocket, sealed with the pocket key (else ssh
+    /// uses the agent and the keys of ~/.ssh as usual).
+    #[arg(long, value_name = "KEY_FILE")]
+    pub identity: Option<PathBuf>,
+}
+
 /// `dest add`.
 pub fn dest_add(
     p: &Pocket,
@@ -62,6 +101,7 @@ pub fn dest_add(
     url: &str,
     mode: Mode,
     keep_days: u64,
+    remote: &RemoteArgs,
     args: &KeyArgs,
 ) -> Result<()> {
     if !valid_name(name) {
@@ -73,28 +113,80 @@ pub fn dest_add(
         )
         .into());
     }
+    let usage = |e: anyhow::Error| -> anyhow::Error { Failure::new(ExitCode::Usage, e).into() };
     let mut config = p.config()?;
     if config.destination(name).is_some() {
         bail!("a destination named {name} exists already (`backpocket dest remove {name}` first)");
     }
-    let Some(path) = replicator::local_path(url) else {
-        bail!("{url}: only local folders (a path or file:// URL) are supported as destinations in this version");
-    };
-    let path = std::path::absolute(&path)?;
-    if path.starts_with(&p.root) || p.root.starts_with(&path) {
-        bail!(
-            "{} is inside the pocket (or holds it); a backup must live somewhere else",
-            path.display()
-        );
+    replicator::Policy::parse(&remote.when).map_err(|e| usage(e.into()))?;
+    if let Some(b) = &remote.bandwidth_limit {
+        replicator::parse_bandwidth(b).map_err(|e| usage(e.into()))?;
     }
-    let url = path.to_string_lossy().into_owned();
+    let target = replicator::Target::parse(url).map_err(|e| usage(e.into()))?;
+    let url = match &target {
+        replicator::Target::Local(path) => {
+            let path = std::path::absolute(path)?;
+            if path.starts_with(&p.root) || p.root.starts_with(&path) {
+                bail!(
+                    "{} is inside the pocket (or holds it); a backup must live somewhere else",
+                    path.display()
+                );
+            }
+            path.to_string_lossy().into_owned()
+        }
+        _ => {
+            if mode == Mode::Mirror {
+                return Err(usage(anyhow!("a mirror needs a local folder (it keeps owners, links and special files as they are); SFTP and S3 destinations are vaults: drop --mode mirror")));
+            }
+            url.to_owned()
+        }
+    };
+    let mut dest = DestConfig {
+        name: name.to_owned(),
+        url: url.clone(),
+        mode,
+        keep_versions_days: keep_days,
+        when: remote.when.clone(),
+        endpoint: remote.endpoint.clone(),
+        region: remote.region.clone(),
+        virtual_host_style: remote.virtual_host_style,
+        connections: remote.connections.map(usize::from),
+        bandwidth_limit: remote.bandwidth_limit.clone(),
+        credentials: None,
+    };
+    let key = match mode {
+        Mode::Vault => Some(keys::pocket_key_or_new(p, &mut config, args)?),
+        Mode::Mirror => None,
+    };
+    if !target.is_local() {
+        let secrets = crate::remote::gather_credentials(&target, &remote.creds)?;
+        if !secrets.is_empty() {
+            let key = key.as_ref().expect("remote destinations are vaults");
+            dest.credentials = Some(replicator::seal_secrets(key, name, &secrets)?);
+        }
+    }
     let rt = replicator::runtime()?;
-    let store = Store::open(&url, rt.handle().clone(), true).with_context(|| {
-        format!("cannot use {url} as a destination (its parent folder must exist)")
-    })?;
+    let store = dest
+        .spec()
+        .store(key.as_ref(), rt.handle().clone(), true)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| {
+            if target.is_local() {
+                Ok(s)
+            } else {
+                // Reach it now: a typo in the host or a refused key is better found here.
+                crate::remote::probe(&s).map(|()| s)
+            }
+        })
+        .with_context(|| match &target {
+            replicator::Target::Local(_) => {
+                format!("cannot use {url} as a destination (its parent folder must exist)")
+            }
+            _ => format!("cannot use {url} as a destination; `backpocket dest test` explains step by step once it is added, or check the URL and credentials"),
+        })?;
     match mode {
         Mode::Vault => {
-            let key = keys::pocket_key_or_new(p, &mut config, args)?;
+            let key = key.expect("made above");
             match Vault::read_config(&store) {
                 Ok(vc) if vc.pocket_id == config.id => {
                     Vault::open(store, &key)?;
@@ -102,9 +194,7 @@ pub fn dest_add(
                 }
                 Ok(vc) => return Err(replicator::Error::OtherPocket(vc.pocket_id).into()),
                 Err(replicator::Error::NotAVault(_)) => {
-                    if std::fs::read_dir(&path)?
-                        .any(|e| e.map(|e| e.file_name() != ".tmp").unwrap_or(true))
-                    {
+                    if !store.is_empty()? {
                         bail!("{url} is not empty and is not a vault; give an empty or new folder");
                     }
                     let kdf = config.key.as_ref().expect("made above").kdf.clone();
@@ -118,19 +208,52 @@ pub fn dest_add(
         }
     }
     rt.shutdown_background();
-    config.destinations.push(DestConfig {
-        name: name.to_owned(),
-        url: url.clone(),
-        mode,
-        keep_versions_days: keep_days,
-    });
+    config.destinations.push(dest);
     p.save_config(&config)?;
     let mode_name = match mode {
         Mode::Vault => "vault",
         Mode::Mirror => "mirror",
     };
     println!("added destination {name}: {mode_name} at {url}");
+    if !remote.when.is_empty() {
+        println!("used only when: {}", remote.when.join(", "));
+    }
     println!("it is backed up while the pocket is mounted, or now with `backpocket sync`");
+    Ok(())
+}
+
+/// `dest credentials`.
+pub fn dest_credentials(
+    p: &Pocket,
+    name: &str,
+    creds: &CredentialArgs,
+    args: &KeyArgs,
+) -> Result<()> {
+    let mut config = p.config()?;
+    let Some(d) = config.destination(name).cloned() else {
+        bail!("no destination named {name} (see `backpocket dest list`)");
+    };
+    let target = replicator::Target::parse(&d.url)?;
+    if target.is_local() {
+        bail!("{name} is a local folder; it needs no credentials");
+    }
+    let secrets = crate::remote::gather_credentials(&target, creds)?;
+    let key = keys::pocket_key_or_new(p, &mut config, args)?;
+    let sealed = if secrets.is_empty() {
+        None
+    } else {
+        Some(replicator::seal_secrets(&key, name, &secrets)?)
+    };
+    for dc in &mut config.destinations {
+        if dc.name == name {
+            dc.credentials = sealed.clone();
+        }
+    }
+    p.save_config(&config)?;
+    match sealed {
+        Some(_) => println!("stored the credentials of {name}, sealed with the pocket key"),
+        None => println!("{name} keeps no credentials: ssh's agent and ~/.ssh are used"),
+    }
     Ok(())
 }
 
@@ -140,7 +263,9 @@ pub fn dest_list(p: &Pocket, json: bool) -> Result<()> {
         let list: Vec<_> = config
             .destinations
             .iter()
-            .map(|d| json!({"name": d.name, "url": d.url, "mode": d.mode, "keep_versions_days": d.keep_versions_days}))
+            .map(|d| json!({"name": d.name, "url": d.url, "mode": d.mode, "keep_versions_days": d.keep_versions_days,
+                "when": d.when, "endpoint": d.endpoint, "region": d.region, "connections": d.connections,
+                "bandwidth_limit": d.bandwidth_limit, "has_credentials": d.credentials.is_some()}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
@@ -153,7 +278,12 @@ pub fn dest_list(p: &Pocket, json: bool) -> Result<()> {
             Mode::Vault => "vault ",
             Mode::Mirror => "mirror",
         };
-        println!("{:<16} {mode} {}", d.name, d.url);
+        let when = if d.when.is_empty() {
+            String::new()
+        } else {
+            format!("  (when {})", d.when.join(", "))
+        };
+        println!("{:<16} {mode} {}{when}", d.name, d.url);
     }
     Ok(())
 }
@@ -326,27 +456,50 @@ fn open_vault_of(found: Option<Pocket>, dest: &str, args: &KeyArgs) -> Result<Op
         let d = c.destination(dest)?.clone();
         Some((c, d))
     });
-    let (url, pocket_cfg) = match configured {
+    let (store, key) = match configured {
         Some((c, d)) => {
             if d.mode != Mode::Vault {
                 bail!("{dest} is a mirror; read it with any file browser, or restore from it with `backpocket restore --from {}`", d.url);
             }
-            (d.url, Some(c))
+            let key = keys::pocket_key(&c, args, true)?;
+            let store = d.spec().store(key.as_ref(), rt.handle().clone(), false)?;
+            let vc = Vault::read_config(&store)?;
+            let key = match key {
+                Some(k) if c.id == vc.pocket_id => k,
+                _ => keys::key_for_vault(&vc, args)?,
+            };
+            (store, key)
         }
         None => {
             if replicator::local_path(dest).is_none() && !dest.contains('/') {
                 bail!("{dest} is neither a configured destination nor a folder; see `backpocket dest list`");
             }
-            (dest.to_owned(), found.and_then(|p| p.config().ok()))
+            let pocket_cfg = found.and_then(|p| p.config().ok());
+            // A URL without a pocket (the drive is lost): S3 settings come from the
+            // environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...), SFTP uses ssh's.
+            let access = replicator::Access {
+                endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
+                region: std::env::var("AWS_REGION")
+                    .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+                    .ok(),
+                ..Default::default()
+            };
+            let store = Store::connect(
+                dest,
+                &access,
+                &replicator::Secrets::from_env(),
+                rt.handle().clone(),
+                false,
+            )?;
+            let vc = Vault::read_config(&store)?;
+            let key = match &pocket_cfg {
+                Some(c) if c.id == vc.pocket_id && c.key.is_some() => {
+                    keys::pocket_key(c, args, true)?.expect("has a key")
+                }
+                _ => keys::key_for_vault(&vc, args)?,
+            };
+            (store, key)
         }
-    };
-    let store = Store::open(&url, rt.handle().clone(), false)?;
-    let vc = Vault::read_config(&store)?;
-    let key = match &pocket_cfg {
-        Some(c) if c.id == vc.pocket_id && c.key.is_some() => {
-            keys::pocket_key(c, args, true)?.expect("has a key")
-        }
-        _ => keys::key_for_vault(&vc, args)?,
     };
     let vault = Vault::open(store, &key)?;
     Ok(Opened { vault, _rt: rt })

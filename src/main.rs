@@ -5,6 +5,7 @@ mod exit;
 mod keys;
 mod mount;
 mod pocket;
+mod remote;
 mod report;
 
 use std::io::IsTerminal;
@@ -199,20 +200,43 @@ enum JournalCommand {
 
 #[derive(Subcommand, Debug)]
 enum DestCommand {
-    /// Add a destination: a folder on another disk or a mounted share.
+    /// Add a destination: a folder on another disk or a mounted share, an SFTP server, an
+    /// S3-compatible store.
     Add {
         /// A short name for it (letters, digits, '-', '_', '.').
         name: String,
-        /// The folder (created if its parent exists): a path or file:// URL.
+        /// A folder (created if its parent exists; a path or file:// URL),
+        /// sftp://[user@]host[:port]/path, or s3://bucket[/prefix].
         url: String,
-        /// vault: encrypted, deduplicated, versioned. mirror: a plain copy anyone can open.
+        /// vault: encrypted, deduplicated, versioned. mirror: a plain copy anyone can open
+        /// (local folders only).
         #[arg(long, value_enum, default_value = "vault")]
         mode: ModeArg,
         /// Mirror: days that replaced and deleted files are kept in .backpocket-versions/.
         #[arg(long, default_value_t = 30)]
         keep_versions_days: u64,
         #[command(flatten)]
+        remote: backup::RemoteArgs,
+        #[command(flatten)]
         pocket: PocketArg,
+    },
+    /// Replace a destination's stored credentials (S3 keys from the environment or
+    /// --profile; an SSH key with --identity).
+    Credentials {
+        name: String,
+        #[command(flatten)]
+        creds: backup::CredentialArgs,
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
+    /// Reach a destination, authenticate, write, read back and delete a test object; say what
+    /// failed and what to do about it.
+    Test {
+        name: String,
+        #[command(flatten)]
+        pocket: PocketArg,
+        #[arg(long)]
+        json: bool,
     },
     /// The configured destinations.
     List {
@@ -288,9 +312,25 @@ pub struct MountArgs {
     no_journal: bool,
 }
 
+/// The log filter: `BACKPOCKET_LOG` (a level, or full tracing directives), else `default`.
+/// The transfer libraries' own chatter (every SSH session opened, every HTTP request) is kept
+/// to warnings unless directives name them.
+pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let given = std::env::var("BACKPOCKET_LOG").unwrap_or_default();
+    let directives = if given.contains('=') {
+        given
+    } else {
+        let level = if given.is_empty() { default } else { &given };
+        format!(
+            "{level},openssh=warn,openssh_sftp_client=warn,openssh_sftp_client_lowlevel=warn,opendal=warn,reqwest=warn,hyper=warn,hyper_util=warn"
+        )
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKPOCKET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = log_filter(default);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -337,6 +377,7 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                 url,
                 mode,
                 keep_versions_days,
+                remote,
                 pocket,
             } => {
                 let p = Pocket::find(pocket.pocket.as_deref())?;
@@ -344,7 +385,20 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                     ModeArg::Vault => replicator::Mode::Vault,
                     ModeArg::Mirror => replicator::Mode::Mirror,
                 };
-                backup::dest_add(&p, &name, &url, mode, keep_versions_days, key)
+                backup::dest_add(&p, &name, &url, mode, keep_versions_days, &remote, key)
+            }
+            DestCommand::Credentials {
+                name,
+                creds,
+                pocket,
+            } => backup::dest_credentials(
+                &Pocket::find(pocket.pocket.as_deref())?,
+                &name,
+                &creds,
+                key,
+            ),
+            DestCommand::Test { name, pocket, json } => {
+                remote::dest_test(&Pocket::find(pocket.pocket.as_deref())?, &name, json, key)
             }
             DestCommand::List { pocket, json } => {
                 backup::dest_list(&Pocket::find(pocket.pocket.as_deref())?, json)

@@ -76,8 +76,7 @@ pub fn run(args: MountArgs, key_args: &crate::keys::KeyArgs) -> Result<()> {
             .open(pocket.log_path())
         {
             Ok(f) => {
-                let filter = tracing_subscriber::EnvFilter::try_from_env("BACKPOCKET_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+                let filter = crate::log_filter("info");
                 let _ = tracing_subscriber::fmt()
                     .with_env_filter(filter)
                     .with_ansi(false)

@@ -48,13 +48,35 @@ pub struct KeyConfig {
 #[serde(deny_unknown_fields)]
 pub struct DestConfig {
     pub name: String,
-    /// A local folder (an external disk, a mounted share): a path or a file:// URL.
+    /// A folder (an external disk, a mounted share: a path or a file:// URL),
+    /// sftp://[user@]host[:port]/path or s3://bucket[/prefix].
     pub url: String,
     #[serde(default = "default_mode")]
     pub mode: replicator::Mode,
     /// Mirror: days that replaced and deleted files stay in `.backpocket-versions/`.
     #[serde(default = "default_keep_days")]
     pub keep_versions_days: u64,
+    /// When it may be used (`--when`); every condition must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<String>,
+    /// S3: the service's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3: the signing region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// S3: bucket.host addressing instead of host/bucket.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub virtual_host_style: bool,
+    /// Transfers in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    /// Upload bandwidth cap, such as "5MiB/s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<String>,
+    /// Credentials, sealed with the pocket key (never in plain text on the drive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
 }
 
 fn default_mode() -> replicator::Mode {
@@ -72,6 +94,19 @@ impl DestConfig {
             url: self.url.clone(),
             mode: self.mode,
             keep_versions: Duration::from_secs(self.keep_versions_days * 86_400),
+            access: replicator::Access {
+                endpoint: self.endpoint.clone(),
+                region: self.region.clone(),
+                virtual_host_style: self.virtual_host_style,
+                connections: self.connections,
+                // Checked when added; a hand-edited value that does not parse means no cap.
+                bandwidth: self
+                    .bandwidth_limit
+                    .as_deref()
+                    .and_then(|b| replicator::parse_bandwidth(b).ok()),
+                sealed_secrets: self.credentials.clone(),
+            },
+            when: self.when.clone(),
         }
     }
 }

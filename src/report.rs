@@ -105,7 +105,7 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                     "url": d.url,
                     "mode": d.mode,
                     "reachable": d.state.reachable,
-                    "waiting_for": null,
+                    "waiting_for": d.state.waiting_for,
                     "cursor": d.cursor.as_ref().map(|c| c.cursor),
                     "pending_records": records,
                     "pending_bytes": bytes,
@@ -156,9 +156,10 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                 oldest.map(ago).unwrap_or_default()
             )
         };
-        let reach = match d.state.reachable {
-            Some(false) => ", NOT REACHABLE",
-            _ => "",
+        let reach = match (&d.state.waiting_for, d.state.reachable) {
+            (Some(w), _) => format!(", waiting for {w}"),
+            (None, Some(false)) => ", NOT REACHABLE".to_owned(),
+            _ => String::new(),
         };
         let last = d
             .state

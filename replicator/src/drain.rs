@@ -460,7 +460,7 @@ impl VaultDrain {
                                 src.progress.files_done.fetch_add(1, Ordering::Relaxed);
                                 out.push((*id, outcome));
                             }
-                            packer.flush()
+                            packer.finish()
                         })();
                         uploaded.fetch_add(packer.uploaded_bytes, Ordering::Relaxed);
                         new_chunks.fetch_add(packer.new_chunks, Ordering::Relaxed);

@@ -50,6 +50,10 @@ pub enum Error {
     Source { path: PathBuf, detail: String },
     #[error("stopped")]
     Cancelled,
+    /// Transfers were abandoned because a `--when` condition stopped holding (the office
+    /// network went away mid-drain); they start over once it holds again.
+    #[error("paused: a condition of the destination stopped holding")]
+    Paused,
     /// The pocket changed under a drain in a way newer journal records will explain.
     #[error("the pocket changed while it was being copied; it will be taken again")]
     Retry,
@@ -57,6 +61,9 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn store(context: impl Into<String>, source: opendal::Error) -> Error {
+        if source.message() == PAUSED {
+            return Error::Paused;
+        }
         let context = context.into();
         // OpenDAL passes the OS error's text through; ENOSPC and EDQUOT deserve their own words.
         let text = source.to_string();
@@ -80,4 +87,107 @@ impl Error {
     }
 }
 
+/// The message of the OpenDAL error a paused transfer ends with (turned into [`Error::Paused`]).
+pub(crate) const PAUSED: &str = "backpocket: transfer paused";
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes in one line: OpenDAL keeps the server's or ssh's own words in the
+/// sources, and they are what tells a user what to fix.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// When an error's words say the network or the server could not be reached, what to tell
+/// the user.
+pub fn network_failure(text: &str) -> Option<&'static str> {
+    const SIGNS: [(&str, &str); 10] = [
+        (
+            "Connection refused",
+            "the server refused the connection (is it running, and is the port right?)",
+        ),
+        (
+            "No route to host",
+            "there is no route to the server (are you on its network?)",
+        ),
+        (
+            "Network is unreachable",
+            "the network is unreachable (are you connected?)",
+        ),
+        (
+            "Could not resolve",
+            "the server's name cannot be resolved (is the name right, are you on its network?)",
+        ),
+        (
+            "failed to lookup address",
+            "the server's name cannot be resolved (is the name right, are you on its network?)",
+        ),
+        (
+            "dns error",
+            "the server's name cannot be resolved (is the name right, are you on its network?)",
+        ),
+        (
+            "timed out",
+            "the server did not answer in time (is the network up?)",
+        ),
+        (
+            "connection request: timeout",
+            "the server did not answer in time (is the network up?)",
+        ),
+        (
+            "Connection reset",
+            "the connection was cut (network trouble, or the server restarted)",
+        ),
+        (
+            "error sending request",
+            "the server could not be reached (is the endpoint right, is the network up?)",
+        ),
+    ];
+    SIGNS
+        .iter()
+        .find(|(sign, _)| text.contains(sign))
+        .map(|(_, what)| *what)
+}
+
+/// What to do about a failure, from the words of the server, ssh or the network stack.
+pub fn hint(text: &str) -> Option<&'static str> {
+    const SIGNS: [(&str, &str); 11] = [
+        ("Invalid signature", "the S3 secret key is wrong: store the right one with `backpocket dest credentials NAME`"),
+        ("Host key verification failed", "the server's host key is not in ~/.ssh/known_hosts, or it changed: confirm its fingerprint with the server's administrator, then add it (ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts, or connect once with ssh)"),
+        ("Permission denied", "the server refused the login: check the user in the URL and the key (`backpocket dest credentials NAME --identity KEY_FILE`, or load it into ssh-agent)"),
+        ("InvalidAccessKeyId", "the S3 server does not know this access key: store the right one with `backpocket dest credentials NAME`"),
+        ("SignatureDoesNotMatch", "the S3 secret key is wrong: store the right one with `backpocket dest credentials NAME`"),
+        ("NoSuchBucket", "the bucket does not exist: create it on the S3 server (backpocket never creates buckets)"),
+        ("AuthorizationHeaderMalformed", "the S3 server expects another region: give it with --region when adding the destination"),
+        ("AccessDenied", "the S3 server refused: the key may not read or write this bucket"),
+        ("Forbidden", "the server refused: the credentials may not read or write there"),
+        ("No space left", "the destination is full: free space there"),
+        ("no S3 credentials", "store them with `backpocket dest credentials NAME`"),
+    ];
+    SIGNS
+        .iter()
+        .find(|(sign, _)| text.contains(sign))
+        .map(|(_, what)| *what)
+        .or_else(|| network_failure(text))
+}
+
+impl Error {
+    /// The error with its causes, and what to do about it when the words tell.
+    pub fn explain(&self) -> String {
+        let text = chain(self);
+        match hint(&text) {
+            Some(h) => format!("{h} ({text})"),
+            None => text,
+        }
+    }
+}

@@ -1,11 +1,13 @@
 //! The replicator: drains the journal to destinations, and reads them back (restore, verify,
 //! log). Formats are described in `docs/vault-format.md`.
 
+mod access;
 pub mod crypto;
 mod drain;
 mod error;
 pub mod format;
 mod mirror;
+mod policy;
 mod restore;
 mod retention;
 mod service;
@@ -16,10 +18,12 @@ mod tree;
 mod vault;
 mod verify;
 
+pub use access::{open_secrets, parse_bandwidth, seal_secrets, Access, Secrets};
 pub use crypto::{KdfParams, Key};
 pub use drain::{DrainReport, Progress};
 pub use error::{Error, Result};
 pub use mirror::{init_mirror, is_mirror, restore_mirror};
+pub use policy::{NetWatch, Policy};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use retention::{forget, prune, ForgetReport, KeepPolicy, PruneReport};
 pub use service::{
@@ -27,6 +31,6 @@ pub use service::{
     SyncReport,
 };
 pub use state::{DestLock, DestState};
-pub use store::{local_path, Store};
+pub use store::{local_path, Store, Target};
 pub use vault::{Point, Vault};
 pub use verify::{verify, Damage, VerifyReport};

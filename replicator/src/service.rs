@@ -13,10 +13,12 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use tokio::runtime::{Handle, Runtime};
 use tracing::{info, warn};
 
+use crate::access::{open_secrets, Access, Secrets};
 use crate::crypto::Key;
 use crate::drain::{DrainReport, Progress, Source, VaultDrain};
 use crate::error::{Error, Result};
 use crate::mirror::MirrorDrain;
+use crate::policy::{NetWatch, Policy};
 use crate::state::{DestLock, DestState};
 use crate::store::Store;
 use crate::vault::{now_ns, Vault};
@@ -39,6 +41,24 @@ pub struct DestSpec {
     pub mode: Mode,
     /// Mirror: how long replaced and deleted files stay in `.backpocket-versions/`.
     pub keep_versions: Duration,
+    /// Endpoint, limits and sealed credentials.
+    pub access: Access,
+    /// `--when` conditions (checked by [`Policy::parse`] when the destination is added).
+    pub when: Vec<String>,
+}
+
+impl DestSpec {
+    /// The destination's storage, its credentials opened with the pocket key.
+    pub fn store(&self, key: Option<&Key>, rt: Handle, create: bool) -> Result<Store> {
+        let secrets = match &self.access.sealed_secrets {
+            Some(sealed) => {
+                let key = key.ok_or(Error::NeedPassphrase)?;
+                open_secrets(key, &self.name, sealed)?
+            }
+            None => Secrets::default(),
+        };
+        Store::connect(&self.url, &self.access, &secrets, rt, create)
+    }
 }
 
 /// Everything the replicator needs to know about the pocket.
@@ -63,12 +83,18 @@ pub enum DestDrain {
 impl DestDrain {
     /// Opens the destination (it must be reachable), checking that it is ours and has not gone
     /// back in time.
-    pub fn open(spec: &DestSpec, setup: &Setup, rt: Handle) -> Result<DestDrain> {
-        let store = Store::open(&spec.url, rt, false)?;
+    pub fn open(
+        spec: &DestSpec,
+        setup: &Setup,
+        rt: Handle,
+        pause: Arc<AtomicBool>,
+    ) -> Result<DestDrain> {
+        let store = spec.store(setup.key.as_ref(), rt, false)?.with_pause(pause);
+        store.remove_leftovers();
         match spec.mode {
             Mode::Vault => {
                 let key = setup.key.as_ref().ok_or(Error::NeedPassphrase)?;
-                let vault = Vault::open(store, key)?;
+                let vault = Vault::open(store, key)?.with_cache(&setup.meta_dir.join("cache"));
                 if vault.config.pocket_id != setup.pocket_id {
                     return Err(Error::OtherPocket(vault.config.pocket_id.clone()));
                 }
@@ -128,7 +154,9 @@ pub fn is_unreachable(e: &Error) -> bool {
     match e {
         Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         Error::Store { source, .. } => {
-            source.is_temporary() || source.kind() == opendal::ErrorKind::NotFound
+            source.is_temporary()
+                || source.kind() == opendal::ErrorKind::NotFound
+                || crate::error::network_failure(&crate::error::chain(source)).is_some()
         }
         _ => false,
     }
@@ -165,6 +193,11 @@ struct Running {
     /// Dropped to stop the thread.
     _stop: Sender<()>,
     cancel: Arc<AtomicBool>,
+    /// Set when the network changed: retry now, whatever the backoff.
+    net_changed: Arc<AtomicBool>,
+    /// Set when a condition stopped holding: transfers in flight are abandoned.
+    pause: Arc<AtomicBool>,
+    policy: Policy,
     thread: JoinHandle<()>,
 }
 
@@ -173,16 +206,38 @@ impl Running {
         let (wake, wake_rx) = bounded(1);
         let (stop, stop_rx) = bounded::<()>(0);
         let cancel = Arc::new(AtomicBool::new(false));
+        let net_changed = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(false));
+        let policy = Policy::parse(&spec.when).unwrap_or_else(|e| {
+            // Checked when added; a hand-edited config that breaks it must not back up
+            // somewhere it was told not to.
+            warn!(dest = spec.name, "{e}");
+            Policy::never()
+        });
         let (s, setup, rt, c) = (spec.clone(), setup.clone(), rt.clone(), cancel.clone());
+        let (n, pa, po) = (net_changed.clone(), pause.clone(), policy.clone());
         let thread = std::thread::Builder::new()
             .name(format!("dest-{}", spec.name))
-            .spawn(move || run_dest(&s, &setup, rt, wake_rx, stop_rx, &c))
+            .spawn(move || {
+                let ctl = Control {
+                    wake: wake_rx,
+                    stop: stop_rx,
+                    cancel: &c,
+                    net_changed: &n,
+                    pause: pa,
+                    policy: po,
+                };
+                run_dest(&s, &setup, rt, &ctl)
+            })
             .map_err(|e| Error::io("cannot start a replicator thread", e))?;
         Ok(Running {
             spec,
             wake,
             _stop: stop,
             cancel,
+            net_changed,
+            pause,
+            policy,
             thread,
         })
     }
@@ -209,6 +264,7 @@ impl Replicator {
             running.push(Running::start(spec, &setup, rt.handle())?);
         }
         let (handle, all_cancel) = (rt.handle().clone(), cancel.clone());
+        let net = watch_network(cancel.clone());
         let coordinator = std::thread::Builder::new()
             .name("replicator".into())
             .spawn(move || {
@@ -217,6 +273,18 @@ impl Replicator {
                         recv(wake) -> m => {
                             if m.is_err() { break; }
                             for r in &running { let _ = r.wake.try_send(()); }
+                        }
+                        recv(net) -> m => {
+                            if m.is_err() { continue; }
+                            for r in &running {
+                                if let Some(what) = r.policy.quick_waiting_for() {
+                                    if !r.pause.swap(true, Ordering::Relaxed) {
+                                        info!(dest = r.spec.name, "pausing: no longer on {what}");
+                                    }
+                                }
+                                r.net_changed.store(true, Ordering::Relaxed);
+                                let _ = r.wake.try_send(());
+                            }
                         }
                         recv(stop) -> _ => break,
                         default(Duration::from_secs(2)) => {
@@ -267,6 +335,29 @@ impl Replicator {
     }
 }
 
+/// A thread that reports network changes (links, addresses, routes) on the returned channel
+/// until `stop` is set; a channel that never fires where netlink is not available.
+fn watch_network(stop: Arc<AtomicBool>) -> Receiver<()> {
+    let (tx, rx) = bounded(1);
+    let Some(watch) = NetWatch::open() else {
+        warn!("network changes cannot be watched here; destinations waiting for a network are checked every few seconds");
+        return crossbeam_channel::never();
+    };
+    let spawned = std::thread::Builder::new()
+        .name("netwatch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if watch.wait(Duration::from_millis(500)) {
+                    let _ = tx.try_send(());
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot watch network changes: {e}");
+    }
+    rx
+}
+
 /// Starts threads for destinations that appeared in the config, stops those that went or
 /// changed; the others keep running undisturbed.
 fn follow(
@@ -309,14 +400,34 @@ impl Drop for Replicator {
     }
 }
 
-fn run_dest(
-    spec: &DestSpec,
-    setup: &Setup,
-    rt: Handle,
+/// What a destination's thread listens to.
+struct Control<'a> {
+    /// The journal committed.
     wake: Receiver<()>,
+    /// Dropped: stop.
     stop: Receiver<()>,
-    cancel: &AtomicBool,
-) {
+    cancel: &'a AtomicBool,
+    net_changed: &'a AtomicBool,
+    pause: Arc<AtomicBool>,
+    policy: Policy,
+}
+
+impl Control<'_> {
+    /// Sleeps until woken, stopped (false) or `wait` passed.
+    fn sleep(&self, wait: Duration) -> bool {
+        select! {
+            recv(self.wake) -> _ => {
+                // Coalesce a burst of commits into one drain.
+                std::thread::sleep(Duration::from_millis(2));
+                true
+            }
+            recv(self.stop) -> _ => false,
+            default(wait) => true,
+        }
+    }
+}
+
+fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
     // `sync` may hold the destination; wait for it.
     let _lock = loop {
         match DestLock::try_take(&setup.meta_dir, &spec.name) {
@@ -324,26 +435,63 @@ fn run_dest(
             Ok(None) => {}
             Err(e) => warn!(dest = spec.name, "{e}"),
         }
-        if stop.recv_timeout(Duration::from_secs(1))
+        if ctl.stop.recv_timeout(Duration::from_secs(1))
             != Err(crossbeam_channel::RecvTimeoutError::Timeout)
         {
             return;
         }
     };
+    let policy = &ctl.policy;
     let progress = Progress::default();
     let src = Source {
         pocket: &setup.pocket,
         journal: &setup.journal,
         dest: &spec.name,
-        cancel,
+        cancel: ctl.cancel,
         progress: &progress,
     };
     let mut drain: Option<DestDrain> = None;
     let mut backoff = Duration::from_secs(1);
+    let mut waiting_backoff = Duration::from_secs(2);
     loop {
+        if ctl.net_changed.swap(false, Ordering::Relaxed) {
+            // The network changed: whatever failed may work now.
+            backoff = Duration::from_secs(1);
+            waiting_backoff = Duration::from_secs(2);
+        }
+        if let Some(what) = policy.waiting_for() {
+            let mut st = DestState::load(&setup.meta_dir, &spec.name);
+            if st.waiting_for.as_deref() != Some(what.as_str()) {
+                info!(dest = spec.name, "waiting for {what}");
+                st.waiting_for = Some(what);
+                if let Err(e) = st.save(&setup.meta_dir, &spec.name) {
+                    warn!(dest = spec.name, "{e}");
+                }
+            }
+            // Network changes wake us at once; schedules and probes are checked again with
+            // a backoff (a host= probe is a connection attempt).
+            let wait = waiting_backoff;
+            waiting_backoff = (waiting_backoff * 2).min(Duration::from_secs(30));
+            if !ctl.sleep(wait) {
+                return;
+            }
+            continue;
+        }
+        if waiting_backoff > Duration::from_secs(2) || ctl.pause.load(Ordering::Relaxed) {
+            // It was waiting: say at once that it no longer is.
+            let mut st = DestState::load(&setup.meta_dir, &spec.name);
+            if st.waiting_for.take().is_some() {
+                info!(dest = spec.name, "conditions hold again; resuming");
+                if let Err(e) = st.save(&setup.meta_dir, &spec.name) {
+                    warn!(dest = spec.name, "{e}");
+                }
+            }
+        }
+        waiting_backoff = Duration::from_secs(2);
+        ctl.pause.store(false, Ordering::Relaxed);
         // A bug must show in status, not end this destination's thread silently.
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drain_all(spec, setup, &rt, &mut drain, &src)
+            drain_all(spec, setup, &rt, &mut drain, &src, &ctl.pause)
         }))
         .unwrap_or_else(|p| {
             let what = p
@@ -359,9 +507,16 @@ fn run_dest(
         let mut st = DestState::load(&setup.meta_dir, &spec.name);
         let before = st.clone();
         st.last_attempt_ns = Some(now_ns());
+        st.waiting_for = None;
         let mut drained = 0;
         let wait = match res {
             Err(Error::Cancelled) => return,
+            // A condition stopped holding mid-drain: what arrived stays, the rest waits. The
+            // vault is read again when it resumes (a write cut off may still have landed).
+            Err(Error::Paused) => {
+                drain = None;
+                continue;
+            }
             Ok(n) => {
                 drained = n;
                 if n > 0 {
@@ -382,7 +537,7 @@ fn run_dest(
             Err(e) => {
                 warn!(dest = spec.name, "{e}");
                 st.reachable = Some(!is_unreachable(&e));
-                st.last_error = Some(e.to_string());
+                st.last_error = Some(e.explain());
                 st.last_error_ns = Some(now_ns());
                 drain = None;
                 let w = backoff;
@@ -401,19 +556,15 @@ fn run_dest(
             || st.last_error.is_some()
             || st.reachable != before.reachable
             || st.last_error != before.last_error
+            || st.waiting_for != before.waiting_for
             || st.head_gen != before.head_gen;
         if changed {
             if let Err(e) = st.save(&setup.meta_dir, &spec.name) {
                 warn!(dest = spec.name, "{e}");
             }
         }
-        select! {
-            recv(wake) -> _ => {
-                // Coalesce a burst of commits into one drain.
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            recv(stop) -> _ => return,
-            default(wait) => {}
+        if !ctl.sleep(wait) {
+            return;
         }
     }
 }
@@ -441,9 +592,10 @@ fn drain_all(
     rt: &Handle,
     drain: &mut Option<DestDrain>,
     src: &Source<'_>,
+    pause: &Arc<AtomicBool>,
 ) -> Result<u64> {
     if drain.is_none() {
-        *drain = Some(DestDrain::open(spec, setup, rt.clone())?);
+        *drain = Some(DestDrain::open(spec, setup, rt.clone(), pause.clone())?);
     }
     let d = drain.as_mut().expect("opened above");
     let mut total = 0;
@@ -553,7 +705,7 @@ fn sync_one(
     let mut st = DestState::load(&setup.meta_dir, &spec.name);
     st.last_attempt_ns = Some(now_ns());
     let res = (|| {
-        let mut d = DestDrain::open(spec, setup, rt)?;
+        let mut d = DestDrain::open(spec, setup, rt, Arc::default())?;
         let mut total = DrainReport::default();
         while let Some(r) = d.drain_once(&src)? {
             total.records += r.records;
@@ -582,7 +734,7 @@ fn sync_one(
         }
         Err(e) => {
             st.reachable = Some(!is_unreachable(&e));
-            st.last_error = Some(e.to_string());
+            st.last_error = Some(e.explain());
             st.last_error_ns = Some(now_ns());
             Err(e)
         }

@@ -21,6 +21,9 @@ pub struct DestState {
     pub head_hash: Option<String>,
     /// The vault this state is about (a destination re-added at another folder starts over).
     pub vault_id: Option<String>,
+    /// The `--when` condition the destination waits for, while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// The folder of per-destination state inside `.backpocket/`.

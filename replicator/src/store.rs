@@ -1,47 +1,234 @@
-//! A destination's storage, through OpenDAL. Every write is atomic and durable before it
-//! returns: for a local folder OpenDAL writes a temporary file, fsyncs it and renames it into
-//! place; we add the fsync of the directory that makes the rename itself survive a power cut.
+//! A destination's storage, through OpenDAL: a local folder, an SFTP server or an
+//! S3-compatible store. Every write is atomic before it returns, so a cut connection or a
+//! killed process never leaves half an object under its final name: a local folder gets
+//! OpenDAL's temporary file, fsync and rename plus our fsync of the directory; SFTP a
+//! temporary name renamed into place (posix-rename, atomic on OpenSSH servers); S3 a single
+//! PUT, or a multipart upload that only appears once completed.
 //!
 //! The calls block: the drain's workers are plain threads doing CPU work (chunking, zstd,
 //! AES), and they hand each transfer to the replicator's tokio runtime.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use opendal::layers::{ConcurrentLimitLayer, RetryLayer, ThrottleLayer, TimeoutLayer};
 use opendal::Operator;
 use tokio::runtime::Handle;
 
+use crate::access::{Access, Secrets};
 use crate::error::{Error, Result};
 
-/// Where temporary files live inside a local destination (same filesystem, so rename is
-/// atomic); leftovers of a killed write are removed at the next open.
+/// Where temporary files live inside a local or SFTP destination (same filesystem, so rename
+/// is atomic); leftovers of a killed write are removed at the next open.
 const TMP_DIR: &str = ".tmp";
+
+/// Uploads of one pack go in parts of this size (S3 multipart: at least 5 MiB).
+const PART_SIZE: usize = 8 << 20;
 
 /// One destination's storage.
 #[derive(Clone, Debug)]
 pub struct Store {
     op: Operator,
     rt: Handle,
-    /// The folder, for local destinations.
-    local: Option<PathBuf>,
-    /// The local folder's identity (device, inode) when opened: a disk pulled out (or a share
-    /// unmounted) leaves an ordinary folder or nothing at that path, and nothing may be
-    /// written there in its place.
-    identity: Option<(u64, u64)>,
+    kind: Kind,
     url: String,
+    parallel: usize,
+    /// Set from outside to abandon transfers in flight (the network the destination may be
+    /// used on went away): they fail at once with [`Error::Paused`].
+    pause: Arc<AtomicBool>,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Local {
+        root: PathBuf,
+        /// The folder's identity (device, inode) when opened: a disk pulled out (or a share
+        /// unmounted) leaves an ordinary folder or nothing at that path, and nothing may be
+        /// written there in its place.
+        identity: (u64, u64),
+    },
+    Sftp {
+        /// The private key, written for `ssh` to read while the store is open.
+        _key: Option<Arc<KeyFile>>,
+    },
+    S3,
+}
+
+/// Where a destination URL points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Local(PathBuf),
+    /// `sftp://[user@]host[:port]/absolute/path`
+    Sftp {
+        user: Option<String>,
+        host: String,
+        port: Option<u16>,
+        path: String,
+    },
+    /// `s3://bucket[/prefix]`
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl Target {
+    /// Reads a destination URL; says what a usable one looks like when it is not.
+    pub fn parse(url: &str) -> Result<Target> {
+        if let Some(p) = local_path(url) {
+            return Ok(Target::Local(p));
+        }
+        let bad = |why: &str| {
+            Error::Format(format!(
+                "{url}: {why}; a destination is a folder path, sftp://[user@]host[:port]/path or s3://bucket[/prefix]"
+            ))
+        };
+        let u = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        let path = percent_decode(u.path());
+        match u.scheme() {
+            "sftp" => {
+                let host = u
+                    .host_str()
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| bad("no server named"))?;
+                let path = path.trim_end_matches('/');
+                if path.is_empty() {
+                    return Err(bad("give the folder on the server (sftp://host/folder)"));
+                }
+                Ok(Target::Sftp {
+                    user: Some(percent_decode(u.username())).filter(|s| !s.is_empty()),
+                    host: host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                    port: u.port(),
+                    path: path.to_owned(),
+                })
+            }
+            "s3" => {
+                let bucket = u
+                    .host_str()
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| bad("no bucket named"))?;
+                Ok(Target::S3 {
+                    bucket: bucket.to_owned(),
+                    prefix: path.trim_matches('/').to_owned(),
+                })
+            }
+            other => Err(bad(&format!(
+                "{other}:// is not a kind of destination backpocket knows"
+            ))),
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Target::Local(_))
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 impl Store {
-    /// Opens the storage that `url` names: a local folder (a path or `file://` URL).
-    /// `create` makes the folder (its parent must exist); otherwise a missing folder means the
-    /// destination is not reachable (an external disk not plugged in), and we never create a
-    /// folder on the machine's own disk in its place.
+    /// Opens the storage that `url` names, with no settings beyond the URL (a local folder
+    /// needs none). See [`Store::connect`].
     pub fn open(url: &str, rt: Handle, create: bool) -> Result<Store> {
-        let path = local_path(url).ok_or_else(|| {
-            Error::Format(format!(
-                "{url}: only local folders are supported as destinations in this version (a path or file:// URL)"
-            ))
-        })?;
+        Store::connect(url, &Access::default(), &Secrets::default(), rt, create)
+    }
+
+    /// Opens the storage that `url` names. A local folder: `create` makes it (its parent must
+    /// exist); otherwise a missing folder means the destination is not reachable (an external
+    /// disk not plugged in), and we never create a folder on the machine's own disk in its
+    /// place. A remote store is reached lazily, by the first request.
+    pub fn connect(
+        url: &str,
+        access: &Access,
+        secrets: &Secrets,
+        rt: Handle,
+        create: bool,
+    ) -> Result<Store> {
+        let target = Target::parse(url)?;
+        let path = match target {
+            Target::Local(p) => p,
+            Target::Sftp {
+                user,
+                host,
+                port,
+                path,
+            } => {
+                let endpoint = match port {
+                    Some(p) if host.contains(':') => format!("ssh://[{host}]:{p}"),
+                    Some(p) => format!("ssh://{host}:{p}"),
+                    None => host,
+                };
+                let mut b = opendal::services::Sftp::default()
+                    .endpoint(&endpoint)
+                    .root(&path)
+                    .known_hosts_strategy("strict");
+                if let Some(u) = &user {
+                    b = b.user(u);
+                }
+                let key = match &secrets.ssh_key {
+                    Some(k) => Some(Arc::new(KeyFile::write(k)?)),
+                    None => None,
+                };
+                if let Some(k) = &key {
+                    b = b.key(&k.path.to_string_lossy());
+                }
+                let op =
+                    Operator::new(b).map_err(|e| Error::store(format!("cannot use {url}"), e))?;
+                return Ok(Store::remote(op, access, rt, Kind::Sftp { _key: key }, url));
+            }
+            Target::S3 { bucket, prefix } => {
+                // The HTTP client OpenDAL's S3 service uses (reqwest with rustls); first call
+                // installs it, later ones do nothing.
+                opendal::install_default();
+                let mut b = opendal::services::S3::default()
+                    .bucket(&bucket)
+                    .root(&format!("/{prefix}"))
+                    .region(access.region.as_deref().unwrap_or("us-east-1"))
+                    // Credentials are ours to give: never probe a metadata service or read
+                    // another program's config behind the user's back.
+                    .disable_config_load()
+                    .disable_ec2_metadata();
+                if let Some(e) = &access.endpoint {
+                    b = b.endpoint(e);
+                }
+                if access.virtual_host_style {
+                    b = b.enable_virtual_host_style();
+                }
+                let env = Secrets::from_env();
+                let creds = if secrets.access_key_id.is_some() {
+                    secrets
+                } else {
+                    &env
+                };
+                match (&creds.access_key_id, &creds.secret_access_key) {
+                    (Some(id), Some(secret)) => {
+                        b = b.access_key_id(id).secret_access_key(secret);
+                        if let Some(t) = &creds.session_token {
+                            b = b.session_token(t);
+                        }
+                    }
+                    _ => {
+                        return Err(Error::Format(format!(
+                            "{url}: no S3 credentials: give them with `backpocket dest credentials` (from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or --profile), or set those variables for the mount"
+                        )))
+                    }
+                }
+                let op =
+                    Operator::new(b).map_err(|e| Error::store(format!("cannot use {url}"), e))?;
+                return Ok(Store::remote(op, access, rt, Kind::S3, url));
+            }
+        };
         if create {
             match std::fs::create_dir(&path) {
                 Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("/")))?,
@@ -74,24 +261,103 @@ impl Store {
         let builder = opendal::services::Fs::default()
             .root(&path.to_string_lossy())
             .atomic_write_dir(&tmp.to_string_lossy());
-        let op =
+        let mut op =
             Operator::new(builder).map_err(|e| Error::store(format!("cannot open {url}"), e))?;
+        if let Some(bw) = access.bandwidth {
+            op = op.layer(throttle(bw));
+        }
         Ok(Store {
             op,
             rt,
-            identity: Some(identity(&path)?),
-            local: Some(path),
+            kind: Kind::Local {
+                identity: identity(&path)?,
+                root: path,
+            },
             url: url.to_owned(),
+            parallel: access.connections.unwrap_or(2).max(1),
+            pause: Arc::default(),
         })
+    }
+
+    fn remote(op: Operator, access: &Access, rt: Handle, kind: Kind, url: &str) -> Store {
+        let parallel = access.connections.unwrap_or(4).max(1);
+        // Bounded connections; a stalled request (a link gone without a reset) fails after a
+        // while instead of hanging the drain; brief outages are retried here, longer ones by
+        // the replicator's backoff.
+        let mut op = op
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(Duration::from_secs(60))
+                    .with_io_timeout(Duration::from_secs(20)),
+            )
+            .layer(
+                RetryLayer::new()
+                    .with_max_times(3)
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter(),
+            )
+            .layer(ConcurrentLimitLayer::new(parallel * 2));
+        if let Some(bw) = access.bandwidth {
+            op = op.layer(throttle(bw));
+        }
+        Store {
+            op,
+            rt,
+            kind,
+            url: url.to_owned(),
+            parallel,
+            pause: Arc::default(),
+        }
+    }
+
+    /// Makes `flag` abandon this store's transfers when set (see [`Error::Paused`]).
+    pub fn with_pause(mut self, flag: Arc<AtomicBool>) -> Store {
+        self.pause = flag;
+        self
+    }
+
+    /// Fails with [`Error::Paused`] once the pause flag is set: work that only leads to
+    /// transfers (chunking, sealing) stops too.
+    pub fn check_paused(&self) -> Result<()> {
+        if self.pause.load(Ordering::Relaxed) {
+            return Err(Error::Paused);
+        }
+        Ok(())
+    }
+
+    /// Runs one transfer on the runtime, abandoning it if the pause flag is set meanwhile.
+    fn block<T>(&self, fut: impl Future<Output = opendal::Result<T>>) -> opendal::Result<T> {
+        let pause = self.pause.clone();
+        self.rt.block_on(async move {
+            tokio::select! {
+                r = fut => r,
+                () = async {
+                    while !pause.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                } => Err(opendal::Error::new(opendal::ErrorKind::Unexpected, crate::error::PAUSED)),
+            }
+        })
+    }
+
+    /// How many uploads a drain keeps in flight.
+    pub fn parallel(&self) -> usize {
+        self.parallel
+    }
+
+    /// Whether this is a local folder (mirrors need one).
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind, Kind::Local { .. })
     }
 
     /// Fails (as "not there") when the local folder is no longer the one opened.
     pub fn check_present(&self) -> Result<()> {
-        let (Some(root), Some(id)) = (&self.local, self.identity) else {
+        let Kind::Local { root, identity: id } = &self.kind else {
             return Ok(());
         };
         match identity(root) {
-            Ok(now) if now == id => Ok(()),
+            Ok(now) if now == *id => Ok(()),
             _ => Err(Error::io(
                 format!(
                     "the destination folder {} is not there any more (was the disk unplugged or the share unmounted?)",
@@ -111,15 +377,39 @@ impl Store {
         self.check_present().is_ok()
     }
 
-    /// Writes `key` atomically and durably.
+    /// Writes `key` atomically, and durably where the store lets us ask for it.
     pub fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         self.check_present()?;
         let op = self.op.clone();
         let k = key.to_owned();
-        self.rt
-            .block_on(async move { op.write(&k, data).await })
-            .map_err(|e| Error::store(format!("cannot write {key} to {}", self.url), e))?;
-        if let Some(root) = &self.local {
+        // In parts: S3 uploads big objects in parallel multipart pieces, and a bandwidth cap
+        // meters every kind of store part by part.
+        let res = match &self.kind {
+            Kind::Local { .. } => self
+                .block(async move { op.write_with(&k, data).chunk(PART_SIZE).await.map(|_| ()) }),
+            Kind::S3 => self.block(async move {
+                op.write_with(&k, data)
+                    .chunk(PART_SIZE)
+                    .concurrent(2)
+                    .await
+                    .map(|_| ())
+            }),
+            Kind::Sftp { .. } => {
+                let tmp = format!("{TMP_DIR}/{}", random_name());
+                self.block(async move {
+                    op.write_with(&tmp, data).chunk(PART_SIZE).await?;
+                    match op.rename(&tmp, &k).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            let _ = op.delete(&tmp).await;
+                            Err(e)
+                        }
+                    }
+                })
+            }
+        };
+        res.map_err(|e| Error::store(format!("cannot write {key} to {}", self.url), e))?;
+        if let Kind::Local { root, .. } = &self.kind {
             let file = root.join(key);
             // Our own objects are private whatever the process umask (the mount runs with 0).
             // Checked again: a folder pulled away during the write may have let it land on
@@ -136,8 +426,7 @@ impl Store {
         let op = self.op.clone();
         let k = key.to_owned();
         let buf = self
-            .rt
-            .block_on(async move { op.read(&k).await })
+            .block(async move { op.read(&k).await })
             .map_err(|e| Error::store(format!("cannot read {key} from {}", self.url), e))?;
         Ok(buf.to_vec())
     }
@@ -147,8 +436,7 @@ impl Store {
         let op = self.op.clone();
         let k = key.to_owned();
         let buf = self
-            .rt
-            .block_on(async move { op.read_with(&k).range(offset..offset + len).await })
+            .block(async move { op.read_with(&k).range(offset..offset + len).await })
             .map_err(|e| Error::store(format!("cannot read {key} from {}", self.url), e))?;
         Ok(buf.to_vec())
     }
@@ -157,9 +445,7 @@ impl Store {
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let op = self.op.clone();
         let p = prefix.to_owned();
-        let entries = self
-            .rt
-            .block_on(async move { op.list_with(&p).recursive(true).await });
+        let entries = self.block(async move { op.list_with(&p).recursive(true).await });
         let entries = match entries {
             Ok(e) => e,
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -173,10 +459,11 @@ impl Store {
         let mut out: Vec<(String, u64)> = entries
             .into_iter()
             .filter(|e| e.metadata().mode() == opendal::EntryMode::FILE)
+            .filter(|e| !e.path().starts_with(TMP_DIR))
             .map(|e| (e.path().to_owned(), e.metadata().content_length()))
             .collect();
         // Local listings may not carry sizes; stat what lacks one.
-        if let Some(root) = &self.local {
+        if let Kind::Local { root, .. } = &self.kind {
             for (k, size) in &mut out {
                 if *size == 0 {
                     *size = std::fs::metadata(root.join(&k))
@@ -187,6 +474,29 @@ impl Store {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Removes what killed writes left in the temporary folder of an SFTP destination (a
+    /// local one is cleaned when opened; S3 keeps no temporary objects).
+    pub fn remove_leftovers(&self) {
+        if matches!(self.kind, Kind::Sftp { .. }) {
+            let op = self.op.clone();
+            let _ = self
+                .block(async move { op.delete_with(&format!("{TMP_DIR}/")).recursive(true).await });
+        }
+    }
+
+    /// Whether the destination holds nothing yet (ignoring our own temporary folder).
+    pub fn is_empty(&self) -> Result<bool> {
+        let op = self.op.clone();
+        let entries = self.block(async move { op.list_with("").limit(8).await });
+        match entries {
+            Ok(e) => Ok(e
+                .iter()
+                .all(|e| matches!(e.path(), "" | "/") || e.path().starts_with(TMP_DIR))),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(Error::store(format!("cannot list {}", self.url), e)),
+        }
     }
 
     pub fn exists(&self, key: &str) -> Result<bool> {
@@ -208,7 +518,7 @@ impl Store {
     /// Makes sure the folders in `dirs` exist and are durable (so that later writes need to
     /// sync only the folder they write into).
     pub fn make_dirs(&self, dirs: &[String]) -> Result<()> {
-        let Some(root) = &self.local else {
+        let Kind::Local { root, .. } = &self.kind else {
             return Ok(());
         };
         for d in dirs {
@@ -225,21 +535,27 @@ impl Store {
 
     /// Makes the destination's own folder private (a vault: nobody else has any business in it).
     pub fn make_private(&self) -> Result<()> {
-        match &self.local {
-            Some(root) => std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| {
-                    Error::io(
-                        format!("cannot set the permissions of {}", root.display()),
-                        e,
-                    )
-                }),
-            None => Ok(()),
+        match &self.kind {
+            Kind::Local { root, .. } => {
+                std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(
+                    |e| {
+                        Error::io(
+                            format!("cannot set the permissions of {}", root.display()),
+                            e,
+                        )
+                    },
+                )
+            }
+            _ => Ok(()),
         }
     }
 
     /// The local folder, when the destination is one.
     pub fn local_root(&self) -> Option<&Path> {
-        self.local.as_deref()
+        match &self.kind {
+            Kind::Local { root, .. } => Some(root),
+            _ => None,
+        }
     }
 }
 
@@ -275,4 +591,66 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot open {}", dir.display()), e))?;
     f.sync_all()
         .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
+}
+
+fn throttle(bytes_per_sec: u64) -> ThrottleLayer {
+    let bw = bytes_per_sec.clamp(1, u32::MAX as u64) as u32;
+    // A burst must admit the largest single write (one part); the rate holds over time.
+    ThrottleLayer::new(bw, (PART_SIZE as u32 + (1 << 20)).max(bw))
+}
+
+fn random_name() -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    hex::encode(b)
+}
+
+/// A private key written where `ssh` can read it, and nobody else: a file only the owner can
+/// read, in a folder only the owner can enter, removed when the store closes.
+#[derive(Debug)]
+struct KeyFile {
+    path: PathBuf,
+}
+
+impl KeyFile {
+    fn write(key: &str) -> Result<KeyFile> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| {
+                std::env::temp_dir()
+                    .join(format!("backpocket-{}", rustix::process::getuid().as_raw()))
+            });
+        let dir = base.join("backpocket-keys");
+        private_dir(&dir).map_err(|e| Error::io(format!("cannot make {}", dir.display()), e))?;
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&dir)
+            .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+        if meta.uid() != rustix::process::getuid().as_raw() || !meta.is_dir() {
+            return Err(Error::Format(format!(
+                "{} is not ours; refusing to put a private key there",
+                dir.display()
+            )));
+        }
+        let path = dir.join(format!("key-{}", random_name()));
+        let mut text = key.to_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let res = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+        zeroize::Zeroize::zeroize(&mut text);
+        res.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        Ok(KeyFile { path })
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

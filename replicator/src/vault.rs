@@ -43,6 +43,9 @@ pub struct Vault {
     index: Mutex<HashMap<ChunkId, Loc>>,
     /// Chunks being packed by some worker right now (so two workers never pack one twice).
     in_flight: Mutex<HashSet<ChunkId>>,
+    /// Where index objects of a remote vault are kept on the drive once read, so that
+    /// opening the vault again reads only the ones it has not seen.
+    cache: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -194,7 +197,18 @@ impl Vault {
             },
             index: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            cache: None,
         }
+    }
+
+    /// Keeps index objects of a remote vault in `dir` (on the drive). They stay sealed and are
+    /// authenticated on every use like those read from the vault, so the cache is neither
+    /// secret nor trusted; a local vault needs none.
+    pub fn with_cache(mut self, dir: &std::path::Path) -> Vault {
+        if !self.store.is_local() {
+            self.cache = Some(dir.join(&self.config.id));
+        }
+        self
     }
 
     pub fn chunker(&self) -> Chunker {
@@ -208,33 +222,103 @@ impl Vault {
         *blake3::keyed_hash(self.keys.chunk_id.as_bytes(), data).as_bytes()
     }
 
-    /// Reads every index object. A damaged index object is reported, not fatal: its chunks are
-    /// simply sent again.
+    /// Reads every index object (those of a remote vault from the cache when it has them,
+    /// the others several at a time). A damaged index object is reported, not fatal: its
+    /// chunks are simply sent again.
     pub fn load_index(&self) -> Result<Vec<String>> {
-        let mut damaged = Vec::new();
-        let mut map = HashMap::new();
-        for (key, _) in self.store.list("index/")? {
-            let name = key.trim_start_matches("index/").to_owned();
-            let raw = self.store.get(&key)?;
-            match format::open_object::<PackIndex>(&self.keys.objects, "index", &name, &raw) {
-                Ok(idx) if idx.pack == name => {
-                    let pack: Arc<str> = Arc::from(name.as_str());
-                    for blob in idx.blobs {
-                        map.insert(
-                            blob.id,
-                            Loc {
-                                pack: pack.clone(),
-                                blob,
-                            },
-                        );
+        let listed = self.store.list("index/")?;
+        if let Some(dir) = &self.cache {
+            // Index objects that are gone (pruned) leave the cache too.
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                let names: HashSet<&str> = listed
+                    .iter()
+                    .map(|(k, _)| k.trim_start_matches("index/"))
+                    .collect();
+                for e in rd.flatten() {
+                    if !names.contains(e.file_name().to_string_lossy().as_ref()) {
+                        let _ = std::fs::remove_file(e.path());
                     }
                 }
-                Ok(_) | Err(_) => damaged.push(key),
+            }
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Result<Vec<ReadIndex>>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..self.store.parallel().clamp(1, 16))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((key, size)) = listed.get(i) else {
+                                break;
+                            };
+                            out.push((key.clone(), self.read_index_cached(key, *size)?));
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(Error::Format("an index reader panicked".into())))
+                })
+                .collect()
+        });
+        let mut damaged = Vec::new();
+        let mut map = HashMap::new();
+        for r in results {
+            for (key, idx) in r? {
+                let Some(idx) = idx else {
+                    damaged.push(key);
+                    continue;
+                };
+                let pack: Arc<str> = Arc::from(idx.pack.as_str());
+                for blob in idx.blobs {
+                    map.insert(
+                        blob.id,
+                        Loc {
+                            pack: pack.clone(),
+                            blob,
+                        },
+                    );
+                }
             }
         }
         debug!(chunks = map.len(), "vault index loaded");
         *self.index.lock() = map;
         Ok(damaged)
+    }
+
+    /// One index object, None when it does not open; from the cache when it holds it.
+    fn read_index_cached(&self, key: &str, size: u64) -> Result<Option<PackIndex>> {
+        let name = key.trim_start_matches("index/");
+        let open = |raw: &[u8]| {
+            format::open_object::<PackIndex>(&self.keys.objects, "index", name, raw)
+                .ok()
+                .filter(|idx| idx.pack == name)
+        };
+        let cached = self.cache.as_ref().map(|d| d.join(name));
+        if let Some(c) = &cached {
+            if let Ok(raw) = std::fs::read(c) {
+                if raw.len() as u64 == size {
+                    if let Some(idx) = open(&raw) {
+                        return Ok(Some(idx));
+                    }
+                }
+            }
+        }
+        let raw = self.store.get(key)?;
+        let idx = open(&raw);
+        if let (Some(c), Some(_)) = (&cached, &idx) {
+            // Best effort: a cache that cannot be written only costs a read next time.
+            let tmp = c.with_extension("tmp");
+            let _ = std::fs::create_dir_all(c.parent().unwrap_or(c))
+                .and_then(|()| std::fs::write(&tmp, &raw))
+                .and_then(|()| std::fs::rename(&tmp, c));
+        }
+        Ok(idx)
     }
 
     pub fn locate(&self, id: &ChunkId) -> Option<Loc> {
@@ -317,6 +401,7 @@ impl Vault {
             vault: self,
             buf: Vec::with_capacity(PACK_TARGET + (1 << 20)),
             blobs: Vec::new(),
+            uploads: std::collections::VecDeque::new(),
             uploaded_bytes: 0,
             new_chunks: 0,
         }
@@ -581,6 +666,9 @@ fn master_aad(vault_id: &str) -> Vec<u8> {
     format::aad("master-key", vault_id)
 }
 
+/// An index object's key, and what it holds when it opened.
+type ReadIndex = (String, Option<PackIndex>);
+
 /// A segment or a checkpoint.
 #[derive(Debug)]
 pub enum LogObject {
@@ -604,20 +692,30 @@ impl LogObject {
 }
 
 /// Packs chunks for one worker: dedup against the index and the other workers, compress,
-/// seal, and upload a pack with its index object once it is full.
+/// seal, and upload a pack with its index object once it is full. Uploads run beside the
+/// packing (up to the store's `parallel()` packs in flight per worker), so a slow link and
+/// the CPU work overlap; memory stays bounded by that many packs.
 pub struct Packer<'v> {
     vault: &'v Vault,
     buf: Vec<u8>,
     blobs: Vec<BlobEntry>,
+    uploads: std::collections::VecDeque<Upload>,
     /// Bytes written to the destination.
     pub uploaded_bytes: u64,
     pub new_chunks: u64,
+}
+
+/// A pack on its way: its index once both objects are at the destination.
+struct Upload {
+    ids: Vec<ChunkId>,
+    done: std::thread::JoinHandle<Result<(PackIndex, u64)>>,
 }
 
 impl std::fmt::Debug for Packer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Packer")
             .field("blobs", &self.blobs.len())
+            .field("uploads", &self.uploads.len())
             .finish()
     }
 }
@@ -625,6 +723,7 @@ impl std::fmt::Debug for Packer<'_> {
 impl Packer<'_> {
     /// Takes one chunk; returns how the file refers to it.
     pub fn add(&mut self, data: &[u8]) -> Result<ChunkRef> {
+        self.vault.store.check_paused()?;
         let id = self.vault.chunk_id(data);
         let r = ChunkRef {
             id,
@@ -660,9 +759,9 @@ impl Packer<'_> {
         Ok(r)
     }
 
-    /// Uploads the pack being filled, then its index object; only then do its chunks count as
-    /// held by the destination.
-    pub fn flush(&mut self) -> Result<()> {
+    /// Sends the pack being filled: the pack, then its index object; only once both are at
+    /// the destination do its chunks count as held.
+    fn flush(&mut self) -> Result<()> {
         if self.blobs.is_empty() {
             return Ok(());
         }
@@ -674,22 +773,57 @@ impl Packer<'_> {
             &format::aad("pack-header", ""),
             &header,
         )?;
-        let mut pack = std::mem::take(&mut self.buf);
+        let mut pack =
+            std::mem::replace(&mut self.buf, Vec::with_capacity(PACK_TARGET + (1 << 20)));
         pack.extend_from_slice(&sealed_header);
         pack.extend_from_slice(&(sealed_header.len() as u32).to_le_bytes());
         let name = self.vault.pack_name(&pack);
         let size = pack.len() as u64;
-        self.vault.store.put(&Vault::pack_key(&name), pack)?;
-        let blobs = std::mem::take(&mut self.blobs);
         let index = PackIndex {
             pack: name.clone(),
             size,
-            blobs,
+            blobs: std::mem::take(&mut self.blobs),
         };
         let sealed = format::seal_object(&self.vault.keys.objects, "index", &name, &index)?;
-        self.uploaded_bytes += size + sealed.len() as u64;
-        self.vault.store.put(&format!("index/{name}"), sealed)?;
-        let pack: Arc<str> = Arc::from(name.as_str());
+        let ids = index.blobs.iter().map(|b| b.id).collect();
+        let store = self.vault.store.clone();
+        let done = std::thread::Builder::new()
+            .name("upload".into())
+            .spawn(move || {
+                let bytes = size + sealed.len() as u64;
+                store.put(&Vault::pack_key(&name), pack)?;
+                store.put(&format!("index/{name}"), sealed)?;
+                Ok((index, bytes))
+            })
+            .map_err(|e| Error::io("cannot start an upload thread", e))?;
+        self.uploads.push_back(Upload { ids, done });
+        while self.uploads.len() >= self.vault.store.parallel() {
+            self.complete_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest upload and makes its chunks count as held.
+    fn complete_oldest(&mut self) -> Result<()> {
+        let Some(up) = self.uploads.pop_front() else {
+            return Ok(());
+        };
+        let res = up
+            .done
+            .join()
+            .unwrap_or_else(|_| Err(Error::Format("an upload thread panicked".into())));
+        let (index, bytes) = match res {
+            Ok(r) => r,
+            Err(e) => {
+                let mut fl = self.vault.in_flight.lock();
+                for id in &up.ids {
+                    fl.remove(id);
+                }
+                return Err(e);
+            }
+        };
+        self.uploaded_bytes += bytes;
+        let pack: Arc<str> = Arc::from(index.pack.as_str());
         let mut map = self.vault.index.lock();
         let mut fl = self.vault.in_flight.lock();
         for blob in index.blobs {
@@ -702,13 +836,28 @@ impl Packer<'_> {
                 },
             );
         }
-        self.buf = Vec::with_capacity(PACK_TARGET + (1 << 20));
         Ok(())
     }
 
+    /// Sends what is left and waits until every pack of this worker is at the destination.
+    pub fn finish(&mut self) -> Result<()> {
+        self.flush()?;
+        let mut first_err = None;
+        while !self.uploads.is_empty() {
+            if let Err(e) = self.complete_oldest() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// Forgets chunks this packer took but never uploaded (the drain failed), so that the
-    /// next drain packs them again.
+    /// next drain packs them again. Uploads already under way are waited for: what arrived
+    /// counts as held and is not sent again.
     pub fn abandon(&mut self) {
+        while !self.uploads.is_empty() {
+            let _ = self.complete_oldest();
+        }
         let mut fl = self.vault.in_flight.lock();
         for b in self.blobs.drain(..) {
             fl.remove(&b.id);

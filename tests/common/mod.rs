@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod backed;
+pub mod servers;
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_backpocket")
 }
@@ -40,10 +43,17 @@ pub fn config_home() -> PathBuf {
 
 /// Runs the binary, returns its output.
 pub fn run(args: &[&str], cwd: Option<&Path>) -> Output {
+    run_env(args, cwd, &[])
+}
+
+/// Runs the binary with more environment, returns its output.
+pub fn run_env(args: &[&str], cwd: Option<&Path>, env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env("BACKPOCKET_LOG", "warn")
-        .env("XDG_CONFIG_HOME", config_home());
+        .env("XDG_CONFIG_HOME", config_home())
+        .envs(servers::child_env())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
@@ -186,6 +196,7 @@ impl Mounted {
             .args(extra)
             .env("BACKPOCKET_LOG", "info")
             .env("XDG_CONFIG_HOME", config_home())
+            .envs(servers::child_env())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,377 @@
+//! Real servers for the destination tests, started by the tests themselves: an OpenSSH sshd
+//! with its own config, host key and authorized key, and Garage (an S3 implementation), on
+//! loopback or inside a network namespace. Each is stopped (by process id) when dropped, with
+//! the `ssh` masters the SFTP client left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn wait_port(addr: &str, port: u16, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // A server in a namespace is reached through its veth from here too.
+        let ok = std::net::TcpStream::connect_timeout(
+            &format!("{addr}:{port}").parse().unwrap(),
+            Duration::from_millis(300),
+        )
+        .is_ok();
+        if ok {
+            return;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "server exited ({st}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server on {addr}:{port} not ready: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn(
+    netns: Option<&str>,
+    program: &str,
+    args: &[&str],
+    log: &Path,
+    envs: &[(&str, &str)],
+) -> Child {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    };
+    let logf = std::fs::File::create(log).unwrap();
+    cmd.args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+}
+
+fn stop(child: &mut Child) {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The ssh client setup every SFTP test shares: a host key all test servers use, a client
+/// key they all accept, a known_hosts holding that host key, and an `ssh` wrapper first on
+/// the PATH of the backpocket processes so that `ssh` reads this config instead of the
+/// user's. Nothing in the user's ~/.ssh is touched.
+pub struct SshClient {
+    pub dir: PathBuf,
+    /// The client's private key (authorized on every test server).
+    pub key: PathBuf,
+    pub host_key: PathBuf,
+    /// PATH with the wrapper first.
+    pub path: String,
+}
+
+static SSH_CLIENT: OnceLock<SshClient> = OnceLock::new();
+
+/// What every backpocket process of this test process gets in its environment: the ssh
+/// wrapper on PATH, once an SFTP test set it up.
+pub fn child_env() -> Vec<(&'static str, String)> {
+    match SSH_CLIENT.get() {
+        Some(c) => vec![("PATH", c.path.clone())],
+        None => Vec::new(),
+    }
+}
+
+pub fn ssh_client() -> &'static SshClient {
+    SSH_CLIENT.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("bp-test-ssh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let keygen = |name: &str| {
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "backpocket-test", "-f"])
+                .arg(dir.join(name))
+                .status()
+                .expect("ssh-keygen (install openssh-client)");
+            assert!(st.success());
+        };
+        keygen("host_key");
+        keygen("other_host_key");
+        keygen("id");
+        let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
+        let mut parts = host_pub.split_whitespace();
+        let (kt, kb) = (parts.next().unwrap(), parts.next().unwrap());
+        std::fs::write(dir.join("known_hosts"), format!("* {kt} {kb}\n")).unwrap();
+        std::fs::write(
+            dir.join("ssh_config"),
+            format!(
+                "Host *\n  UserKnownHostsFile {d}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  IdentitiesOnly yes\n  IdentityFile {d}/agentless-none\n  ConnectTimeout 5\n  ServerAliveInterval 5\n  ServerAliveCountMax 2\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let wrapper = dir.join("bin/ssh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec /usr/bin/ssh -F {} \"$@\"\n",
+                dir.join("ssh_config").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        SshClient {
+            key: dir.join("id"),
+            host_key: dir.join("host_key"),
+            dir,
+            path,
+        }
+    })
+}
+
+/// An OpenSSH server of the test's own.
+pub struct Sshd {
+    child: Child,
+    pub addr: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// Listens on `addr` (inside `netns` when given), with the shared test host key or
+    /// another one (`other_host_key`: a server that is not the one known_hosts knows).
+    pub fn start(addr: &str, netns: Option<&str>, other_host_key: bool) -> Sshd {
+        let client = ssh_client();
+        let dir = tempfile::Builder::new()
+            .prefix("bp-test-sshd")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = free_port();
+        let host_key = if other_host_key {
+            client.dir.join("other_host_key")
+        } else {
+            client.host_key.clone()
+        };
+        std::fs::copy(
+            client.dir.join("id.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .unwrap();
+        let config = dir.path().join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress {addr}\nHostKey {hk}\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\nMaxSessions 100\n",
+                hk = host_key.display(),
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("log");
+        let cfg = config.to_string_lossy().into_owned();
+        let mut child = spawn(
+            netns,
+            "/usr/sbin/sshd",
+            &["-D", "-e", "-f", &cfg],
+            &log,
+            &[],
+        );
+        wait_port(addr, port, &mut child, &log);
+        Sshd {
+            child,
+            addr: addr.to_owned(),
+            port,
+            dir,
+        }
+    }
+
+    /// `sftp://` URL of `path` on this server.
+    pub fn url(&self, path: &Path) -> String {
+        let user = whoami();
+        format!(
+            "sftp://{user}@{}:{}{}",
+            self.addr,
+            self.port,
+            path.display()
+        )
+    }
+}
+
+fn whoami() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+        kill_ssh_masters(self.port);
+    }
+}
+
+/// Ends the `ssh` processes connected to `port` (OpenDAL's SFTP client runs ssh as a master
+/// that outlives a killed backpocket).
+pub fn kill_ssh_masters(port: u16) {
+    let port = port.to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_ssh = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"/ssh") || *a == b"ssh");
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == b"-p" && w[1] == port.as_bytes())
+            || args
+                .iter()
+                .any(|a| a.ends_with(format!(":{port}").as_bytes()));
+        if is_ssh && ours {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// A Garage S3 server (single node), with a bucket and a key made at start.
+pub struct Garage {
+    children: Vec<Child>,
+    pub addr: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+}
+
+pub fn have_garage() -> bool {
+    Command::new("garage")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Skips a test when Garage is not installed, loudly (CI installs it: tests/run.sh).
+#[macro_export]
+macro_rules! require_garage {
+    () => {
+        if !common::servers::have_garage() {
+            eprintln!(
+                "SKIPPED {}: garage is not on PATH (tests/run.sh installs it with cargo install garage)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+impl Garage {
+    pub fn start(addr: &str, netns: Option<&str>) -> Garage {
+        let dir = tempfile::Builder::new()
+            .prefix("bp-test-garage")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let rpc = free_port();
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).unwrap();
+        let config = dir.path().join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\nrpc_bind_addr = \"{addr}:{rpc}\"\nrpc_public_addr = \"{addr}:{rpc}\"\nrpc_secret = \"{s}\"\n[s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"{addr}:{port}\"\nroot_domain = \".s3.garage\"\n",
+                d = dir.path().display(),
+                s = hex::encode(secret)
+            ),
+        )
+        .unwrap();
+        let mut k = [0u8; 12];
+        getrandom::fill(&mut k).unwrap();
+        let access_key = format!("GK{}", hex::encode(k));
+        getrandom::fill(&mut secret).unwrap();
+        let secret_key = hex::encode(secret);
+        let bucket = "pockets".to_owned();
+        let log = dir.path().join("log");
+        let cfg = config.to_string_lossy().into_owned();
+        let mut child = spawn(
+            netns,
+            "garage",
+            &["-c", &cfg, "server", "--single-node", "--default-bucket"],
+            &log,
+            &[
+                ("GARAGE_DEFAULT_ACCESS_KEY", &access_key),
+                ("GARAGE_DEFAULT_SECRET_KEY", &secret_key),
+                ("GARAGE_DEFAULT_BUCKET", &bucket),
+                ("RUST_LOG", "warn"),
+            ],
+        );
+        wait_port(addr, port, &mut child, &log);
+        Garage {
+            children: vec![child],
+            addr: addr.to_owned(),
+            port,
+            dir,
+            access_key,
+            secret_key,
+            bucket,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}:{}", self.addr, self.port)
+    }
+
+    /// The environment a client needs for this server's key.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            stop(c);
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! Remote destinations against real servers the tests start themselves: an OpenSSH sshd and
+//! Garage (S3). One suite runs against a local folder, SFTP and S3 alike; `dest test` and
+//! `journal status` are checked for words a user can act on; the office-network policy is
+//! tested for real with a network namespace whose link goes down and up mid-drain.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::backed::{ok_out, pseudo_random, workload, Backed};
+use common::servers::{ssh_client, Garage, Sshd};
+use common::{assert_same_tree, exact_tree, ok, run_env};
+
+/// Where a suite's destination lives.
+enum Kind {
+    Local,
+    Sftp,
+    S3,
+}
+
+/// The destination test suite: add, drain a mounted workload, restore exactly, change things,
+/// drain again, restore again, verify every byte, and `dest test`. The mount gets no
+/// credentials in its environment: it must use the ones sealed in the pocket.
+fn suite(kind: Kind) {
+    let b = Backed::new();
+    let tmp = b.pocket.tmp.path().to_owned();
+    let mut _sshd = None;
+    let mut garage = None;
+    match kind {
+        Kind::Local => {
+            b.dest("d", &tmp.join("vault"), "vault");
+        }
+        Kind::Sftp => {
+            let s = Sshd::start("127.0.0.1", None, false);
+            let key = ssh_client().key.to_str().unwrap().to_owned();
+            b.dest_url("d", &s.url(&tmp.join("vault")), &["--identity", &key], &[]);
+            _sshd = Some(s);
+        }
+        Kind::S3 => {
+            let g = Garage::start("127.0.0.1", None);
+            b.dest_url(
+                "d",
+                "s3://pockets/alice",
+                &["--endpoint", &g.endpoint(), "--region", "garage"],
+                &g.env(),
+            );
+            garage = Some(g);
+        }
+    }
+    // Credentials are sealed, never in the config in plain text.
+    let config = std::fs::read_to_string(b.pocket.root.join(".backpocket/config.toml")).unwrap();
+    assert!(!config.contains("PRIVATE KEY"), "{config}");
+    if let Some(g) = &garage {
+        assert!(!config.contains(&g.secret_key), "{config}");
+        assert!(config.contains("credentials = "), "{config}");
+    }
+    let m = b.mount();
+    workload(&b.pocket.mnt);
+    b.wait_drained(&m, Duration::from_secs(90));
+    let want = exact_tree(&b.pocket.mnt);
+    let out = tmp.join("restored");
+    ok_out(&b.restore("d", &out));
+    assert_same_tree(&want, &exact_tree(&out));
+    // An incremental round: edits, a move, a delete.
+    let mnt = &b.pocket.mnt;
+    std::fs::write(mnt.join("docs/report.txt"), b"third draft\n").unwrap();
+    std::fs::rename(mnt.join("docs/deep"), mnt.join("deep-moved")).unwrap();
+    std::fs::remove_file(mnt.join("run.sh")).unwrap();
+    std::fs::write(mnt.join("big-2"), pseudo_random(3_000_000, 77)).unwrap();
+    b.wait_drained(&m, Duration::from_secs(60));
+    let want = exact_tree(mnt);
+    let s = b.pocket.status();
+    let d = &s["destinations"][0];
+    assert_eq!(d["reachable"], true, "{d:#}");
+    assert!(d["waiting_for"].is_null(), "{d:#}");
+    m.unmount();
+    let out = tmp.join("restored-again");
+    ok_out(&b.restore("d", &out));
+    assert_same_tree(&want, &exact_tree(&out));
+    let ver = ok(&[
+        "verify",
+        "d",
+        "--read-data",
+        "--pocket",
+        b.pocket.p(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    assert!(ver.contains("no damage found"), "{ver}");
+    let t = ok(&[
+        "dest",
+        "test",
+        "d",
+        "--json",
+        "--pocket",
+        b.pocket.p(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    let t: serde_json::Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(t["ok"], true, "{t:#}");
+    let steps: Vec<&str> = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "conditions",
+            "credentials",
+            "reach",
+            "write",
+            "read back",
+            "delete",
+            "vault"
+        ]
+    );
+}
+
+#[test]
+fn suite_on_a_local_folder() {
+    require_root!();
+    suite(Kind::Local);
+}
+
+#[test]
+fn suite_on_sftp() {
+    require_root!();
+    suite(Kind::Sftp);
+}
+
+#[test]
+fn suite_on_s3() {
+    require_root!();
+    require_garage!();
+    suite(Kind::S3);
+}
+
+/// `dest add` and `dest test` output for a failure, with its exit status.
+fn fails(args: &[&str], env: &[(&str, String)]) -> String {
+    let out = run_env(args, None, env);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "should have failed: {text}");
+    text
+}
+
+#[test]
+fn failures_are_explained_in_words_a_user_can_act_on() {
+    require_root!();
+    let b = Backed::new();
+    let tmp = b.pocket.tmp.path().to_owned();
+    let key = ssh_client().key.to_str().unwrap().to_owned();
+    let common_args = ["--pocket", b.pocket.p(), "--passphrase-file", b.pf()];
+    let add = |name: &str, url: &str, extra: &[&str], env: &[(&str, String)]| {
+        let mut a = vec!["dest", "add", name, url];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&common_args);
+        fails(&a, env)
+    };
+    // A server whose host key is not the one known_hosts holds: never accepted silently.
+    let impostor = Sshd::start("127.0.0.1", None, true);
+    let e = add(
+        "x",
+        &impostor.url(&tmp.join("v")),
+        &["--identity", &key],
+        &[],
+    );
+    assert!(e.contains("host key"), "{e}");
+    assert!(
+        !tmp.join("v").exists(),
+        "nothing was written to an unverified server"
+    );
+    drop(impostor);
+    // A key the server does not accept.
+    let sshd = Sshd::start("127.0.0.1", None, false);
+    let other = tmp.join("other-key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = add(
+        "x",
+        &sshd.url(&tmp.join("v")),
+        &["--identity", other.to_str().unwrap()],
+        &[],
+    );
+    assert!(e.contains("refused the login"), "{e}");
+    // A passphrase-protected key cannot be used unattended: said at once.
+    let locked = tmp.join("locked-key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "secret", "-f"])
+        .arg(&locked)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = add(
+        "x",
+        &sshd.url(&tmp.join("v")),
+        &["--identity", locked.to_str().unwrap()],
+        &[],
+    );
+    assert!(e.contains("passphrase"), "{e}");
+    // Added while the server runs; then the server goes away: `dest test` says so.
+    b.dest_url(
+        "office",
+        &sshd.url(&tmp.join("v")),
+        &["--identity", &key],
+        &[],
+    );
+    drop(sshd);
+    let mut a = vec!["dest", "test", "office"];
+    a.extend_from_slice(&common_args);
+    let e = fails(&a, &[]);
+    assert!(
+        e.contains("FAIL") && e.contains("refused the connection"),
+        "{e}"
+    );
+    // S3: a wrong secret, a missing bucket, no credentials at all.
+    if common::servers::have_garage() {
+        let g = Garage::start("127.0.0.1", None);
+        let s3 = ["--endpoint", &g.endpoint(), "--region", "garage"];
+        let mut env = g.env();
+        env[1].1 = "0".repeat(64);
+        let e = add("y", "s3://pockets/a", &s3, &env);
+        assert!(e.contains("secret key is wrong"), "{e}");
+        let e = add("y", "s3://no-such-bucket/a", &s3, &g.env());
+        assert!(e.contains("bucket does not exist"), "{e}");
+        let e = add("y", "s3://pockets/a", &s3, &[]);
+        assert!(e.contains("no S3 credentials"), "{e}");
+    } else {
+        eprintln!("SKIPPED the S3 part: garage is not on PATH");
+    }
+    // Usage mistakes are refused before anything is reached.
+    let e = add("z", "s3://pockets/a", &["--when", "sometimes"], &[]);
+    assert!(e.contains("network=CIDR"), "{e}");
+    let e = add("z", "sftp://host/x", &["--mode", "mirror"], &[]);
+    assert!(e.contains("mirror needs a local folder"), "{e}");
+    let e = add("z", "ftp://host/x", &[], &[]);
+    assert!(e.contains("sftp://"), "{e}");
+}
+
+/// A network namespace holding the servers, reached through a veth pair whose near end the
+/// test sets down and up.
+struct Office {
+    ns: String,
+    near: String,
+    pub net: String,
+    pub host_addr: String,
+    pub server_addr: String,
+}
+
+impl Office {
+    fn new() -> Option<Office> {
+        let id = std::process::id() % 200 + 20;
+        let ns = format!("bp-office-{}", std::process::id());
+        let near = format!("bpv{}", std::process::id() % 100_000);
+        let far = format!("{near}p");
+        let office = Office {
+            ns: ns.clone(),
+            near: near.clone(),
+            net: format!("10.231.{id}.0/24"),
+            host_addr: format!("10.231.{id}.1"),
+            server_addr: format!("10.231.{id}.2"),
+        };
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ip(&["netns", "add", &ns]) {
+            return None;
+        }
+        let host_cidr = format!("{}/24", office.host_addr);
+        let server_cidr = format!("{}/24", office.server_addr);
+        let steps: [&[&str]; 7] = [
+            &["link", "add", &near, "type", "veth", "peer", "name", &far],
+            &["link", "set", &far, "netns", &ns],
+            &["addr", "add", &host_cidr, "dev", &near],
+            &["link", "set", &near, "up"],
+            &["-n", &ns, "addr", "add", &server_cidr, "dev", &far],
+            &["-n", &ns, "link", "set", &far, "up"],
+            &["-n", &ns, "link", "set", "lo", "up"],
+        ];
+        for s in steps {
+            assert!(ip(s), "ip {s:?} failed");
+        }
+        Some(office)
+    }
+
+    fn link(&self, up: bool) {
+        let st = Command::new("ip")
+            .args(["link", "set", &self.near, if up { "up" } else { "down" }])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Office {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.near])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn dir_bytes(d: &Path) -> u64 {
+    let mut n = 0;
+    let mut stack = vec![d.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                n += m.len();
+            }
+        }
+    }
+    n
+}
+
+/// Packs at the destination with their inode and mtime: a pack sent again would be a new
+/// file under the same name.
+fn packs(vault: &Path) -> Vec<(String, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![vault.join("data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((
+                    e.file_name().to_string_lossy().into_owned(),
+                    m.ino(),
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_office_network_goes_down_mid_drain_and_comes_back() {
+    require_root!();
+    let Some(office) = Office::new() else {
+        eprintln!("SKIPPED the_office_network_goes_down_mid_drain_and_comes_back: network namespaces are not available here (ip netns add failed)");
+        return;
+    };
+    let sshd = Sshd::start(&office.server_addr, Some(&office.ns), false);
+    let b = Backed::new();
+    let vault = b.pocket.tmp.path().join("office-vault");
+    let key = ssh_client().key.to_str().unwrap().to_owned();
+    let when = format!("network={}", office.net);
+    b.dest_url(
+        "office",
+        &sshd.url(&vault),
+        &[
+            "--identity",
+            &key,
+            "--when",
+            &when,
+            "--bandwidth-limit",
+            "12MiB/s",
+        ],
+        &[],
+    );
+    let m = b.mount();
+    // Incompressible data, enough for several packs at the capped rate.
+    let total: usize = 160 << 20;
+    for i in 0..8 {
+        std::fs::write(
+            b.pocket.mnt.join(format!("f{i}")),
+            pseudo_random(total / 8, 1000 + i as u64),
+        )
+        .unwrap();
+    }
+    // Wait for some packs to arrive, then pull the office network away.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dir_bytes(&vault.join("data")) < 40 << 20 {
+        assert!(Instant::now() < deadline, "nothing arrived: {}", m.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    office.link(false);
+    let down_at = Instant::now();
+    let waiting = loop {
+        let s = b.pocket.status();
+        let w = s["destinations"][0]["waiting_for"].clone();
+        if w.is_string() {
+            break w;
+        }
+        assert!(
+            down_at.elapsed() < Duration::from_secs(5),
+            "not paused within 5 s of the link going down: {s:#}\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(waiting, format!("network {}", office.net));
+    let paused_after = down_at.elapsed();
+    let arrived = packs(&vault);
+    assert!(!arrived.is_empty());
+    // Paused: nothing more arrives while the link is down.
+    std::thread::sleep(Duration::from_secs(3));
+    let pending = b.pocket.status()["destinations"][0]["pending_records"].clone();
+    assert!(
+        pending.as_u64().unwrap() > 0,
+        "drained before the cut; make the data larger"
+    );
+    let human = ok(&["journal", "status", "--pocket", b.pocket.p()]);
+    assert!(
+        human.contains(&format!("waiting for network {}", office.net)),
+        "{human}"
+    );
+    office.link(true);
+    let up_at = Instant::now();
+    // Resumes within seconds of the link coming back.
+    loop {
+        let s = b.pocket.status();
+        let d = &s["destinations"][0];
+        if d["waiting_for"].is_null() && packs(&vault).len() > arrived.len() {
+            break;
+        }
+        assert!(
+            up_at.elapsed() < Duration::from_secs(10),
+            "did not resume within 10 s: {s:#}\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let resumed_after = up_at.elapsed();
+    b.wait_drained(&m, Duration::from_secs(120));
+    // Nothing that had arrived was sent again.
+    let after = packs(&vault);
+    for p in &arrived {
+        assert!(after.contains(p), "pack {} was sent again or lost", p.0);
+    }
+    let want = exact_tree(&b.pocket.mnt);
+    m.unmount();
+    let out = b.pocket.tmp.path().join("restored");
+    ok_out(&b.restore("office", &out));
+    assert_same_tree(&want, &exact_tree(&out));
+    eprintln!(
+        "paused {paused_after:?} after the link went down; resumed {resumed_after:?} after it came back; {} packs kept",
+        arrived.len()
+    );
+    drop(sshd);
+}

@@ -185,19 +185,7 @@ fn killed_mid_drain_again_and_again_nothing_is_lost() {
     b.wait_drained(&m, Duration::from_secs(120));
     let want = exact_tree(&b.pocket.mnt);
     m.unmount();
-    let out = b.pocket.tmp.path().join("restored");
-    ok_out(&b.restore("home", &out));
-    assert_same_tree(&want, &exact_tree(&out));
-    let ver = ok(&[
-        "verify",
-        "home",
-        "--read-data",
-        "--pocket",
-        b.pocket.p(),
-        "--passphrase-file",
-        b.pf(),
-    ]);
-    assert!(ver.contains("no damage found"), "{ver}");
+    b.assert_restores("home", &want, "restored");
     // Nothing half-written is left where restore could see it.
     assert!(
         walk(&vault.join(".tmp")).is_empty(),

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub mod dataset;
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_backpocket")
 }

@@ -140,7 +140,8 @@ mod tests {
         let s = Secrets {
             access_key_id: Some("GK123".into()),
             secret_access_key: Some("shh".into()),
-            ..Secrets::default()
+            session_token: None,
+            ssh_key: None,
         };
         let sealed = seal_secrets(&k, "office", &s).unwrap();
         assert!(!sealed.contains("shh"));
@@ -156,9 +157,10 @@ mod tests {
     #[test]
     fn secrets_are_not_printed() {
         let s = Secrets {
+            access_key_id: None,
             secret_access_key: Some("hunter2".into()),
+            session_token: None,
             ssh_key: Some("-----BEGIN OPENSSH PRIVATE KEY-----".into()),
-            ..Secrets::default()
         };
         let shown = format!("{s:?}");
         assert!(

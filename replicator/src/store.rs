@@ -654,3 +654,62 @@ impl Drop for KeyFile {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_urls() {
+        assert_eq!(
+            Target::parse("/media/backup").unwrap(),
+            Target::Local("/media/backup".into())
+        );
+        assert_eq!(
+            Target::parse("file:///media/b").unwrap(),
+            Target::Local("/media/b".into())
+        );
+        assert_eq!(
+            Target::parse("sftp://alice@files.office.lan/backups/alice").unwrap(),
+            Target::Sftp {
+                user: Some("alice".into()),
+                host: "files.office.lan".into(),
+                port: None,
+                path: "/backups/alice".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("sftp://[::1]:2222/srv/my%20pocket/").unwrap(),
+            Target::Sftp {
+                user: None,
+                host: "::1".into(),
+                port: Some(2222),
+                path: "/srv/my pocket".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("s3://pockets/alice/laptop/").unwrap(),
+            Target::S3 {
+                bucket: "pockets".into(),
+                prefix: "alice/laptop".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("s3://pockets").unwrap(),
+            Target::S3 {
+                bucket: "pockets".into(),
+                prefix: String::new()
+            }
+        );
+        for bad in [
+            "sftp://host",
+            "sftp:///x",
+            "s3:///x",
+            "ftp://host/x",
+            "http://x/y",
+        ] {
+            let e = Target::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("sftp://[user@]host"), "{bad}: {e}");
+        }
+    }
+}

@@ -76,6 +76,8 @@ impl Fixture {
                 url: self.vault_dir.to_str().unwrap().into(),
                 mode: Mode::Vault,
                 keep_versions: std::time::Duration::from_secs(0),
+                access: Default::default(),
+                when: Vec::new(),
             }],
         }
     }
@@ -550,6 +552,8 @@ fn a_mirror_never_describes_contents_it_did_not_copy() {
         url: mirror.to_str().unwrap().into(),
         mode: Mode::Mirror,
         keep_versions: std::time::Duration::from_secs(3600),
+        access: Default::default(),
+        when: Vec::new(),
     }];
     write(&p.join("a.txt"), b"first");
     f.scan();

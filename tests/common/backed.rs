@@ -96,6 +96,29 @@ impl Backed {
         }
     }
 
+    /// Restores `dest` into the new folder `into`, insists it is `want` exactly, and that
+    /// `verify --read-data` finds every byte there intact.
+    pub fn assert_restores(
+        &self,
+        dest: &str,
+        want: &std::collections::BTreeMap<Vec<u8>, String>,
+        into: &str,
+    ) {
+        let out = self.pocket.tmp.path().join(into);
+        ok_out(&self.restore(dest, &out));
+        super::assert_same_tree(want, &super::exact_tree(&out));
+        let ver = ok(&[
+            "verify",
+            dest,
+            "--read-data",
+            "--pocket",
+            self.pocket.p(),
+            "--passphrase-file",
+            self.pf(),
+        ]);
+        assert!(ver.contains("no damage found"), "{ver}");
+    }
+
     pub fn restore(&self, from: &str, to: &Path) -> std::process::Output {
         run(
             &[

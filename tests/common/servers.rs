@@ -272,6 +272,8 @@ pub fn kill_ssh_masters(port: u16) {
 /// A Garage S3 server (single node), with a bucket and a key made at start.
 pub struct Garage {
     children: Vec<Child>,
+    configs: Vec<PathBuf>,
+    pub ports: Vec<u16>,
     pub addr: String,
     pub port: u16,
     pub dir: tempfile::TempDir,
@@ -303,31 +305,56 @@ macro_rules! require_garage {
     };
 }
 
+/// One Garage node's config; returns (config path, S3 port).
+fn garage_config(dir: &Path, addr: &str, secret: &str, replication: u32) -> (PathBuf, u16) {
+    let port = free_port();
+    let rpc = free_port();
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("garage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\nreplication_factor = {replication}\nrpc_bind_addr = \"{addr}:{rpc}\"\nrpc_public_addr = \"{addr}:{rpc}\"\nrpc_secret = \"{secret}\"\n[s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"{addr}:{port}\"\nroot_domain = \".s3.garage\"\n",
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    (config, port)
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).unwrap();
+    hex::encode(b)
+}
+
+/// Runs the garage CLI against a node; returns stdout.
+fn garage_cli(config: &Path, args: &[&str]) -> String {
+    let out = Command::new("garage")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "garage {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Garage {
     pub fn start(addr: &str, netns: Option<&str>) -> Garage {
         let dir = tempfile::Builder::new()
             .prefix("bp-test-garage")
             .tempdir()
             .unwrap();
-        let port = free_port();
-        let rpc = free_port();
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).unwrap();
-        let config = dir.path().join("garage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\nrpc_bind_addr = \"{addr}:{rpc}\"\nrpc_public_addr = \"{addr}:{rpc}\"\nrpc_secret = \"{s}\"\n[s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"{addr}:{port}\"\nroot_domain = \".s3.garage\"\n",
-                d = dir.path().display(),
-                s = hex::encode(secret)
-            ),
-        )
-        .unwrap();
-        let mut k = [0u8; 12];
-        getrandom::fill(&mut k).unwrap();
-        let access_key = format!("GK{}", hex::encode(k));
-        getrandom::fill(&mut secret).unwrap();
-        let secret_key = hex::encode(secret);
+        let (config, port) = garage_config(dir.path(), addr, &random_hex(32), 1);
+        let access_key = format!("GK{}", random_hex(12));
+        let secret_key = random_hex(32);
         let bucket = "pockets".to_owned();
         let log = dir.path().join("log");
         let cfg = config.to_string_lossy().into_owned();
@@ -346,6 +373,8 @@ impl Garage {
         wait_port(addr, port, &mut child, &log);
         Garage {
             children: vec![child],
+            configs: vec![config],
+            ports: vec![port],
             addr: addr.to_owned(),
             port,
             dir,
@@ -353,6 +382,138 @@ impl Garage {
             secret_key,
             bucket,
         }
+    }
+
+    /// Three nodes on loopback with replication factor 3, a bucket and a key; clients talk to
+    /// the first node.
+    pub fn cluster() -> Garage {
+        let dir = tempfile::Builder::new()
+            .prefix("bp-test-garage3")
+            .tempdir()
+            .unwrap();
+        let secret = random_hex(32);
+        let (mut children, mut configs, mut ports) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..3 {
+            let d = dir.path().join(format!("node{i}"));
+            let (config, port) = garage_config(&d, "127.0.0.1", &secret, 3);
+            let log = d.join("log");
+            let cfg = config.to_string_lossy().into_owned();
+            let mut child = spawn(
+                None,
+                "garage",
+                &["-c", &cfg, "server"],
+                &log,
+                &[("RUST_LOG", "warn")],
+            );
+            wait_port("127.0.0.1", port, &mut child, &log);
+            children.push(child);
+            configs.push(config);
+            ports.push(port);
+        }
+        let ids: Vec<String> = configs
+            .iter()
+            .map(|c| garage_cli(c, &["node", "id", "-q"]).trim().to_owned())
+            .collect();
+        for id in &ids[1..] {
+            garage_cli(&configs[0], &["node", "connect", id]);
+        }
+        for id in &ids {
+            let short = &id[..16];
+            garage_cli(
+                &configs[0],
+                &["layout", "assign", "-z", "dc1", "-c", "1G", short],
+            );
+        }
+        garage_cli(&configs[0], &["layout", "apply", "--version", "1"]);
+        let access_key = format!("GK{}", random_hex(12));
+        let secret_key = random_hex(32);
+        let bucket = "pockets".to_owned();
+        // The layout takes a moment to reach every node.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new("garage")
+                .arg("-c")
+                .arg(&configs[0])
+                .args(["bucket", "create", &bucket])
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+                .status
+                .success();
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the garage cluster did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        garage_cli(
+            &configs[0],
+            &[
+                "key",
+                "import",
+                "--yes",
+                "-n",
+                "test",
+                &access_key,
+                &secret_key,
+            ],
+        );
+        garage_cli(
+            &configs[0],
+            &[
+                "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", "test",
+            ],
+        );
+        Garage {
+            children,
+            configs,
+            port: ports[0],
+            ports,
+            addr: "127.0.0.1".into(),
+            dir,
+            access_key,
+            secret_key,
+            bucket,
+        }
+    }
+
+    /// Starts node `i` again after [`Garage::kill_node`], on the same ports and data.
+    pub fn restart_node(&mut self, i: usize) {
+        let cfg = self.configs[i].to_string_lossy().into_owned();
+        let log = self.configs[i].with_file_name("log-restarted");
+        let mut child = if self.configs.len() == 1 {
+            spawn(
+                None,
+                "garage",
+                &["-c", &cfg, "server", "--single-node", "--default-bucket"],
+                &log,
+                &[
+                    ("GARAGE_DEFAULT_ACCESS_KEY", &self.access_key),
+                    ("GARAGE_DEFAULT_SECRET_KEY", &self.secret_key),
+                    ("GARAGE_DEFAULT_BUCKET", &self.bucket),
+                    ("RUST_LOG", "warn"),
+                ],
+            )
+        } else {
+            spawn(
+                None,
+                "garage",
+                &["-c", &cfg, "server"],
+                &log,
+                &[("RUST_LOG", "warn")],
+            )
+        };
+        wait_port(&self.addr, self.ports[i], &mut child, &log);
+        self.children[i] = child;
+    }
+
+    /// Kills node `i` (as a crash: SIGKILL).
+    pub fn kill_node(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
     }
 
     pub fn endpoint(&self) -> String {

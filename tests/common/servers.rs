@@ -235,9 +235,49 @@ fn whoami() -> String {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        // The sessions first: they outlive the listener, and one whose client vanished with
+        // a deleted network link would wait for TCP to give up.
+        for pid in descendants(self.child.id()) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
         stop(&mut self.child);
         kill_ssh_masters(self.port);
     }
+}
+
+/// Every process below `pid`, from /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...; comm may hold spaces and parentheses.
+        let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        if let Some(ppid) = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(q) = frontier.pop() {
+        for (p, pp) in &parent_of {
+            if *pp == q && !out.contains(p) {
+                out.push(*p);
+                frontier.push(*p);
+            }
+        }
+    }
+    out
 }
 
 /// Ends the `ssh` processes connected to `port` (OpenDAL's SFTP client runs ssh as a master

@@ -323,20 +323,26 @@ pub fn up_addresses() -> Vec<IpAddr> {
 
 /// Hardware addresses of the default gateways, from the kernel's route and neighbour tables.
 fn gateway_macs() -> Vec<[u8; 6]> {
-    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    gateway_macs_from(
+        &std::fs::read_to_string("/proc/net/route").unwrap_or_default(),
+        &std::fs::read_to_string("/proc/net/arp").unwrap_or_default(),
+    )
+}
+
+fn gateway_macs_from(routes: &str, arp: &str) -> Vec<[u8; 6]> {
     let gateways: Vec<String> = routes
         .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            // Iface Destination Gateway Flags ...; a default route has destination 0.
+            // Iface Destination Gateway Flags ...; a default route has destination 0. The
+            // kernel prints the address's bytes as a number in this machine's byte order.
             (f.len() > 3 && f[1] == "00000000" && f[2] != "00000000").then(|| {
                 let g = u32::from_str_radix(f[2], 16).unwrap_or(0);
-                std::net::Ipv4Addr::from(g.to_le_bytes()).to_string()
+                std::net::Ipv4Addr::from(g.to_ne_bytes()).to_string()
             })
         })
         .collect();
-    let arp = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
     arp.lines()
         .skip(1)
         .filter_map(|l| {
@@ -490,6 +496,29 @@ mod tests {
         let far = Condition::parse("network=203.0.113.0/24").unwrap();
         assert!(!far.holds());
         assert_eq!(far.describe(), "network 203.0.113.0/24");
+    }
+
+    #[test]
+    fn the_gateway_comes_from_the_route_and_neighbour_tables() {
+        let routes = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                      eth0\t00000000\t0100140A\t0003\t0\t0\t100\t00000000\n\
+                      eth0\t0000140A\t00000000\t0001\t0\t0\t100\t0000FFFF\n";
+        let arp =
+            "IP address       HW type     Flags       HW address            Mask     Device\n\
+                   10.20.0.1        0x1         0x2         52:54:00:ab:cd:01     *        eth0\n\
+                   10.20.0.7        0x1         0x2         52:54:00:ab:cd:07     *        eth0\n";
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                gateway_macs_from(routes, arp),
+                vec![[0x52, 0x54, 0, 0xab, 0xcd, 1]]
+            );
+        }
+        // An incomplete neighbour entry is no gateway yet.
+        let incomplete = arp.replace(
+            "0x2         52:54:00:ab:cd:01",
+            "0x0         52:54:00:ab:cd:01",
+        );
+        assert!(gateway_macs_from(routes, &incomplete).is_empty());
     }
 
     #[test]

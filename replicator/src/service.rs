@@ -425,6 +425,25 @@ impl Control<'_> {
             default(wait) => true,
         }
     }
+
+    /// Sleeps while a condition does not hold: until the network changes, `wait` passes or
+    /// it is stopped (false). Journal commits do not end it: checking a `host=` condition
+    /// is a connection attempt, not something to do on every write.
+    fn sleep_waiting(&self, wait: Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            select! {
+                recv(self.wake) -> _ => {
+                    if self.net_changed.load(Ordering::Relaxed) {
+                        return true;
+                    }
+                }
+                recv(self.stop) -> _ => return false,
+                default(left) => return true,
+            }
+        }
+    }
 }
 
 fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
@@ -472,7 +491,7 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
             // a backoff (a host= probe is a connection attempt).
             let wait = waiting_backoff;
             waiting_backoff = (waiting_backoff * 2).min(Duration::from_secs(30));
-            if !ctl.sleep(wait) {
+            if !ctl.sleep_waiting(wait) {
                 return;
             }
             continue;

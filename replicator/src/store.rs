@@ -614,25 +614,39 @@ struct KeyFile {
 
 impl KeyFile {
     fn write(key: &str) -> Result<KeyFile> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(|| {
-                std::env::temp_dir()
-                    .join(format!("backpocket-{}", rustix::process::getuid().as_raw()))
-            });
-        let dir = base.join("backpocket-keys");
+        let uid = rustix::process::getuid().as_raw();
+        // Memory-backed where there is one (the session's runtime folder, /dev/shm): a key
+        // left behind by a killed process never reaches a disk.
+        let base = [
+            std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+            Some(PathBuf::from("/dev/shm")),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("backpocket-keys-{uid}"));
         private_dir(&dir).map_err(|e| Error::io(format!("cannot make {}", dir.display()), e))?;
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::symlink_metadata(&dir)
             .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
-        if meta.uid() != rustix::process::getuid().as_raw() || !meta.is_dir() {
+        if meta.uid() != uid || !meta.is_dir() {
             return Err(Error::Format(format!(
                 "{} is not ours; refusing to put a private key there",
                 dir.display()
             )));
         }
-        let path = dir.join(format!("key-{}", random_name()));
+        // Keys of processes that were killed before they could remove theirs.
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.strip_prefix("key-").and_then(|r| r.split('-').next());
+            if let Some(pid) = owner.and_then(|p| p.parse::<u32>().ok()) {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let path = dir.join(format!("key-{}-{}", std::process::id(), random_name()));
         let mut text = key.to_owned();
         if !text.ends_with('\n') {
             text.push('\n');

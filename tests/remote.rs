@@ -107,6 +107,90 @@ fn suite(kind: Kind) {
             "vault"
         ]
     );
+    if let Some(g) = &garage {
+        drive_lost_rebuilt_from_s3(&b, g);
+    }
+}
+
+/// The drive is lost and S3 holds the only backup: a new drive is made from the bucket with
+/// the passphrase and the keys (as a user has them: in the environment), and it carries on
+/// backing up there with the credentials the vault kept, sealed.
+fn drive_lost_rebuilt_from_s3(b: &Backed, g: &Garage) {
+    let newdrive = b.pocket.tmp.path().join("new-drive");
+    let mut env = g.env();
+    env.push(("AWS_ENDPOINT_URL", g.endpoint()));
+    env.push(("AWS_REGION", "garage".into()));
+    let out = run_env(
+        &[
+            "init",
+            "--from",
+            "s3://pockets/alice",
+            newdrive.to_str().unwrap(),
+            "--passphrase-file",
+            b.pf(),
+        ],
+        Some(Path::new("/")),
+        &env,
+    );
+    ok_out(&out);
+    assert_same_tree(&exact_tree(&b.pocket.root), &exact_tree(&newdrive));
+    std::fs::write(
+        newdrive.join("after-loss.txt"),
+        b"new work on the new drive",
+    )
+    .unwrap();
+    // No keys in the environment now: the sealed ones came back with the config.
+    ok(&[
+        "sync",
+        "--pocket",
+        newdrive.to_str().unwrap(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    let again = b.pocket.tmp.path().join("again");
+    ok(&[
+        "restore",
+        "--from",
+        "d",
+        "--to",
+        again.to_str().unwrap(),
+        "--pocket",
+        newdrive.to_str().unwrap(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    assert_eq!(
+        std::fs::read(again.join("after-loss.txt")).unwrap(),
+        b"new work on the new drive"
+    );
+}
+
+#[test]
+fn a_bandwidth_cap_holds_uploads_to_its_rate() {
+    let b = Backed::new();
+    let vault = b.pocket.tmp.path().join("vault");
+    b.dest_url(
+        "capped",
+        vault.to_str().unwrap(),
+        &["--bandwidth-limit", "2MiB/s"],
+        &[],
+    );
+    // 24 MiB that neither compress nor deduplicate; the cap lets one 9 MiB burst through,
+    // then 2 MiB a second: at least 7 s in all.
+    std::fs::write(b.pocket.root.join("big"), pseudo_random(24 << 20, 9)).unwrap();
+    let t = Instant::now();
+    ok(&[
+        "sync",
+        "--pocket",
+        b.pocket.p(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(6),
+        "24 MiB went up in {took:?} under a 2 MiB/s cap"
+    );
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub use crypto::{KdfParams, Key};
 pub use drain::{DrainReport, Progress};
 pub use error::{Error, Result};
 pub use mirror::{init_mirror, is_mirror, restore_mirror};
-pub use policy::{NetWatch, Policy};
+pub use policy::{ChangeWatch, Policy};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use retention::{forget, prune, ForgetReport, KeepPolicy, PruneReport};
 pub use service::{

@@ -3,7 +3,7 @@
 //! does not, the destination waits (and `journal status` says for what) instead of failing
 //! and backing off. Conditions are cheap to check (interface addresses, the route and
 //! neighbour tables; one TCP connect for `host=`) and are checked again on every network
-//! change the kernel reports (see [`NetWatch`]).
+//! change the kernel reports (see [`ChangeWatch`]).
 
 use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -380,56 +380,89 @@ fn metered() -> bool {
     }
 }
 
-/// Network changes as the kernel reports them (rtnetlink: links, addresses, routes), so a
-/// destination waiting for the office network starts within moments of arriving there.
+/// Changes as the kernel reports them: network links, addresses and routes (rtnetlink), so a
+/// destination waiting for the office network starts within moments of arriving there; and
+/// the mount table, so a backup disk plugged back in (or a share mounted) is tried at once
+/// instead of at the end of a long backoff.
 #[derive(Debug)]
-pub struct NetWatch {
-    fd: rustix::fd::OwnedFd,
+pub struct ChangeWatch {
+    netlink: Option<rustix::fd::OwnedFd>,
+    mounts: Option<std::fs::File>,
 }
 
-impl NetWatch {
-    /// None where netlink is not available (the replicator then polls).
-    pub fn open() -> Option<NetWatch> {
-        use rustix::net::{netlink, socket_with, AddressFamily, SocketFlags, SocketType};
-        let fd = socket_with(
-            AddressFamily::NETLINK,
-            SocketType::RAW,
-            SocketFlags::CLOEXEC,
-            None, // NETLINK_ROUTE
-        )
-        .ok()?;
-        // RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
-        let groups = 0x1 | 0x10 | 0x40 | 0x100 | 0x400;
-        rustix::net::bind(&fd, &netlink::SocketAddrNetlink::new(0, groups)).ok()?;
-        Some(NetWatch { fd })
+impl ChangeWatch {
+    /// None where neither can be watched (the replicator then relies on its backoff).
+    pub fn open() -> Option<ChangeWatch> {
+        let w = ChangeWatch {
+            netlink: open_netlink(),
+            mounts: std::fs::File::open("/proc/self/mountinfo").ok(),
+        };
+        (w.netlink.is_some() || w.mounts.is_some()).then_some(w)
     }
 
     /// Waits up to `timeout` for a change; true when one came (the burst that follows one
-    /// change is read too).
-    pub fn wait(&self, timeout: Duration) -> bool {
-        use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let mut buf = [0u8; 16384];
-        let ts = |d: Duration| Timespec {
-            tv_sec: d.as_secs() as i64,
-            tv_nsec: d.subsec_nanos() as _,
-        };
-        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        match poll(&mut fds, Some(&ts(timeout))) {
-            Ok(n) if n > 0 => {}
-            _ => return false,
+    /// change is taken too).
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let changed = self.poll(timeout);
+        if changed {
+            // One change comes as several messages; wake once.
+            while self.poll(Duration::from_millis(50)) {}
         }
-        // Drain what is queued, so one change wakes once.
-        loop {
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-            if !matches!(poll(&mut fds, Some(&ts(Duration::from_millis(50)))), Ok(n) if n > 0) {
-                break;
+        changed
+    }
+
+    fn poll(&mut self, timeout: Duration) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut fds = Vec::with_capacity(2);
+        if let Some(fd) = &self.netlink {
+            fds.push(PollFd::new(fd, PollFlags::IN));
+        }
+        if let Some(f) = &self.mounts {
+            // The mount table signals a change with POLLPRI (and POLLERR).
+            fds.push(PollFd::new(f, PollFlags::PRI));
+        }
+        if !matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0) {
+            return false;
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        let mut i = 0;
+        if let Some(fd) = &self.netlink {
+            if ready[i] {
+                let mut buf = [0u8; 16384];
+                let _ = rustix::net::recv(fd, &mut buf, rustix::net::RecvFlags::DONTWAIT);
             }
-            if rustix::net::recv(&self.fd, &mut buf, rustix::net::RecvFlags::DONTWAIT).is_err() {
-                break;
+            i += 1;
+        }
+        if let Some(f) = &mut self.mounts {
+            if ready[i] {
+                // Reading the table again from its start clears the event.
+                use std::io::{Read, Seek};
+                let _ = f.seek(std::io::SeekFrom::Start(0));
+                let _ = std::io::copy(&mut f.by_ref().take(16 << 20), &mut std::io::sink());
             }
         }
         true
     }
+}
+
+fn open_netlink() -> Option<rustix::fd::OwnedFd> {
+    use rustix::net::{netlink, socket_with, AddressFamily, SocketFlags, SocketType};
+    let fd = socket_with(
+        AddressFamily::NETLINK,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        None, // NETLINK_ROUTE
+    )
+    .ok()?;
+    // RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+    let groups = 0x1 | 0x10 | 0x40 | 0x100 | 0x400;
+    rustix::net::bind(&fd, &netlink::SocketAddrNetlink::new(0, groups)).ok()?;
+    Some(fd)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::crypto::Key;
 use crate::drain::{DrainReport, Progress, Source, VaultDrain};
 use crate::error::{Error, Result};
 use crate::mirror::MirrorDrain;
-use crate::policy::{NetWatch, Policy};
+use crate::policy::{ChangeWatch, Policy};
 use crate::state::{DestLock, DestState};
 use crate::store::Store;
 use crate::vault::{now_ns, Vault};
@@ -193,7 +193,7 @@ struct Running {
     /// Dropped to stop the thread.
     _stop: Sender<()>,
     cancel: Arc<AtomicBool>,
-    /// Set when the network changed: retry now, whatever the backoff.
+    /// Set when the network or the mount table changed: retry now, whatever the backoff.
     net_changed: Arc<AtomicBool>,
     /// Set when a condition stopped holding: transfers in flight are abandoned.
     pause: Arc<AtomicBool>,
@@ -264,7 +264,7 @@ impl Replicator {
             running.push(Running::start(spec, &setup, rt.handle())?);
         }
         let (handle, all_cancel) = (rt.handle().clone(), cancel.clone());
-        let net = watch_network(cancel.clone());
+        let net = watch_changes(cancel.clone());
         let coordinator = std::thread::Builder::new()
             .name("replicator".into())
             .spawn(move || {
@@ -335,12 +335,12 @@ impl Replicator {
     }
 }
 
-/// A thread that reports network changes (links, addresses, routes) on the returned channel
-/// until `stop` is set; a channel that never fires where netlink is not available.
-fn watch_network(stop: Arc<AtomicBool>) -> Receiver<()> {
+/// A thread that reports network and mount-table changes on the returned channel until
+/// `stop` is set; a channel that never fires where neither can be watched.
+fn watch_changes(stop: Arc<AtomicBool>) -> Receiver<()> {
     let (tx, rx) = bounded(1);
-    let Some(watch) = NetWatch::open() else {
-        warn!("network changes cannot be watched here; destinations waiting for a network are checked every few seconds");
+    let Some(mut watch) = ChangeWatch::open() else {
+        warn!("network and mount changes cannot be watched here; destinations are retried with backoff");
         return crossbeam_channel::never();
     };
     let spawned = std::thread::Builder::new()
@@ -474,7 +474,8 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
     let mut waiting_backoff = Duration::from_secs(2);
     loop {
         if ctl.net_changed.swap(false, Ordering::Relaxed) {
-            // The network changed: whatever failed may work now.
+            // The network or the mounts changed (a disk plugged in, the office network
+            // reached): whatever failed may work now.
             backoff = Duration::from_secs(1);
             waiting_backoff = Duration::from_secs(2);
         }

@@ -116,37 +116,12 @@ fn suite(kind: Kind) {
 /// the passphrase and the keys (as a user has them: in the environment), and it carries on
 /// backing up there with the credentials the vault kept, sealed.
 fn drive_lost_rebuilt_from_s3(b: &Backed, g: &Garage) {
-    let newdrive = b.pocket.tmp.path().join("new-drive");
     let mut env = g.env();
     env.push(("AWS_ENDPOINT_URL", g.endpoint()));
     env.push(("AWS_REGION", "garage".into()));
-    let out = run_env(
-        &[
-            "init",
-            "--from",
-            "s3://pockets/alice",
-            newdrive.to_str().unwrap(),
-            "--passphrase-file",
-            b.pf(),
-        ],
-        Some(Path::new("/")),
-        &env,
-    );
-    ok_out(&out);
-    assert_same_tree(&exact_tree(&b.pocket.root), &exact_tree(&newdrive));
-    std::fs::write(
-        newdrive.join("after-loss.txt"),
-        b"new work on the new drive",
-    )
-    .unwrap();
-    // No keys in the environment now: the sealed ones came back with the config.
-    ok(&[
-        "sync",
-        "--pocket",
-        newdrive.to_str().unwrap(),
-        "--passphrase-file",
-        b.pf(),
-    ]);
+    // The sync inside gets no keys in its environment: the sealed ones came back with the
+    // config.
+    let newdrive = b.rebuild_drive("s3://pockets/alice", &env);
     let again = b.pocket.tmp.path().join("again");
     ok(&[
         "restore",

@@ -96,6 +96,44 @@ impl Backed {
         }
     }
 
+    /// The drive is lost: makes a new one from `from` (a destination's URL or folder) with
+    /// only the passphrase (and `env`), checks it holds the pocket exactly, then does new work
+    /// on it (`after-loss.txt`) and backs that up with the config the vault kept. Returns
+    /// the new drive.
+    pub fn rebuild_drive(&self, from: &str, env: &[(&str, String)]) -> PathBuf {
+        let newdrive = self.pocket.tmp.path().join("new-drive");
+        let out = super::run_env(
+            &[
+                "init",
+                "--from",
+                from,
+                newdrive.to_str().unwrap(),
+                "--passphrase-file",
+                self.pf(),
+            ],
+            Some(Path::new("/")),
+            env,
+        );
+        ok_out(&out);
+        super::assert_same_tree(
+            &super::exact_tree(&self.pocket.root),
+            &super::exact_tree(&newdrive),
+        );
+        std::fs::write(
+            newdrive.join("after-loss.txt"),
+            b"new work on the new drive",
+        )
+        .unwrap();
+        ok(&[
+            "sync",
+            "--pocket",
+            newdrive.to_str().unwrap(),
+            "--passphrase-file",
+            self.pf(),
+        ]);
+        newdrive
+    }
+
     /// Restores `dest` into the new folder `into`, insists it is `want` exactly, and that
     /// `verify --read-data` finds every byte there intact.
     pub fn assert_restores(

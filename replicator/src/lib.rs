@@ -18,12 +18,12 @@ mod tree;
 mod vault;
 mod verify;
 
-pub use access::{open_secrets, parse_bandwidth, seal_secrets, Access, Secrets};
+pub use access::{parse_bandwidth, seal_secrets, Access, Secrets};
 pub use crypto::{KdfParams, Key};
 pub use drain::{DrainReport, Progress};
 pub use error::{Error, Result};
 pub use mirror::{init_mirror, is_mirror, restore_mirror};
-pub use policy::{ChangeWatch, Policy};
+pub use policy::Policy;
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use retention::{forget, prune, ForgetReport, KeepPolicy, PruneReport};
 pub use service::{

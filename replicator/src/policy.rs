@@ -49,8 +49,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Reads `--when` values (each may hold several conditions separated by commas... except
-    /// inside a schedule, so one value is one condition).
+    /// Reads `--when` values, one condition each (a schedule holds commas and spaces, so
+    /// values are never split).
     pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Policy> {
         let mut conditions = Vec::new();
         for v in values {
@@ -71,19 +71,6 @@ impl Policy {
 
     pub fn is_always(&self) -> bool {
         self.conditions.is_empty()
-    }
-
-    /// Whether a condition is about the network (checked again on a network change).
-    pub fn watches_network(&self) -> bool {
-        self.conditions.iter().any(|c| {
-            matches!(
-                c,
-                Condition::Network(_)
-                    | Condition::Gateway(_)
-                    | Condition::Host(..)
-                    | Condition::NotMetered
-            )
-        })
     }
 
     /// None when the destination may be used now; otherwise what it waits for, in words
@@ -288,7 +275,7 @@ fn format_mac(m: &[u8; 6]) -> String {
 
 /// Addresses of interfaces that are up and have a carrier: an address stays on an interface
 /// whose cable is out, and it must not count as being on that network.
-pub fn up_addresses() -> Vec<IpAddr> {
+fn up_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we walk read-only and free once with freeifaddrs.

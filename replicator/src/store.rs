@@ -283,12 +283,14 @@ impl Store {
         let parallel = access.connections.unwrap_or(4).max(1);
         // Bounded connections; a stalled request (a link gone without a reset) fails after a
         // while instead of hanging the drain; brief outages are retried here, longer ones by
-        // the replicator's backoff.
+        // the replicator's backoff. One I/O step may carry a whole 8 MiB part: on a 64 KB/s
+        // uplink that is two minutes of honest work, so the limit is generous (a destination
+        // whose network goes away is paused at once by the change watcher anyway).
         let mut op = op
             .layer(
                 TimeoutLayer::new()
-                    .with_timeout(Duration::from_secs(60))
-                    .with_io_timeout(Duration::from_secs(20)),
+                    .with_timeout(Duration::from_secs(300))
+                    .with_io_timeout(Duration::from_secs(180)),
             )
             .layer(
                 RetryLayer::new()

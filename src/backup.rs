@@ -58,8 +58,9 @@ fn valid_name(name: &str) -> bool {
 /// How to reach a remote destination and when to use it (`dest add`).
 #[derive(clap::Args, Debug, Default)]
 pub struct RemoteArgs {
-    /// When to back up there (repeat for several; all must hold): always, reachable,
-    /// network=CIDR, gateway=MAC, host=NAME:PORT, not-metered, schedule='Mon-Fri 09:00-18:00'.
+    /// When to back up there (comma-separated or repeated; all must hold): always, reachable,
+    /// network=CIDR[|CIDR...], gateway=MAC, host=NAME:PORT, not-metered,
+    /// schedule='Mon-Fri 09:00-18:00'.
     #[arg(long = "when", value_name = "CONDITION")]
     pub when: Vec<String>,
     /// S3: the service's address, such as https://s3.office.lan.
@@ -477,16 +478,9 @@ fn open_vault_of(found: Option<Pocket>, dest: &str, args: &KeyArgs) -> Result<Op
             let pocket_cfg = found.and_then(|p| p.config().ok());
             // A URL without a pocket (the drive is lost): S3 settings come from the
             // environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...), SFTP uses ssh's.
-            let access = replicator::Access {
-                endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
-                region: std::env::var("AWS_REGION")
-                    .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-                    .ok(),
-                ..Default::default()
-            };
             let store = Store::connect(
                 dest,
-                &access,
+                &replicator::Access::from_env(),
                 &replicator::Secrets::from_env(),
                 rt.handle().clone(),
                 false,

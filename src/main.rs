@@ -232,6 +232,9 @@ enum DestCommand {
     /// Reach a destination, authenticate, write, read back and delete a test object; say what
     /// failed and what to do about it.
     Test {
+        /// A configured destination, or a URL or folder (no pocket needed: the drive may be
+        /// lost; S3 settings then come from AWS_ENDPOINT_URL, AWS_REGION and the keys'
+        /// variables).
         name: String,
         #[command(flatten)]
         pocket: PocketArg,
@@ -398,7 +401,7 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                 key,
             ),
             DestCommand::Test { name, pocket, json } => {
-                remote::dest_test(&Pocket::find(pocket.pocket.as_deref())?, &name, json, key)
+                remote::dest_test(Pocket::find(pocket.pocket.as_deref()), &name, json, key)
             }
             DestCommand::List { pocket, json } => {
                 backup::dest_list(&Pocket::find(pocket.pocket.as_deref())?, json)

@@ -88,6 +88,25 @@ fn default_keep_days() -> u64 {
 }
 
 impl DestConfig {
+    /// A destination named by its URL alone (not in the config; the drive may be lost): a
+    /// vault, used always, reached with the environment's S3 settings or ssh's own.
+    pub fn for_url(url: &str) -> DestConfig {
+        let access = replicator::Access::from_env();
+        DestConfig {
+            name: url.to_owned(),
+            url: url.to_owned(),
+            mode: replicator::Mode::Vault,
+            keep_versions_days: default_keep_days(),
+            when: Vec::new(),
+            endpoint: access.endpoint,
+            region: access.region,
+            virtual_host_style: false,
+            connections: None,
+            bandwidth_limit: None,
+            credentials: None,
+        }
+    }
+
     pub fn spec(&self) -> replicator::DestSpec {
         replicator::DestSpec {
             name: self.name.clone(),

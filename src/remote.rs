@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::backup::CredentialArgs;
 use crate::exit::{ExitCode, Failure};
 use crate::keys::{self, KeyArgs};
-use crate::pocket::Pocket;
+use crate::pocket::{DestConfig, Pocket};
 
 /// The credentials `dest add` and `dest credentials` seal into the pocket.
 pub fn gather_credentials(target: &Target, args: &CredentialArgs) -> Result<Secrets> {
@@ -110,11 +110,21 @@ struct Step {
     detail: String,
 }
 
-/// `dest test`.
-pub fn dest_test(p: &Pocket, name: &str, json_out: bool, args: &KeyArgs) -> Result<()> {
-    let config = p.config()?;
-    let Some(d) = config.destination(name).cloned() else {
-        bail!("no destination named {name} (see `backpocket dest list`)");
+/// `dest test`: `name` is a configured destination, or a URL or folder (which needs no pocket:
+/// the drive may be lost).
+pub fn dest_test(found: Result<Pocket>, name: &str, json_out: bool, args: &KeyArgs) -> Result<()> {
+    let is_url = name.contains('/');
+    let config = match found {
+        Ok(p) => Some(p.config()?),
+        Err(_) if is_url => None,
+        Err(e) => return Err(e),
+    };
+    let d = match config.as_ref().and_then(|c| c.destination(name)) {
+        Some(d) => d.clone(),
+        None if is_url => DestConfig::for_url(name),
+        None => bail!(
+            "no destination named {name} (see `backpocket dest list`), and not a URL or folder"
+        ),
     };
     let spec = d.spec();
     let mut steps: Vec<Step> = Vec::new();
@@ -145,11 +155,10 @@ pub fn dest_test(p: &Pocket, name: &str, json_out: bool, args: &KeyArgs) -> Resu
             Some(w) => format!("not met: the replicator waits for {w} (testing anyway)"),
         })
     });
-    let needs_key = d.credentials.is_some() || d.mode == replicator::Mode::Vault;
-    let key = if needs_key {
-        keys::pocket_key(&config, args, true)?
-    } else {
-        None
+    // Sealed credentials need the pocket key; reading whose vault it is does not.
+    let key = match (&config, &d.credentials) {
+        (Some(c), Some(_)) => keys::pocket_key(c, args, true)?,
+        _ => None,
     };
     let rt = replicator::runtime()?;
     let mut store = None;
@@ -200,11 +209,19 @@ pub fn dest_test(p: &Pocket, name: &str, json_out: bool, args: &KeyArgs) -> Resu
                     bail!("the test object is still there after deleting it");
                 }
                 Ok("removed".into())
-            }) && run("vault", &mut || match d.mode {
+            }) && run("vault", &mut || {
+                match d.mode {
                 replicator::Mode::Mirror => Ok("a mirror; nothing more to check".into()),
                 replicator::Mode::Vault => match Vault::read_config(store) {
-                    Ok(vc) if vc.pocket_id == config.id => {
+                    Ok(vc) if config.as_ref().is_some_and(|c| c.id == vc.pocket_id) => {
                         Ok(format!("holds this pocket's vault {}", vc.id))
+                    }
+                    Ok(vc) if config.is_none() => Ok(format!(
+                        "holds the vault {} of pocket {} (`backpocket init --from {name} DIR` makes a drive of it)",
+                        vc.id, vc.pocket_id
+                    )),
+                    Err(replicator::Error::NotAVault(_)) if config.is_none() => {
+                        Ok("no vault here yet".into())
                     }
                     Ok(vc) => bail!(
                         "holds the vault of another pocket ({}); give each pocket its own place",
@@ -212,6 +229,7 @@ pub fn dest_test(p: &Pocket, name: &str, json_out: bool, args: &KeyArgs) -> Resu
                     ),
                     Err(e) => bail!("{}", e.explain()),
                 },
+            }
             })
         };
     rt.shutdown_background();

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::backed::{ok_out, pseudo_random, workload, Backed};
-use common::servers::{ssh_client, Garage, Sshd};
+use common::servers::{keygen, ssh_client, Garage, Sshd};
 use common::{assert_same_tree, exact_tree, ok, run_env};
 
 /// Where a suite's destination lives.
@@ -121,6 +121,13 @@ fn drive_lost_rebuilt_from_s3(b: &Backed, g: &Garage) {
     env.push(("AWS_REGION", "garage".into()));
     // The sync inside gets no keys in its environment: the sealed ones came back with the
     // config.
+    // Before rebuilding: the bucket can be tested by URL alone, from no pocket.
+    let t = ok_out(&run_env(
+        &["dest", "test", "s3://pockets/alice"],
+        Some(Path::new("/")),
+        &env,
+    ));
+    assert!(t.contains("holds the vault") && t.contains("works"), "{t}");
     let newdrive = b.rebuild_drive("s3://pockets/alice", &env);
     let again = b.pocket.tmp.path().join("again");
     ok(&[
@@ -229,12 +236,7 @@ fn failures_are_explained_in_words_a_user_can_act_on() {
     // A key the server does not accept.
     let sshd = Sshd::start("127.0.0.1", None, false);
     let other = tmp.join("other-key");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    keygen(&other, "");
     let e = add(
         "x",
         &sshd.url(&tmp.join("v")),
@@ -244,12 +246,7 @@ fn failures_are_explained_in_words_a_user_can_act_on() {
     assert!(e.contains("refused the login"), "{e}");
     // A passphrase-protected key cannot be used unattended: said at once.
     let locked = tmp.join("locked-key");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "secret", "-f"])
-        .arg(&locked)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    keygen(&locked, "secret");
     let e = add(
         "x",
         &sshd.url(&tmp.join("v")),
@@ -598,4 +595,50 @@ fn the_s3_server_dies_mid_drain_and_comes_back() {
     g.restart_node(0);
     b.wait_drained(&m, Duration::from_secs(360));
     restore_exactly(&b, m);
+}
+
+#[test]
+fn a_slow_destination_never_holds_back_another() {
+    require_root!();
+    let b = Backed::new();
+    let tmp = b.pocket.tmp.path();
+    b.dest_url(
+        "slow",
+        tmp.join("slow").to_str().unwrap(),
+        &["--bandwidth-limit", "1MiB/s"],
+        &[],
+    );
+    b.dest("fast", &tmp.join("fast"), "vault");
+    let m = b.mount();
+    // 32 MiB: the slow one needs over 20 s for it, the fast one a moment.
+    std::fs::write(b.pocket.mnt.join("big"), pseudo_random(32 << 20, 21)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = b.pocket.status();
+        let d = s["destinations"].as_array().unwrap();
+        let pending = |name: &str, what: &str| {
+            d.iter().find(|x| x["name"] == name).unwrap()[what]
+                .as_u64()
+                .unwrap()
+        };
+        // The slow one cannot be done within the deadline (9 MiB burst, then 1 MiB/s).
+        if pending("fast", "pending_records") == 0 && pending("slow", "pending_bytes") >= 16 << 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fast destination waited for the slow one: {s:#}\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nor does it hold up the unmount: its transfer in flight is abandoned (the cursor stays,
+    // so the next mount sends it again), not finished at 1 MiB/s.
+    let t = Instant::now();
+    m.unmount();
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "the unmount waited {:?} for the slow destination",
+        t.elapsed()
+    );
 }

@@ -27,6 +27,19 @@ pub struct Access {
     pub sealed_secrets: Option<String>,
 }
 
+impl Access {
+    /// The S3 settings of the environment (`AWS_ENDPOINT_URL`, `AWS_REGION` or
+    /// `AWS_DEFAULT_REGION`): for a destination named by URL alone, when the drive is lost.
+    pub fn from_env() -> Access {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Access {
+            endpoint: var("AWS_ENDPOINT_URL"),
+            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            ..Access::default()
+        }
+    }
+}
+
 /// Credentials: wiped from memory when dropped, never printed.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 pub struct Secrets {

@@ -61,9 +61,6 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn store(context: impl Into<String>, source: opendal::Error) -> Error {
-        if source.message() == PAUSED {
-            return Error::Paused;
-        }
         let context = context.into();
         // OpenDAL passes the OS error's text through; ENOSPC and EDQUOT deserve their own words.
         let text = source.to_string();
@@ -86,9 +83,6 @@ impl Error {
         matches!(self, Error::Store { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
     }
 }
-
-/// The message of the OpenDAL error a paused transfer ends with (turned into [`Error::Paused`]).
-pub(crate) const PAUSED: &str = "backpocket: transfer paused";
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

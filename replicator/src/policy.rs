@@ -18,8 +18,8 @@ pub enum Condition {
     /// No condition: try whenever there is something to send (the default; an unreachable
     /// destination is retried with backoff).
     Always,
-    /// A local address, on an interface that is up, inside this range.
-    Network(IpNet),
+    /// A local address, on an interface that is up, inside one of these ranges.
+    Network(Vec<IpNet>),
     /// The default gateway has this hardware address (a given office or home router).
     Gateway([u8; 6]),
     /// A TCP connection to this host and port succeeds.
@@ -49,12 +49,35 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Reads `--when` values, one condition each (a schedule holds commas and spaces, so
-    /// values are never split).
+    /// Reads `--when` values; each holds one or more conditions separated by commas
+    /// (`network=10.20.0.0/16,not-metered`). A schedule's own commas (`Sat,Sun`) stay inside
+    /// it: a piece that does not start a condition continues the one before.
     pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Policy> {
-        let mut conditions = Vec::new();
+        const STARTS: [&str; 7] = [
+            "always",
+            "reachable",
+            "network=",
+            "gateway=",
+            "host=",
+            "not-metered",
+            "schedule=",
+        ];
+        let mut pieces: Vec<String> = Vec::new();
         for v in values {
-            let c = Condition::parse(v.as_ref())?;
+            for (i, piece) in v.as_ref().split(',').enumerate() {
+                let starts = STARTS.iter().any(|s| piece.trim_start().starts_with(s));
+                match pieces.last_mut() {
+                    Some(last) if i > 0 && !starts => {
+                        last.push(',');
+                        last.push_str(piece);
+                    }
+                    _ => pieces.push(piece.to_owned()),
+                }
+            }
+        }
+        let mut conditions = Vec::new();
+        for p in pieces {
+            let c = Condition::parse(&p)?;
             if c != Condition::Always {
                 conditions.push(c);
             }
@@ -65,7 +88,9 @@ impl Policy {
     /// A policy that never holds: for a config whose conditions no longer parse.
     pub fn never() -> Policy {
         Policy {
-            conditions: vec![Condition::Network("0.0.0.0/32".parse().expect("a range"))],
+            conditions: vec![Condition::Network(vec!["0.0.0.0/32"
+                .parse()
+                .expect("a range")])],
         }
     }
 
@@ -107,15 +132,20 @@ impl Condition {
         Ok(match (k, v) {
             ("always" | "reachable", "") => Condition::Always,
             ("network", v) => {
-                let net: IpNet = v
-                    .parse()
-                    .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        bad(format!(
-                            "{v:?} is not an address range such as 10.20.0.0/16"
-                        ))
-                    })?;
-                Condition::Network(net.trunc())
+                let nets = v
+                    .split('|')
+                    .map(|r| {
+                        r.parse::<IpNet>()
+                            .or_else(|_| r.parse::<IpAddr>().map(IpNet::from))
+                            .map(|n| n.trunc())
+                            .map_err(|_| {
+                                bad(format!(
+                                    "{r:?} is not an address range such as 10.20.0.0/16"
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<IpNet>>>()?;
+                Condition::Network(nets)
             }
             ("gateway", v) => Condition::Gateway(parse_mac(v).ok_or_else(|| {
                 bad(format!(
@@ -142,7 +172,9 @@ impl Condition {
     fn holds(&self) -> bool {
         match self {
             Condition::Always => true,
-            Condition::Network(net) => up_addresses().iter().any(|a| net.contains(a)),
+            Condition::Network(nets) => up_addresses()
+                .iter()
+                .any(|a| nets.iter().any(|n| n.contains(a))),
             Condition::Gateway(mac) => gateway_macs().contains(mac),
             Condition::Host(h, p) => host_answers(h, *p, Duration::from_secs(3)),
             Condition::NotMetered => !metered(),
@@ -153,7 +185,13 @@ impl Condition {
     fn describe(&self) -> String {
         match self {
             Condition::Always => "nothing".into(),
-            Condition::Network(n) => format!("network {n}"),
+            Condition::Network(nets) => format!(
+                "network {}",
+                nets.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
             Condition::Gateway(m) => format!("gateway {}", format_mac(m)),
             Condition::Host(h, p) => format!("{h}:{p} to answer"),
             Condition::NotMetered => "a link that is not metered".into(),
@@ -470,8 +508,26 @@ mod tests {
         assert_eq!(p.conditions.len(), 5);
         assert_eq!(
             p.conditions[0],
-            Condition::Network("10.20.0.0/16".parse().unwrap())
+            Condition::Network(vec!["10.20.0.0/16".parse().unwrap()])
         );
+        // Several conditions in one value, several ranges in one condition, and a
+        // schedule's own commas, as DESIGN's command-line rules give them.
+        let several = Policy::parse(&[
+            "network=10.20.0.0/16|192.168.7.0/24,not-metered,schedule=Sat,Sun 22:00-06:00",
+        ])
+        .unwrap();
+        assert_eq!(
+            several.conditions,
+            vec![
+                Condition::Network(vec![
+                    "10.20.0.0/16".parse().unwrap(),
+                    "192.168.7.0/24".parse().unwrap()
+                ]),
+                Condition::NotMetered,
+                Condition::Schedule(Schedule::parse("Sat,Sun 22:00-06:00").unwrap()),
+            ]
+        );
+        assert!(Policy::parse(&["network=10.20.0.0/16|nowhere"]).is_err());
         assert_eq!(
             p.conditions[1],
             Condition::Gateway([0x52, 0x54, 0, 0xab, 0xcd, 1])
@@ -513,6 +569,9 @@ mod tests {
     fn network_conditions_see_the_loopback_only_while_it_is_up() {
         // Loopback is always up here; a range nobody has is not.
         assert!(Condition::parse("network=127.0.0.0/8").unwrap().holds());
+        assert!(Condition::parse("network=203.0.113.0/24|127.0.0.0/8")
+            .unwrap()
+            .holds());
         let far = Condition::parse("network=203.0.113.0/24").unwrap();
         assert!(!far.holds());
         assert_eq!(far.describe(), "network 203.0.113.0/24");

@@ -245,6 +245,9 @@ impl Running {
     /// Stops the thread; a drain in progress is abandoned.
     fn finish(self) {
         self.cancel.store(true, Ordering::Relaxed);
+        // Transfers in flight are abandoned too: a destination held to a slow rate must not
+        // hold up an unmount for the rest of its pack.
+        self.pause.store(true, Ordering::Relaxed);
         drop(self._stop);
         let _ = self.thread.join();
     }
@@ -472,6 +475,8 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
     let mut drain: Option<DestDrain> = None;
     let mut backoff = Duration::from_secs(1);
     let mut waiting_backoff = Duration::from_secs(2);
+    // Whether the last check found a condition unmet (status then says what it waits for).
+    let mut was_waiting = false;
     loop {
         if ctl.net_changed.swap(false, Ordering::Relaxed) {
             // The network or the mounts changed (a disk plugged in, the office network
@@ -488,6 +493,7 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
                     warn!(dest = spec.name, "{e}");
                 }
             }
+            was_waiting = true;
             // Network changes wake us at once; schedules and probes are checked again with
             // a backoff (a host= probe is a connection attempt).
             let wait = waiting_backoff;
@@ -497,7 +503,7 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
             }
             continue;
         }
-        if waiting_backoff > Duration::from_secs(2) || ctl.pause.load(Ordering::Relaxed) {
+        if std::mem::take(&mut was_waiting) {
             // It was waiting: say at once that it no longer is.
             let mut st = DestState::load(&setup.meta_dir, &spec.name);
             if st.waiting_for.take().is_some() {
@@ -533,6 +539,7 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
             Err(Error::Cancelled) => return,
             // A condition stopped holding mid-drain: what arrived stays, the rest waits. The
             // vault is read again when it resumes (a write cut off may still have landed).
+            Err(Error::Paused) if ctl.cancel.load(Ordering::Relaxed) => return,
             Err(Error::Paused) => {
                 drain = None;
                 continue;

@@ -328,17 +328,21 @@ impl Store {
         Ok(())
     }
 
-    /// Runs one transfer on the runtime, abandoning it if the pause flag is set meanwhile.
-    fn block<T>(&self, fut: impl Future<Output = opendal::Result<T>>) -> opendal::Result<T> {
+    /// Runs one transfer on the runtime; [`Error::Paused`] if the pause flag is set meanwhile
+    /// (the transfer is abandoned), else what the store answered.
+    fn block<T>(
+        &self,
+        fut: impl Future<Output = opendal::Result<T>>,
+    ) -> Result<opendal::Result<T>> {
         let pause = self.pause.clone();
         self.rt.block_on(async move {
             tokio::select! {
-                r = fut => r,
+                r = fut => Ok(r),
                 () = async {
                     while !pause.load(Ordering::Relaxed) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                } => Err(opendal::Error::new(opendal::ErrorKind::Unexpected, crate::error::PAUSED)),
+                } => Err(Error::Paused),
             }
         })
     }
@@ -388,14 +392,14 @@ impl Store {
         // meters every kind of store part by part.
         let res = match &self.kind {
             Kind::Local { .. } => self
-                .block(async move { op.write_with(&k, data).chunk(PART_SIZE).await.map(|_| ()) }),
+                .block(async move { op.write_with(&k, data).chunk(PART_SIZE).await.map(|_| ()) })?,
             Kind::S3 => self.block(async move {
                 op.write_with(&k, data)
                     .chunk(PART_SIZE)
                     .concurrent(2)
                     .await
                     .map(|_| ())
-            }),
+            })?,
             Kind::Sftp { .. } => {
                 let tmp = format!("{TMP_DIR}/{}", random_name());
                 self.block(async move {
@@ -407,7 +411,7 @@ impl Store {
                             Err(e)
                         }
                     }
-                })
+                })?
             }
         };
         res.map_err(|e| Error::store(format!("cannot write {key} to {}", self.url), e))?;
@@ -428,7 +432,7 @@ impl Store {
         let op = self.op.clone();
         let k = key.to_owned();
         let buf = self
-            .block(async move { op.read(&k).await })
+            .block(async move { op.read(&k).await })?
             .map_err(|e| Error::store(format!("cannot read {key} from {}", self.url), e))?;
         Ok(buf.to_vec())
     }
@@ -438,7 +442,7 @@ impl Store {
         let op = self.op.clone();
         let k = key.to_owned();
         let buf = self
-            .block(async move { op.read_with(&k).range(offset..offset + len).await })
+            .block(async move { op.read_with(&k).range(offset..offset + len).await })?
             .map_err(|e| Error::store(format!("cannot read {key} from {}", self.url), e))?;
         Ok(buf.to_vec())
     }
@@ -447,7 +451,7 @@ impl Store {
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let op = self.op.clone();
         let p = prefix.to_owned();
-        let entries = self.block(async move { op.list_with(&p).recursive(true).await });
+        let entries = self.block(async move { op.list_with(&p).recursive(true).await })?;
         let entries = match entries {
             Ok(e) => e,
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -491,7 +495,7 @@ impl Store {
     /// Whether the destination holds nothing yet (ignoring our own temporary folder).
     pub fn is_empty(&self) -> Result<bool> {
         let op = self.op.clone();
-        let entries = self.block(async move { op.list_with("").limit(8).await });
+        let entries = self.block(async move { op.list_with("").limit(8).await })?;
         match entries {
             Ok(e) => Ok(e
                 .iter()

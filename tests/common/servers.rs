@@ -95,6 +95,25 @@ pub struct SshClient {
     pub path: String,
 }
 
+/// A new ed25519 key pair at `path` (and `path`.pub), protected by `passphrase` unless empty.
+pub fn keygen(path: &Path, passphrase: &str) {
+    let st = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-C",
+            "backpocket-test",
+            "-N",
+            passphrase,
+            "-f",
+        ])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen (install openssh-client)");
+    assert!(st.success());
+}
+
 static SSH_CLIENT: OnceLock<SshClient> = OnceLock::new();
 
 /// What every backpocket process of this test process gets in its environment: the ssh
@@ -111,17 +130,9 @@ pub fn ssh_client() -> &'static SshClient {
         let dir = std::env::temp_dir().join(format!("bp-test-ssh-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("bin")).unwrap();
-        let keygen = |name: &str| {
-            let st = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "backpocket-test", "-f"])
-                .arg(dir.join(name))
-                .status()
-                .expect("ssh-keygen (install openssh-client)");
-            assert!(st.success());
-        };
-        keygen("host_key");
-        keygen("other_host_key");
-        keygen("id");
+        for name in ["host_key", "other_host_key", "id"] {
+            keygen(&dir.join(name), "");
+        }
         let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
         let mut parts = host_pub.split_whitespace();
         let (kt, kb) = (parts.next().unwrap(), parts.next().unwrap());

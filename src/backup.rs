@@ -383,10 +383,10 @@ pub fn sync(p: &Pocket, watch: bool, json: bool, args: &KeyArgs) -> Result<()> {
                 Err(e) => {
                     failed += 1;
                     let reachable = !replicator::is_unreachable(e);
-                    lines.push(json!({"name": o.name, "ok": false, "reachable": reachable, "error": e.to_string()}));
+                    lines.push(json!({"name": o.name, "ok": false, "reachable": reachable, "error": e.explain()}));
                     if !json {
                         let what = if reachable { "failed" } else { "not reachable" };
-                        println!("{:<16} {what}: {e}", o.name);
+                        println!("{:<16} {what}: {}", o.name, e.explain());
                     }
                 }
             }

@@ -262,7 +262,9 @@ impl Vault {
                 .into_iter()
                 .map(|w| {
                     w.join()
-                        .unwrap_or_else(|_| Err(Error::Format("an index reader panicked".into())))
+                        .unwrap_or_else(|_| Err(Error::Format(
+                    "reading the vault's index failed unexpectedly (a bug; please report it)".into(),
+                )))
                 })
                 .collect()
         });
@@ -811,7 +813,9 @@ impl Packer<'_> {
         let res = up
             .done
             .join()
-            .unwrap_or_else(|_| Err(Error::Format("an upload thread panicked".into())));
+            .unwrap_or_else(|_| Err(Error::Format(
+                "an upload failed unexpectedly (a bug; please report it); its pack will be sent again".into(),
+            )));
         let (index, bytes) = match res {
             Ok(r) => r,
             Err(e) => {

@@ -78,6 +78,10 @@ pub struct RemoteArgs {
     /// Upload bandwidth cap, such as 5MiB/s or 800k.
     #[arg(long, value_name = "RATE")]
     pub bandwidth_limit: Option<String>,
+    /// Warn once changes have waited this long for this destination, such as 12h or 7d
+    /// (default: `[warnings] unprotected_after` of the config, 3d).
+    #[arg(long, value_name = "DURATION", value_parser = crate::warn::parse_duration_arg)]
+    pub warn_after: Option<String>,
     #[command(flatten)]
     pub creds: CredentialArgs,
 }
@@ -154,6 +158,7 @@ pub fn dest_add(
         connections: remote.connections.map(usize::from),
         bandwidth_limit: remote.bandwidth_limit.clone(),
         credentials: None,
+        warn_after: remote.warn_after.clone(),
     };
     let key = match mode {
         Mode::Vault => Some(keys::pocket_key_or_new(p, &mut config, args)?),
@@ -701,6 +706,18 @@ pub fn verify(
         }
     }
     if !report.damage.is_empty() {
+        let desktop = Pocket::find(pocket)
+            .and_then(|p| p.config())
+            .map_or(true, |c| c.warnings.notify);
+        crate::warn::warn(
+            &format!("damage found at {dest}"),
+            &format!(
+                "verify found {} damaged objects at {dest}; the versions they hold cannot be \
+                 restored from there (`backpocket verify {dest}` names them)",
+                report.damage.len()
+            ),
+            desktop,
+        );
         return Err(Failure::new(
             ExitCode::Damaged,
             anyhow!("{} damaged objects at {dest}", report.damage.len()),

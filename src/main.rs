@@ -1,12 +1,16 @@
 //! The `backpocket` command: the command line, config loading and wiring of the crates.
 
 mod backup;
+mod eject;
 mod exit;
 mod keys;
 mod mount;
 mod pocket;
 mod remote;
 mod report;
+mod service;
+mod warn;
+mod watch;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -48,6 +52,36 @@ enum Command {
         /// The mountpoint.
         mountpoint: PathBuf,
     },
+    /// Make the drive safe to unplug: let reachable destinations take the last changes,
+    /// unmount, flush the drive, unmount its filesystem, and say what is still only on it.
+    Eject {
+        /// The mountpoint (or the pocket folder).
+        mountpoint: PathBuf,
+        /// Unmount even while files in it are open: they stay usable until closed, and the
+        /// drive is released once they are.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for the last backup to reachable destinations (0: do not wait;
+        /// Ctrl-C stops waiting). What is not sent stays in the journal for next time.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        wait: u64,
+        /// Leave the drive's filesystem mounted (only the pocket is unmounted).
+        #[arg(long)]
+        keep_drive_mounted: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Plug in and it mounts: install the service that mounts pockets on drives as they are
+    /// plugged in, or run its parts.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (backpocket.1 and one per command) into a folder.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Record changes made to the pocket without the mount (while the daemon was dead, or on a
     /// machine without backpocket).
     Scan {
@@ -176,6 +210,13 @@ enum JournalCommand {
         /// Machine-readable output (stable keys; times RFC 3339 UTC, ages in seconds).
         #[arg(long)]
         json: bool,
+        /// A live view, refreshed until Ctrl-C: per destination its state, what it lacks,
+        /// the transfer rate and the time left (with --json: one object per refresh).
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes of --watch.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
     },
     /// The records themselves, oldest first.
     Log {
@@ -254,6 +295,56 @@ enum DestCommand {
         #[command(flatten)]
         pocket: PocketArg,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCommand {
+    /// Install it: the user part (a systemd user unit that mounts pockets found on newly
+    /// mounted drives at ~/Pocket; no root needed), or with --system the system part (a
+    /// udev rule and a unit that mount removable drives holding a pocket, for machines
+    /// without a desktop's automounter; needs root).
+    Install {
+        /// The system part instead of the user part.
+        #[arg(long)]
+        system: bool,
+        /// Where pockets are mounted (default ~/Pocket; a second pocket goes beside it).
+        #[arg(long, value_name = "DIR")]
+        mountpoint: Option<PathBuf>,
+        /// Write the files under this folder instead of / (staging, packaging).
+        #[arg(long, hide = true, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Stage the files as a package installs them (/usr/lib), both parts.
+        #[arg(long, hide = true, requires = "root")]
+        package: bool,
+        /// The binary the units run (default: this one).
+        #[arg(long, hide = true)]
+        bin: Option<PathBuf>,
+    },
+    /// Remove what install wrote (only files it wrote).
+    Uninstall {
+        #[arg(long)]
+        system: bool,
+        #[arg(long, hide = true, value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
+    /// The watcher the user unit runs: mounts every pocket found on a drive mounted under
+    /// /media, /run/media or /mnt, and unmounts it when the drive goes.
+    Run {
+        /// Where pockets are mounted.
+        #[arg(long, value_name = "DIR")]
+        mountpoint: Option<PathBuf>,
+        /// Also look for drives mounted under this folder.
+        #[arg(long = "watch", value_name = "DIR")]
+        places: Vec<PathBuf>,
+    },
+    /// What the udev rule's unit runs when a drive appears: mount its filesystem under
+    /// /media/backpocket/ if it holds a pocket.
+    Attach {
+        /// The block device, such as /dev/sdb1.
+        device: PathBuf,
+    },
+    /// What the unit runs when the drive goes: unmount its pockets and its filesystem.
+    Detach { device: PathBuf },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -505,12 +596,92 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
             }
         },
         Command::Mount(_) => unreachable!("handled in main"),
-        Command::Unmount { mountpoint } => unmount(&mountpoint),
+        Command::Unmount { mountpoint } => eject::unmount(&mountpoint),
+        Command::Eject {
+            mountpoint,
+            force,
+            wait,
+            keep_drive_mounted,
+            json,
+        } => eject::eject(
+            &mountpoint,
+            &eject::EjectOptions {
+                force,
+                wait: Duration::from_secs(wait),
+                keep_drive_mounted,
+                json,
+            },
+        ),
+        Command::Service { command } => match command {
+            ServiceCommand::Install {
+                system,
+                mountpoint,
+                root,
+                package,
+                bin,
+            } => service::install(&service::InstallOptions {
+                system: system || package,
+                mountpoint: mountpoint.map(|m| std::path::absolute(&m)).transpose()?,
+                root,
+                layout: if package {
+                    service::Layout::Package
+                } else {
+                    service::Layout::Admin
+                },
+                bin,
+            }),
+            ServiceCommand::Uninstall { system, root } => {
+                service::uninstall(system, root.as_deref())
+            }
+            ServiceCommand::Run { mountpoint, places } => {
+                let mp = match mountpoint {
+                    Some(m) => std::path::absolute(&m)?,
+                    None => PathBuf::from(
+                        std::env::var_os("HOME").context("HOME is not set: give --mountpoint")?,
+                    )
+                    .join("Pocket"),
+                };
+                service::run(&mp, &places)
+            }
+            ServiceCommand::Attach { device } => service::attach(&device),
+            ServiceCommand::Detach { device } => service::detach(&device),
+        },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "backpocket",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            Ok(())
+        }
         Command::Scan { pocket, json } => scan(pocket.pocket.as_deref(), json),
         Command::Journal { command } => match command {
-            JournalCommand::Status { pocket, json } => {
+            JournalCommand::Status {
+                pocket,
+                json,
+                watch,
+                interval,
+            } => {
                 let p = Pocket::find(pocket.pocket.as_deref())?;
-                report::status(&p, json)
+                if watch {
+                    watch::watch(
+                        &p,
+                        Duration::from_secs_f64(interval.clamp(0.1, 3600.0)),
+                        json,
+                    )
+                } else {
+                    report::status(&p, json)
+                }
             }
             JournalCommand::Log {
                 pocket,
@@ -536,6 +707,7 @@ fn init(dir: &Path) -> Result<()> {
         format: 1,
         id: pocket::new_id()?,
         journal: Default::default(),
+        warnings: Default::default(),
         key: None,
         destinations: Vec::new(),
     };
@@ -597,62 +769,6 @@ fn spinner(message: &str) -> Option<indicatif::ProgressBar> {
         s.enable_steady_tick(Duration::from_millis(120));
         s
     })
-}
-
-fn unmount(mountpoint: &Path) -> Result<()> {
-    let mp = mountpoint
-        .canonicalize()
-        .or_else(|_| std::path::absolute(mountpoint))
-        .with_context(|| format!("cannot find {}", mountpoint.display()))?;
-    let entry = platform::mount_at(&mp)?
-        .filter(|m| m.fstype == platform::FSTYPE)
-        .ok_or_else(|| platform::Error::NotMounted(mp.clone()))?;
-    platform::unmount(&mp, false).map_err(|e| {
-        let busy = matches!(&e, platform::Error::Io { source, .. }
-            if source.raw_os_error() == Some(libc::EBUSY) || source.to_string().contains("busy"));
-        if busy {
-            Failure::new(
-                ExitCode::Busy,
-                anyhow::anyhow!(
-                    "{} is busy: files or folders in it are open (see `fuser -vm {}`); close them and try again",
-                    mp.display(),
-                    mp.display()
-                ),
-            )
-            .into()
-        } else {
-            anyhow::Error::from(e)
-        }
-    })?;
-    // Wait for the daemon to close its journal: it lets go of the pocket's lock last.
-    let p = match Pocket::at(&entry.source) {
-        Ok(p) => p,
-        Err(e) => {
-            println!(
-                "unmounted {}; the pocket's drive cannot be read ({e:#}), so its journal may                  hold less than was done: the next mount scans the pocket and records the rest",
-                mp.display()
-            );
-            return Ok(());
-        }
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match platform::PocketLock::acquire(&p.lock_path(), &p.root) {
-            Ok(_) => break,
-            Err(platform::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(platform::Error::Locked { pid, .. }) => {
-                anyhow::bail!(
-                    "unmounted {}, but process {pid} still holds the pocket after 60 s",
-                    mp.display()
-                )
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    println!("unmounted {}", mp.display());
-    Ok(())
 }
 
 fn scan(pocket: Option<&Path>, json: bool) -> Result<()> {

@@ -149,6 +149,20 @@ fn serve(
         )?)
     };
 
+    // Tells the user when protection is at risk (changes waiting for days, a drive filling).
+    let warn_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let warnings = if args.no_journal {
+        None
+    } else {
+        match crate::warn::spawn_watch(pocket.clone(), warn_stop.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("cannot watch for risks to the backup: {e}");
+                None
+            }
+        }
+    };
+
     let options = fs_driver::Options {
         quiet_period: Duration::from_secs(config.journal.quiet_period_secs.max(1)),
     };
@@ -222,6 +236,10 @@ fn serve(
     if let Some(r) = replicator {
         // A drain in progress is abandoned; its records stay pending for the next one.
         r.stop();
+    }
+    warn_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = warnings {
+        let _ = t.join();
     }
     let closed = journal.close();
     res.context("the mount session ended with an error")?;

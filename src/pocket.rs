@@ -28,6 +28,9 @@ pub struct Config {
     pub id: String,
     #[serde(default)]
     pub journal: JournalConfig,
+    /// When to tell the user that protection is at risk.
+    #[serde(default, skip_serializing_if = "WarningsConfig::is_default")]
+    pub warnings: WarningsConfig,
     /// How the pocket key comes from the passphrase (made with the first vault).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<KeyConfig>,
@@ -77,6 +80,10 @@ pub struct DestConfig {
     /// Credentials, sealed with the pocket key (never in plain text on the drive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<String>,
+    /// Warn once changes have waited this long for this destination (overrides
+    /// `[warnings] unprotected_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_after: Option<String>,
 }
 
 fn default_mode() -> replicator::Mode {
@@ -104,6 +111,7 @@ impl DestConfig {
             connections: None,
             bandwidth_limit: None,
             credentials: None,
+            warn_after: None,
         }
     }
 
@@ -159,6 +167,35 @@ impl Default for JournalConfig {
     }
 }
 
+/// `[warnings]`: quiet for the short gaps of a drive that travels, loud when changes have
+/// been at risk for days or the drive is about to fill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarningsConfig {
+    /// Warn when a destination has lacked changes this long without reaching it ("3d", "12h").
+    pub unprotected_after: String,
+    /// Warn when the drive's free space falls below this: a share ("5%") or a size ("2GiB").
+    pub drive_free_below: String,
+    /// Desktop notifications where a notification service runs (log lines are always written).
+    pub notify: bool,
+}
+
+impl Default for WarningsConfig {
+    fn default() -> Self {
+        WarningsConfig {
+            unprotected_after: "3d".into(),
+            drive_free_below: "5%".into(),
+            notify: true,
+        }
+    }
+}
+
+impl WarningsConfig {
+    fn is_default(&self) -> bool {
+        *self == WarningsConfig::default()
+    }
+}
+
 impl Pocket {
     pub fn meta_dir(&self) -> PathBuf {
         self.root.join(DIR)
@@ -211,6 +248,14 @@ impl Pocket {
     /// or one above it, or the pocket behind the backpocket mount we are inside.
     pub fn find(explicit: Option<&Path>) -> Result<Pocket> {
         if let Some(p) = explicit {
+            // A mountpoint stands for the pocket mounted there.
+            if let Some(m) = std::path::absolute(p)
+                .ok()
+                .and_then(|abs| platform::mount_at(&abs).ok().flatten())
+                .filter(|m| m.fstype == platform::FSTYPE)
+            {
+                return Pocket::at(&m.source);
+            }
             return Pocket::at(p);
         }
         let cwd = std::env::current_dir().context("cannot read the current folder")?;

@@ -50,51 +50,93 @@ pub fn ago(ns: i64) -> String {
     )
 }
 
-/// One destination as status shows it: the config, the journal's cursor, and what the
-/// replicator last saw.
-struct DestLine {
-    name: String,
-    url: String,
-    mode: &'static str,
-    cursor: Option<journal::CursorStatus>,
-    state: replicator::DestState,
+/// One destination as status shows it: the config, the journal's cursor, what the replicator
+/// last saw, and what it lacks.
+pub struct DestLine {
+    pub name: String,
+    pub url: String,
+    pub mode: &'static str,
+    pub cursor: Option<journal::CursorStatus>,
+    pub state: replicator::DestState,
+    /// Records, bytes, and when the oldest was made, that this destination does not hold yet.
+    pub pending: (u64, u64, Option<i64>),
+}
+
+impl DestLine {
+    /// "waiting for network 10.20.0.0/16", "not reachable", or None when it can be used.
+    pub fn obstacle(&self) -> Option<String> {
+        match (&self.state.waiting_for, self.state.reachable) {
+            (Some(w), _) => Some(format!("waiting for {w}")),
+            (None, Some(false)) => Some("not reachable".into()),
+            _ => None,
+        }
+    }
+}
+
+/// What is protected and where: the journal's figures and each destination's. Every figure
+/// is an index lookup, so status, eject and the live view can ask as often as they like.
+pub struct Protection {
+    pub status: journal::Status,
+    pub dests: Vec<DestLine>,
+    /// Records, bytes and the oldest change that no configured destination holds yet.
+    pub pending: (u64, u64, Option<i64>),
+}
+
+impl Protection {
+    pub fn read(p: &Pocket) -> Result<Protection> {
+        let reader = journal::Reader::open(&p.journal_path())?;
+        let s = reader.status()?;
+        let config = p.config()?;
+        let dests: Vec<DestLine> = config
+            .destinations
+            .iter()
+            .map(|d| {
+                let cursor = s.destinations.iter().find(|c| c.name == d.name).cloned();
+                // A destination that never drained lacks everything recorded.
+                let pending = match &cursor {
+                    Some(c) => (c.pending_records, c.pending_bytes, c.oldest_pending_ns),
+                    None => s.all_pending,
+                };
+                DestLine {
+                    name: d.name.clone(),
+                    url: d.url.clone(),
+                    mode: match d.mode {
+                        replicator::Mode::Vault => "vault",
+                        replicator::Mode::Mirror => "mirror",
+                    },
+                    cursor,
+                    state: replicator::DestState::load(&p.meta_dir(), &d.name),
+                    pending,
+                }
+            })
+            .collect();
+        // "Protected" means some configured destination holds it.
+        let pending = if dests.is_empty() {
+            (s.pending_records, s.pending_bytes, s.oldest_pending_ns)
+        } else {
+            dests
+                .iter()
+                .map(|d| d.pending)
+                .min_by_key(|(r, _, _)| *r)
+                .unwrap_or((0, 0, None))
+        };
+        Ok(Protection {
+            status: s,
+            dests,
+            pending,
+        })
+    }
 }
 
 pub fn status(p: &Pocket, json: bool) -> Result<()> {
     let started = std::time::Instant::now();
-    let reader = journal::Reader::open(&p.journal_path())?;
-    let s = reader.status()?;
-    let config = p.config()?;
+    let Protection {
+        status: s,
+        dests,
+        pending: (pending_records, pending_bytes, oldest_ns),
+    } = Protection::read(p)?;
     tracing::debug!("status took {:?}", started.elapsed());
-    let dests: Vec<DestLine> = config
-        .destinations
-        .iter()
-        .map(|d| DestLine {
-            name: d.name.clone(),
-            url: d.url.clone(),
-            mode: match d.mode {
-                replicator::Mode::Vault => "vault",
-                replicator::Mode::Mirror => "mirror",
-            },
-            cursor: s.destinations.iter().find(|c| c.name == d.name).cloned(),
-            state: replicator::DestState::load(&p.meta_dir(), &d.name),
-        })
-        .collect();
-    // A destination that never drained lacks everything recorded.
-    let pending = |d: &DestLine| match &d.cursor {
-        Some(c) => (c.pending_records, c.pending_bytes, c.oldest_pending_ns),
-        None => s.all_pending,
-    };
-    // "Protected" means some configured destination holds it.
-    let (pending_records, pending_bytes, oldest_ns) = if dests.is_empty() {
-        (s.pending_records, s.pending_bytes, s.oldest_pending_ns)
-    } else {
-        dests
-            .iter()
-            .map(pending)
-            .min_by_key(|(r, _, _)| *r)
-            .unwrap_or((0, 0, None))
-    };
+    let pending = |d: &DestLine| d.pending;
     if json {
         let destinations: Vec<_> = dests
             .iter()
@@ -156,10 +198,10 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                 oldest.map(ago).unwrap_or_default()
             )
         };
-        let reach = match (&d.state.waiting_for, d.state.reachable) {
-            (Some(w), _) => format!(", waiting for {w}"),
-            (None, Some(false)) => ", NOT REACHABLE".to_owned(),
-            _ => String::new(),
+        let reach = match d.obstacle() {
+            Some(o) if d.state.waiting_for.is_none() => format!(", {}", o.to_uppercase()),
+            Some(o) => format!(", {o}"),
+            None => String::new(),
         };
         let last = d
             .state

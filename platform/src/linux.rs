@@ -15,6 +15,9 @@ use crate::{Error, Result};
 /// One line of the mount table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountEntry {
+    /// Unique while mounted and never reused soon: tells one appearance of a drive from the
+    /// next, at the same place.
+    pub id: u64,
     pub mountpoint: PathBuf,
     pub fstype: String,
     pub source: PathBuf,
@@ -45,11 +48,13 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
+            let id = left.split(' ').next()?.parse().ok()?;
             let mountpoint = left.split(' ').nth(4)?;
             let mut r = right.split(' ');
             let fstype = r.next()?;
             let source = r.next()?;
             Some(MountEntry {
+                id,
                 mountpoint: PathBuf::from(unescape(mountpoint)),
                 fstype: fstype.to_owned(),
                 source: PathBuf::from(unescape(source)),
@@ -161,6 +166,71 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
             ))
         }
     }
+}
+
+/// A process using something under a folder: a file it holds open, or its current folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenUnder {
+    pub pid: u32,
+    pub command: String,
+    pub path: PathBuf,
+}
+
+/// What keeps a mount busy, as `fuser -m` finds it: every process's open files and current
+/// folder under `dir` (another user's processes only as root). Readlinks only: nothing here
+/// calls into the mount.
+pub fn open_under(dir: &Path) -> Vec<OpenUnder> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let base = p.path();
+        let mut paths: Vec<PathBuf> = std::fs::read_link(base.join("cwd")).into_iter().collect();
+        if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
+            paths.extend(
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok()),
+            );
+        }
+        let command = std::fs::read_to_string(base.join("comm"))
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_default();
+        for path in paths {
+            if path.starts_with(dir)
+                && !out
+                    .iter()
+                    .any(|o: &OpenUnder| o.pid == pid && o.path == path)
+            {
+                out.push(OpenUnder {
+                    pid,
+                    command: command.clone(),
+                    path,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Flushes the filesystem holding `path` to its device: once it returns, the drive can be
+/// pulled without losing what was written.
+pub fn syncfs(path: &Path) -> Result<()> {
+    let f =
+        File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    rustix::fs::syncfs(&f).map_err(|e| {
+        Error::io(
+            format!("cannot flush the drive holding {}", path.display()),
+            e.into(),
+        )
+    })
 }
 
 /// The single-mount lock of a pocket: an `flock`, so the kernel drops it with the process

@@ -30,7 +30,7 @@ pub use service::{
     is_unreachable, runtime, sync, DestSpec, Mode, Reload, Replicator, Setup, SyncOutcome,
     SyncReport,
 };
-pub use state::{DestLock, DestState};
+pub use state::{DestLock, DestState, Live};
 pub use store::{local_path, Store, Target};
 pub use vault::{Point, Vault};
 pub use verify::{verify, Damage, VerifyReport};

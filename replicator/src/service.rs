@@ -450,6 +450,69 @@ impl Control<'_> {
 }
 
 fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
+    let progress = Progress::default();
+    let sending = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let ticker = std::thread::Builder::new()
+            .name(format!("live-{}", spec.name))
+            .spawn_scoped(s, || report_live(spec, setup, &progress, &sending, &done));
+        if let Err(e) = ticker {
+            warn!(dest = spec.name, "no live progress for status --watch: {e}");
+        }
+        run_dest_loop(spec, setup, rt, ctl, &progress, &sending);
+        done.store(true, Ordering::Relaxed);
+    });
+}
+
+/// Writes what the drain is doing about once a second while it sends, for `status --watch`.
+fn report_live(
+    spec: &DestSpec,
+    setup: &Setup,
+    progress: &Progress,
+    sending: &AtomicBool,
+    done: &AtomicBool,
+) {
+    let mut last = crate::state::Live::default();
+    let mut ticks = 0u32;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        ticks += 1;
+        let now = crate::state::Live {
+            sending: sending.load(Ordering::Relaxed),
+            bytes_done: progress.bytes_done.load(Ordering::Relaxed),
+            updated_ns: 0,
+        };
+        // Every second while sending; at once when it starts or stops.
+        let changed = now.sending != last.sending;
+        if !(changed || (now.sending && ticks >= 5)) {
+            continue;
+        }
+        ticks = 0;
+        last = crate::state::Live {
+            updated_ns: now_ns(),
+            ..now
+        };
+        if let Err(e) = last.save(&setup.meta_dir, &spec.name) {
+            tracing::debug!(dest = spec.name, "live progress: {e}");
+        }
+    }
+    let _ = (crate::state::Live {
+        sending: false,
+        updated_ns: now_ns(),
+        ..last
+    })
+    .save(&setup.meta_dir, &spec.name);
+}
+
+fn run_dest_loop(
+    spec: &DestSpec,
+    setup: &Setup,
+    rt: Handle,
+    ctl: &Control<'_>,
+    progress: &Progress,
+    sending: &AtomicBool,
+) {
     // `sync` may hold the destination; wait for it.
     let _lock = loop {
         match DestLock::try_take(&setup.meta_dir, &spec.name) {
@@ -464,13 +527,12 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
         }
     };
     let policy = &ctl.policy;
-    let progress = Progress::default();
     let src = Source {
         pocket: &setup.pocket,
         journal: &setup.journal,
         dest: &spec.name,
         cancel: ctl.cancel,
-        progress: &progress,
+        progress,
     };
     let mut drain: Option<DestDrain> = None;
     let mut backoff = Duration::from_secs(1);
@@ -515,6 +577,7 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
         }
         waiting_backoff = Duration::from_secs(2);
         ctl.pause.store(false, Ordering::Relaxed);
+        sending.store(true, Ordering::Relaxed);
         // A bug must show in status, not end this destination's thread silently.
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             drain_all(spec, setup, &rt, &mut drain, &src, &ctl.pause)
@@ -530,6 +593,7 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
                 "internal error while draining ({what}); please report it"
             )))
         });
+        sending.store(false, Ordering::Relaxed);
         let mut st = DestState::load(&setup.meta_dir, &spec.name);
         let before = st.clone();
         st.last_attempt_ns = Some(now_ns());

@@ -65,7 +65,43 @@ impl DestState {
 
     pub fn remove(meta_dir: &Path, name: &str) {
         let _ = std::fs::remove_file(path(meta_dir, name));
+        let _ = std::fs::remove_file(live_path(meta_dir, name));
         let _ = std::fs::remove_file(dir(meta_dir).join(format!("{name}.lock")));
+    }
+}
+
+fn live_path(meta_dir: &Path, name: &str) -> PathBuf {
+    dir(meta_dir).join(format!("{name}.live.json"))
+}
+
+/// What a destination's drain is doing now, for `journal status --watch`: rewritten about once
+/// a second while it sends. Not durable (a live view, not a fact to keep), and stale once
+/// `updated_ns` stops moving.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Live {
+    /// Whether a drain is running.
+    pub sending: bool,
+    /// Bytes of the pocket's files read and sent since the replicator started (a counter: the
+    /// rate is its change over time).
+    pub bytes_done: u64,
+    pub updated_ns: i64,
+}
+
+impl Live {
+    pub fn load(meta_dir: &Path, name: &str) -> Option<Live> {
+        std::fs::read(live_path(meta_dir, name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    pub(crate) fn save(&self, meta_dir: &Path, name: &str) -> std::io::Result<()> {
+        let p = live_path(meta_dir, name);
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, &p)
     }
 }
 

@@ -24,4 +24,14 @@ cargo_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} 
 bash tests/pjdfstest/run.sh | tee -a "$log"
 pjd_runs=$(grep -c '^pjdfstest-compare: ok' "$log" || true)
 
-echo "tests: $((cargo_passed + pjd_runs)) passed, 0 failed"
+# What users install: `cargo install` from the repository and the .deb, installed with dpkg
+# and removed again (root only: dpkg writes to the machine).
+pkg_runs=0
+if [ "$(id -u)" = 0 ]; then
+    bash scripts/check-package.sh 2>&1 | tee -a "$log"
+    pkg_runs=$(grep -c '^check-package: ok' "$log" || true)
+else
+    echo "SKIPPED scripts/check-package.sh: dpkg -i needs root; CI runs it as root" >&2
+fi
+
+echo "tests: $((cargo_passed + pjd_runs + pkg_runs)) passed, 0 failed"

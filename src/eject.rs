@@ -15,10 +15,6 @@ use crate::exit::{ExitCode, Failure};
 use crate::pocket::Pocket;
 use crate::report::{bytes, DestLine, Protection};
 
-/// Where drives are mounted when plugged in (udisks, `service attach`, by hand): eject lets go
-/// of the filesystem of a drive there, and never of a system disk.
-pub const REMOVABLE_PLACES: [&str; 3] = ["/media/", "/run/media/", "/mnt/"];
-
 /// The backpocket mount at `path`, or of the pocket at `path`.
 pub fn find_mount(path: &Path) -> Result<platform::MountEntry> {
     let abs = path
@@ -404,7 +400,10 @@ fn release_drive(pocket: &Path) -> DriveOutcome {
         return DriveOutcome::NotRemovable;
     };
     let place = fs.mountpoint.to_string_lossy();
-    if !REMOVABLE_PLACES.iter().any(|r| place.starts_with(r)) {
+    if !platform::service::REMOVABLE_PLACES
+        .iter()
+        .any(|r| place.starts_with(r))
+    {
         return DriveOutcome::NotRemovable;
     }
     if let Some(other) = table

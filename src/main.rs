@@ -624,9 +624,9 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                 mountpoint: mountpoint.map(|m| std::path::absolute(&m)).transpose()?,
                 root,
                 layout: if package {
-                    service::Layout::Package
+                    platform::service::Layout::Package
                 } else {
-                    service::Layout::Admin
+                    platform::service::Layout::Admin
                 },
                 bin,
             }),

@@ -18,8 +18,9 @@ pub const WIDTH: usize = 80;
 
 /// A live counter older than this belongs to a replicator that is not running.
 const STALE: Duration = Duration::from_secs(4);
-/// The rate is measured over about this long.
-const WINDOW: Duration = Duration::from_secs(8);
+/// The rate is measured over about this long: bytes count as their pack lands (16 MiB at a
+/// time), so the window must span a few packs on a slow link.
+const WINDOW: Duration = Duration::from_secs(30);
 
 /// One destination's transfer, as measured between refreshes.
 #[derive(Default)]
@@ -64,9 +65,11 @@ impl Meter {
         {
             self.samples.pop_front();
         }
+        // Two different readings at least: one alone says nothing about speed.
         let rate = match (self.samples.front(), self.samples.back()) {
             (Some((t0, b0)), Some((_, b1)))
-                if now.duration_since(*t0) >= Duration::from_millis(500) =>
+                if self.samples.len() >= 2
+                    && now.duration_since(*t0) >= Duration::from_millis(500) =>
             {
                 Some((b1 - b0) as f64 / now.duration_since(*t0).as_secs_f64())
             }

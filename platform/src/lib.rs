@@ -1,11 +1,13 @@
 //! What differs per operating system and is not the filesystem itself: the mount table,
 //! stale-mount cleanup and mountpoint checks, unmounting, the single-mount lock, detaching
-//! into the background.
+//! into the background, service installation and removable-drive events.
 
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::*;
+#[cfg(target_os = "linux")]
+pub mod service;
 
 /// Errors of the platform crate; each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,8 @@ pub enum Error {
     },
     #[error("{0} is not a mounted pocket")]
     NotMounted(std::path::PathBuf),
+    #[error("{0} exists and was not written by backpocket; move it away first")]
+    NotOurs(std::path::PathBuf),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
@@ -45,7 +46,9 @@ pub struct Progress {
     pub files_total: AtomicU64,
     pub files_done: AtomicU64,
     pub bytes_total: AtomicU64,
-    pub bytes_done: AtomicU64,
+    /// Bytes of the pocket's files at the destination: counted as their packs land (or at
+    /// once for chunks it holds already), so the rate is what really arrives.
+    pub bytes_done: Arc<AtomicU64>,
 }
 
 /// Where the drain reads from.
@@ -427,7 +430,7 @@ impl VaultDrain {
             let handles: Vec<_> = (0..self.workers.min(jobs.len().max(1)))
                 .map(|_| {
                     s.spawn(|| {
-                        let mut packer = self.vault.packer();
+                        let mut packer = self.vault.packer().counting(src.progress.bytes_done.clone());
                         let chunker = self.vault.chunker();
                         let mut out = Vec::new();
                         let res = (|| {
@@ -439,7 +442,6 @@ impl VaultDrain {
                                 let outcome = loop {
                                     let mut sink = |c: &[u8]| {
                                         bytes_read.fetch_add(c.len() as u64, Ordering::Relaxed);
-                                        src.progress.bytes_done.fetch_add(c.len() as u64, Ordering::Relaxed);
                                         packer.add(c)
                                     };
                                     match read_file(path, *id, &chunker, &mut sink)? {

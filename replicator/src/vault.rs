@@ -406,6 +406,7 @@ impl Vault {
             uploads: std::collections::VecDeque::new(),
             uploaded_bytes: 0,
             new_chunks: 0,
+            landed: None,
         }
     }
 
@@ -705,6 +706,8 @@ pub struct Packer<'v> {
     /// Bytes written to the destination.
     pub uploaded_bytes: u64,
     pub new_chunks: u64,
+    /// Counts the source bytes whose chunks are at the destination.
+    landed: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A pack on its way: its index once both objects are at the destination.
@@ -723,6 +726,12 @@ impl std::fmt::Debug for Packer<'_> {
 }
 
 impl Packer<'_> {
+    /// Counts into `landed` the source bytes whose chunks reach the destination.
+    pub fn counting(mut self, landed: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.landed = Some(landed);
+        self
+    }
+
     /// Takes one chunk; returns how the file refers to it.
     pub fn add(&mut self, data: &[u8]) -> Result<ChunkRef> {
         self.vault.store.check_paused()?;
@@ -731,7 +740,14 @@ impl Packer<'_> {
             id,
             len: data.len() as u32,
         };
-        if self.vault.index.lock().contains_key(&id) || !self.vault.in_flight.lock().insert(id) {
+        if self.vault.index.lock().contains_key(&id) {
+            // Held already: nothing to send.
+            if let Some(l) = &self.landed {
+                l.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Ok(r);
+        }
+        if !self.vault.in_flight.lock().insert(id) {
             return Ok(r);
         }
         let compressed =
@@ -789,12 +805,17 @@ impl Packer<'_> {
         let sealed = format::seal_object(&self.vault.keys.objects, "index", &name, &index)?;
         let ids = index.blobs.iter().map(|b| b.id).collect();
         let store = self.vault.store.clone();
+        let raw: u64 = index.blobs.iter().map(|b| u64::from(b.raw_len)).sum();
+        let landed = self.landed.clone();
         let done = std::thread::Builder::new()
             .name("upload".into())
             .spawn(move || {
                 let bytes = size + sealed.len() as u64;
                 store.put(&Vault::pack_key(&name), pack)?;
                 store.put(&format!("index/{name}"), sealed)?;
+                if let Some(l) = landed {
+                    l.fetch_add(raw, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok((index, bytes))
             })
             .map_err(|e| Error::io("cannot start an upload thread", e))?;

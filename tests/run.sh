@@ -34,4 +34,14 @@ else
     echo "SKIPPED scripts/check-package.sh: dpkg -i needs root; CI runs it as root" >&2
 fi
 
-echo "tests: $((cargo_passed + pjd_runs + pkg_runs)) passed, 0 failed"
+# Windows: the WinFsp front-end, the journal and platform cross-checked for the Windows
+# target, their tests run under wine (root installs mingw-w64 and wine).
+win_runs=0
+if [ "$(id -u)" = 0 ] || { command -v wine >/dev/null && command -v x86_64-w64-mingw32-gcc >/dev/null; }; then
+    bash scripts/windows-check.sh 2>&1 | tee -a "$log"
+    win_runs=$(grep -Eo '^windows-check: ok [0-9]+ tests passed' "$log" | awk '{s+=$3} END {print s+0}')
+else
+    echo "SKIPPED scripts/windows-check.sh: needs wine and mingw-w64 (root installs them); CI runs it" >&2
+fi
+
+echo "tests: $((cargo_passed + pjd_runs + pkg_runs + win_runs)) passed, 0 failed"

@@ -1,5 +1,6 @@
 //! The filesystem core without a mount: operations on a backing folder and the records they
 //! hand to the journal.
+#![cfg(unix)]
 
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;

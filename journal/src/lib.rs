@@ -9,14 +9,21 @@
 mod db;
 mod error;
 mod record;
+#[cfg(unix)]
 mod scan;
 mod status;
 mod writer;
 
 pub use db::FORMAT_VERSION;
 pub use error::{Error, Result};
-pub use record::{Change, FileId, Kind, Meta, Op, Record};
-pub use scan::{read_xattrs, scan, ScanReport, POCKET_DIR};
+pub use record::{
+    filetime_to_unix_ns, unix_ns_to_filetime, Change, FileId, Kind, Meta, Op, Record,
+};
+#[cfg(unix)]
+pub use scan::{read_xattrs, scan, ScanReport};
+
+/// The pocket's own folder, inside the pocket: hidden in the mount, never recorded.
+pub const POCKET_DIR: &str = ".backpocket";
 pub use status::{
     compact, remove_cursor, set_cursor, CatalogEntry, CursorStatus, Reader, Snapshot, Status,
 };

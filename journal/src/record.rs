@@ -2,8 +2,6 @@
 //! number, stable across rename and link) and entries by (parent id, name bytes), so a replica
 //! can replay the history without knowing any path.
 
-use std::os::unix::fs::MetadataExt;
-
 /// A file's identity for as long as it exists: the inode number on the drive.
 pub type FileId = u64;
 
@@ -77,7 +75,9 @@ pub struct Meta {
 
 impl Meta {
     /// From a `std` metadata (the scan's `lstat`). None for a file type we cannot name.
+    #[cfg(unix)]
     pub fn from_std(m: &std::fs::Metadata) -> Option<Meta> {
+        use std::os::unix::fs::MetadataExt;
         Some(Meta {
             kind: Kind::from_mode(m.mode())?,
             perm: m.mode() & 0o7777,
@@ -89,6 +89,47 @@ impl Meta {
             rdev: m.rdev(),
         })
     }
+
+    /// From a `std` metadata on Windows, which has no modes or owners: a folder is 0o755, a
+    /// file 0o644, less the write bits when read-only; the last change time stands for ctime.
+    #[cfg(windows)]
+    pub fn from_std(m: &std::fs::Metadata) -> Option<Meta> {
+        use std::os::windows::fs::MetadataExt;
+        let t = m.file_type();
+        let kind = if t.is_symlink() {
+            Kind::Symlink
+        } else if t.is_dir() {
+            Kind::Dir
+        } else {
+            Kind::File
+        };
+        let mut perm = if kind == Kind::Dir { 0o755 } else { 0o644 };
+        if m.permissions().readonly() {
+            perm &= !0o222;
+        }
+        Some(Meta {
+            kind,
+            perm,
+            uid: 0,
+            gid: 0,
+            size: m.file_size(),
+            mtime_ns: filetime_to_unix_ns(m.last_write_time()),
+            ctime_ns: filetime_to_unix_ns(m.last_write_time()),
+            rdev: 0,
+        })
+    }
+}
+
+/// Windows FILETIME (100 ns ticks since 1601-01-01 UTC) to nanoseconds since the Unix epoch.
+pub fn filetime_to_unix_ns(ft: u64) -> i64 {
+    const EPOCH_DIFF_TICKS: i64 = 116_444_736_000_000_000;
+    (ft as i64 - EPOCH_DIFF_TICKS).saturating_mul(100)
+}
+
+/// Nanoseconds since the Unix epoch to a Windows FILETIME (0 before 1601).
+pub fn unix_ns_to_filetime(ns: i64) -> u64 {
+    const EPOCH_DIFF_TICKS: i64 = 116_444_736_000_000_000;
+    (ns.div_euclid(100) + EPOCH_DIFF_TICKS).max(0) as u64
 }
 
 /// One change to the pocket. The operation codes are part of the on-disk format.

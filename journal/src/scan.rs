@@ -20,9 +20,7 @@ use crate::error::{Error, Result};
 use crate::record::{Change, FileId, Kind, Meta};
 use crate::status::Reader;
 use crate::writer::{now_ns, JournalHandle};
-
-/// The pocket's own folder, never part of the user's files.
-pub const POCKET_DIR: &str = ".backpocket";
+use crate::POCKET_DIR;
 
 /// Timestamps closer than this to the moment a record was taken are not trusted.
 const RACY_WINDOW_NS: i64 = 20_000_000;

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::record::Record;
 
 /// A directory entry: (parent file id, name).
+#[cfg(unix)]
 pub(crate) type NameKey = (u64, Vec<u8>);
 
 /// What is recorded and not yet protected.
@@ -191,6 +192,7 @@ impl Reader {
     }
 
     /// Every name in the catalog: ((parent, name), file).
+    #[cfg(unix)]
     pub(crate) fn all_names(&self) -> Result<Vec<(NameKey, u64)>> {
         let mut stmt = self.conn.prepare("SELECT parent, name, file FROM names")?;
         let rows = stmt.query_map([], |r| {
@@ -203,6 +205,7 @@ impl Reader {
     }
 
     /// Every file in the catalog with its metadata, symlink target and when it was recorded.
+    #[cfg(unix)]
     pub(crate) fn all_files(&self) -> Result<Vec<(u64, crate::record::Meta, i64)>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, kind, perm, uid, gid, size, mtime_ns, ctime_ns, rdev, recorded_ns FROM files",

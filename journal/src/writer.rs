@@ -227,7 +227,11 @@ fn ensure_reserve(path: &Path) {
         .write(true)
         .open(path)
         .and_then(|f| {
+            // Blocks really allocated: a sparse file would free nothing when removed.
+            #[cfg(unix)]
             rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)?;
+            #[cfg(not(unix))]
+            f.set_len(RESERVE_BYTES)?;
             f.sync_all()
         });
     if let Err(e) = res {

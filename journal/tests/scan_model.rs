@@ -1,6 +1,7 @@
 //! Model-based test of the reconciliation scan: random changes made directly to a folder
 //! (creates, writes, moves of files and folders, swaps, links, removals, chmod, xattrs), then
 //! a scan; the journal's catalog must describe the folder exactly, every time.
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -8,6 +8,11 @@ mod linux;
 pub use linux::*;
 #[cfg(target_os = "linux")]
 pub mod service;
+pub mod win;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::PocketLock;
 
 /// Errors of the platform crate; each says what to do.
 #[derive(Debug, thiserror::Error)]

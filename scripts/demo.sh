@@ -48,8 +48,19 @@ say backpocket log docs/2026/report.txt
 "$bp" log docs/2026/report.txt
 cd /
 
-say backpocket unmount "$demo/mnt"
-"$bp" unmount "$demo/mnt"
+say backpocket journal status --watch "# a live view while a bigger file goes out (in place at a terminal; Ctrl-C ends it)"
+"$bp" journal status --watch --interval 0.25 --pocket "$demo/mnt" > "$demo/watch.txt" &
+watch_pid=$!
+head -c 200000000 /dev/urandom > "$demo/mnt/docs/video.raw"
+sleep 3
+kill -INT "$watch_pid"
+wait "$watch_pid" || true
+# The last refresh that measured a rate while sending, else one while sending, else the last.
+awk -v RS= '/sending[^\n]*\/s/ {best=$0} /sending/ {some=$0} {last=$0}
+    END {print (best != "" ? best : (some != "" ? some : last))}' "$demo/watch.txt"
+
+say backpocket eject "$demo/mnt"   "# last drain, unmount, flush; then the verdict"
+"$bp" eject "$demo/mnt"
 
 say "the drive is lost: restore from the vault with only the passphrase, and check"
 say backpocket restore --from "$demo/backupdisk/vault" --to "$demo/restored"

@@ -115,10 +115,11 @@ fn fit(s: &str, w: usize) -> String {
 }
 
 fn state_word(d: &DestLine, sending: bool) -> &'static str {
-    if sending {
-        "sending"
-    } else if d.pending.0 == 0 {
+    if d.pending.0 == 0 {
+        // A drain that just moved the cursor may still be looking for more.
         "up to date"
+    } else if sending {
+        "sending"
     } else if d.state.waiting_for.is_some() {
         "waiting"
     } else if d.state.reachable == Some(false) {

@@ -465,7 +465,7 @@ fn run_dest(spec: &DestSpec, setup: &Setup, rt: Handle, ctl: &Control<'_>) {
     });
 }
 
-/// Writes what the drain is doing about once a second while it sends, for `status --watch`.
+/// Writes what the drain is doing twice a second while it sends, for `status --watch`.
 fn report_live(
     spec: &DestSpec,
     setup: &Setup,
@@ -483,9 +483,9 @@ fn report_live(
             bytes_done: progress.bytes_done.load(Ordering::Relaxed),
             updated_ns: 0,
         };
-        // Every second while sending; at once when it starts or stops.
+        // Twice a second while sending; at once when it starts or stops.
         let changed = now.sending != last.sending;
-        if !(changed || (now.sending && ticks >= 5)) {
+        if !(changed || (now.sending && ticks >= 2)) {
             continue;
         }
         ticks = 0;

@@ -74,8 +74,8 @@ fn live_path(meta_dir: &Path, name: &str) -> PathBuf {
     dir(meta_dir).join(format!("{name}.live.json"))
 }
 
-/// What a destination's drain is doing now, for `journal status --watch`: rewritten about once
-/// a second while it sends. Not durable (a live view, not a fact to keep), and stale once
+/// What a destination's drain is doing now, for `journal status --watch`: rewritten twice a
+/// second while it sends. Not durable (a live view, not a fact to keep), and stale once
 /// `updated_ns` stops moving.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Live {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The Windows cross-check, on Linux: the Windows parts (the WinFsp front-end of fs-driver, the
-# journal, platform) are type-checked and linted for x86_64-pc-windows-gnu, then the tests of
-# those crates run under wine. The front-end is checked against winfsp-sys's pre-generated
+# The Windows cross-check, on Linux: the crates that build for Windows (fs-driver with its
+# WinFsp front-end, the journal, platform, the replicator) are type-checked and linted for
+# x86_64-pc-windows-gnu, then their tests run under wine. The front-end is checked against winfsp-sys's pre-generated
 # bindings (fs-driver's `winfsp-check` feature): a real build needs the WinFsp SDK and the
 # MSVC target, and mounting on Windows is not run here.
 #
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 target=x86_64-pc-windows-gnu
-crates=(-p fs-driver -p journal -p platform)
+crates=(-p fs-driver -p journal -p platform -p replicator)
 
 rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 need=()
@@ -25,7 +25,7 @@ fi
 
 cargo clippy --target "$target" "${crates[@]}" --features fs-driver/winfsp-check \
     --all-targets --locked -- -D warnings
-echo "windows-check: ok clippy for $target (the WinFsp front-end included)"
+echo "windows-check: ok clippy for $target (fs-driver with the WinFsp front-end, journal, platform, replicator)"
 
 # Debian's wine 8.0 lacks bcryptprimitives.dll, where Rust's std finds ProcessPrng: a shim.
 shim=target/wine-shim

@@ -13,6 +13,7 @@ mod record;
 mod scan;
 mod status;
 mod writer;
+pub mod wtf8;
 
 pub use db::FORMAT_VERSION;
 pub use error::{Error, Result};

@@ -3,9 +3,6 @@
 //! packed. The cursor moves only after the segment (and every pack it refers to) is durable.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -63,11 +60,7 @@ pub struct Source<'a> {
 
 impl Source<'_> {
     pub(crate) fn abs(&self, rel: &[u8]) -> PathBuf {
-        if rel.is_empty() {
-            self.pocket.to_owned()
-        } else {
-            self.pocket.join(OsStr::from_bytes(rel))
-        }
+        crate::os::join(self.pocket, rel)
     }
 
     pub(crate) fn check_cancel(&self) -> Result<()> {
@@ -219,7 +212,7 @@ impl VaultDrain {
                     .and_then(|id| tree.path_of(*id))
                     .unwrap_or_default();
                 return Err(Error::Source {
-                    path: src.pocket.join(OsStr::from_bytes(&first)),
+                    path: crate::os::join(src.pocket, &first),
                     detail: format!(
                         "this and {} other changed files could not be found on the drive",
                         outcome.gone.len() - 1
@@ -593,7 +586,7 @@ pub(crate) fn refresh_metadata(tree: &mut Tree, src: &Source<'_>) {
 /// An entry's metadata now, if it still is file `expect` (None: do not check, for the root).
 pub(crate) fn lstat_meta(path: &Path, expect: Option<u64>) -> Option<VMeta> {
     let m = std::fs::symlink_metadata(path).ok()?;
-    if expect.is_some_and(|id| id != m.ino()) {
+    if expect.is_some_and(|id| crate::os::path_id(path).ok() != Some(id)) {
         return None;
     }
     let meta = journal::Meta::from_std(&m)?;

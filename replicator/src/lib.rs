@@ -6,7 +6,9 @@ pub mod crypto;
 mod drain;
 mod error;
 pub mod format;
+#[cfg(unix)]
 mod mirror;
+mod os;
 mod policy;
 mod restore;
 mod retention;
@@ -22,6 +24,7 @@ pub use access::{parse_bandwidth, seal_secrets, Access, Secrets};
 pub use crypto::{KdfParams, Key};
 pub use drain::{DrainReport, Progress};
 pub use error::{Error, Result};
+#[cfg(unix)]
 pub use mirror::{init_mirror, is_mirror, restore_mirror};
 pub use policy::Policy;
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};

@@ -533,12 +533,9 @@ impl MirrorDrain {
             out.set_len(before.size())
                 .map_err(|e| Error::io("cannot write the mirror", e))?;
             let mut extents = Vec::new();
-            let runs = crate::source::data_extents(
-                &f,
-                before.size(),
-                before.blocks() * 512 < before.size(),
-            )
-            .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
+            let runs =
+                crate::os::data_extents(&f, before.size(), before.blocks() * 512 < before.size())
+                    .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
             let mut buf = vec![0u8; 1 << 20];
             for (start, end) in runs {
                 let mut chunks = Vec::new();

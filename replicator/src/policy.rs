@@ -129,6 +129,13 @@ impl Condition {
                 "--when {s:?}: {why}; use always, reachable, network=CIDR, gateway=MAC, host=NAME:PORT, not-metered or schedule='Mon-Fri 09:00-18:00'"
             ))
         };
+        // Where the interface and gateway tables cannot be read, a condition on them could
+        // never hold: refuse it when added rather than wait forever.
+        if matches!(k, "network" | "gateway") && !cfg!(unix) {
+            return Err(bad(format!(
+                "{k}= cannot be checked on this system yet (host=, schedule= and not-metered can)"
+            )));
+        }
         Ok(match (k, v) {
             ("always" | "reachable", "") => Condition::Always,
             ("network", v) => {
@@ -279,6 +286,8 @@ fn parse_hm(s: &str) -> std::result::Result<u16, String> {
     }
 }
 
+/// The local weekday (0 = Sunday) and minute of the day.
+#[cfg(unix)]
 fn local_now() -> (u8, u16) {
     // SAFETY: time(NULL) and localtime_r with a valid output struct are always sound.
     unsafe {
@@ -287,6 +296,18 @@ fn local_now() -> (u8, u16) {
         libc::localtime_r(&t, &mut tm);
         (tm.tm_wday as u8, (tm.tm_hour * 60 + tm.tm_min) as u16)
     }
+}
+
+#[cfg(windows)]
+fn local_now() -> (u8, u16) {
+    use windows_sys::Win32::System::SystemInformation::GetLocalTime;
+    // SAFETY: GetLocalTime fills the struct it is given; all-zero is a valid SYSTEMTIME.
+    let st = unsafe {
+        let mut st = std::mem::zeroed();
+        GetLocalTime(&mut st);
+        st
+    };
+    (st.wDayOfWeek as u8, st.wHour * 60 + st.wMinute)
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -313,6 +334,13 @@ fn format_mac(m: &[u8; 6]) -> String {
 
 /// Addresses of interfaces that are up and have a carrier: an address stays on an interface
 /// whose cable is out, and it must not count as being on that network.
+#[cfg(not(unix))]
+fn up_addresses() -> Vec<IpAddr> {
+    // `network=` is refused when added on such systems.
+    Vec::new()
+}
+
+#[cfg(unix)]
 fn up_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -411,10 +439,26 @@ fn metered() -> bool {
 /// instead of at the end of a long backoff.
 #[derive(Debug)]
 pub struct ChangeWatch {
+    #[cfg(unix)]
     netlink: Option<rustix::fd::OwnedFd>,
+    #[cfg(unix)]
     mounts: Option<std::fs::File>,
 }
 
+#[cfg(not(unix))]
+impl ChangeWatch {
+    /// Nothing to watch here yet: the replicator relies on its backoff.
+    pub fn open() -> Option<ChangeWatch> {
+        None
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        std::thread::sleep(timeout);
+        false
+    }
+}
+
+#[cfg(unix)]
 impl ChangeWatch {
     /// None where neither can be watched (the replicator then relies on its backoff).
     pub fn open() -> Option<ChangeWatch> {
@@ -475,6 +519,12 @@ impl ChangeWatch {
     }
 }
 
+#[cfg(all(unix, not(target_os = "linux")))]
+fn open_netlink() -> Option<rustix::fd::OwnedFd> {
+    None
+}
+
+#[cfg(target_os = "linux")]
 fn open_netlink() -> Option<rustix::fd::OwnedFd> {
     use rustix::net::{netlink, socket_with, AddressFamily, SocketFlags, SocketType};
     let fd = socket_with(
@@ -495,6 +545,18 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(not(unix))]
+    fn conditions_on_interfaces_are_refused_where_they_cannot_be_checked() {
+        let e = Condition::parse("network=10.0.0.0/8")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be checked on this system"), "{e}");
+        assert!(Condition::parse("gateway=52:54:00:12:34:56").is_err());
+        assert!(Condition::parse("host=nas.local:22").is_ok());
+    }
+
+    #[test]
+    #[cfg(unix)]
     fn conditions_parse_and_refuse_with_the_usage() {
         let p = Policy::parse(&[
             "network=10.20.0.0/16",
@@ -566,6 +628,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn network_conditions_see_the_loopback_only_while_it_is_up() {
         // Loopback is always up here; a range nobody has is not.
         assert!(Condition::parse("network=127.0.0.0/8").unwrap().holds());

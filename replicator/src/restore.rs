@@ -2,14 +2,10 @@
 //! by pack in parallel and every chunk checked against its hash before it is written.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use rustix::fs::{AtFlags, Mode as FsMode, Timespec, Timestamps, CWD};
 
 use crate::drain::Progress;
 use crate::error::{Error, Result};
@@ -65,7 +61,7 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     };
     let entries = select(&tree, &opts.paths)?;
     let target = &opts.target;
-    let abs = |rel: &[u8]| target.join(OsStr::from_bytes(rel));
+    let abs = |rel: &[u8]| crate::os::join(target, rel);
 
     // 1. The tree's shape: folders, files (at full size, so holes stay holes), links.
     let mut first_name: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -106,7 +102,7 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
             KIND_SYMLINK => {
                 report.symlinks += 1;
                 let t = f.target.clone().unwrap_or_default();
-                std::os::unix::fs::symlink(OsStr::from_bytes(&t), &p)
+                make_symlink(&t, &p)
             }
             kind => {
                 if let Some(first) = first_name.get(id) {
@@ -191,11 +187,7 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
         .into_iter()
         .map(|(p, e)| {
             (
-                p.strip_prefix(target)
-                    .unwrap_or(&p)
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec(),
+                crate::os::name_bytes(p.strip_prefix(target).unwrap_or(&p).as_os_str()).to_vec(),
                 e,
             )
         })
@@ -229,28 +221,51 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
         }
     }
     // A restore is done when it is on disk.
-    let dir = std::fs::File::open(target)
-        .map_err(|e| Error::io(format!("cannot open {}", target.display()), e))?;
-    rustix::fs::syncfs(&dir)
-        .map_err(|e| Error::io("cannot flush the restored files to disk", e.into()))?;
+    let written: Vec<PathBuf> = writes.iter().map(|(p, _)| p.clone()).collect();
+    crate::os::flush_restore(target, &written)
+        .map_err(|e| Error::io("cannot flush the restored files to disk", e))?;
     Ok(report)
 }
 
 /// Why a device node was left out.
+#[cfg(unix)]
 pub(crate) const NOT_ROOT: &str = "device nodes can be made only by root";
+#[cfg(not(unix))]
+pub(crate) const NOT_ROOT: &str = "fifos, sockets and device nodes do not exist on this system";
 
-/// Makes a fifo, socket or device node (`kind` as stored). Ok(false) when only root may.
+/// Makes a fifo, socket or device node (`kind` as stored). Ok(false) when this process may
+/// not (only root makes device nodes; Windows has none of them).
+#[cfg(unix)]
 pub(crate) fn make_special(p: &Path, kind: u8, rdev: u64) -> std::io::Result<bool> {
+    use rustix::fs::{FileType, Mode, CWD};
     let ty = match kind {
-        4 => rustix::fs::FileType::Fifo,
-        5 => rustix::fs::FileType::Socket,
-        6 => rustix::fs::FileType::CharacterDevice,
-        _ => rustix::fs::FileType::BlockDevice,
+        4 => FileType::Fifo,
+        5 => FileType::Socket,
+        6 => FileType::CharacterDevice,
+        _ => FileType::BlockDevice,
     };
-    match rustix::fs::mknodat(CWD, p, ty, FsMode::from_raw_mode(0o600), rdev) {
+    match rustix::fs::mknodat(CWD, p, ty, Mode::from_raw_mode(0o600), rdev) {
         Ok(()) => Ok(true),
         Err(e) if e == rustix::io::Errno::PERM => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(unix))]
+pub(crate) fn make_special(_p: &Path, _kind: u8, _rdev: u64) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// A symlink as recorded: its target bytes, unchanged. (Windows: a file symlink, which needs
+/// the right to make one; without it the restore says so.)
+fn make_symlink(target: &[u8], link: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(crate::os::os_name(target), link)
+    }
+    #[cfg(windows)]
+    {
+        std::os::windows::fs::symlink_file(&*crate::os::os_name(target), link)
     }
 }
 
@@ -377,7 +392,7 @@ fn restore_pack(
                     }
                 }
             };
-            if let Err(e) = file.write_all_at(&data, *off) {
+            if let Err(e) = crate::os::write_all_at(file, &data, *off) {
                 failed.push((*f, format!("cannot write {}: {e}", path.display())));
                 continue;
             }
@@ -392,18 +407,14 @@ fn restore_pack(
     failed
 }
 
-fn ts(ns: i64) -> Timespec {
-    Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-    }
-}
-
+/// Sets what the file's record says: xattrs, owner (`owners`: only root can), mode, mtime.
+#[cfg(unix)]
 pub(crate) fn set_meta(p: &Path, f: &FileState, owners: bool) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, Timespec, Timestamps, CWD};
     for x in &f.xattrs {
         rustix::fs::lsetxattr(
             p,
-            OsStr::from_bytes(&x.name),
+            &*crate::os::os_name(&x.name),
             &x.value,
             rustix::fs::XattrFlags::empty(),
         )?;
@@ -419,9 +430,12 @@ pub(crate) fn set_meta(p: &Path, f: &FileState, owners: bool) -> std::io::Result
     }
     if f.meta.kind != KIND_SYMLINK {
         // After chown, which clears set-id bits.
-        rustix::fs::chmodat(CWD, p, FsMode::from_raw_mode(f.meta.perm), AtFlags::empty())?;
+        rustix::fs::chmodat(CWD, p, Mode::from_raw_mode(f.meta.perm), AtFlags::empty())?;
     }
-    let t = ts(f.meta.mtime_ns);
+    let t = Timespec {
+        tv_sec: f.meta.mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: f.meta.mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
     rustix::fs::utimensat(
         CWD,
         p,
@@ -431,6 +445,26 @@ pub(crate) fn set_meta(p: &Path, f: &FileState, owners: bool) -> std::io::Result
         },
         AtFlags::SYMLINK_NOFOLLOW,
     )?;
+    Ok(())
+}
+
+/// Windows keeps no owners, modes or xattrs: a file without write bits becomes read-only,
+/// and files get their modification time back.
+#[cfg(not(unix))]
+pub(crate) fn set_meta(p: &Path, f: &FileState, _owners: bool) -> std::io::Result<()> {
+    if f.meta.kind != KIND_FILE {
+        return Ok(());
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(f.meta.mtime_ns.max(0) as u64);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)?
+        .set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))?;
+    if f.meta.perm & 0o222 == 0 {
+        let mut perms = std::fs::metadata(p)?.permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(p, perms)?;
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use crate::access::{open_secrets, Access, Secrets};
 use crate::crypto::Key;
 use crate::drain::{DrainReport, Progress, Source, VaultDrain};
 use crate::error::{Error, Result};
+#[cfg(unix)]
 use crate::mirror::MirrorDrain;
 use crate::policy::{ChangeWatch, Policy};
 use crate::state::{DestLock, DestState};
@@ -77,6 +78,7 @@ pub struct Setup {
 #[derive(Debug)]
 pub enum DestDrain {
     Vault(Box<VaultDrain>),
+    #[cfg(unix)]
     Mirror(Box<MirrorDrain>),
 }
 
@@ -122,6 +124,13 @@ impl DestDrain {
                 let config = setup.meta_dir.join("config.toml");
                 Ok(DestDrain::Vault(Box::new(VaultDrain::new(vault, config))))
             }
+            // A mirror keeps owners, modes, xattrs and special files as the pocket has them.
+            #[cfg(not(unix))]
+            Mode::Mirror => Err(Error::Format(format!(
+                "{}: mirror destinations are not available on this system yet; use a vault",
+                spec.name
+            ))),
+            #[cfg(unix)]
             Mode::Mirror => Ok(DestDrain::Mirror(Box::new(MirrorDrain::open(
                 store,
                 spec,
@@ -133,11 +142,14 @@ impl DestDrain {
     pub fn drain_once(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
         match self {
             DestDrain::Vault(v) => v.drain_once(src),
+            #[cfg(unix)]
             DestDrain::Mirror(m) => m.drain_once(src),
         }
     }
 
     /// Records the destination's newest log object in the pocket's state.
+    // Irrefutable where mirrors are not built (Windows).
+    #[allow(irrefutable_let_patterns)]
     fn note_head(&self, st: &mut DestState) {
         if let DestDrain::Vault(v) = self {
             if let Some(h) = v.head() {

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
@@ -41,20 +40,9 @@ pub fn read_file(
     chunker: &Chunker,
     sink: &mut dyn FnMut(&[u8]) -> Result<ChunkRef>,
 ) -> Result<ReadOutcome> {
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nofollow() | libc_o_noatime_if_owner())
-        .open(path)
-        .or_else(|_| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc_o_nofollow())
-                .open(path)
-        }) {
+    let file = match crate::os::open_source(path) {
         Ok(f) => f,
-        Err(e) if matches!(e.raw_os_error(), Some(2) | Some(20) | Some(40)) => {
-            return Ok(ReadOutcome::Gone)
-        }
+        Err(e) if crate::os::is_gone(&e) => return Ok(ReadOutcome::Gone),
         Err(e) => {
             return Err(Error::Source {
                 path: path.to_owned(),
@@ -63,12 +51,13 @@ pub fn read_file(
         }
     };
     let before = file.metadata().map_err(|e| src_err(path, e))?;
-    if before.ino() != id || !before.is_file() {
+    if crate::os::file_id(&file, &before).map_err(|e| src_err(path, e))? != id || !before.is_file()
+    {
         return Ok(ReadOutcome::Gone);
     }
-    let size = before.size();
-    let extents =
-        data_extents(&file, size, before.blocks() * 512 < size).map_err(|e| src_err(path, e))?;
+    let size = before.len();
+    let extents = crate::os::data_extents(&file, size, crate::os::maybe_sparse(&before))
+        .map_err(|e| src_err(path, e))?;
     let mut out = Vec::with_capacity(extents.len());
     for (start, end) in extents {
         let mut chunks = Vec::new();
@@ -86,12 +75,7 @@ pub fn read_file(
         });
     }
     let after = file.metadata().map_err(|e| src_err(path, e))?;
-    if after.size() != before.size()
-        || after.mtime_nsec() != before.mtime_nsec()
-        || after.mtime() != before.mtime()
-        || after.ctime() != before.ctime()
-        || after.ctime_nsec() != before.ctime_nsec()
-    {
+    if crate::os::changed(&before, &after) {
         return Ok(ReadOutcome::Torn);
     }
     let meta = journal::Meta::from_std(&after)
@@ -110,45 +94,6 @@ fn src_err(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-/// The data runs of a file: one run for an ordinary file, the SEEK_DATA/SEEK_HOLE map for a
-/// sparse one.
-pub(crate) fn data_extents(
-    file: &File,
-    size: u64,
-    sparse: bool,
-) -> std::io::Result<Vec<(u64, u64)>> {
-    if size == 0 {
-        return Ok(Vec::new());
-    }
-    if !sparse {
-        return Ok(vec![(0, size)]);
-    }
-    use rustix::fs::{seek, SeekFrom};
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let start = match seek(file, SeekFrom::Data(pos)) {
-            Ok(s) => s,
-            Err(rustix::io::Errno::NXIO) => break,
-            // A filesystem without SEEK_DATA: the whole file is data.
-            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
-                return Ok(vec![(0, size)])
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if start >= size {
-            break;
-        }
-        let end = match seek(file, SeekFrom::Hole(start)) {
-            Ok(e) => e.min(size),
-            Err(e) => return Err(e.into()),
-        };
-        out.push((start, end));
-        pos = end;
-    }
-    Ok(out)
-}
-
 /// Cuts bytes `start..end` of `file` into chunks.
 fn cut(
     file: &File,
@@ -165,7 +110,7 @@ fn cut(
     };
     if len <= WHOLE_READ {
         let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, start).map_err(io)?;
+        read_exact_at(file, &mut buf, start).map_err(io)?;
         if len < p.min as u64 {
             return emit(&buf);
         }
@@ -217,26 +162,28 @@ impl Read for Ranged<'_> {
         if want == 0 {
             return Ok(0);
         }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        let n = crate::os::read_at(self.file, &mut buf[..want], self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
 }
 
-fn libc_o_nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
-}
-
-/// O_NOATIME spares the drive an inode write per file read; it is allowed only to the
-/// file's owner (or root), so the caller retries without it.
-fn libc_o_noatime_if_owner() -> i32 {
-    rustix::fs::OFlags::NOATIME.bits() as i32
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut pos: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match crate::os::read_at(file, buf, pos)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                pos += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
@@ -244,7 +191,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("growing");
         std::fs::write(&path, vec![7u8; 8 << 20]).unwrap();
-        let id = std::fs::metadata(&path).unwrap().ino();
+        let f = File::open(&path).unwrap();
+        let id = crate::os::file_id(&f, &f.metadata().unwrap()).unwrap();
         let stop = AtomicBool::new(false);
         let chunker = Chunker {
             params: ChunkerParams::default(),

@@ -125,10 +125,10 @@ impl DestLock {
             .write(true)
             .open(&p)
             .map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
-        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(DestLock { _file: f })),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(Error::io(format!("cannot lock {}", p.display()), e.into())),
+        match crate::os::try_lock(&f) {
+            Ok(true) => Ok(Some(DestLock { _file: f })),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Error::io(format!("cannot lock {}", p.display()), e)),
         }
     }
 }

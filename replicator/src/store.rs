@@ -9,7 +9,6 @@
 //! AES), and they hand each transfer to the replicator's tokio runtime.
 
 use std::future::Future;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,8 +50,11 @@ enum Kind {
         /// written there in its place.
         identity: (u64, u64),
     },
+    // Built only where ssh's control sockets exist.
+    #[cfg_attr(not(unix), allow(dead_code))]
     Sftp {
         /// The private key, written for `ssh` to read while the store is open.
+        #[cfg(unix)]
         _key: Option<Arc<KeyFile>>,
     },
     S3,
@@ -158,6 +160,7 @@ impl Store {
         let target = Target::parse(url)?;
         let path = match target {
             Target::Local(p) => p,
+            #[cfg(unix)]
             Target::Sftp {
                 user,
                 host,
@@ -186,6 +189,15 @@ impl Store {
                 let op =
                     Operator::new(b).map_err(|e| Error::store(format!("cannot use {url}"), e))?;
                 return Ok(Store::remote(op, access, rt, Kind::Sftp { _key: key }, url));
+            }
+            #[cfg(not(unix))]
+            Target::Sftp { .. } => {
+                let _ = (secrets, rt);
+                return Err(Error::Format(format!(
+                    "{url}: SFTP destinations are not available on this system (backpocket \
+                     drives ssh through its control sockets, which it lacks); use an S3 store \
+                     or a folder"
+                )));
             }
             Target::S3 { bucket, prefix } => {
                 // The HTTP client OpenDAL's S3 service uses (reqwest with rustls); first call
@@ -421,7 +433,7 @@ impl Store {
             // Checked again: a folder pulled away during the write may have let it land on
             // the machine's own disk; it must not count as held.
             self.check_present()?;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            crate::os::make_private(&file, false)
                 .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
             sync_dir(file.parent().unwrap_or(root))?;
         }
@@ -542,16 +554,12 @@ impl Store {
     /// Makes the destination's own folder private (a vault: nobody else has any business in it).
     pub fn make_private(&self) -> Result<()> {
         match &self.kind {
-            Kind::Local { root, .. } => {
-                std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(
-                    |e| {
-                        Error::io(
-                            format!("cannot set the permissions of {}", root.display()),
-                            e,
-                        )
-                    },
+            Kind::Local { root, .. } => crate::os::make_private(root, true).map_err(|e| {
+                Error::io(
+                    format!("cannot set the permissions of {}", root.display()),
+                    e,
                 )
-            }
+            }),
             _ => Ok(()),
         }
     }
@@ -578,25 +586,33 @@ pub fn local_path(url: &str) -> Option<PathBuf> {
 
 /// A folder (and its missing parents) that only the owner can enter.
 fn private_dir(p: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(p)?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(p)?;
+    crate::os::make_private(p, true)
 }
 
 fn identity(p: &Path) -> Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m =
-        std::fs::metadata(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
-    Ok((m.dev(), m.ino()))
+    crate::os::dir_identity(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))
 }
 
+/// Makes a folder's entries durable (a rename into it, a new file). Windows has no fsync of
+/// a folder: NTFS journals its metadata.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    let f = std::fs::File::open(dir)
-        .map_err(|e| Error::io(format!("cannot open {}", dir.display()), e))?;
-    f.sync_all()
-        .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
+    #[cfg(unix)]
+    {
+        let f = std::fs::File::open(dir)
+            .map_err(|e| Error::io(format!("cannot open {}", dir.display()), e))?;
+        f.sync_all()
+            .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 fn throttle(bytes_per_sec: u64) -> ThrottleLayer {
@@ -613,13 +629,16 @@ fn random_name() -> String {
 
 /// A private key written where `ssh` can read it, and nobody else: a file only the owner can
 /// read, in a folder only the owner can enter, removed when the store closes.
+#[cfg(unix)]
 #[derive(Debug)]
 struct KeyFile {
     path: PathBuf,
 }
 
+#[cfg(unix)]
 impl KeyFile {
     fn write(key: &str) -> Result<KeyFile> {
+        use std::os::unix::fs::OpenOptionsExt;
         let uid = rustix::process::getuid().as_raw();
         // Memory-backed where there is one (the session's runtime folder, /dev/shm): a key
         // left behind by a killed process never reaches a disk.
@@ -669,6 +688,7 @@ impl KeyFile {
     }
 }
 
+#[cfg(unix)]
 impl Drop for KeyFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

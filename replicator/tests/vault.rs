@@ -1,5 +1,7 @@
 //! The vault end to end without a mount: a pocket changed on disk and scanned into a journal,
 //! drained to a vault, restored, compared; tampering, wrong keys, points in time.
+// Builds pockets with Unix metadata (owners, xattrs, special files) and scans them.
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;

@@ -135,44 +135,13 @@ fn notify(title: &str, body: &str) -> Result<(), String> {
 
 /// One check's findings: a key per cause (so each is told once) and what to say.
 fn findings(p: &Pocket, config: &Config) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let default_after = humantime::parse_duration(&config.warnings.unprotected_after)
-        .unwrap_or(Duration::from_secs(3 * 86_400));
-    match Protection::read(p) {
-        Ok(prot) => {
-            let now = replicator_now_ns();
-            for d in &prot.dests {
-                let after = config
-                    .destination(&d.name)
-                    .and_then(|c| c.warn_after.as_deref())
-                    .and_then(|a| humantime::parse_duration(a).ok())
-                    .unwrap_or(default_after);
-                let (records, b, oldest) = d.pending;
-                let Some(oldest) = oldest else { continue };
-                let waited = Duration::from_nanos((now - oldest).max(0) as u64);
-                if records == 0 || waited < after {
-                    continue;
-                }
-                let why = match (d.obstacle(), &d.state.last_error) {
-                    (Some(o), _) => o,
-                    (None, Some(e)) => format!("failing: {e}"),
-                    (None, None) => "still sending".into(),
-                };
-                let waited = humantime::format_duration(Duration::from_secs(waited.as_secs()));
-                out.push((
-                    format!("dest:{}", d.name),
-                    format!("{} has not received changes for {waited}", d.name),
-                    format!(
-                        "{records} changes ({}) made on the drive are not at {} yet ({why}); \
-                         they are only on the drive until it is reachable",
-                        bytes(b),
-                        d.name
-                    ),
-                ));
-            }
+    let mut out = match Protection::read(p) {
+        Ok(prot) => dest_findings(&prot, config, replicator_now_ns()),
+        Err(e) => {
+            tracing::debug!("warnings: cannot read the journal: {e:#}");
+            Vec::new()
         }
-        Err(e) => tracing::debug!("warnings: cannot read the journal: {e:#}"),
-    }
+    };
     let limit =
         FreeLimit::parse(&config.warnings.drive_free_below).unwrap_or(FreeLimit::Percent(5.0));
     if let Ok(st) = rustix::fs::statvfs(&p.root) {
@@ -188,6 +157,67 @@ fn findings(p: &Pocket, config: &Config) -> Vec<(String, String, String)> {
                     bytes(free),
                     bytes(total),
                     p.root.display()
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Per destination, at most one: changes it has lacked longer than its limit; or, with
+/// nothing waiting, that it has been unreachable that long (what changes next would have
+/// nowhere to go). Waiting for a `--when` condition with nothing pending is by design.
+fn dest_findings(prot: &Protection, config: &Config, now: i64) -> Vec<(String, String, String)> {
+    let default_after = humantime::parse_duration(&config.warnings.unprotected_after)
+        .unwrap_or(Duration::from_secs(3 * 86_400));
+    let age = |t: i64| Duration::from_nanos((now - t).max(0) as u64);
+    let words = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
+    let mut out = Vec::new();
+    for d in &prot.dests {
+        let after = config
+            .destination(&d.name)
+            .and_then(|c| c.warn_after.as_deref())
+            .and_then(|a| humantime::parse_duration(a).ok())
+            .unwrap_or(default_after);
+        let key = format!("dest:{}", d.name);
+        let (records, b, oldest) = d.pending;
+        if let Some(waited) = oldest.map(age).filter(|w| records > 0 && *w >= after) {
+            let why = match (d.obstacle(), &d.state.last_error) {
+                (Some(o), _) => o,
+                (None, Some(e)) => format!("failing: {e}"),
+                (None, None) => "still sending".into(),
+            };
+            out.push((
+                key,
+                format!("{} has not received changes for {}", d.name, words(waited)),
+                format!(
+                    "{records} changes ({}) made on the drive are not at {} yet ({why}); \
+                     they are only on the drive until it is reachable",
+                    bytes(b),
+                    d.name
+                ),
+            ));
+            continue;
+        }
+        let since = d
+            .state
+            .last_success_ns
+            .or(d.cursor.as_ref().map(|c| c.updated_ns));
+        let unreachable = d.state.reachable == Some(false) && d.state.waiting_for.is_none();
+        if let Some(gone) = since.map(age).filter(|g| unreachable && *g >= after) {
+            let last = d
+                .state
+                .last_error
+                .as_deref()
+                .map_or(String::new(), |e| format!(" ({e})"));
+            out.push((
+                key,
+                format!("{} has not been reachable for {}", d.name, words(gone)),
+                format!(
+                    "the last backup to {} was {} ago{last}; nothing waits for it now, but \
+                     what changes next stays only on the drive until it is reachable again",
+                    d.name,
+                    words(gone)
                 ),
             ));
         }
@@ -273,6 +303,82 @@ mod tests {
         assert!(!FreeLimit::Percent(5.0).too_little(5, 100));
         assert!(FreeLimit::Bytes(10).too_little(9, 1000));
         assert!(!FreeLimit::Percent(5.0).too_little(0, 0));
+    }
+
+    fn dest(
+        name: &str,
+        pending: (u64, u64, Option<i64>),
+        state: replicator::DestState,
+    ) -> crate::report::DestLine {
+        crate::report::DestLine {
+            name: name.into(),
+            url: String::new(),
+            mode: "vault",
+            cursor: None,
+            state,
+            pending,
+        }
+    }
+
+    #[test]
+    fn destinations_warn_after_their_limit_and_not_before() {
+        let c: Config = toml::from_str("format = 1\nid = \"x\"\n").unwrap();
+        let day = 86_400_000_000_000i64;
+        let now = 100 * day;
+        let unreachable = replicator::DestState {
+            reachable: Some(false),
+            last_success_ns: Some(now - 4 * day),
+            last_error: Some("the disk is not plugged in".into()),
+            ..Default::default()
+        };
+        let prot = |dests| Protection {
+            status: journal::Status::default(),
+            dests,
+            pending: (0, 0, None),
+        };
+        // Changes waiting 4 days (limit 3): told, with why.
+        let f = dest_findings(
+            &prot(vec![dest(
+                "home",
+                (3, 10, Some(now - 4 * day)),
+                unreachable.clone(),
+            )]),
+            &c,
+            now,
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].1.contains("home has not received changes for 4days"),
+            "{f:?}"
+        );
+        assert!(f[0].2.contains("not reachable"), "{f:?}");
+        // Waiting 2 days: quiet.
+        let f = dest_findings(
+            &prot(vec![dest(
+                "home",
+                (3, 10, Some(now - 2 * day)),
+                Default::default(),
+            )]),
+            &c,
+            now,
+        );
+        assert!(f.is_empty(), "{f:?}");
+        // Nothing pending but unreachable for 4 days: told.
+        let f = dest_findings(
+            &prot(vec![dest("home", (0, 0, None), unreachable.clone())]),
+            &c,
+            now,
+        );
+        assert!(f[0].1.contains("has not been reachable for 4days"), "{f:?}");
+        assert!(f[0].2.contains("the disk is not plugged in"), "{f:?}");
+        // Waiting for its --when condition with nothing pending: by design, quiet.
+        let waiting = replicator::DestState {
+            waiting_for: Some("network 10.20.0.0/16".into()),
+            ..unreachable
+        };
+        assert!(
+            dest_findings(&prot(vec![dest("office", (0, 0, None), waiting)]), &c, now).is_empty()
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! (`backpocket service run`), and for machines without a desktop automounter a udev rule
 //! starting `backpocket-attach@DEV.service` (`service attach /dev/DEV`), bound to the device
 //! so that its stop (`service detach`) runs when the drive goes. Every file written carries
-//! [`MARKER`]; removal touches only files that carry it.
+//! a marker line; removal touches only files that carry it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
-pub const MARKER: &str = "# Written by `backpocket service install`";
+const MARKER: &str = "# Written by `backpocket service install`";
 pub const USER_UNIT: &str = "backpocket.service";
-pub const ATTACH_UNIT: &str = "backpocket-attach@.service";
-pub const RULE: &str = "90-backpocket.rules";
+const ATTACH_UNIT: &str = "backpocket-attach@.service";
+const RULE: &str = "90-backpocket.rules";
 /// Where `service attach` mounts drives.
 pub const ATTACH_DIR: &str = "/media/backpocket";
 
@@ -34,15 +34,14 @@ pub enum Layout {
 }
 
 /// The files of each part, under `root` (`/` unless staging a package).
-#[derive(Clone, Debug)]
-pub struct Files {
-    pub user_unit: PathBuf,
-    pub attach_unit: PathBuf,
-    pub rule: PathBuf,
+struct Files {
+    user_unit: PathBuf,
+    attach_unit: PathBuf,
+    rule: PathBuf,
 }
 
 /// Where the files of `layout` go under `root`.
-pub fn files(layout: Layout, root: &Path) -> Result<Files> {
+fn files(layout: Layout, root: &Path) -> Result<Files> {
     let under = |p: &str| root.join(p.trim_start_matches('/'));
     Ok(match layout {
         Layout::Admin => Files {
@@ -87,7 +86,7 @@ fn unit_word(s: &str) -> String {
 }
 
 /// The user unit: the watcher. `mountpoint` None means `~/Pocket` (`%h` to systemd).
-pub fn user_unit_text(bin: &str, mountpoint: Option<&Path>) -> String {
+fn user_unit_text(bin: &str, mountpoint: Option<&Path>) -> String {
     let mp = match mountpoint {
         Some(m) => unit_word(&m.to_string_lossy()),
         None => "%h/Pocket".into(),
@@ -115,7 +114,7 @@ WantedBy=default.target
 
 /// The system unit `service attach` runs in, one instance per device, bound to it: when the
 /// drive goes away, systemd stops the unit and `service detach` lets go of it.
-pub fn attach_unit_text(bin: &str) -> String {
+fn attach_unit_text(bin: &str) -> String {
     format!(
         "{MARKER} --system; `backpocket service uninstall --system` removes it.
 [Unit]
@@ -137,7 +136,7 @@ TimeoutStopSec=120
 
 /// The udev rule: removable drives (USB, SD, anything the kernel calls removable) with a
 /// filesystem start the attach unit. System disks never match.
-pub fn rule_text() -> String {
+fn rule_text() -> String {
     format!(
         r#"{MARKER} --system; `backpocket service uninstall --system` removes it.
 # A removable drive with a filesystem appeared: let backpocket look for a pocket on it.

@@ -1,8 +1,8 @@
 //! The pocket's filesystem: a passthrough of the pocket's user files (everything but
 //! `.backpocket/`) that records every change in the journal. [`PocketFs`] is the core, usable
 //! without a mount; [`fuse`] is the thin fuser front-end and the mount session. On Windows,
-//! `winfsp` (Windows) is the WinFsp front-end; what it translates (errors, attributes, times, name
-//! rules) is in [`win`], plain functions tested on every platform.
+//! `winfsp` is the WinFsp front-end; what it translates (errors, attributes, times, name rules)
+//! is in [`win`], plain functions tested on every platform.
 
 #[cfg(unix)]
 mod core;

@@ -327,3 +327,63 @@ pub fn new_id() -> Result<String> {
     getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VALID: &str = r#"format = 1
+id = "0123456789abcdef0123456789abcdef"
+
+[journal]
+quiet_period_secs = 5
+
+[warnings]
+unprotected_after = "2d"
+drive_free_below = "5%"
+notify = true
+
+[[destination]]
+name = "office"
+url = "s3://pockets/alice"
+mode = "vault"
+when = ["network=10.20.0.0/16"]
+endpoint = "https://s3.office.lan"
+bandwidth_limit = "5MiB/s"
+warn_after = "12h"
+"#;
+
+    #[test]
+    fn the_documented_config_parses_and_typos_do_not() {
+        let c: Config = toml::from_str(VALID).unwrap();
+        assert_eq!(c.destinations[0].warn_after.as_deref(), Some("12h"));
+        assert!(toml::from_str::<Config>(&VALID.replace("notify", "notfy")).is_err());
+        assert!(toml::from_str::<Config>(&VALID.replace("bandwidth_limit", "bandwith")).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The config is a file anyone can edit: garbage, or the real one damaged, gives an
+        /// error or a config, never a panic.
+        #[test]
+        fn damaged_configs_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<char>()), 0..6),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+            garbage in ".{0,200}",
+        ) {
+            let mut chars: Vec<char> = VALID.chars().collect();
+            for (at, c) in edits {
+                let i = at.index(chars.len());
+                chars[i] = c;
+            }
+            if let Some(c) = cut {
+                chars.truncate(c.index(chars.len() + 1));
+            }
+            let text: String = chars.into_iter().collect();
+            let _ = toml::from_str::<Config>(&text);
+            let _ = toml::from_str::<Config>(&garbage);
+        }
+    }
+}

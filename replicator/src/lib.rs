@@ -12,6 +12,8 @@ mod os;
 mod policy;
 mod restore;
 mod retention;
+#[cfg(test)]
+mod robust;
 mod service;
 mod source;
 mod state;

@@ -281,7 +281,13 @@ impl Tree {
     pub fn paths(&self) -> Vec<(Vec<u8>, u64)> {
         let mut out = Vec::new();
         let mut stack = vec![(self.root, Vec::new())];
+        // Each folder is listed once: names that make a folder its own ancestor (a damaged or
+        // buggy log; the kernel never makes one) must not send this round forever.
+        let mut listed = std::collections::HashSet::new();
         while let Some((dir, prefix)) = stack.pop() {
+            if !listed.insert(dir) {
+                continue;
+            }
             for ((_, name), file) in self
                 .names
                 .range((dir, Vec::new())..)

@@ -81,8 +81,8 @@ fn live_path(meta_dir: &Path, name: &str) -> PathBuf {
 pub struct Live {
     /// Whether a drain is running.
     pub sending: bool,
-    /// Bytes of the pocket's files read and sent since the replicator started (a counter: the
-    /// rate is its change over time).
+    /// Bytes of the pocket's files at the destination since the replicator started, counted as
+    /// their packs land (a counter: the rate is its change over time).
     pub bytes_done: u64,
     pub updated_ns: i64,
 }

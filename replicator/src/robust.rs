@@ -184,6 +184,17 @@ fn a_folder_inside_itself_does_not_hang_the_tree() {
 }
 
 #[test]
+fn keys_and_credentials_are_wiped_when_dropped() {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<Key>();
+    wiped_on_drop::<crate::access::Secrets>();
+    // What drop runs: every byte to zero.
+    let mut k = Key::from_bytes(&[9u8; 32]).unwrap();
+    zeroize::Zeroize::zeroize(&mut k);
+    assert_eq!(k.as_bytes(), &[0u8; 32]);
+}
+
+#[test]
 fn valid_objects_open() {
     let k = key();
     let cp = format::seal_object(&k, "checkpoint", "x", &checkpoint()).unwrap();

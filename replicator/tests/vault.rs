@@ -505,6 +505,56 @@ fn a_vault_put_back_to_an_older_copy_is_reported_as_rolled_back() {
     assert!(err.to_string().contains("rolled back"));
 }
 
+#[test]
+fn a_cut_or_missing_object_is_named_by_verify() {
+    let f = Fixture::new();
+    write(&f.pocket.join("one.bin"), &pseudo_random(200_000, 21));
+    f.sync();
+    write(&f.pocket.join("two.bin"), &pseudo_random(200_000, 22));
+    f.sync();
+    write(&f.pocket.join("three.bin"), &pseudo_random(1_000, 23));
+    f.sync();
+    let (_rt, v) = f.open_vault();
+    assert!(replicator::verify(&v, false, &Progress::default())
+        .unwrap()
+        .damage
+        .is_empty());
+
+    // A pack cut short: named without reading any data.
+    let packs = walk_files(&f.vault_dir.join("data"));
+    let cut = &packs[0];
+    let len = std::fs::metadata(cut).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(cut)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let rep = replicator::verify(&v, false, &Progress::default()).unwrap();
+    assert!(
+        rep.damage
+            .iter()
+            .any(|d| cut.ends_with(&d.object) && d.detail.contains("its index says")),
+        "{:?}",
+        rep.damage
+    );
+
+    // A log segment taken out of the middle: the chain says which is missing.
+    let mut segs = walk_files(&f.vault_dir.join("log"));
+    segs.sort();
+    assert!(segs.len() >= 2, "{segs:?}");
+    let gone = segs[segs.len() - 2].clone();
+    std::fs::remove_file(&gone).unwrap();
+    let rep = replicator::verify(&v, false, &Progress::default()).unwrap();
+    assert!(
+        rep.damage
+            .iter()
+            .any(|d| d.detail.contains("missing from the chain")),
+        "{:?}",
+        rep.damage
+    );
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     let st = std::process::Command::new("cp")
         .arg("-a")

@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -337,19 +336,8 @@ pub fn sync(p: &Pocket, watch: bool, json: bool, args: &KeyArgs) -> Result<()> {
         None
     };
     let setup = setup(p, &config, key)?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let c = cancel.clone();
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                c.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    let stop = crate::StopOnSignal::new(&crate::INTERRUPT)?;
+    let cancel = stop.flag.clone();
     loop {
         let mounted = scan_unless_mounted(p)?;
         let target = journal::Reader::open(&p.journal_path())?.status()?.last_seq;

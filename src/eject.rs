@@ -4,8 +4,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -232,20 +231,7 @@ fn last_drain(p: &Pocket, opts: &EjectOptions) -> Result<Vec<String>> {
     if waiting.is_empty() || opts.wait.is_zero() {
         return Ok(Vec::new());
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    let handle = signals.handle();
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    let stop = crate::StopOnSignal::new(&crate::INTERRUPT)?;
     let total: u64 = waiting.iter().map(|d| d.pending.1).max().unwrap_or(0);
     let bar = (!opts.json && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(total);
@@ -261,26 +247,21 @@ fn last_drain(p: &Pocket, opts: &EjectOptions) -> Result<Vec<String>> {
     let deadline = Instant::now() + opts.wait;
     let mut done = Vec::new();
     let reader = journal::Reader::open(&p.journal_path())?;
-    while !waiting.is_empty() && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+    while !waiting.is_empty() && Instant::now() < deadline && !stop.stopped() {
         std::thread::sleep(Duration::from_millis(100));
+        // One status read per round: cursors and pending bytes of every destination.
+        let status = reader.status()?;
         let mut still = Vec::new();
         let mut left = 0;
         for d in waiting {
-            let cursor = reader.cursor(&d.name)?.unwrap_or(0);
+            let c = status.destinations.iter().find(|c| c.name == d.name);
             let st = replicator::DestState::load(&p.meta_dir(), &d.name);
-            if cursor >= target {
+            if c.is_some_and(|c| c.cursor >= target) {
                 done.push(d.name.clone());
             } else if st.last_error_ns.is_some_and(|t| t > started) || st.waiting_for.is_some() {
                 // It failed or stopped holding its conditions: the verdict says so.
             } else {
-                left = left.max(
-                    reader
-                        .status()?
-                        .destinations
-                        .iter()
-                        .find(|c| c.name == d.name)
-                        .map_or(0, |c| c.pending_bytes),
-                );
+                left = left.max(c.map_or(d.pending.1, |c| c.pending_bytes));
                 still.push(d);
             }
         }
@@ -296,7 +277,7 @@ fn last_drain(p: &Pocket, opts: &EjectOptions) -> Result<Vec<String>> {
             b.set_position(total.saturating_sub(left));
         }
     }
-    handle.close();
+    drop(stop);
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -762,6 +762,44 @@ pub fn init_with(dir: &Path, config: pocket::Config) -> Result<()> {
     Ok(())
 }
 
+/// A flag set by the first of `signals` (Ctrl-C, SIGTERM…): long waits end cleanly instead of
+/// the process dying mid-step. Dropping the guard gives the signals back their default.
+#[derive(Debug)]
+pub struct StopOnSignal {
+    pub flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: signal_hook::iterator::Handle,
+}
+
+impl StopOnSignal {
+    pub fn new(signals: &[std::ffi::c_int]) -> Result<StopOnSignal> {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut it =
+            signal_hook::iterator::Signals::new(signals).context("cannot listen for Ctrl-C")?;
+        let handle = it.handle();
+        let f = flag.clone();
+        std::thread::spawn(move || {
+            if it.forever().next().is_some() {
+                f.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        Ok(StopOnSignal { flag, handle })
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for StopOnSignal {
+    fn drop(&mut self) {
+        self.handle.close();
+    }
+}
+
+/// Ctrl-C and SIGTERM.
+pub const INTERRUPT: [std::ffi::c_int; 2] =
+    [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+
 /// A spinner on stderr for work whose length is not known, when a person is watching.
 fn spinner(message: &str) -> Option<indicatif::ProgressBar> {
     std::io::stderr().is_terminal().then(|| {

@@ -4,8 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -168,20 +166,11 @@ struct Mounted {
 
 /// `service run`: the watcher the user unit runs.
 pub fn run(mountpoint: &Path, extra_places: &[PathBuf]) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut signals = signal_hook::iterator::Signals::new([
+    let stop = crate::StopOnSignal::new(&[
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
     ])?;
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
     // Taken now: after an upgrade replaces the binary, this path names the new one (the
     // running one's /proc/self/exe then names a deleted file).
     let exe = std::env::current_exe().context("cannot tell where this backpocket binary is")?;
@@ -203,7 +192,7 @@ pub fn run(mountpoint: &Path, extra_places: &[PathBuf]) -> Result<()> {
     // unmounted stays unmounted until the drive is plugged in again.
     let mut seen: HashMap<u64, Vec<Mounted>> = HashMap::new();
     let mut watch = MountWatch::open();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.stopped() {
         let table = match platform::mounts() {
             Ok(t) => t,
             Err(e) => {

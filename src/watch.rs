@@ -4,8 +4,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -212,23 +210,11 @@ fn frame(p: &Pocket, prot: &Protection, rows: &[Row<'_>]) -> Vec<String> {
 
 /// Runs the live view until Ctrl-C. `json`: one object per refresh, one per line.
 pub fn watch(p: &Pocket, every: Duration, json: bool) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    let stop = crate::StopOnSignal::new(&crate::INTERRUPT)?;
     let tty = !json && std::io::stdout().is_terminal();
     let mut meters: HashMap<String, Meter> = HashMap::new();
     let mut stdout = std::io::stdout();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.stopped() {
         let prot = Protection::read(p)?;
         let rows: Vec<Row<'_>> = prot
             .dests
@@ -271,7 +257,7 @@ pub fn watch(p: &Pocket, every: Duration, json: bool) -> Result<()> {
         }
         stdout.flush()?;
         let until = Instant::now() + every;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        while Instant::now() < until && !stop.stopped() {
             std::thread::sleep(Duration::from_millis(50).min(every));
         }
     }

@@ -32,7 +32,7 @@ pub enum Error {
         path: std::path::PathBuf,
         pid: String,
     },
-    #[error("{0} is not a mounted pocket")]
+    #[error("{0} is not a mounted pocket (nothing to do); `grep fuse.backpocket /proc/self/mounts` lists the mounted ones")]
     NotMounted(std::path::PathBuf),
     #[error("{0} exists and was not written by backpocket; move it away first")]
     NotOurs(std::path::PathBuf),

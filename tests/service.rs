@@ -418,6 +418,60 @@ fn eject_refuses_open_files_and_says_what_is_only_on_the_drive() {
     assert!(!is_mounted(&b.pocket.mnt));
 }
 
+#[test]
+fn eject_force_lets_an_open_file_finish_and_records_all_of_it() {
+    require_root!();
+    // The promise at stake: nothing written is lost or cut in half, even when the user
+    // ejects over an application that is still writing.
+    let b = Backed::new();
+    b.dest("home", &b.pocket.tmp.path().join("dest"), "mirror");
+    let mut m = b.mount();
+    let mut f = std::fs::File::create(b.pocket.mnt.join("draft.bin")).unwrap();
+    f.write_all(&pseudo_random(1 << 20, 5)).unwrap();
+    let eject = Command::new(common::bin())
+        .args(["eject", "--force", "--wait", "5"])
+        .arg(&b.pocket.mnt)
+        .env("XDG_CONFIG_HOME", common::config_home())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The mount is detached at once; the open file still works until it is closed.
+    wait_until("the mount to be detached", Duration::from_secs(20), || {
+        !is_mounted(&b.pocket.mnt)
+    });
+    f.write_all(&pseudo_random(1 << 20, 6)).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let out = eject.wait_with_output().unwrap();
+    let said = ok_out(&out);
+    assert!(said.contains("it can be unplugged"), "{said}");
+    let status = m.child.take().unwrap().wait().unwrap();
+    assert!(
+        status.success(),
+        "the daemon exited with {status}: {}",
+        m.log()
+    );
+    let mut want = pseudo_random(1 << 20, 5);
+    want.extend(pseudo_random(1 << 20, 6));
+    assert!(
+        std::fs::read(b.pocket.root.join("draft.bin")).unwrap() == want,
+        "the file on the drive is not what was written"
+    );
+    let sizes: Vec<u64> = b
+        .pocket
+        .records(0)
+        .iter()
+        .filter(|r| r["op"] == "content")
+        .filter_map(|r| r["size"].as_u64())
+        .collect();
+    assert_eq!(
+        sizes.last(),
+        Some(&(2 << 20)),
+        "the journal's last content record: {sizes:?}"
+    );
+}
+
 /// A `notify-send` that writes down what it was asked to show.
 fn fake_notifier(dir: &Path) -> (PathBuf, PathBuf) {
     let bin = dir.join("fakebin");
@@ -609,33 +663,24 @@ fn status_watch_shows_the_rate_and_time_left_and_eject_waits_for_the_last_drain(
     f.write_all(&pseudo_random(40 << 20, 11)).unwrap();
     drop(f);
 
-    let json = Command::new(common::bin())
-        .args([
-            "journal",
-            "status",
-            "--watch",
-            "--json",
-            "--interval",
-            "0.5",
-            "--pocket",
-        ])
-        .arg(&b.pocket.root)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let text = Command::new(common::bin())
-        .args([
-            "journal",
-            "status",
-            "--watch",
-            "--interval",
-            "0.5",
-            "--pocket",
-        ])
-        .arg(&b.pocket.mnt)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let watch = |extra: &[&str], pocket: &Path| {
+        Command::new(common::bin())
+            .args([
+                "journal",
+                "status",
+                "--watch",
+                "--interval",
+                "0.5",
+                "--pocket",
+            ])
+            .arg(pocket)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let json = watch(&["--json"], &b.pocket.root);
+    let text = watch(&[], &b.pocket.mnt);
     std::thread::sleep(Duration::from_secs(8));
     let mut frames = String::new();
     for mut c in [json, text] {

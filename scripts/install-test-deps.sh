@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine (run as root): FUSE, xfs tools
 # for the power-cut tests, attr, the `tests` user pjdfstest wants, and pjdfstest itself;
-# OpenSSH and Garage (an S3 server) for the remote-destination tests.
+# OpenSSH and Garage (an S3 server) for the remote-destination tests; cargo-deb for the package
+# check; mingw-w64, wine and the Windows target for the Windows cross-check.
 set -euo pipefail
 
 need=()
@@ -19,6 +20,11 @@ command -v mkfifo >/dev/null || need+=(coreutils)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v ip >/dev/null || need+=(iproute2)
+# The package check (dpkg-deb, dpkg) and the Windows cross-check (mingw-w64 links the test
+# programs, wine runs them).
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
+command -v wine >/dev/null || need+=(wine wine64)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     apt-get update -qq
@@ -51,5 +57,10 @@ if ! command -v garage >/dev/null; then
         --no-default-features --features bundled-libs,sqlite --quiet
     rm -rf "${TMPDIR:-/tmp}/garage-build"
 fi
+# cargo-deb builds the .deb the package check installs; the Windows target is rustup's.
+command -v cargo-deb >/dev/null || cargo install cargo-deb --version 3.8.0 --locked --quiet
+rustup target list --installed | grep -qx x86_64-pc-windows-gnu \
+    || rustup target add x86_64-pc-windows-gnu
+
 # sshd as root wants its privilege-separation folder.
 mkdir -p /run/sshd

@@ -35,9 +35,14 @@ x86_64-w64-mingw32-gcc -O2 -shared -o "$shim/bcryptprimitives.dll" \
 export WINEPREFIX="$PWD/target/wine-prefix" WINEPATH="$PWD/$shim" WINEDEBUG=-all
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# wineserver quits by itself a few seconds after its last program ends; a test program
+# started in that moment loses its server ("wine client error: recvmsg: Connection reset by
+# peer", which failed a CI run). So the prefix is made first, and one server is kept alive
+# for the whole run (-p) and ended when the script ends, however it ends.
+trap 'rm -f "$log"; wineserver -k 2>/dev/null || true' EXIT
+wineboot --init >/dev/null 2>&1 || true
+wineserver -w
+wineserver -p
 cargo test --target "$target" "${crates[@]}" --locked 2>&1 | tee "$log"
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 echo "windows-check: ok $passed tests passed under wine"
-# wine leaves its server running for a few seconds; end it rather than leave it behind.
-wineserver -k 2>/dev/null || true

@@ -136,12 +136,11 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
         pending: (pending_records, pending_bytes, oldest_ns),
     } = Protection::read(p)?;
     tracing::debug!("status took {:?}", started.elapsed());
-    let pending = |d: &DestLine| d.pending;
     if json {
         let destinations: Vec<_> = dests
             .iter()
             .map(|d| {
-                let (records, bytes, oldest) = pending(d);
+                let (records, bytes, oldest) = d.pending;
                 json!({
                     "name": d.name,
                     "url": d.url,
@@ -188,7 +187,7 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
         println!("         no destinations yet: these changes are only on the drive (`backpocket dest add`)");
     }
     for d in &dests {
-        let (records, b, oldest) = pending(d);
+        let (records, b, oldest) = d.pending;
         let what = if records == 0 {
             "up to date".to_owned()
         } else {

@@ -285,6 +285,7 @@ impl MirrorDrain {
         };
 
         // 1. Folders that moved, parents first: one rename each.
+        let parking = self.root.join(".tmp");
         for (rel, id) in paths {
             if kind_of(new, *id) != Some(KIND_DIR) || kind_of(old, *id) != Some(KIND_DIR) {
                 continue;
@@ -294,10 +295,18 @@ impl MirrorDrain {
             if &cur == rel || !dst(&cur).is_dir() || std::fs::symlink_metadata(dst(rel)).is_ok() {
                 continue;
             }
+            let mut from = dst(&cur);
+            if rel.starts_with(&cur) && rel.get(cur.len()) == Some(&b'/') {
+                // It moved under a new folder that took its old name: the copy cannot go
+                // into itself, so it steps aside first.
+                let aside = parking.join(format!("mirror-park-dir-{id}"));
+                std::fs::rename(&from, &aside).map_err(|e| io("move", &from, e))?;
+                from = aside;
+            }
             if let Some(parent) = dst(rel).parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
             }
-            std::fs::rename(dst(&cur), dst(rel)).map_err(|e| io("move", &dst(&cur), e))?;
+            std::fs::rename(&from, dst(rel)).map_err(|e| io("move", &from, e))?;
             moved_dirs.push((op.clone(), rel.clone()));
         }
         // Where each old file's copy is now (by any of its names), and which file each copy
@@ -327,7 +336,6 @@ impl MirrorDrain {
             .copied()
             .filter(|x| kind_of(new, *x).is_some() && kind_of(new, *x) == kind_of(old, *x))
             .collect();
-        let parking = self.root.join(".tmp");
         let mut parked = 0u64;
         // Frees the name `d` (new path `rel`): a copy there that another name still needs is
         // parked in .tmp (a swap or a cycle of renames); anything else there is an old version.

@@ -100,6 +100,35 @@ impl Fixture {
         out.remove(0).result.unwrap()
     }
 
+    /// A mirror destination instead of the vault: its folder, and the setup that drains to it.
+    fn mirror(&self) -> (PathBuf, Setup) {
+        let mirror = self._tmp.path().join("mirror");
+        let rt = replicator::runtime().unwrap();
+        let store = Store::open(mirror.to_str().unwrap(), rt.handle().clone(), true).unwrap();
+        replicator::init_mirror(&store, "pocket-1").unwrap();
+        let mut setup = self.setup();
+        setup.dests = vec![DestSpec {
+            name: "m".into(),
+            url: mirror.to_str().unwrap().into(),
+            mode: Mode::Mirror,
+            keep_versions: std::time::Duration::from_secs(3600),
+            access: Default::default(),
+            when: Vec::new(),
+        }];
+        (mirror, setup)
+    }
+
+    /// Drains what the journal holds to `setup`'s destination (without scanning first).
+    fn drain(&self, setup: &Setup) -> replicator::SyncReport {
+        let target = journal::Reader::open(&self.journal())
+            .unwrap()
+            .status()
+            .unwrap()
+            .last_seq;
+        let mut out = sync(setup, target, &Progress::default(), &AtomicBool::new(false));
+        out.remove(0).result.unwrap()
+    }
+
     fn open_vault(&self) -> (tokio::runtime::Runtime, Vault) {
         let rt = replicator::runtime().unwrap();
         let store =
@@ -594,35 +623,10 @@ fn a_mirror_never_describes_contents_it_did_not_copy() {
     // and the mirror drains before the rename's record is committed.
     let f = Fixture::new();
     let p = &f.pocket;
-    let mirror = f._tmp.path().join("mirror");
-    let rt = replicator::runtime().unwrap();
-    let store = Store::open(mirror.to_str().unwrap(), rt.handle().clone(), true).unwrap();
-    replicator::init_mirror(&store, "pocket-1").unwrap();
-    let mut setup = f.setup();
-    setup.dests = vec![DestSpec {
-        name: "m".into(),
-        url: mirror.to_str().unwrap().into(),
-        mode: Mode::Mirror,
-        keep_versions: std::time::Duration::from_secs(3600),
-        access: Default::default(),
-        when: Vec::new(),
-    }];
+    let (mirror, setup) = f.mirror();
     write(&p.join("a.txt"), b"first");
     f.scan();
-    let drain = |setup: &Setup| {
-        let target = journal::Reader::open(&f.journal())
-            .unwrap()
-            .status()
-            .unwrap()
-            .last_seq;
-        let mut out = replicator::sync(
-            setup,
-            target,
-            &Progress::default(),
-            &std::sync::atomic::AtomicBool::new(false),
-        );
-        out.remove(0).result.unwrap()
-    };
+    let drain = |setup: &Setup| f.drain(setup);
     drain(&setup);
     // Changed and then renamed on the drive; the journal learns of the rename 200 ms later.
     write(&p.join("a.txt"), b"second, longer");
@@ -657,4 +661,36 @@ fn a_mirror_never_describes_contents_it_did_not_copy() {
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     assert_eq!(std::fs::read(out.join("b.txt")).unwrap(), b"second, longer");
     assert!(!out.join("a.txt").exists());
+}
+
+#[test]
+fn a_mirror_follows_a_folder_moved_under_a_new_folder_of_its_old_name() {
+    // What the endurance harness found: d5 moves away, a new d5 is made, and the old folder
+    // moves into it. The mirror's copy of d5 cannot be renamed into itself.
+    let f = Fixture::new();
+    let p = &f.pocket;
+    let (mirror, setup) = f.mirror();
+    write(&p.join("d5/e/inner.txt"), b"inner");
+    write(&p.join("d5/top.txt"), b"top");
+    f.scan();
+    f.drain(&setup);
+    std::fs::rename(p.join("d5"), p.join("d3")).unwrap();
+    std::fs::create_dir(p.join("d5")).unwrap();
+    write(&p.join("d5/new.txt"), b"new");
+    std::fs::rename(p.join("d3"), p.join("d5/d1")).unwrap();
+    f.scan();
+    f.drain(&setup);
+    let out = f._tmp.path().join("restored");
+    let r = replicator::restore_mirror(&mirror, &out, &[], false, &Progress::default()).unwrap();
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(snapshot(p), snapshot(&out));
+    // And the other way round: a folder moved out from under its parent, which then takes
+    // the place of its old child.
+    std::fs::rename(p.join("d5/d1/e"), p.join("e")).unwrap();
+    std::fs::rename(p.join("d5"), p.join("e/d5")).unwrap();
+    f.scan();
+    f.drain(&setup);
+    let out2 = f._tmp.path().join("restored2");
+    replicator::restore_mirror(&mirror, &out2, &[], false, &Progress::default()).unwrap();
+    assert_eq!(snapshot(p), snapshot(&out2));
 }

@@ -146,6 +146,11 @@ enum Command {
         dest: String,
         #[arg(long)]
         read_data: bool,
+        /// Make the vault whole again from what is still good: the damaged packs' good chunks
+        /// and the pocket's files are sent again, then the damaged objects are removed
+        /// (implies --read-data; the pocket must not be mounted).
+        #[arg(long)]
+        repair: bool,
         #[command(flatten)]
         pocket: PocketArg,
         #[arg(long)]
@@ -531,9 +536,16 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
         Command::Verify {
             dest,
             read_data,
+            repair,
             pocket,
             json,
-        } => backup::verify(pocket.pocket.as_deref(), &dest, read_data, json, key),
+        } => {
+            if repair {
+                backup::repair(pocket.pocket.as_deref(), &dest, json, key)
+            } else {
+                backup::verify(pocket.pocket.as_deref(), &dest, read_data, json, key)
+            }
+        }
         Command::Forget {
             dest,
             keep_last,

@@ -335,6 +335,15 @@ impl VaultDrain {
         self.vault.append_log(head, &LogObject::Checkpoint(cp))
     }
 
+    /// Writes a full checkpoint from the journal's catalog now, reading every file of the
+    /// pocket and sending the chunks the vault lacks (repair).
+    pub(crate) fn rewrite_checkpoint(&mut self, src: &Source<'_>) -> Result<DrainReport> {
+        self.vault.store.check_present()?;
+        let reader = journal::Reader::open(src.journal)?;
+        let head = self.vault.head()?;
+        self.checkpoint_from_journal(src, &reader, head)
+    }
+
     /// A full checkpoint from the journal's catalog: the start of a new destination, or of a
     /// vault continued by a new drive.
     fn checkpoint_from_journal(

@@ -10,6 +10,7 @@ pub mod format;
 mod mirror;
 mod os;
 mod policy;
+mod repair;
 mod restore;
 mod retention;
 #[cfg(test)]
@@ -29,6 +30,7 @@ pub use error::{Error, Result};
 #[cfg(unix)]
 pub use mirror::{init_mirror, is_mirror, restore_mirror};
 pub use policy::Policy;
+pub use repair::{repair, RepairReport};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use retention::{forget, prune, ForgetReport, KeepPolicy, PruneReport};
 pub use service::{
@@ -37,5 +39,5 @@ pub use service::{
 };
 pub use state::{DestLock, DestState, Live};
 pub use store::{local_path, Store, Target};
-pub use vault::{Point, Vault};
+pub use vault::{Head, Point, Vault};
 pub use verify::{verify, Damage, VerifyReport};

@@ -331,6 +331,14 @@ impl Vault {
         self.index.lock().len()
     }
 
+    /// Forgets the chunks held in these packs (damaged ones, for repair): whatever still has
+    /// their data sends them again.
+    pub(crate) fn forget_packs(&self, packs: &HashSet<&str>) {
+        self.index
+            .lock()
+            .retain(|_, loc| !packs.contains(loc.pack.as_ref()));
+    }
+
     /// All the index knows, for verify and prune.
     pub fn index_snapshot(&self) -> HashMap<ChunkId, Loc> {
         self.index.lock().clone()

@@ -29,6 +29,17 @@ pub struct VerifyReport {
     /// Packs no index refers to (left by an interrupted drain; prune removes them).
     pub unreferenced_packs: u64,
     pub damage: Vec<Damage>,
+    /// What `repair` acts on.
+    pub(crate) found: Found,
+}
+
+/// The damaged objects, as repair needs them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Found {
+    /// Names of packs that are missing, cut, or hold a chunk that fails its check.
+    pub packs: BTreeSet<String>,
+    /// Keys of index objects that do not open.
+    pub index: Vec<String>,
 }
 
 pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<VerifyReport> {
@@ -37,7 +48,9 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
     // Chunks that cannot be read back, and which object is to blame.
     let mut bad_chunks: HashMap<ChunkId, usize> = HashMap::new();
 
+    let mut found = Found::default();
     for key in vault.load_index()? {
+        found.index.push(key.clone());
         damage.push(Damage {
             object: key,
             detail: "the index object cannot be opened (damaged or tampered with); its packs' chunks will be sent again".into(),
@@ -70,6 +83,7 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
         report.chunks += idx.blobs.len() as u64;
         let mut blame =
             |detail: String, ids: &mut dyn Iterator<Item = ChunkId>, damage: &mut Vec<Damage>| {
+                found.packs.insert(name.clone());
                 damage.push(Damage {
                     object: key.clone(),
                     detail,
@@ -193,5 +207,6 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
     }
     damage.sort_by(|a, b| a.object.cmp(&b.object));
     report.damage = damage;
+    report.found = found;
     Ok(report)
 }

@@ -664,6 +664,70 @@ fn a_mirror_never_describes_contents_it_did_not_copy() {
 }
 
 #[test]
+fn repair_makes_a_damaged_vault_whole_again_from_the_pocket() {
+    let f = Fixture::new();
+    // Three drains, so there are several packs to damage in different ways.
+    write(&f.pocket.join("a/one.bin"), &pseudo_random(400_000, 31));
+    write(&f.pocket.join("old.bin"), &pseudo_random(300_000, 32));
+    f.sync();
+    write(&f.pocket.join("b/two.bin"), &pseudo_random(500_000, 33));
+    f.sync();
+    write(&f.pocket.join("three.bin"), &pseudo_random(200_000, 34));
+    f.sync();
+    let packs = walk_files(&f.vault_dir.join("data"));
+    assert!(packs.len() >= 3, "{packs:?}");
+    // A flipped byte, a pack cut short, a pack gone.
+    let mut bytes = std::fs::read(&packs[0]).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&packs[0], &bytes).unwrap();
+    let len = std::fs::metadata(&packs[1]).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&packs[1])
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    std::fs::remove_file(&packs[2]).unwrap();
+
+    let (rt, v) = f.open_vault();
+    let found = replicator::verify(&v, true, &Progress::default()).unwrap();
+    assert!(found.damage.len() >= 3, "{:?}", found.damage);
+    let setup = f.setup();
+    let done = replicator::repair(
+        &setup,
+        &setup.dests[0],
+        &found,
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(done.chunks_resent > 0, "{done:?}");
+    assert!(done.files_read >= 4, "{done:?}");
+    // Every damaged pack is gone (with its index object); the flipped pack's good chunks
+    // were packed again.
+    for p in &packs[..3] {
+        assert!(!p.exists(), "{p:?} is still there");
+    }
+    assert!(done.objects_removed.len() >= 5, "{done:?}");
+    drop(v);
+    rt.shutdown_background();
+
+    let (_rt, v) = f.open_vault();
+    let after = replicator::verify(&v, true, &Progress::default()).unwrap();
+    assert!(after.damage.is_empty(), "{:?}", after.damage);
+    let out = f._tmp.path().join("out");
+    let r = f.restore(&out, None);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(snapshot(&f.pocket), snapshot(&out));
+    // The next drain carries on from the repaired vault.
+    write(&f.pocket.join("four.bin"), &pseudo_random(10_000, 35));
+    f.sync();
+    let out2 = f._tmp.path().join("out2");
+    f.restore(&out2, None);
+    assert_eq!(snapshot(&f.pocket), snapshot(&out2));
+}
+
+#[test]
 fn a_mirror_follows_a_folder_moved_under_a_new_folder_of_its_old_name() {
     // What the endurance harness found: d5 moves away, a new d5 is made, and the old folder
     // moves into it. The mirror's copy of d5 cannot be renamed into itself.

@@ -1,0 +1,132 @@
+//! `verify --repair`: a vault that lost or damaged objects is made whole again from what is
+//! still good, in the same order a drain writes (new objects durable first, then the log, and
+//! only then are the damaged objects removed), so an interrupted repair leaves the vault no
+//! worse than it found it.
+//!
+//! Chunks are named by their contents, so one good copy of a chunk serves every version that
+//! refers to it. Repair packs again the chunks of damaged packs that still pass their check,
+//! reads every file the pocket has now (as a new destination's first drain does) so that the
+//! chunks they need are sent again, writes a checkpoint of the catalog, and removes the
+//! damaged packs and index objects. What only old versions needed, and the pocket no longer
+//! has, cannot come back; the verify that follows names it.
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::drain::{Progress, Source};
+use crate::error::{Error, Result};
+use crate::service::{runtime, DestDrain, DestSpec, Setup};
+use crate::vault::Vault;
+use crate::verify::VerifyReport;
+
+/// What a repair did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Good chunks of damaged packs, packed again.
+    pub chunks_salvaged: u64,
+    /// Chunks read again from the pocket's files and sent.
+    pub chunks_resent: u64,
+    /// Files of the pocket read to find them.
+    pub files_read: u64,
+    pub bytes_uploaded: u64,
+    /// Damaged objects removed from the destination once their replacements were durable.
+    pub objects_removed: Vec<String>,
+    /// The journal record the new checkpoint holds (the destination's cursor now).
+    pub checkpoint_seq: u64,
+}
+
+/// Repairs the vault of `spec` after `found` (a `verify` with read_data of the same vault).
+/// The caller holds the destination's lock ([`crate::DestLock`]): nothing else may write the
+/// vault meanwhile.
+pub fn repair(
+    setup: &Setup,
+    spec: &DestSpec,
+    found: &VerifyReport,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<RepairReport> {
+    let rt = runtime()?;
+    let res = (|| {
+        let d = DestDrain::open(spec, setup, rt.handle().clone(), Arc::default())?;
+        let DestDrain::Vault(mut d) = d else {
+            return Err(Error::Format(format!(
+                "{} is a mirror: a mirror is repaired by the next drain of each file it lacks; only vaults have --repair",
+                spec.name
+            )));
+        };
+        let src = Source {
+            pocket: &setup.pocket,
+            journal: &setup.journal,
+            dest: &spec.name,
+            cancel,
+            progress,
+        };
+        let mut report = RepairReport::default();
+        let vault = &d.vault;
+        vault.load_index()?;
+        let damaged: HashSet<&str> = found.found.packs.iter().map(String::as_str).collect();
+        // From here on the damaged packs' chunks count as missing, so whatever still has them
+        // (the pack's good chunks, the pocket's files) sends them again.
+        vault.forget_packs(&damaged);
+        report.chunks_salvaged = salvage(vault, &found.found.packs)?;
+        let drained = d.rewrite_checkpoint(&src)?;
+        report.chunks_resent = drained.new_chunks;
+        report.files_read = drained.files;
+        report.bytes_uploaded = drained.bytes_uploaded;
+        report.checkpoint_seq = drained.cursor;
+        // Everything the damaged objects held that still exists is durable elsewhere now.
+        let vault = &d.vault;
+        for name in &found.found.packs {
+            remove(vault, &format!("index/{name}"), &mut report)?;
+            remove(vault, &Vault::pack_key(name), &mut report)?;
+        }
+        for key in &found.found.index {
+            remove(vault, key, &mut report)?;
+            remove(
+                vault,
+                &Vault::pack_key(key.trim_start_matches("index/")),
+                &mut report,
+            )?;
+        }
+        info!(dest = spec.name, ?report, "repaired");
+        Ok(report)
+    })();
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    res
+}
+
+/// Packs again every chunk of the damaged packs that still passes its check.
+fn salvage(vault: &Vault, packs: &std::collections::BTreeSet<String>) -> Result<u64> {
+    let mut packer = vault.packer();
+    let mut salvaged = 0;
+    for name in packs {
+        let (Ok(bytes), Ok(idx)) = (
+            vault.store.get(&Vault::pack_key(name)),
+            vault.read_index_object(name),
+        ) else {
+            continue;
+        };
+        for blob in &idx.blobs {
+            match vault.open_blob(&bytes, blob) {
+                Ok(data) => {
+                    packer.add(&data)?;
+                    salvaged += 1;
+                }
+                Err(e) => warn!(pack = name, "{e}"),
+            }
+        }
+    }
+    packer.finish()?;
+    Ok(salvaged)
+}
+
+fn remove(vault: &Vault, key: &str, report: &mut RepairReport) -> Result<()> {
+    if vault.store.exists(key)? {
+        vault.store.delete(key)?;
+        report.objects_removed.push(key.to_owned());
+    }
+    Ok(())
+}

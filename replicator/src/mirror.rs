@@ -351,8 +351,12 @@ impl MirrorDrain {
                 return put_aside(d, &old_rel);
             }
             if at.get(&x).map(PathBuf::as_path) != Some(d) {
-                // Another name of a file that lives on: its data stays under that name.
-                return std::fs::remove_file(d).map_err(|e| io("remove", d, e));
+                // Another name of a file that lives on: its data stays under that name. A
+                // drain killed midway may have removed it already: the name is free.
+                return match std::fs::remove_file(d) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", d, e)),
+                    _ => Ok(()),
+                };
             }
             parked += 1;
             let tmp = parking.join(format!("mirror-park-{x}-{parked}"));

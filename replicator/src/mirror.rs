@@ -347,16 +347,21 @@ impl MirrorDrain {
             let Some((x, old_rel)) = here.remove(d) else {
                 return keep_aside(rel);
             };
+            if std::fs::symlink_metadata(d).is_err() {
+                // The tree says a copy is here, but a drain killed midway already moved or
+                // removed it (parked copies go when .tmp is emptied): the name is free, and
+                // the file is copied again where it belongs.
+                if at.get(&x).map(PathBuf::as_path) == Some(d) {
+                    at.remove(&x);
+                }
+                return Ok(());
+            }
             if !lives_on.contains(&x) {
                 return put_aside(d, &old_rel);
             }
             if at.get(&x).map(PathBuf::as_path) != Some(d) {
-                // Another name of a file that lives on: its data stays under that name. A
-                // drain killed midway may have removed it already: the name is free.
-                return match std::fs::remove_file(d) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", d, e)),
-                    _ => Ok(()),
-                };
+                // Another name of a file that lives on: its data stays under that name.
+                return std::fs::remove_file(d).map_err(|e| io("remove", d, e));
             }
             parked += 1;
             let tmp = parking.join(format!("mirror-park-{x}-{parked}"));
@@ -395,7 +400,7 @@ impl MirrorDrain {
                     let copy = at
                         .get(id)
                         .filter(|_| kind_of(old, *id) == Some(KIND_FILE))
-                        .filter(|c| c.exists())
+                        .filter(|c| is_copy_of(c, &old.files[id].meta))
                         .cloned();
                     let in_place = copy.as_deref() == Some(d.as_path());
                     let previous = old.files.get(id).and_then(|f| f.content.clone());
@@ -646,6 +651,17 @@ impl MirrorDrain {
 }
 
 /// fsync every folder of the mirror once (renames into them must survive a power cut).
+/// Whether the file at `p` is the copy the mirror's last tree describes (its size and
+/// modification time), not whatever a drain killed midway left under that name. A copy that
+/// does not look like one is copied again: never wrong, at worst sent twice.
+fn is_copy_of(p: &Path, meta: &crate::format::VMeta) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| {
+        m.is_file()
+            && m.len() == meta.size
+            && m.mtime() * 1_000_000_000 + m.mtime_nsec() == meta.mtime_ns
+    })
+}
+
 fn sync_tree_dirs(root: &Path, paths: &[(Vec<u8>, u64)], t: &Tree) -> Result<()> {
     sync_dir(root)?;
     for (rel, id) in paths {

@@ -781,3 +781,27 @@ fn a_mirror_drain_resumes_where_a_killed_one_left_its_copies() {
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     assert_eq!(snapshot(p), snapshot(&out));
 }
+
+#[test]
+fn a_mirror_drain_resumes_after_a_killed_one_parked_a_copy() {
+    // A swap parks one copy in .tmp while the other takes its name; a drain killed right
+    // then loses the parked copy (.tmp is emptied when the store opens). The next drain
+    // finds the name it wants to park already free, and copies the file again.
+    let f = Fixture::new();
+    let p = &f.pocket;
+    let (mirror, setup) = f.mirror();
+    write(&p.join("f1"), b"one");
+    write(&p.join("f2"), b"two");
+    f.scan();
+    f.drain(&setup);
+    std::fs::remove_file(mirror.join("f1")).unwrap();
+    std::fs::rename(p.join("f1"), p.join("t")).unwrap();
+    std::fs::rename(p.join("f2"), p.join("f1")).unwrap();
+    std::fs::rename(p.join("t"), p.join("f2")).unwrap();
+    f.scan();
+    f.drain(&setup);
+    let out = f._tmp.path().join("restored");
+    let r = replicator::restore_mirror(&mirror, &out, &[], false, &Progress::default()).unwrap();
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(snapshot(p), snapshot(&out));
+}

@@ -551,7 +551,7 @@ impl MirrorDrain {
                 .map_err(|e| Error::io("cannot write the mirror", e))?;
             let mut extents = Vec::new();
             let runs =
-                crate::os::data_extents(&f, before.size(), before.blocks() * 512 < before.size())
+                crate::os::data_extents(&f, before.size())
                     .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
             let mut buf = vec![0u8; 1 << 20];
             for (start, end) in runs {

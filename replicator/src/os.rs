@@ -111,27 +111,12 @@ pub fn changed(before: &Metadata, after: &Metadata) -> bool {
     }
 }
 
-/// Whether the file may have holes (fewer blocks than its size). Windows: never assumed.
-pub fn maybe_sparse(md: &Metadata) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        md.blocks() * 512 < md.size()
-    }
-    #[cfg(windows)]
-    {
-        let _ = md;
-        false
-    }
-}
-
-/// The data ranges of a file, holes left out, where the system can tell (SEEK_DATA).
-pub fn data_extents(file: &File, size: u64, sparse: bool) -> std::io::Result<Vec<(u64, u64)>> {
+/// The data ranges of a file, holes left out, where the system can tell (SEEK_DATA). Always
+/// asked, never guessed from the block count: XFS counts blocks preallocated past the end of
+/// a file, so a file with holes can look dense by its blocks.
+pub fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
     if size == 0 {
         return Ok(Vec::new());
-    }
-    if !sparse {
-        return Ok(vec![(0, size)]);
     }
     #[cfg(unix)]
     {

@@ -56,7 +56,7 @@ pub fn read_file(
         return Ok(ReadOutcome::Gone);
     }
     let size = before.len();
-    let extents = crate::os::data_extents(&file, size, crate::os::maybe_sparse(&before))
+    let extents = crate::os::data_extents(&file, size)
         .map_err(|e| src_err(path, e))?;
     let mut out = Vec::with_capacity(extents.len());
     for (start, end) in extents {

@@ -805,3 +805,37 @@ fn a_mirror_drain_resumes_after_a_killed_one_parked_a_copy() {
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     assert_eq!(snapshot(p), snapshot(&out));
 }
+
+#[test]
+fn holes_are_kept_when_blocks_preallocated_past_the_end_hide_them() {
+    // XFS counts blocks it preallocated past the end of a file in st_blocks, so a file with
+    // a hole can look dense by its block count; its hole map must be kept all the same.
+    let f = Fixture::new();
+    let p = f.pocket.join("sparse.bin");
+    let file = std::fs::File::create(&p).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&pseudo_random(64 << 10, 41), 0).unwrap();
+    file.write_all_at(&pseudo_random(16 << 10, 42), 68 << 10).unwrap();
+    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 1 << 20, 4 << 20).unwrap();
+    let md = file.metadata().unwrap();
+    assert!(md.blocks() * 512 >= md.len(), "the test needs st_blocks to hide the hole");
+    drop(file);
+    f.sync();
+    let out = f._tmp.path().join("out");
+    f.restore(&out, None);
+    assert_eq!(snapshot(&f.pocket), snapshot(&out));
+    let runs = |path: &Path| {
+        let file = std::fs::File::open(path).unwrap();
+        let size = file.metadata().unwrap().len();
+        let data = rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(0)).unwrap();
+        (size, data)
+    };
+    assert_eq!(runs(&p), runs(&out.join("sparse.bin")), "the hole at 64 KiB is kept");
+    // The mirror too.
+    let (mirror, setup) = f.mirror();
+    f.drain(&setup);
+    let out = f._tmp.path().join("out-mirror");
+    replicator::restore_mirror(&mirror, &out, &[], false, &Progress::default()).unwrap();
+    assert_eq!(runs(&p), runs(&mirror.join("sparse.bin")), "the mirror's copy keeps it");
+    assert_eq!(runs(&p), runs(&out.join("sparse.bin")), "and so does its restore");
+}

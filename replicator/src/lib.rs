@@ -5,6 +5,7 @@ mod access;
 pub mod crypto;
 mod drain;
 mod error;
+mod faults;
 pub mod format;
 #[cfg(unix)]
 mod mirror;

@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 
 use crate::access::{Access, Secrets};
 use crate::error::{Error, Result};
+use crate::faults::{self, Fault};
 
 /// Where temporary files live inside a local or SFTP destination (same filesystem, so rename
 /// is atomic); leftovers of a killed write are removed at the next open.
@@ -398,6 +399,9 @@ impl Store {
     /// Writes `key` atomically, and durably where the store lets us ask for it.
     pub fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         self.check_present()?;
+        if let Some(f) = faults::before("put", key, true) {
+            return Err(self.suffer(f, key, Some(&data)));
+        }
         let op = self.op.clone();
         let k = key.to_owned();
         // In parts: S3 uploads big objects in parallel multipart pieces, and a bandwidth cap
@@ -441,6 +445,9 @@ impl Store {
     }
 
     pub fn get(&self, key: &str) -> Result<Vec<u8>> {
+        if let Some(f) = faults::before("get", key, false) {
+            return Err(self.suffer(f, key, None));
+        }
         let op = self.op.clone();
         let k = key.to_owned();
         let buf = self
@@ -451,6 +458,9 @@ impl Store {
 
     /// `len` bytes of `key` from `offset`.
     pub fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if let Some(f) = faults::before("get", key, false) {
+            return Err(self.suffer(f, key, None));
+        }
         let op = self.op.clone();
         let k = key.to_owned();
         let buf = self
@@ -461,6 +471,9 @@ impl Store {
 
     /// The objects under `prefix` (a folder, ending in `/`), with their sizes, sorted.
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        if let Some(f) = faults::before("list", prefix, false) {
+            return Err(self.suffer(f, prefix, None));
+        }
         let op = self.op.clone();
         let p = prefix.to_owned();
         let entries = self.block(async move { op.list_with(&p).recursive(true).await })?;
@@ -518,6 +531,9 @@ impl Store {
     }
 
     pub fn exists(&self, key: &str) -> Result<bool> {
+        if let Some(f) = faults::before("stat", key, false) {
+            return Err(self.suffer(f, key, None));
+        }
         let op = self.op.clone();
         let k = key.to_owned();
         self.rt
@@ -526,6 +542,9 @@ impl Store {
     }
 
     pub fn delete(&self, key: &str) -> Result<()> {
+        if let Some(f) = faults::before("delete", key, false) {
+            return Err(self.suffer(f, key, None));
+        }
         let op = self.op.clone();
         let k = key.to_owned();
         self.rt
@@ -562,6 +581,35 @@ impl Store {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Makes a request suffer an injected fault (see [`crate::faults`]) and returns its error.
+    /// A cut upload really begins the object and abandons it, as a dropped link does, so the
+    /// test shows that nothing half-written ever appears under the final name.
+    fn suffer(&self, fault: Fault, key: &str, data: Option<&[u8]>) -> Error {
+        match fault {
+            Fault::Timeout(t) => std::thread::sleep(t),
+            Fault::Cut => {
+                if let Some(d) = data {
+                    let op = self.op.clone();
+                    let k = match self.kind {
+                        Kind::Sftp { .. } => format!("{TMP_DIR}/{}", random_name()),
+                        _ => key.to_owned(),
+                    };
+                    let half = d[..d.len() / 2].to_vec();
+                    let _ = self.block(async move {
+                        let mut w = op.writer_with(&k).chunk(PART_SIZE).await?;
+                        w.write(half).await
+                        // Dropped unclosed: the object is never completed.
+                    });
+                }
+            }
+            Fault::Error => {}
+        }
+        Error::store(
+            format!("cannot reach {key} at {}", self.url),
+            faults::error(fault),
+        )
     }
 
     /// The local folder, when the destination is one.

@@ -7,9 +7,10 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+use common::drive::Drive;
 use common::*;
 
 fn stderr(out: &std::process::Output) -> String {
@@ -151,65 +152,6 @@ fn daemon_mode_detaches_when_ready() {
         .any(|r| r["op"] == "create" && r["name"] == "f"));
 }
 
-/// A loop-mounted filesystem image, unmounted and detached on drop.
-struct Drive {
-    image: PathBuf,
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl Drive {
-    fn new(tmp: &Path, fs_type: &str, size_mb: u64) -> Drive {
-        let image = tmp.join(format!("{fs_type}.img"));
-        let dir = tmp.join("drive");
-        fs::create_dir_all(&dir).unwrap();
-        let f = fs::File::create(&image).unwrap();
-        f.set_len(size_mb << 20).unwrap();
-        drop(f);
-        let mkfs = Command::new(format!("mkfs.{fs_type}"))
-            .arg("-q")
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(mkfs.status.success(), "{}", stderr(&mkfs));
-        let mut d = Drive {
-            image,
-            dir,
-            mounted: false,
-        };
-        d.mount();
-        d
-    }
-
-    fn mount(&mut self) {
-        let out = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&self.image)
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mount loop: {}", stderr(&out));
-        self.mounted = true;
-    }
-
-    fn umount(&mut self) {
-        let out = Command::new("umount").arg(&self.dir).output().unwrap();
-        assert!(out.status.success(), "umount: {}", stderr(&out));
-        self.mounted = false;
-    }
-
-    /// The drive goes away: every I/O fails with EIO. Without `-f` the log is not flushed,
-    /// as in a power cut.
-    fn shutdown(&self) {
-        let out = Command::new("xfs_io")
-            .args(["-x", "-c", "shutdown"])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "xfs_io shutdown: {}", stderr(&out));
-    }
-}
-
 /// A pocket made on a fresh loop-mounted filesystem, with a mountpoint beside the drive.
 struct PocketOnDrive {
     tmp: tempfile::TempDir,
@@ -241,14 +183,6 @@ impl PocketOnDrive {
             tmp: tempfile::tempdir_in(self.tmp.path()).unwrap(),
             root: self.root.clone(),
             mnt: self.mnt.clone(),
-        }
-    }
-}
-
-impl Drop for Drive {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
     }
 }

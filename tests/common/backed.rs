@@ -19,7 +19,11 @@ pub struct Backed {
 
 impl Backed {
     pub fn new() -> Backed {
-        let pocket = Pocket::new();
+        Backed::with_pocket(Pocket::new())
+    }
+
+    /// Makes a pocket of `pocket` (on a drive of the test's own, say).
+    pub fn with_pocket(pocket: Pocket) -> Backed {
         pocket.init();
         let pass = pocket.tmp.path().join("passphrase");
         std::fs::write(&pass, format!("{PASS}\n")).unwrap();

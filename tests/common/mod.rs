@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod backed;
+pub mod drive;
 pub mod servers;
 
 pub fn bin() -> &'static str {

@@ -1,0 +1,1613 @@
+//! The endurance harness: rounds of random work through a real mount, several writers at
+//! once, each against a reference model, with faults injected on purpose; then a drain, a
+//! restore from each destination into a fresh folder, and a comparison of the restore with the
+//! pocket (contents, names, modes, owners, times, xattrs, links, holes) and of the pocket with
+//! the model. The faults, each counted:
+//!
+//! - the daemon killed with -9 while the writers work, and while a drain is under way;
+//! - destination requests failing, hanging until they time out, answering slowly, and uploads
+//!   cut off midway (the replicator's `fault-injection` build, `BACKPOCKET_FAULTS`);
+//! - the destinations' disk full, then given room (root: a tmpfs);
+//! - the drive full, then given room, and the drive pulled out as in a power cut, then
+//!   plugged back (root: a loop-mounted XFS image): what was fsynced must be there;
+//! - objects at the vault flipped, cut short and deleted: `verify` must name each, restore
+//!   must never give a wrong file, and `verify --repair` must make the vault whole again.
+//!
+//! ```text
+//! cargo test --locked --features fault-injection --test endurance -- [--rounds N | --minutes N] [--seed S]
+//! ```
+//!
+//! A failing round prints its seed and the first difference found; the same seed runs the same
+//! writers' operations and the same fault schedule again (the daemon's own timing is not
+//! under the seed). The last line sums up: rounds, operations, faults per kind, bytes
+//! verified, differences (always 0, or the run fails).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::backed::Backed;
+use common::drive::Drive;
+use common::{exact_tree, is_root, run, Mounted, Pocket};
+
+const WRITERS: usize = 2;
+/// How long the writers work in each round.
+const WRITE_PHASE: Duration = Duration::from_secs(4);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
+
+// ---------------------------------------------------------------- randomness
+
+/// splitmix64: small, seedable, good enough to pick operations.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> Option<&'a T> {
+        if xs.is_empty() {
+            None
+        } else {
+            Some(&xs[self.below(xs.len() as u64) as usize])
+        }
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+    /// Mostly small, sometimes a hundred KiB, rarely a few MiB: the sizes of real work.
+    fn size(&mut self) -> usize {
+        match self.below(100) {
+            0..=79 => self.below(8 << 10) as usize,
+            80..=98 => self.below(128 << 10) as usize,
+            _ => self.below(3 << 20) as usize,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the model
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Obj {
+    File {
+        data: Vec<u8>,
+        mode: u32,
+        xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    },
+    Dir {
+        mode: u32,
+        xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    },
+    Link {
+        target: Vec<u8>,
+    },
+}
+
+/// What one writer's folder should hold: paths (relative, '/'-separated) to objects, several
+/// paths to one object for hard links.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    next: u64,
+    paths: BTreeMap<String, u64>,
+    objs: HashMap<u64, Obj>,
+}
+
+impl Model {
+    fn new_obj(&mut self, o: Obj) -> u64 {
+        self.next += 1;
+        self.objs.insert(self.next, o);
+        self.next
+    }
+    fn get(&self, p: &str) -> Option<&Obj> {
+        self.paths.get(p).and_then(|id| self.objs.get(id))
+    }
+    fn dirs(&self) -> Vec<String> {
+        let mut out = vec![String::new()];
+        out.extend(
+            self.paths
+                .iter()
+                .filter(|(_, id)| matches!(self.objs[id], Obj::Dir { .. }))
+                .map(|(p, _)| p.clone()),
+        );
+        out
+    }
+    fn files(&self) -> Vec<String> {
+        self.paths
+            .iter()
+            .filter(|(_, id)| matches!(self.objs[id], Obj::File { .. }))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+    fn links(&self) -> Vec<String> {
+        self.paths
+            .iter()
+            .filter(|(_, id)| matches!(self.objs[id], Obj::Link { .. }))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+    fn is_empty_dir(&self, d: &str) -> bool {
+        let prefix = format!("{d}/");
+        !self.paths.keys().any(|p| p.starts_with(&prefix))
+    }
+    fn remove_path(&mut self, p: &str) {
+        if let Some(id) = self.paths.remove(p) {
+            if !self.paths.values().any(|v| *v == id) {
+                self.objs.remove(&id);
+            }
+        }
+    }
+    fn data_mut(&mut self, p: &str) -> &mut Vec<u8> {
+        let id = self.paths[p];
+        match self.objs.get_mut(&id) {
+            Some(Obj::File { data, .. }) => data,
+            _ => panic!("{p} is not a file in the model"),
+        }
+    }
+    fn xattrs_mut(&mut self, p: &str) -> &mut BTreeMap<Vec<u8>, Vec<u8>> {
+        let id = self.paths[p];
+        match self.objs.get_mut(&id) {
+            Some(Obj::File { xattrs, .. } | Obj::Dir { xattrs, .. }) => xattrs,
+            _ => panic!("{p} has no xattrs in the model"),
+        }
+    }
+    /// rename(2): a file over a file replaces it; hard links of one file leave both names;
+    /// a folder takes everything under it along.
+    fn rename(&mut self, from: &str, to: &str) {
+        if self.paths.get(from) == self.paths.get(to) {
+            return;
+        }
+        self.remove_path(to);
+        let id = self.paths.remove(from).expect("renamed path exists");
+        self.paths.insert(to.to_owned(), id);
+        let prefix = format!("{from}/");
+        let moved: Vec<(String, u64)> = self
+            .paths
+            .iter()
+            .filter(|(p, _)| p.starts_with(&prefix))
+            .map(|(p, id)| (p.clone(), *id))
+            .collect();
+        for (p, id) in moved {
+            self.paths.remove(&p);
+            self.paths
+                .insert(format!("{to}/{}", &p[prefix.len()..]), id);
+        }
+    }
+
+    /// The model of what a folder holds now (after a fault made it the truth).
+    fn read(root: &Path) -> Model {
+        let mut m = Model::default();
+        let mut by_ino: HashMap<u64, u64> = HashMap::new();
+        for (rel, p) in walk(root) {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if let Some(id) = by_ino.get(&md.ino()).filter(|_| md.is_file()) {
+                m.paths.insert(rel, *id);
+                continue;
+            }
+            let mode = md.mode() & 0o7777;
+            let obj = if md.is_dir() {
+                Obj::Dir {
+                    mode,
+                    xattrs: xattrs(&p),
+                }
+            } else if md.is_symlink() {
+                Obj::Link {
+                    target: std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                }
+            } else {
+                Obj::File {
+                    data: std::fs::read(&p).unwrap(),
+                    mode,
+                    xattrs: xattrs(&p),
+                }
+            };
+            let id = m.new_obj(obj);
+            by_ino.insert(md.ino(), id);
+            m.paths.insert(rel, id);
+        }
+        m
+    }
+
+    /// The model as comparable lines, with paths under `skip` left out.
+    fn lines(&self, skip: &BTreeSet<String>) -> BTreeMap<String, String> {
+        let kept: Vec<(&String, &u64)> = self
+            .paths
+            .iter()
+            .filter(|(p, _)| !skipped(p, skip))
+            .collect();
+        let mut first: HashMap<u64, &String> = HashMap::new();
+        for (p, id) in &kept {
+            first.entry(**id).or_insert(p);
+        }
+        kept.iter()
+            .map(|(p, id)| {
+                let line = describe(&self.objs[id]);
+                let link = match &self.objs[id] {
+                    Obj::File { .. } if first[*id] != *p => format!(" hardlink-of={}", first[*id]),
+                    _ => String::new(),
+                };
+                ((*p).clone(), line + &link)
+            })
+            .collect()
+    }
+}
+
+fn describe(o: &Obj) -> String {
+    match o {
+        Obj::File { data, mode, xattrs } => format!(
+            "file mode={mode:o} size={} blake3={} xattrs={xattrs:?}",
+            data.len(),
+            blake3::hash(data).to_hex()
+        ),
+        Obj::Dir { mode, xattrs } => format!("dir mode={mode:o} xattrs={xattrs:?}"),
+        Obj::Link { target } => format!("symlink -> {}", String::from_utf8_lossy(target)),
+    }
+}
+
+fn skipped(p: &str, skip: &BTreeSet<String>) -> bool {
+    skip.iter()
+        .any(|s| p == s || p.starts_with(&format!("{s}/")))
+}
+
+fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    journal::read_xattrs(p)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(b"user."))
+        .collect()
+}
+
+/// Every entry under `root`, relative paths sorted.
+fn walk(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((rel, p));
+        }
+    }
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------- the writers
+
+/// What one writer did in a round.
+#[derive(Debug, Default)]
+struct Work {
+    ops: u64,
+    /// The operation a fault made fail, and the paths whose state it leaves unknown.
+    failed: Option<(String, Vec<String>, std::io::Error)>,
+    /// Files whose contents were fsynced and not touched since: (path, blake3).
+    fsynced: BTreeMap<String, String>,
+}
+
+struct Writer<'a> {
+    root: &'a Path,
+    model: &'a mut Model,
+    rng: Rng,
+    work: Work,
+}
+
+impl Writer<'_> {
+    fn abs(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// A name in `dir` for something new: a small pool, so operations meet each other.
+    fn fresh(&mut self, dir: &str, prefix: &str) -> Option<String> {
+        for _ in 0..8 {
+            let name = format!("{prefix}{}", self.rng.below(6));
+            let p = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            if !self.model.paths.contains_key(&p) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn forget_fsynced(&mut self, p: &str) {
+        let prefix = format!("{p}/");
+        self.work
+            .fsynced
+            .retain(|k, _| k != p && !k.starts_with(&prefix));
+    }
+
+    /// A content change reaches every name of the file.
+    fn forget_fsynced_file(&mut self, p: &str) {
+        let id = self.model.paths.get(p).copied();
+        let names: Vec<String> = self
+            .model
+            .paths
+            .iter()
+            .filter(|(_, v)| Some(**v) == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for n in names {
+            self.forget_fsynced(&n);
+        }
+    }
+
+    /// One random operation; Err(paths left unknown, error) when the file system failed it.
+    fn step(&mut self) -> Result<(), (String, Vec<String>, std::io::Error)> {
+        let dirs = self.model.dirs();
+        let files = self.model.files();
+        let dir = self.rng.pick(&dirs).cloned().unwrap_or_default();
+        let file = self.rng.pick(&files).cloned();
+        let roll = self.rng.below(100);
+        macro_rules! io {
+            ($what:expr, $paths:expr, $e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err(($what.to_string(), $paths, e)),
+                }
+            };
+        }
+        match (roll, file) {
+            // Write a whole file (new, or over an old one, same inode), maybe fsynced.
+            (0..=21, f) => {
+                let p = match f {
+                    Some(f) if self.rng.chance(0.4) => f,
+                    _ => match self.fresh(&dir, "f") {
+                        Some(p) => p,
+                        None => return Ok(()),
+                    },
+                };
+                let n = self.rng.size();
+                let data = if self.rng.chance(0.2) && !files.is_empty() {
+                    // A copy with a change: what deduplication lives on.
+                    let other = self.rng.pick(&files).unwrap().clone();
+                    let mut d = match self.model.get(&other) {
+                        Some(Obj::File { data, .. }) => data.clone(),
+                        _ => Vec::new(),
+                    };
+                    d.extend(self.rng.bytes(n % 4096));
+                    d
+                } else {
+                    self.rng.bytes(n)
+                };
+                let sync = self.rng.chance(0.3);
+                let paths = vec![p.clone()];
+                let exists = self.model.paths.contains_key(&p);
+                if exists {
+                    self.forget_fsynced_file(&p);
+                }
+                let mut f = io!(
+                    "write",
+                    paths,
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(self.abs(&p))
+                );
+                // The name exists from here on, whatever follows.
+                if !exists {
+                    let mode = io!("write", paths, f.metadata()).mode() & 0o7777;
+                    let id = self.model.new_obj(Obj::File {
+                        data: Vec::new(),
+                        mode,
+                        xattrs: BTreeMap::new(),
+                    });
+                    self.model.paths.insert(p.clone(), id);
+                } else {
+                    self.model.data_mut(&p).clear();
+                }
+                io!("write", paths, f.write_all(&data));
+                *self.model.data_mut(&p) = data.clone();
+                if sync {
+                    io!("fsync", paths, f.sync_all());
+                    self.work
+                        .fsynced
+                        .insert(p, blake3::hash(&data).to_hex().to_string());
+                }
+            }
+            // Write at an offset, maybe past the end (a hole).
+            (22..=33, Some(p)) => {
+                let len = match self.model.get(&p) {
+                    Some(Obj::File { data, .. }) => data.len() as u64,
+                    _ => 0,
+                };
+                let off = if self.rng.chance(0.2) {
+                    len + self.rng.below(2 << 20)
+                } else {
+                    self.rng.below(len + 1)
+                };
+                let n = 1 + self.rng.below(64 << 10) as usize;
+                let data = self.rng.bytes(n);
+                self.forget_fsynced_file(&p);
+                let paths = vec![p.clone()];
+                let f = io!(
+                    "pwrite",
+                    paths,
+                    std::fs::OpenOptions::new().write(true).open(self.abs(&p))
+                );
+                io!("pwrite", paths, f.write_all_at(&data, off));
+                let d = self.model.data_mut(&p);
+                let end = off as usize + data.len();
+                if d.len() < end {
+                    d.resize(end, 0);
+                }
+                d[off as usize..end].copy_from_slice(&data);
+            }
+            (34..=38, Some(p)) => {
+                let len = match self.model.get(&p) {
+                    Some(Obj::File { data, .. }) => data.len() as u64,
+                    _ => 0,
+                };
+                let to = self.rng.below(len * 2 + 4096);
+                self.forget_fsynced_file(&p);
+                let paths = vec![p.clone()];
+                let f = io!(
+                    "truncate",
+                    paths,
+                    std::fs::OpenOptions::new().write(true).open(self.abs(&p))
+                );
+                io!("truncate", paths, f.set_len(to));
+                self.model.data_mut(&p).resize(to as usize, 0);
+            }
+            // Rename a file across folders, over another file or to a new name.
+            (39..=48, Some(p)) => {
+                let to = if self.rng.chance(0.3) {
+                    self.rng.pick(&files).unwrap().clone()
+                } else {
+                    match self.fresh(&dir, "f") {
+                        Some(t) => t,
+                        None => return Ok(()),
+                    }
+                };
+                self.forget_fsynced(&p);
+                self.forget_fsynced(&to);
+                let paths = vec![p.clone(), to.clone()];
+                io!(
+                    "rename",
+                    paths,
+                    std::fs::rename(self.abs(&p), self.abs(&to))
+                );
+                self.model.rename(&p, &to);
+            }
+            // Move a folder somewhere that is not inside itself.
+            (49..=51, _) => {
+                if dir.is_empty() {
+                    return Ok(());
+                }
+                let others: Vec<String> = dirs
+                    .iter()
+                    .filter(|d| **d != dir && !d.starts_with(&format!("{dir}/")))
+                    .cloned()
+                    .collect();
+                let parent = self.rng.pick(&others).cloned().unwrap_or_default();
+                if parent.matches('/').count() > 2 {
+                    return Ok(());
+                }
+                let Some(to) = self.fresh(&parent, "d") else {
+                    return Ok(());
+                };
+                self.forget_fsynced(&dir);
+                let paths = vec![dir.clone(), to.clone()];
+                io!(
+                    "rename folder",
+                    paths,
+                    std::fs::rename(self.abs(&dir), self.abs(&to))
+                );
+                self.model.rename(&dir, &to);
+            }
+            (52..=56, Some(p)) => {
+                let Some(to) = self.fresh(&dir, "h") else {
+                    return Ok(());
+                };
+                let paths = vec![p.clone(), to.clone()];
+                io!(
+                    "link",
+                    paths,
+                    std::fs::hard_link(self.abs(&p), self.abs(&to))
+                );
+                let id = self.model.paths[&p];
+                self.model.paths.insert(to, id);
+            }
+            (57..=60, _) => {
+                let Some(to) = self.fresh(&dir, "s") else {
+                    return Ok(());
+                };
+                let target = match self.rng.below(3) {
+                    0 => "../f1".to_owned(),
+                    1 => format!("nowhere/{}", self.rng.below(100)),
+                    _ => "f0".to_owned(),
+                };
+                let paths = vec![to.clone()];
+                io!(
+                    "symlink",
+                    paths,
+                    std::os::unix::fs::symlink(&target, self.abs(&to))
+                );
+                let id = self.model.new_obj(Obj::Link {
+                    target: target.into_bytes(),
+                });
+                self.model.paths.insert(to, id);
+            }
+            (61..=67, _) => {
+                let mut victims = files.clone();
+                victims.extend(self.model.links());
+                let Some(p) = self.rng.pick(&victims).cloned() else {
+                    return Ok(());
+                };
+                self.forget_fsynced(&p);
+                let paths = vec![p.clone()];
+                io!("unlink", paths, std::fs::remove_file(self.abs(&p)));
+                self.model.remove_path(&p);
+            }
+            // Unlink a file while it is open, and keep writing to it.
+            (68..=70, Some(p)) => {
+                self.forget_fsynced_file(&p);
+                let id = self.model.paths[&p];
+                let paths = vec![p.clone()];
+                let mut f = io!(
+                    "unlink while open",
+                    paths,
+                    std::fs::OpenOptions::new().append(true).open(self.abs(&p))
+                );
+                io!(
+                    "unlink while open",
+                    paths,
+                    std::fs::remove_file(self.abs(&p))
+                );
+                self.model.remove_path(&p);
+                // The data still reaches the file's other names, if it has any.
+                let others: Vec<String> = self
+                    .model
+                    .paths
+                    .iter()
+                    .filter(|(_, v)| **v == id)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let more = self.rng.bytes(10_000);
+                io!("unlink while open", others, f.write_all(&more));
+                if let Some(Obj::File { data, .. }) = self.model.objs.get_mut(&id) {
+                    data.extend_from_slice(&more);
+                }
+            }
+            (71..=76, _) => {
+                let mut targets = files.clone();
+                targets.extend(dirs.iter().filter(|d| !d.is_empty()).cloned());
+                let Some(p) = self.rng.pick(&targets).cloned() else {
+                    return Ok(());
+                };
+                let name = format!("user.k{}", self.rng.below(4));
+                let n = self.rng.below(64) as usize;
+                let value = self.rng.bytes(n);
+                let paths = vec![p.clone()];
+                io!(
+                    "setxattr",
+                    paths,
+                    rustix::fs::setxattr(
+                        self.abs(&p).as_path(),
+                        name.as_str(),
+                        &value,
+                        rustix::fs::XattrFlags::empty()
+                    )
+                    .map_err(std::io::Error::from)
+                );
+                self.model.xattrs_mut(&p).insert(name.into_bytes(), value);
+            }
+            (77..=79, Some(p)) => {
+                let Some(name) = self.model.get(&p).and_then(|o| match o {
+                    Obj::File { xattrs, .. } => xattrs.keys().next().cloned(),
+                    _ => None,
+                }) else {
+                    return Ok(());
+                };
+                let paths = vec![p.clone()];
+                io!(
+                    "removexattr",
+                    paths,
+                    rustix::fs::removexattr(
+                        self.abs(&p).as_path(),
+                        String::from_utf8_lossy(&name).as_ref()
+                    )
+                    .map_err(std::io::Error::from)
+                );
+                self.model.xattrs_mut(&p).remove(&name);
+            }
+            (80..=84, _) => {
+                let mut targets = files.clone();
+                targets.extend(dirs.iter().filter(|d| !d.is_empty()).cloned());
+                let Some(p) = self.rng.pick(&targets).cloned() else {
+                    return Ok(());
+                };
+                let is_dir = matches!(self.model.get(&p), Some(Obj::Dir { .. }));
+                // Always open to their owner: the writers may run as an ordinary user.
+                let modes: &[u32] = if is_dir {
+                    &[0o755, 0o700, 0o750, 0o775]
+                } else {
+                    &[0o644, 0o600, 0o640, 0o664, 0o755]
+                };
+                let mode = *self.rng.pick(modes).unwrap();
+                let paths = vec![p.clone()];
+                io!(
+                    "chmod",
+                    paths,
+                    std::fs::set_permissions(self.abs(&p), std::fs::Permissions::from_mode(mode))
+                );
+                match self
+                    .model
+                    .paths
+                    .get(&p)
+                    .and_then(|id| self.model.objs.get_mut(id))
+                {
+                    Some(Obj::File { mode: m, .. } | Obj::Dir { mode: m, .. }) => *m = mode,
+                    _ => unreachable!(),
+                }
+            }
+            (85..=91, _) => {
+                if dir.matches('/').count() >= 2 {
+                    return Ok(());
+                }
+                let Some(p) = self.fresh(&dir, "d") else {
+                    return Ok(());
+                };
+                let paths = vec![p.clone()];
+                io!("mkdir", paths, std::fs::create_dir(self.abs(&p)));
+                let mode = io!("mkdir", paths, std::fs::metadata(self.abs(&p))).mode() & 0o7777;
+                let id = self.model.new_obj(Obj::Dir {
+                    mode,
+                    xattrs: BTreeMap::new(),
+                });
+                self.model.paths.insert(p, id);
+            }
+            (92..=95, _) => {
+                if dir.is_empty() || !self.model.is_empty_dir(&dir) {
+                    return Ok(());
+                }
+                let paths = vec![dir.clone()];
+                io!("rmdir", paths, std::fs::remove_dir(self.abs(&dir)));
+                self.model.remove_path(&dir);
+            }
+            // fsync a file as it is.
+            (96..=99, Some(p)) => {
+                let paths = vec![p.clone()];
+                let f = io!("fsync", paths, std::fs::File::open(self.abs(&p)));
+                io!("fsync", paths, f.sync_all());
+                if let Some(Obj::File { data, .. }) = self.model.get(&p) {
+                    let h = blake3::hash(data).to_hex().to_string();
+                    self.work.fsynced.insert(p, h);
+                }
+            }
+            _ => {}
+        }
+        self.work.ops += 1;
+        Ok(())
+    }
+}
+
+/// Runs a writer until `until`, `stop`, or the first operation a fault fails.
+fn write_for(root: &Path, model: &mut Model, seed: u64, until: Instant, stop: &AtomicBool) -> Work {
+    let mut w = Writer {
+        root,
+        model,
+        rng: Rng(seed),
+        work: Work::default(),
+    };
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        if let Err(f) = w.step() {
+            w.work.failed = Some(f);
+            break;
+        }
+    }
+    w.work
+}
+
+// ---------------------------------------------------------------- faults
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    DestRequests,
+    Kill9Writes,
+    Kill9Drain,
+    DestFull,
+    DriveFull,
+    DrivePulled,
+    Corrupt,
+}
+
+const KINDS: [Kind; 7] = [
+    Kind::DestRequests,
+    Kind::Kill9Writes,
+    Kind::Kill9Drain,
+    Kind::DestFull,
+    Kind::DriveFull,
+    Kind::DrivePulled,
+    Kind::Corrupt,
+];
+
+impl Kind {
+    fn needs_root(self) -> bool {
+        matches!(self, Kind::DestFull | Kind::DriveFull | Kind::DrivePulled)
+    }
+    /// Faults that strike while the writers work: one per round.
+    fn mid_write(self) -> bool {
+        matches!(
+            self,
+            Kind::Kill9Writes | Kind::DriveFull | Kind::DrivePulled
+        )
+    }
+}
+
+/// Each round has one fault of its own (every kind comes in turn) and maybe a few more.
+fn schedule(rng: &mut Rng, round: u64, root: bool) -> BTreeSet<Kind> {
+    let usable: Vec<Kind> = KINDS
+        .iter()
+        .copied()
+        .filter(|k| root || !k.needs_root())
+        .collect();
+    let mut out = BTreeSet::new();
+    out.insert(usable[(round as usize) % usable.len()]);
+    for k in &usable {
+        if rng.chance(0.2) && !(k.mid_write() && out.iter().any(|o| o.mid_write())) {
+            out.insert(*k);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    rounds: u64,
+    ops: u64,
+    faults: BTreeMap<&'static str, u64>,
+    fsynced_checked: u64,
+    bytes_verified: u64,
+}
+
+impl Tally {
+    fn count(&mut self, what: &'static str) {
+        *self.faults.entry(what).or_default() += 1;
+    }
+}
+
+/// A file that takes `fs`'s free space but `keep` bytes, until dropped.
+struct Ballast(PathBuf);
+
+impl Ballast {
+    fn fill(dir: &Path, keep: u64) -> Ballast {
+        let path = dir.join("ballast");
+        let st = rustix::fs::statvfs(dir).unwrap();
+        let free = st.f_bavail * st.f_frsize;
+        let f = std::fs::File::create(&path).unwrap();
+        let len = free.saturating_sub(keep).max(1);
+        // As much as will go: a filesystem keeps some blocks for its own metadata.
+        let mut want = len;
+        while want > 0
+            && rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, want).is_err()
+        {
+            want -= want / 16 + 4096;
+        }
+        Ballast(path)
+    }
+}
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- the harness
+
+struct Bench {
+    backed: Backed,
+    /// The pocket's drive (root): loop-mounted XFS, so it can be filled and pulled.
+    drive: Option<Drive>,
+    /// The destinations' disk (root): a tmpfs that can fill up.
+    dest_disk: Option<PathBuf>,
+    vault: PathBuf,
+    faults_log: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Bench {
+    fn new(base: &Path) -> Bench {
+        let root = is_root();
+        let (pocket, drive) = if root {
+            let drive = Drive::new(base, "xfs", 1024);
+            let tmp = tempfile::tempdir_in(base).unwrap();
+            let pocket_root = drive.dir.join("pocket");
+            let mnt = base.join("mnt");
+            std::fs::create_dir_all(&pocket_root).unwrap();
+            std::fs::create_dir_all(&mnt).unwrap();
+            (
+                Pocket {
+                    tmp,
+                    root: pocket_root,
+                    mnt,
+                },
+                Some(drive),
+            )
+        } else {
+            eprintln!("SKIPPED endurance faults dest-full, drive-full, drive-pulled: they need root (tmpfs, loop devices); CI runs them as root");
+            (Pocket::new(), None)
+        };
+        let backed = Backed::with_pocket(pocket);
+        let dest_disk = root.then(|| {
+            let d = base.join("dest-disk");
+            std::fs::create_dir_all(&d).unwrap();
+            let st = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=2g", "tmpfs"])
+                .arg(&d)
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount tmpfs");
+            d
+        });
+        let dests = dest_disk.clone().unwrap_or_else(|| base.join("dests"));
+        std::fs::create_dir_all(&dests).unwrap();
+        let vault = dests.join("vault");
+        backed.dest("v", &vault, "vault");
+        // Replaced files are not kept at the mirror, or the rounds would fill its disk.
+        let mirror = dests.join("mirror");
+        backed.dest_url(
+            "m",
+            mirror.to_str().unwrap(),
+            &["--mode", "mirror", "--keep-versions-days", "0"],
+            &[],
+        );
+        Bench {
+            backed,
+            drive,
+            dest_disk,
+            vault,
+            faults_log: base.join("faults.log"),
+            tmp: base.to_owned(),
+        }
+    }
+
+    fn pocket(&self) -> &Pocket {
+        &self.backed.pocket
+    }
+
+    fn mount(&self, faults: Option<&str>) -> Mounted {
+        let mut prefix = vec!["env".to_owned()];
+        if let Some(f) = faults {
+            prefix.push(format!("BACKPOCKET_FAULTS={f}"));
+            prefix.push(format!(
+                "BACKPOCKET_FAULTS_LOG={}",
+                self.faults_log.display()
+            ));
+        }
+        Mounted::start_with(
+            &self.pocket().root,
+            &self.pocket().mnt,
+            &["--passphrase-file", self.backed.pf()],
+            &prefix,
+        )
+    }
+
+    fn writer_root(&self, k: usize) -> PathBuf {
+        self.pocket().root.join(format!("w{k}"))
+    }
+}
+
+/// A difference: what the run ends with when something was lost or changed.
+#[derive(Debug)]
+struct Difference(String);
+
+fn first_difference(
+    what: &str,
+    want: &BTreeMap<String, String>,
+    got: &BTreeMap<String, String>,
+) -> Result<(), Difference> {
+    for (k, v) in want {
+        match got.get(k) {
+            None => return Err(Difference(format!("{what}: missing {k}: {v}"))),
+            Some(g) if g != v => {
+                return Err(Difference(format!(
+                    "{what}: {k} differs:\n    want {v}\n    got  {g}"
+                )))
+            }
+            _ => {}
+        }
+    }
+    if let Some(k) = got.keys().find(|k| !want.contains_key(*k)) {
+        return Err(Difference(format!(
+            "{what}: {k} should not be there: {}",
+            got[k]
+        )));
+    }
+    Ok(())
+}
+
+fn lossy_tree(t: BTreeMap<Vec<u8>, String>) -> BTreeMap<String, String> {
+    t.into_iter()
+        .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+        .collect()
+}
+
+/// The writer's folder on the drive, as lines comparable with [`Model::lines`].
+fn drive_lines(root: &Path, skip: &BTreeSet<String>) -> BTreeMap<String, String> {
+    let m = Model::read(root);
+    m.lines(skip)
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    run(args, None)
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Files a power cut took back to older data on the drive while the backup had already read
+/// what the writer wrote: inode on the drive -> (blake3 and mtime on the drive after the cut,
+/// blake3 of what was written). The restore may give what was written, under whatever name
+/// the file has now, as long as the drive's file stays as the cut left it.
+type CutKept = BTreeMap<u64, (String, String, String)>;
+
+#[allow(clippy::too_many_arguments)]
+fn round(
+    b: &Bench,
+    models: &mut [Model],
+    cut_kept: &mut CutKept,
+    rng: &mut Rng,
+    r: u64,
+    faults: &BTreeSet<Kind>,
+    tally: &mut Tally,
+) -> Result<(), Difference> {
+    let p = b.pocket();
+    let pf = b.backed.pf().to_owned();
+    let dest_faults = faults.contains(&Kind::DestRequests).then(|| {
+        format!(
+            "seed={} error=0.08 cut=0.08 slow=0.10:150ms timeout=0.03:1s",
+            rng.next() % 1_000_000
+        )
+    });
+    let mut m = Some(b.mount(dest_faults.as_deref()));
+    let dest_ballast = if faults.contains(&Kind::DestFull) {
+        tally.count("dest-full");
+        Some(Ballast::fill(b.dest_disk.as_ref().unwrap(), 64 << 10))
+    } else {
+        None
+    };
+
+    // The writers, and the fault that strikes while they work.
+    let stop = Arc::new(AtomicBool::new(false));
+    let until = Instant::now() + WRITE_PHASE;
+    let strike_at = Duration::from_millis(300 + rng.below(WRITE_PHASE.as_millis() as u64 - 600));
+    let seeds: Vec<u64> = (0..models.len()).map(|_| rng.next()).collect();
+    let mnt = p.mnt.clone();
+    let mut drive_pulled = false;
+    let works: Vec<Work> = std::thread::scope(|s| {
+        let handles: Vec<_> = models
+            .iter_mut()
+            .zip(&seeds)
+            .enumerate()
+            .map(|(k, (model, seed))| {
+                let root = mnt.join(format!("w{k}"));
+                let stop = stop.clone();
+                s.spawn(move || write_for(&root, model, *seed, until, &stop))
+            })
+            .collect();
+        std::thread::sleep(strike_at);
+        if faults.contains(&Kind::Kill9Writes) {
+            tally.count("kill9-writes");
+            m.take().unwrap().kill9();
+        } else if faults.contains(&Kind::DriveFull) {
+            tally.count("drive-full");
+            let drive_dir = &b.drive.as_ref().unwrap().dir;
+            let ballast = Ballast::fill(drive_dir, 0);
+            std::thread::sleep(Duration::from_millis(1500));
+            drop(ballast);
+        } else if faults.contains(&Kind::DrivePulled) {
+            tally.count("drive-pulled");
+            b.drive.as_ref().unwrap().shutdown();
+            drive_pulled = true;
+        }
+        let out: Vec<Work> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        stop.store(true, Ordering::Relaxed);
+        out
+    });
+    drop(dest_ballast);
+    let mut skip: Vec<BTreeSet<String>> = vec![BTreeSet::new(); models.len()];
+    for (k, w) in works.iter().enumerate() {
+        tally.ops += w.ops;
+        if let Some((op, paths, e)) = &w.failed {
+            let expected = faults.iter().any(|f| f.mid_write());
+            if !expected {
+                return Err(Difference(format!(
+                    "writer {k}: {op} {paths:?} failed with no fault to explain it: {e}"
+                )));
+            }
+            skip[k].extend(paths.iter().cloned());
+        }
+    }
+
+    if drive_pulled {
+        // Unplug: the daemon cannot close the journal on a dead drive; then plug back in.
+        let m = m.take().unwrap();
+        let _ = m.unmount_status();
+        let drive = b.drive.as_ref().unwrap();
+        let st = Command::new("umount").arg(&drive.dir).status().unwrap();
+        assert!(st.success(), "umount the pulled drive");
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&drive.image)
+            .arg(&drive.dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "plug the drive back in");
+        // fsync means durable: every file fsynced and not touched since is there, whole.
+        for (k, w) in works.iter().enumerate() {
+            for (path, hash) in &w.fsynced {
+                let data = std::fs::read(b.writer_root(k).join(path)).map_err(|e| {
+                    Difference(format!("fsynced w{k}/{path} lost in the power cut: {e}"))
+                })?;
+                if blake3::hash(&data).to_hex().to_string() != *hash {
+                    return Err(Difference(format!(
+                        "fsynced w{k}/{path} changed by the power cut"
+                    )));
+                }
+                tally.fsynced_checked += 1;
+            }
+        }
+    } else if faults.contains(&Kind::Kill9Drain) && m.is_some() {
+        // Let the drain get going on what the writers just did, then kill it.
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        let pending = p.status()["pending_records"].as_u64().unwrap_or(0);
+        m.take().unwrap().kill9();
+        if pending > 0 {
+            tally.count("kill9-drain");
+        } else {
+            tally.count("kill9-idle");
+        }
+    } else if let Some(m) = m.take() {
+        m.unmount();
+    }
+
+    // The drive is the truth now, except where a fault left a writer's last step unknown:
+    // everything else must be exactly what the model says.
+    let before_cut: Vec<Model> = if drive_pulled {
+        models.to_vec()
+    } else {
+        Vec::new()
+    };
+    for (k, model) in models.iter_mut().enumerate() {
+        if !drive_pulled {
+            first_difference(
+                &format!("round {r}: the drive against writer {k}'s model"),
+                &model.lines(&skip[k]),
+                &drive_lines(&b.writer_root(k), &skip[k]),
+            )?;
+        }
+        *model = Model::read(&b.writer_root(k));
+    }
+
+    // Every change reaches every destination: mount without faults and let it drain.
+    let m = b.mount(None);
+    b.backed.wait_drained(&m, DRAIN_TIMEOUT);
+    m.unmount();
+    let want = lossy_tree(exact_tree(&p.root));
+    for (k, model) in before_cut.iter().enumerate() {
+        for (rel, id) in &model.paths {
+            let path = format!("w{k}/{rel}");
+            if let (Some(Obj::File { data, .. }), Some(line), Ok(md)) = (
+                model.objs.get(id),
+                want.get(&path),
+                std::fs::symlink_metadata(p.root.join(&path)),
+            ) {
+                let written = blake3::hash(data).to_hex().to_string();
+                let on_drive = (token(line, "blake3="), token(line, "mtime="));
+                cut_kept.insert(md.ino(), (on_drive.0, on_drive.1, written));
+            }
+        }
+    }
+
+    if faults.contains(&Kind::Corrupt) {
+        corrupt_and_repair(b, rng, r, &want, cut_kept, &pf, tally)?;
+    }
+    if r % 3 == 2 {
+        // Old points go, as a user's retention policy lets them; the newest stays whole.
+        let o = cli(&[
+            "forget",
+            "v",
+            "--keep-last",
+            "2",
+            "--prune",
+            "--pocket",
+            p.p(),
+            "--passphrase-file",
+            &pf,
+        ]);
+        if !o.status.success() {
+            return Err(Difference(format!(
+                "round {r}: forget --prune: {}",
+                out_text(&o)
+            )));
+        }
+        tally.count("forget-prune");
+    }
+
+    for (dest, dir) in [("v", "vault"), ("m", "mirror")] {
+        let out = b.tmp.join(format!("restore-{r}-{dir}"));
+        let o = b.backed.restore(dest, &out);
+        if !o.status.success() {
+            return Err(Difference(format!(
+                "round {r}: restore from {dest} failed: {}",
+                out_text(&o)
+            )));
+        }
+        check_restore(
+            &format!("round {r}: the restore from the {dir} against the pocket"),
+            &p.root,
+            &want,
+            &out,
+            cut_kept,
+            tally,
+        )?;
+        tally.bytes_verified += dir_bytes(&out);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    tally.rounds += 1;
+    Ok(())
+}
+
+/// A restore is the pocket exactly (contents, names, modes, owners, times, xattrs, links),
+/// and every hole the pocket has is a hole in the restore. The converse is not asked: a
+/// filesystem turns holes into zero-filled data by itself (XFS zeroes the blocks it
+/// preallocated past an old end of file when the file grows), so a copy taken earlier may
+/// rightly keep as a hole what the pocket now calls data of zeros.
+fn check_restore(
+    what: &str,
+    pocket: &Path,
+    want: &BTreeMap<String, String>,
+    out: &Path,
+    cut_kept: &CutKept,
+    tally: &mut Tally,
+) -> Result<(), Difference> {
+    let got = without_runs(&lossy_tree(exact_tree(out)));
+    let (want_lines, kept) = expected(pocket, want, &got, cut_kept);
+    if !kept.is_empty() {
+        *tally
+            .faults
+            .entry("power-cut-data-kept-by-backup")
+            .or_default() += kept.len() as u64;
+    }
+    first_difference(what, &want_lines, &got)?;
+    for (rel, line) in want {
+        if !line.contains(" size=") || kept.contains(rel) {
+            continue;
+        }
+        let size = std::fs::metadata(pocket.join(rel))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let theirs = common::data_runs(&pocket.join(rel), size);
+        let ours = common::data_runs(&out.join(rel), size);
+        if !ours
+            .iter()
+            .all(|(s, e)| theirs.iter().any(|(ts, te)| ts <= s && e <= te))
+        {
+            return Err(Difference(format!(
+                "{what}: {rel} has data where the pocket has holes: restored {ours:?}, pocket {theirs:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What a restore should hold: the pocket's lines (without hole maps), except that a file a
+/// power cut took back to older data may hold what was written instead ([`CutKept`]); those
+/// files are returned too.
+fn expected(
+    pocket: &Path,
+    want: &BTreeMap<String, String>,
+    got: &BTreeMap<String, String>,
+    cut_kept: &CutKept,
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let mut lines = without_runs(want);
+    let mut kept = BTreeSet::new();
+    for (path, w) in lines.iter_mut() {
+        let Some(g) = got.get(path).filter(|g| *g != w) else {
+            continue;
+        };
+        let Some((hash, mtime, written)) = std::fs::symlink_metadata(pocket.join(path))
+            .ok()
+            .and_then(|m| cut_kept.get(&m.ino()))
+        else {
+            continue;
+        };
+        // Only while the drive's file is as the cut left it, and only its contents may differ.
+        if token(w, "blake3=") != *hash || token(w, "mtime=") != *mtime {
+            continue;
+        }
+        let alt = w.replace(&format!("blake3={hash}"), &format!("blake3={written}"));
+        if *g == alt {
+            *w = alt;
+            kept.insert(path.clone());
+        }
+    }
+    (lines, kept)
+}
+
+/// The value of `key` (such as "blake3=") in a line of [`exact_tree`].
+fn token(line: &str, key: &str) -> String {
+    line.split(' ')
+        .find_map(|t| t.strip_prefix(key))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The lines of [`exact_tree`] without their hole maps.
+fn without_runs(t: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    t.iter()
+        .map(|(k, v)| {
+            let v = match v.find(" data=[") {
+                Some(i) => {
+                    let end = v[i..].find(']').map_or(v.len(), |j| i + j + 1);
+                    format!("{}{}", &v[..i], &v[end..])
+                }
+                None => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn dir_bytes(d: &Path) -> u64 {
+    walk(d)
+        .iter()
+        .filter_map(|(_, p)| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Damages objects at the vault; verify must name each, restore must never give a wrong
+/// file, and repair must make the vault whole again.
+fn corrupt_and_repair(
+    b: &Bench,
+    rng: &mut Rng,
+    r: u64,
+    want: &BTreeMap<String, String>,
+    cut_kept: &CutKept,
+    pf: &str,
+    tally: &mut Tally,
+) -> Result<(), Difference> {
+    // Packs an index names (a pack nothing refers to, left by a drain killed between the
+    // pack and its index, is not damage), and index objects.
+    let mut objects: Vec<(String, PathBuf)> = walk(&b.vault)
+        .into_iter()
+        .filter(|(rel, p)| {
+            let indexed = || {
+                let name = rel.rsplit('/').next().unwrap_or("");
+                b.vault.join("index").join(name).is_file()
+            };
+            p.is_file() && (rel.starts_with("index/") || (rel.starts_with("data/") && indexed()))
+        })
+        .collect();
+    let mut damaged = Vec::new();
+    for _ in 0..1 + rng.below(3) {
+        if objects.is_empty() {
+            break;
+        }
+        let (rel, path) = objects.remove(rng.below(objects.len() as u64) as usize);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let how = if rel.starts_with("index/") {
+            0
+        } else {
+            rng.below(3)
+        };
+        match how {
+            0 => {
+                let mut bytes = std::fs::read(&path).unwrap();
+                let i = rng.below(len) as usize;
+                bytes[i] ^= 1 << rng.below(8);
+                std::fs::write(&path, &bytes).unwrap();
+                tally.count("corrupt-flip");
+            }
+            1 => {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_len(rng.below(len))
+                    .unwrap();
+                tally.count("corrupt-truncate");
+            }
+            _ => {
+                std::fs::remove_file(&path).unwrap();
+                tally.count("corrupt-delete");
+            }
+        }
+        damaged.push(rel);
+    }
+    let p = b.pocket().p();
+    let o = cli(&[
+        "verify",
+        "v",
+        "--read-data",
+        "--json",
+        "--pocket",
+        p,
+        "--passphrase-file",
+        pf,
+    ]);
+    if o.status.code() != Some(5) {
+        return Err(Difference(format!(
+            "round {r}: verify did not report the damage to {damaged:?} (exit {:?}): {}",
+            o.status.code(),
+            out_text(&o)
+        )));
+    }
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let named: Vec<&str> = report["damage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["object"].as_str())
+        .collect();
+    for d in &damaged {
+        if !named.iter().any(|n| n == d) {
+            return Err(Difference(format!(
+                "round {r}: verify did not name {d} (it named {named:?})"
+            )));
+        }
+    }
+    // Restore never gives a wrong file: each file is the pocket's, or refused and absent.
+    let out = b.tmp.join(format!("restore-{r}-damaged"));
+    let o = cli(&[
+        "restore",
+        "--from",
+        "v",
+        "--to",
+        out.to_str().unwrap(),
+        "--json",
+        "--pocket",
+        p,
+        "--passphrase-file",
+        pf,
+    ]);
+    if !matches!(o.status.code(), Some(0 | 5)) {
+        return Err(Difference(format!(
+            "round {r}: restore from the damaged vault: {}",
+            out_text(&o)
+        )));
+    }
+    let got = without_runs(&lossy_tree(exact_tree(&out)));
+    let (want_lines, _) = expected(&b.pocket().root, want, &got, cut_kept);
+    for (k, v) in &got {
+        if v.contains(" size=") && want_lines.get(k) != Some(v) {
+            return Err(Difference(format!(
+                "round {r}: restore from the damaged vault gave a wrong {k}: {v}, want {:?}",
+                want_lines.get(k)
+            )));
+        }
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+    if o.status.code() == Some(5) {
+        tally.count("restore-refused");
+    }
+    // Repair, then the vault must hold every byte the pocket has.
+    let o = cli(&[
+        "verify",
+        "v",
+        "--repair",
+        "--json",
+        "--pocket",
+        p,
+        "--passphrase-file",
+        pf,
+    ]);
+    let ok = match o.status.code() {
+        Some(0) => true,
+        // What only old versions had, and the pocket no longer has, stays lost; the newest
+        // point must restore exactly (checked by the caller).
+        Some(5) => {
+            tally.count("old-versions-lost");
+            true
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(Difference(format!(
+            "round {r}: repair failed: {}",
+            out_text(&o)
+        )));
+    }
+    tally.count("repaired");
+    Ok(())
+}
+
+struct Args {
+    rounds: Option<u64>,
+    minutes: Option<u64>,
+    seed: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        rounds: None,
+        minutes: None,
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        let mut num = |name: &str| -> u64 {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} takes a number"))
+        };
+        match x.as_str() {
+            "--rounds" => a.rounds = Some(num("--rounds")),
+            "--minutes" => a.minutes = Some(num("--minutes")),
+            "--seed" => a.seed = num("--seed"),
+            // What cargo's test runner passes to every test program: not ours.
+            other if other.starts_with("--") => eprintln!("endurance: ignoring {other}"),
+            other => eprintln!("endurance: ignoring {other}"),
+        }
+    }
+    a
+}
+
+fn main() {
+    let a = args();
+    // The short profile CI runs: every kind of fault at least once.
+    let rounds = a
+        .rounds
+        .unwrap_or(if a.minutes.is_some() { u64::MAX } else { 8 });
+    let deadline = a
+        .minutes
+        .map(|m| Instant::now() + Duration::from_secs(m * 60));
+    println!("endurance: seed {} (rerun with --seed {})", a.seed, a.seed);
+    let base = tempfile::Builder::new()
+        .prefix("bp-endurance")
+        .tempdir()
+        .unwrap();
+    let bench = Bench::new(base.path());
+    let mut rng = Rng(a.seed);
+    {
+        let m = bench.mount(None);
+        for k in 0..WRITERS {
+            std::fs::create_dir(m.mnt.join(format!("w{k}"))).unwrap();
+        }
+        m.unmount();
+    }
+    let mut models: Vec<Model> = (0..WRITERS).map(|_| Model::default()).collect();
+    let mut tally = Tally::default();
+    let mut cut_kept = CutKept::new();
+    let started = Instant::now();
+    let mut result = Ok(());
+    for r in 0..rounds {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let faults = schedule(&mut rng, r, is_root());
+        println!("endurance: round {r}: {faults:?}");
+        let t = Instant::now();
+        // A helper's assertion (a drain that never ends, say) is a failure of the round too,
+        // and the mounts must still be cleaned up.
+        result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            round(
+                &bench,
+                &mut models,
+                &mut cut_kept,
+                &mut rng,
+                r,
+                &faults,
+                &mut tally,
+            )
+        }))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(Difference(format!("round {r} panicked: {msg}")))
+        });
+        println!(
+            "endurance: round {r}: {} in {:.1}s",
+            if result.is_ok() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        if result.is_err() {
+            break;
+        }
+    }
+    if let Ok(log) = std::fs::read_to_string(&bench.faults_log) {
+        for line in log.lines() {
+            match line.split(' ').next() {
+                Some("error") => tally.count("dest-error"),
+                Some("cut") => tally.count("dest-cut"),
+                Some("slow") => tally.count("dest-slow"),
+                Some("timeout") => tally.count("dest-timeout"),
+                _ => {}
+            }
+        }
+    }
+    if let Some(d) = &bench.dest_disk {
+        if result.is_err() {
+            let _ = Command::new("cp")
+                .arg("-a")
+                .arg(d)
+                .arg(base.path().join("dest-disk-copy"))
+                .status();
+        }
+        let _ = Command::new("umount").arg("-l").arg(d).status();
+    }
+    let faults: Vec<String> = tally
+        .faults
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let (diffs, code) = match &result {
+        Ok(()) => (0, 0),
+        Err(Difference(d)) => {
+            eprintln!("endurance: FAILED with seed {}: {d}", a.seed);
+            (1, 1)
+        }
+    };
+    println!(
+        "endurance: {} rounds, {} operations, faults: {}, {} fsynced files checked after power cuts, {:.1} MiB verified, {diffs} differences, in {:.0}s",
+        tally.rounds,
+        tally.ops,
+        faults.join(" "),
+        tally.fsynced_checked,
+        tally.bytes_verified as f64 / (1 << 20) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    println!("endurance: {} passed, {diffs} failed", tally.rounds);
+    drop(bench);
+    if code == 0 {
+        drop(base);
+    } else {
+        // The drive image, the destinations' copies (on the machine's disk) and the faults
+        // log, for a look at what went wrong.
+        eprintln!("endurance: kept {} for inspection", base.keep().display());
+    }
+    std::process::exit(code);
+}

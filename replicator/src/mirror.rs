@@ -550,9 +550,8 @@ impl MirrorDrain {
             out.set_len(before.size())
                 .map_err(|e| Error::io("cannot write the mirror", e))?;
             let mut extents = Vec::new();
-            let runs =
-                crate::os::data_extents(&f, before.size())
-                    .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
+            let runs = crate::os::data_extents(&f, before.size())
+                .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
             let mut buf = vec![0u8; 1 << 20];
             for (start, end) in runs {
                 let mut chunks = Vec::new();
@@ -716,6 +715,8 @@ pub fn restore_mirror(
         ..RestoreReport::default()
     };
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
+    // Files whose copy failed its check: every other name of theirs is refused too.
+    let mut refused: HashMap<u64, String> = HashMap::new();
     let mut buf = vec![0u8; 1 << 20];
     for (rel, id) in &entries {
         let f = &tree.files[id];
@@ -734,6 +735,10 @@ pub fn restore_mirror(
                 )
             }
             KIND_FILE => {
+                if let Some(e) = refused.get(id) {
+                    report.failed.push((rel.clone(), e.clone()));
+                    continue;
+                }
                 if let Some(fst) = first.get(id) {
                     std::fs::hard_link(target.join(OsStr::from_bytes(fst)), &to)
                 } else {
@@ -747,6 +752,7 @@ pub fn restore_mirror(
                         }
                         Err(e) => {
                             let _ = std::fs::remove_file(&to);
+                            refused.insert(*id, e.clone());
                             report.failed.push((rel.clone(), e));
                             continue;
                         }

@@ -66,6 +66,9 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     // 1. The tree's shape: folders, files (at full size, so holes stay holes), links.
     let mut first_name: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut writes: Vec<(PathBuf, &Content)> = Vec::new();
+    // A file's other names, made as hard links before its data is written: a file refused
+    // for damaged data must go under every one of them.
+    let mut other_names: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
     for (rel, id) in &entries {
         let f = &tree.files[id];
         let p = abs(rel);
@@ -82,6 +85,7 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
             }
             KIND_FILE => {
                 if let Some(first) = first_name.get(id) {
+                    other_names.entry(abs(first)).or_default().push(p.clone());
                     std::fs::hard_link(abs(first), &p)
                 } else {
                     first_name.insert(*id, rel.clone());
@@ -181,6 +185,18 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     let mut failed = failed.into_inner();
     failed.sort();
     failed.dedup_by(|a, b| a.0 == b.0);
+    let links: Vec<(PathBuf, String)> = failed
+        .iter()
+        .flat_map(|(p, e)| {
+            other_names
+                .get(p)
+                .into_iter()
+                .flatten()
+                .map(move |o| (o.clone(), e.clone()))
+        })
+        .collect();
+    failed.extend(links);
+    failed.sort();
     let failed_paths: std::collections::HashSet<PathBuf> =
         failed.iter().map(|(p, _)| p.clone()).collect();
     report.failed = failed
@@ -192,11 +208,9 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
             )
         })
         .collect();
-    for (p, _) in &writes {
-        if failed_paths.contains(p) {
-            // Never leave a file that looks restored but is not.
-            let _ = std::fs::remove_file(p);
-        }
+    for p in &failed_paths {
+        // Never leave a file that looks restored but is not, under any of its names.
+        let _ = std::fs::remove_file(p);
     }
     progress
         .files_done

@@ -815,10 +815,20 @@ fn holes_are_kept_when_blocks_preallocated_past_the_end_hide_them() {
     let file = std::fs::File::create(&p).unwrap();
     use std::os::unix::fs::FileExt;
     file.write_all_at(&pseudo_random(64 << 10, 41), 0).unwrap();
-    file.write_all_at(&pseudo_random(16 << 10, 42), 68 << 10).unwrap();
-    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 1 << 20, 4 << 20).unwrap();
+    file.write_all_at(&pseudo_random(16 << 10, 42), 68 << 10)
+        .unwrap();
+    rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::KEEP_SIZE,
+        1 << 20,
+        4 << 20,
+    )
+    .unwrap();
     let md = file.metadata().unwrap();
-    assert!(md.blocks() * 512 >= md.len(), "the test needs st_blocks to hide the hole");
+    assert!(
+        md.blocks() * 512 >= md.len(),
+        "the test needs st_blocks to hide the hole"
+    );
     drop(file);
     f.sync();
     let out = f._tmp.path().join("out");
@@ -830,12 +840,83 @@ fn holes_are_kept_when_blocks_preallocated_past_the_end_hide_them() {
         let data = rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(0)).unwrap();
         (size, data)
     };
-    assert_eq!(runs(&p), runs(&out.join("sparse.bin")), "the hole at 64 KiB is kept");
+    assert_eq!(
+        runs(&p),
+        runs(&out.join("sparse.bin")),
+        "the hole at 64 KiB is kept"
+    );
     // The mirror too.
     let (mirror, setup) = f.mirror();
     f.drain(&setup);
     let out = f._tmp.path().join("out-mirror");
     replicator::restore_mirror(&mirror, &out, &[], false, &Progress::default()).unwrap();
-    assert_eq!(runs(&p), runs(&mirror.join("sparse.bin")), "the mirror's copy keeps it");
-    assert_eq!(runs(&p), runs(&out.join("sparse.bin")), "and so does its restore");
+    assert_eq!(
+        runs(&p),
+        runs(&mirror.join("sparse.bin")),
+        "the mirror's copy keeps it"
+    );
+    assert_eq!(
+        runs(&p),
+        runs(&out.join("sparse.bin")),
+        "and so does its restore"
+    );
+}
+
+#[test]
+fn a_damaged_file_is_refused_under_every_name_it_has() {
+    // Found by the endurance harness: restore links a file's other names before writing its
+    // data, so when the data fails its check, every name must go, not only the first.
+    let f = Fixture::new();
+    write(&f.pocket.join("a/first"), &pseudo_random(200_000, 51));
+    std::fs::hard_link(f.pocket.join("a/first"), f.pocket.join("b-second")).unwrap();
+    std::fs::hard_link(f.pocket.join("a/first"), f.pocket.join("z-third")).unwrap();
+    f.sync();
+    for pack in walk_files(&f.vault_dir.join("data")) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        bytes[500] ^= 0x10;
+        std::fs::write(&pack, &bytes).unwrap();
+    }
+    let (_rt, v) = f.open_vault();
+    let out = f._tmp.path().join("out");
+    let r = restore(
+        &v,
+        &RestoreOptions {
+            target: out.clone(),
+            at: None,
+            paths: Vec::new(),
+            owners: false,
+            workers: 2,
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    let mut failed: Vec<String> = r
+        .failed
+        .iter()
+        .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["a/first", "b-second", "z-third"]);
+    for name in ["a/first", "b-second", "z-third"] {
+        assert!(!out.join(name).exists(), "{name} looks restored but is not");
+    }
+    // The same at a mirror whose copy was changed behind its back.
+    let (mirror, setup) = f.mirror();
+    f.drain(&setup);
+    let copy = mirror.join("a/first");
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[500] ^= 0x10;
+    std::fs::write(&copy, &bytes).unwrap();
+    let out = f._tmp.path().join("out-mirror");
+    let r = replicator::restore_mirror(&mirror, &out, &[], false, &Progress::default()).unwrap();
+    let mut failed: Vec<String> = r
+        .failed
+        .iter()
+        .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["a/first", "b-second", "z-third"]);
+    for name in ["a/first", "b-second", "z-third"] {
+        assert!(!out.join(name).exists(), "{name} looks restored but is not");
+    }
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::backed::{ok_out, pseudo_random, workload, Backed};
-use common::{assert_same_tree, exact_tree, ok, run};
+use common::{assert_same_tree, exact_tree, ok, run, Mounted};
 
 #[test]
 fn a_mounted_workload_restores_exactly_from_a_vault_and_a_mirror() {
@@ -466,6 +466,68 @@ fn wrong_passphrase_flipped_byte_and_a_lost_drive() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("NOT restored"));
+
+    // Repair needs the pocket, which holds the data to send again: a folder alone is a usage
+    // error, and a mounted pocket is busy (its mount writes to the vault).
+    let out = run(
+        &[
+            "verify",
+            vault.to_str().unwrap(),
+            "--repair",
+            "--passphrase-file",
+            b.pf(),
+        ],
+        Some(Path::new("/")),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside the pocket"));
+    let mnt = b.pocket.tmp.path().join("mnt-new");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = Mounted::start(&newdrive, &mnt, &["--passphrase-file", b.pf()]);
+    let nd = newdrive.to_str().unwrap();
+    let repair = [
+        "verify",
+        "home",
+        "--repair",
+        "--pocket",
+        nd,
+        "--passphrase-file",
+        b.pf(),
+    ];
+    let out = run(&repair, None);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.unmount();
+    // Unmounted: every pack was damaged, and the pocket still has every file of the newest
+    // point, so the vault is whole again.
+    let out = run(&repair, None);
+    let text = ok_out(&out);
+    assert!(text.contains("repaired:"), "{text}");
+    assert!(text.trim_end().ends_with("no damage found"), "{text}");
+    let repaired = b.pocket.tmp.path().join("repaired");
+    let out = run(
+        &[
+            "restore",
+            "--from",
+            vault.to_str().unwrap(),
+            "--to",
+            repaired.to_str().unwrap(),
+            "--passphrase-file",
+            b.pf(),
+        ],
+        Some(Path::new("/")),
+    );
+    ok_out(&out);
+    assert_same_tree(&exact_tree(&newdrive), &exact_tree(&repaired));
 }
 
 #[test]

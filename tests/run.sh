@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of backpocket: the workspace's unit and end-to-end tests (real mounts, loop
-# devices, kill -9, power cuts), then pjdfstest against a real mount next to the plain folder.
+# devices, kill -9, power cuts), the endurance harness's short profile, then pjdfstest
+# against a real mount next to the plain folder.
 #
 # On a fresh Debian or Ubuntu machine as root it first installs what the tests need. As an
 # ordinary user it runs what it can; tests that need root say SKIPPED, loudly.
@@ -20,6 +21,13 @@ trap 'rm -f "$log"' EXIT
 # two cores busy without starving the FUSE daemons.
 cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log"
 cargo_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+
+# The endurance harness's short profile: rounds of random work through a real mount with
+# every kind of fault injected at least once, each round restored and compared (a build with
+# the replicator's fault injection; the seed is fixed here so that CI is repeatable: run it
+# with --minutes N and no --seed for new schedules).
+cargo test --locked --features fault-injection --test endurance -- --rounds 8 --seed 1 2>&1 | tee -a "$log"
+endurance_rounds=$(grep -Eo '^endurance: [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
 
 bash tests/pjdfstest/run.sh | tee -a "$log"
 pjd_runs=$(grep -c '^pjdfstest-compare: ok' "$log" || true)
@@ -44,4 +52,4 @@ else
     echo "SKIPPED scripts/windows-check.sh: needs wine and mingw-w64 (root installs them); CI runs it" >&2
 fi
 
-echo "tests: $((cargo_passed + pjd_runs + pkg_runs + win_runs)) passed, 0 failed"
+echo "tests: $((cargo_passed + endurance_rounds + pjd_runs + pkg_runs + win_runs)) passed, 0 failed"

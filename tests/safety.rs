@@ -447,3 +447,66 @@ fn an_unreadable_folder_is_not_taken_as_deleted() {
         "the catalog must be left as it was"
     );
 }
+
+/// A power cut after a drain of changes nobody fsynced: the journal must still hold every
+/// record a destination holds. Were the destination ahead, the records made after the cut
+/// would reuse its sequence numbers and it would skip them as held.
+#[test]
+fn a_power_cut_never_leaves_a_destination_ahead_of_the_journal() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut drive = Drive::new(tmp.path(), "xfs", 320);
+    let root = drive.dir.join("pocket");
+    fs::create_dir_all(&root).unwrap();
+    let pocket = Pocket {
+        tmp: tempfile::tempdir_in(tmp.path()).unwrap(),
+        root: root.clone(),
+        mnt: tmp.path().join("mnt"),
+    };
+    fs::create_dir_all(&pocket.mnt).unwrap();
+    let b = common::backed::Backed::with_pocket(pocket);
+    let vault = tmp.path().join("vault");
+    b.dest("v", &vault, "vault");
+    let m = b.mount();
+    for i in 0..20 {
+        fs::write(
+            m.mnt.join(format!("note-{i}")),
+            format!("never fsynced {i}"),
+        )
+        .unwrap();
+    }
+    b.wait_drained(&m, std::time::Duration::from_secs(60));
+    drive.shutdown();
+    let _ = run(&["unmount", m.mnt.to_str().unwrap()], None);
+    let mut m = m;
+    if let Some(mut c) = m.child.take() {
+        let _ = c.wait();
+    }
+    drive.umount();
+    drive.mount();
+    let reader = journal::Reader::open(&root.join(".backpocket/journal.db")).unwrap();
+    let journal_seq = reader.status().unwrap().last_seq;
+    let out = tmp.path().join("restored");
+    let o = run(
+        &[
+            "restore",
+            "--from",
+            "v",
+            "--to",
+            out.to_str().unwrap(),
+            "--json",
+            "--pocket",
+            root.to_str().unwrap(),
+            "--passphrase-file",
+            b.pf(),
+        ],
+        None,
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let dest_seq = r["seq"].as_u64().unwrap();
+    assert!(dest_seq > 0);
+    assert!(
+        journal_seq >= dest_seq,
+        "the destination holds record {dest_seq}, the journal after the cut only {journal_seq}"
+    );
+}

@@ -26,6 +26,7 @@ pub use scan::{read_xattrs, scan, ScanReport};
 /// The pocket's own folder, inside the pocket: hidden in the mount, never recorded.
 pub const POCKET_DIR: &str = ".backpocket";
 pub use status::{
-    compact, remove_cursor, set_cursor, CatalogEntry, CursorStatus, Reader, Snapshot, Status,
+    compact, make_durable, remove_cursor, set_cursor, CatalogEntry, CursorStatus, Reader, Snapshot,
+    Status,
 };
 pub use writer::{Journal, JournalHandle};

@@ -301,6 +301,8 @@ impl VaultDrain {
             records: out,
         };
         src.check_cancel()?;
+        // Never ahead of the journal: what the segment holds survives a power cut there too.
+        journal::make_durable(src.journal)?;
         let mut new_head = self.vault.append_log(&head, &LogObject::Segment(segment))?;
         self.segments_since_checkpoint += 1;
         if self.segments_since_checkpoint >= CHECKPOINT_EVERY {
@@ -388,6 +390,7 @@ impl VaultDrain {
                 });
             }
             let head = head.clone().unwrap_or_default();
+            journal::make_durable(src.journal)?;
             let new_head = self.write_checkpoint(&tree, &head, jid, snap.seq, snap.time_ns)?;
             journal::set_cursor(src.journal, src.dest, snap.seq)?;
             report.records = snap.seq;

@@ -219,6 +219,8 @@ impl MirrorDrain {
             time_ns,
             written_ns: now_ns(),
         };
+        // Never ahead of the journal (see journal::make_durable).
+        journal::make_durable(src.journal)?;
         write_tree(&self.store, &new_tree, &pos)?;
         journal::set_cursor(src.journal, src.dest, seq)?;
         self.expire_versions();

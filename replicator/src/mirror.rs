@@ -173,8 +173,11 @@ impl MirrorDrain {
             let mut changed = Vec::new();
             for r in &records {
                 t.apply(&VChange::from_journal(&r.change));
-                if let Some(file) = crate::drain::content_of(&r.change) {
-                    changed.push(file);
+                // A file created in the batch is new, even under an inode number an old file
+                // had: its copy is made afresh, never the old file's taken as moved.
+                let born = matches!(r.change, journal::Change::Create { .. });
+                if born || crate::drain::content_of(&r.change).is_some() {
+                    changed.push(r.change.file());
                 }
             }
             // Contents the records changed: keep the old hash map for files not changed.

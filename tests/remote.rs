@@ -6,11 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::backed::{ok_out, pseudo_random, workload, Backed};
-use common::servers::{keygen, ssh_client, Garage, Sshd};
+use common::servers::{keygen, ssh_client, Garage, Office, Sshd};
 use common::{assert_same_tree, exact_tree, ok, run_env};
 
 /// Where a suite's destination lives.
@@ -291,73 +290,6 @@ fn failures_are_explained_in_words_a_user_can_act_on() {
     assert!(e.contains("mirror needs a local folder"), "{e}");
     let e = add("z", "ftp://host/x", &[], &[]);
     assert!(e.contains("sftp://"), "{e}");
-}
-
-/// A network namespace holding the servers, reached through a veth pair whose near end the
-/// test sets down and up.
-struct Office {
-    ns: String,
-    near: String,
-    pub net: String,
-    pub host_addr: String,
-    pub server_addr: String,
-}
-
-impl Office {
-    fn new() -> Option<Office> {
-        let id = std::process::id() % 200 + 20;
-        let ns = format!("bp-office-{}", std::process::id());
-        let near = format!("bpv{}", std::process::id() % 100_000);
-        let far = format!("{near}p");
-        let office = Office {
-            ns: ns.clone(),
-            near: near.clone(),
-            net: format!("10.231.{id}.0/24"),
-            host_addr: format!("10.231.{id}.1"),
-            server_addr: format!("10.231.{id}.2"),
-        };
-        let ip = |args: &[&str]| {
-            Command::new("ip")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !ip(&["netns", "add", &ns]) {
-            return None;
-        }
-        let host_cidr = format!("{}/24", office.host_addr);
-        let server_cidr = format!("{}/24", office.server_addr);
-        let steps: [&[&str]; 7] = [
-            &["link", "add", &near, "type", "veth", "peer", "name", &far],
-            &["link", "set", &far, "netns", &ns],
-            &["addr", "add", &host_cidr, "dev", &near],
-            &["link", "set", &near, "up"],
-            &["-n", &ns, "addr", "add", &server_cidr, "dev", &far],
-            &["-n", &ns, "link", "set", &far, "up"],
-            &["-n", &ns, "link", "set", "lo", "up"],
-        ];
-        for s in steps {
-            assert!(ip(s), "ip {s:?} failed");
-        }
-        Some(office)
-    }
-
-    fn link(&self, up: bool) {
-        let st = Command::new("ip")
-            .args(["link", "set", &self.near, if up { "up" } else { "down" }])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-impl Drop for Office {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.near])
-            .status();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
 }
 
 fn dir_bytes(d: &Path) -> u64 {

@@ -49,9 +49,14 @@ fn spawn(
     envs: &[(&str, &str)],
 ) -> Child {
     let mut cmd = match netns {
+        // Only the network namespace: `ip netns exec` would give the server a mount namespace
+        // of its own, a copy of every mount there is, and keep a pocket's FUSE mount (and its
+        // drive) alive there after the test has unmounted it.
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, program]);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(program);
             c
         }
         None => Command::new(program),
@@ -176,6 +181,7 @@ pub struct Sshd {
     pub addr: String,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    netns: Option<String>,
 }
 
 impl Sshd {
@@ -209,21 +215,52 @@ impl Sshd {
             ),
         )
         .unwrap();
-        let log = dir.path().join("log");
-        let cfg = config.to_string_lossy().into_owned();
-        let mut child = spawn(
-            netns,
-            "/usr/sbin/sshd",
-            &["-D", "-e", "-f", &cfg],
-            &log,
-            &[],
-        );
-        wait_port(addr, port, &mut child, &log);
-        Sshd {
+        let child = Self::spawn_in(netns, dir.path());
+        let mut s = Sshd {
             child,
             addr: addr.to_owned(),
             port,
             dir,
+            netns: netns.map(str::to_owned),
+        };
+        wait_port(addr, port, &mut s.child, &s.dir.path().join("log"));
+        s
+    }
+
+    fn spawn_in(netns: Option<&str>, dir: &Path) -> Child {
+        let cfg = dir.join("sshd_config").to_string_lossy().into_owned();
+        spawn(
+            netns,
+            "/usr/sbin/sshd",
+            &["-D", "-e", "-f", &cfg],
+            &dir.join("log"),
+            &[],
+        )
+    }
+
+    /// The server dies (its sessions with it, as when its machine goes down).
+    pub fn kill(&mut self) {
+        self.kill_sessions();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Back on the same address and port, with the same keys.
+    pub fn start_again(&mut self) {
+        self.child = Self::spawn_in(self.netns.as_deref(), self.dir.path());
+        wait_port(
+            &self.addr,
+            self.port,
+            &mut self.child,
+            &self.dir.path().join("log"),
+        );
+    }
+
+    fn kill_sessions(&self) {
+        for pid in descendants(self.child.id()) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
         }
     }
 
@@ -248,11 +285,7 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         // The sessions first: they outlive the listener, and one whose client vanished with
         // a deleted network link would wait for TCP to give up.
-        for pid in descendants(self.child.id()) {
-            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-            }
-        }
+        self.kill_sessions();
         stop(&mut self.child);
         kill_ssh_masters(self.port);
     }
@@ -585,5 +618,72 @@ impl Drop for Garage {
         for c in &mut self.children {
             stop(c);
         }
+    }
+}
+
+/// A network namespace holding the servers, reached through a veth pair whose near end the
+/// test sets down and up.
+pub struct Office {
+    pub ns: String,
+    near: String,
+    pub net: String,
+    pub host_addr: String,
+    pub server_addr: String,
+}
+
+impl Office {
+    pub fn new() -> Option<Office> {
+        let id = std::process::id() % 200 + 20;
+        let ns = format!("bp-office-{}", std::process::id());
+        let near = format!("bpv{}", std::process::id() % 100_000);
+        let far = format!("{near}p");
+        let office = Office {
+            ns: ns.clone(),
+            near: near.clone(),
+            net: format!("10.231.{id}.0/24"),
+            host_addr: format!("10.231.{id}.1"),
+            server_addr: format!("10.231.{id}.2"),
+        };
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ip(&["netns", "add", &ns]) {
+            return None;
+        }
+        let host_cidr = format!("{}/24", office.host_addr);
+        let server_cidr = format!("{}/24", office.server_addr);
+        let steps: [&[&str]; 7] = [
+            &["link", "add", &near, "type", "veth", "peer", "name", &far],
+            &["link", "set", &far, "netns", &ns],
+            &["addr", "add", &host_cidr, "dev", &near],
+            &["link", "set", &near, "up"],
+            &["-n", &ns, "addr", "add", &server_cidr, "dev", &far],
+            &["-n", &ns, "link", "set", &far, "up"],
+            &["-n", &ns, "link", "set", "lo", "up"],
+        ];
+        for s in steps {
+            assert!(ip(s), "ip {s:?} failed");
+        }
+        Some(office)
+    }
+
+    pub fn link(&self, up: bool) {
+        let st = Command::new("ip")
+            .args(["link", "set", &self.near, if up { "up" } else { "down" }])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Office {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.near])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }

@@ -56,8 +56,7 @@ pub fn read_file(
         return Ok(ReadOutcome::Gone);
     }
     let size = before.len();
-    let extents = crate::os::data_extents(&file, size)
-        .map_err(|e| src_err(path, e))?;
+    let extents = crate::os::data_extents(&file, size).map_err(|e| src_err(path, e))?;
     let mut out = Vec::with_capacity(extents.len());
     for (start, end) in extents {
         let mut chunks = Vec::new();

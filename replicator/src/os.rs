@@ -376,7 +376,7 @@ mod tests {
         assert_eq!(&buf, b"world");
         let md = f.metadata().unwrap();
         assert!(!changed(&md, &f.metadata().unwrap()));
-        assert_eq!(data_extents(&f, 14, false).unwrap(), vec![(0, 14)]);
+        assert_eq!(data_extents(&f, 14).unwrap(), vec![(0, 14)]);
         assert!(file_id(&f, &md).unwrap() != 0);
         assert!(try_lock(&f).unwrap());
         let again = std::fs::OpenOptions::new().write(true).open(&p).unwrap();

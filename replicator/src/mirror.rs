@@ -654,7 +654,6 @@ impl MirrorDrain {
     }
 }
 
-/// fsync every folder of the mirror once (renames into them must survive a power cut).
 /// Whether the file at `p` is the copy the mirror's last tree describes (its size and
 /// modification time), not whatever a drain killed midway left under that name. A copy that
 /// does not look like one is copied again: never wrong, at worst sent twice.
@@ -666,6 +665,7 @@ fn is_copy_of(p: &Path, meta: &crate::format::VMeta) -> bool {
     })
 }
 
+/// fsync every folder of the mirror once (renames into them must survive a power cut).
 fn sync_tree_dirs(root: &Path, paths: &[(Vec<u8>, u64)], t: &Tree) -> Result<()> {
     sync_dir(root)?;
     for (rel, id) in paths {

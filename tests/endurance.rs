@@ -1132,16 +1132,7 @@ fn round(
         // Unplug: the daemon cannot close the journal on a dead drive; then plug back in.
         let m = m.take().unwrap();
         let _ = m.unmount_status();
-        let drive = b.drive.as_ref().unwrap();
-        let st = Command::new("umount").arg(&drive.dir).status().unwrap();
-        assert!(st.success(), "umount the pulled drive");
-        let st = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&drive.image)
-            .arg(&drive.dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "plug the drive back in");
+        b.drive.as_ref().unwrap().replug();
         // fsync means durable: every file fsynced and not touched since is there, whole.
         for (k, w) in works.iter().enumerate() {
             for (path, hash) in &w.fsynced {

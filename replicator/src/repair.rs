@@ -51,7 +51,7 @@ pub fn repair(
     let rt = runtime()?;
     let res = (|| {
         let d = DestDrain::open(spec, setup, rt.handle().clone(), Arc::default())?;
-        let DestDrain::Vault(mut d) = d else {
+        let Some(mut d) = d.into_vault() else {
             return Err(Error::Format(format!(
                 "{} is a mirror: a mirror is repaired by the next drain of each file it lacks; only vaults have --repair",
                 spec.name

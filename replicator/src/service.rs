@@ -139,6 +139,15 @@ impl DestDrain {
         }
     }
 
+    /// The vault's drain; None for a mirror (repair is for vaults).
+    pub(crate) fn into_vault(self) -> Option<Box<VaultDrain>> {
+        match self {
+            DestDrain::Vault(v) => Some(v),
+            #[cfg(unix)]
+            DestDrain::Mirror(_) => None,
+        }
+    }
+
     pub fn drain_once(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
         match self {
             DestDrain::Vault(v) => v.drain_once(src),

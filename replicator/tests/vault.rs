@@ -118,6 +118,14 @@ impl Fixture {
         (mirror, setup)
     }
 
+    /// Restores the mirror into a new folder `into` and insists it is the pocket exactly.
+    fn restore_mirror_exactly(&self, mirror: &Path, into: &str) {
+        let out = self._tmp.path().join(into);
+        let r = replicator::restore_mirror(mirror, &out, &[], false, &Progress::default()).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        assert_eq!(snapshot(&self.pocket), snapshot(&out));
+    }
+
     /// Drains what the journal holds to `setup`'s destination (without scanning first).
     fn drain(&self, setup: &Setup) -> replicator::SyncReport {
         let target = journal::Reader::open(&self.journal())
@@ -754,9 +762,7 @@ fn a_mirror_follows_a_folder_moved_under_a_new_folder_of_its_old_name() {
     std::fs::rename(p.join("d5"), p.join("e/d5")).unwrap();
     f.scan();
     f.drain(&setup);
-    let out2 = f._tmp.path().join("restored2");
-    replicator::restore_mirror(&mirror, &out2, &[], false, &Progress::default()).unwrap();
-    assert_eq!(snapshot(p), snapshot(&out2));
+    f.restore_mirror_exactly(&mirror, "restored2");
 }
 
 #[test]
@@ -776,10 +782,7 @@ fn a_mirror_drain_resumes_where_a_killed_one_left_its_copies() {
     std::fs::rename(p.join("other"), p.join("d1/h1")).unwrap();
     f.scan();
     f.drain(&setup);
-    let out = f._tmp.path().join("restored");
-    let r = replicator::restore_mirror(&mirror, &out, &[], false, &Progress::default()).unwrap();
-    assert!(r.failed.is_empty(), "{:?}", r.failed);
-    assert_eq!(snapshot(p), snapshot(&out));
+    f.restore_mirror_exactly(&mirror, "restored");
 }
 
 #[test]
@@ -800,10 +803,7 @@ fn a_mirror_drain_resumes_after_a_killed_one_parked_a_copy() {
     std::fs::rename(p.join("t"), p.join("f2")).unwrap();
     f.scan();
     f.drain(&setup);
-    let out = f._tmp.path().join("restored");
-    let r = replicator::restore_mirror(&mirror, &out, &[], false, &Progress::default()).unwrap();
-    assert!(r.failed.is_empty(), "{:?}", r.failed);
-    assert_eq!(snapshot(p), snapshot(&out));
+    f.restore_mirror_exactly(&mirror, "restored");
 }
 
 #[test]
@@ -961,8 +961,5 @@ fn a_mirror_never_takes_a_new_file_under_a_reused_inode_for_the_old_one() {
         b"",
         "{last:?} at the mirror"
     );
-    let out = f._tmp.path().join("restored");
-    let r = replicator::restore_mirror(&mirror, &out, &[], false, &Progress::default()).unwrap();
-    assert!(r.failed.is_empty(), "{:?}", r.failed);
-    assert_eq!(snapshot(p), snapshot(&out));
+    f.restore_mirror_exactly(&mirror, "restored");
 }

@@ -39,12 +39,8 @@ impl Drive {
     }
 
     pub fn mount(&mut self) {
-        let out = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&self.image)
-            .arg(&self.dir)
-            .output()
-            .unwrap();
+        let args = self.mount_args();
+        let out = Command::new(&args[0]).args(&args[1..]).output().unwrap();
         assert!(out.status.success(), "mount loop: {}", stderr(&out));
         self.mounted = true;
     }
@@ -53,6 +49,24 @@ impl Drive {
         let out = Command::new("umount").arg(&self.dir).output().unwrap();
         assert!(out.status.success(), "umount: {}", stderr(&out));
         self.mounted = false;
+    }
+
+    /// Pulled out and plugged back in: unmounted (the log replays at the next mount).
+    pub fn replug(&self) {
+        for args in [vec!["umount".into(), self.dir.clone()], self.mount_args()] {
+            let out = Command::new(&args[0]).args(&args[1..]).output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        }
+    }
+
+    fn mount_args(&self) -> Vec<PathBuf> {
+        vec![
+            "mount".into(),
+            "-o".into(),
+            "loop".into(),
+            self.image.clone(),
+            self.dir.clone(),
+        ]
     }
 
     /// The drive goes away: every I/O fails with EIO. Without `-f` the log is not flushed,

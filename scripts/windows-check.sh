@@ -37,12 +37,27 @@ export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
 log=$(mktemp)
 # wineserver quits by itself a few seconds after its last program ends; a test program
 # started in that moment loses its server ("wine client error: recvmsg: Connection reset by
-# peer", which failed a CI run). So the prefix is made first, and one server is kept alive
-# for the whole run (-p) and ended when the script ends, however it ends.
+# peer", which failed a CI run). So one server is kept alive for the whole run (-p) and ended
+# when the script ends, however it ends.
+#
+# The server and the services wine starts beside the first program (winedevice, plugplay,
+# explorer) then outlive every test program, and they keep the standard output they were
+# started with: a pipe of ours would never see its end, and a `| tee` waited on it until CI's
+# time ran out. So they are started here with no standard I/O at all, and the tests write to
+# a file, under a time limit, so no wine process can hold this script up again.
 trap 'rm -f "$log"; wineserver -k 2>/dev/null || true' EXIT
-wineboot --init >/dev/null 2>&1 || true
+wineboot --init </dev/null >/dev/null 2>&1 || true
 wineserver -w
-wineserver -p
-cargo test --target "$target" "${crates[@]}" --locked 2>&1 | tee "$log"
+wineserver -p </dev/null >/dev/null 2>&1
+wineboot </dev/null >/dev/null 2>&1 || true
+status=0
+timeout --kill-after=30 1800 cargo test --target "$target" "${crates[@]}" --locked \
+    </dev/null >"$log" 2>&1 || status=$?
+cat "$log"
+if [ "$status" != 0 ]; then
+    echo "windows-check: FAILED: the tests under wine ended with status $status" \
+        "(124: they took longer than 30 minutes)" >&2
+    exit 1
+fi
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 echo "windows-check: ok $passed tests passed under wine"

@@ -346,7 +346,9 @@ impl Vault {
 
     /// The store key of a pack.
     pub fn pack_key(name: &str) -> String {
-        format!("data/{}/{}", &name[..2.min(name.len())], name)
+        // Names come from listings a destination's owner controls: never slice inside a
+        // character.
+        format!("data/{}/{}", name.get(..2).unwrap_or(name), name)
     }
 
     /// Reads one blob out of a pack's bytes, checks it and returns the plaintext.

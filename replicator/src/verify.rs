@@ -142,6 +142,18 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
             blame(detail, &mut bad.iter().map(|(id, _)| *id), &mut damage);
         }
     }
+    // An index that does not open still names its pack: say so when that pack is gone too,
+    // rather than leave it to be guessed from the chunks the log misses.
+    for key in &found.index {
+        let pack = Vault::pack_key(key.trim_start_matches("index/"));
+        if !stored.contains_key(&pack) {
+            damage.push(Damage {
+                object: pack,
+                detail: "missing (and its index cannot be opened either)".into(),
+                affects: Vec::new(),
+            });
+        }
+    }
     report.unreferenced_packs = stored
         .keys()
         .filter(|k| !indexed_packs.contains(*k))

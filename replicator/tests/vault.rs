@@ -576,6 +576,34 @@ fn a_cut_or_missing_object_is_named_by_verify() {
         rep.damage
     );
 
+    // A pack deleted and its index damaged too (the endurance harness's seed 1796207765):
+    // the index's name still says which pack it described, so both are named.
+    let gone = &packs[1];
+    let name = gone.file_name().unwrap().to_owned();
+    std::fs::remove_file(gone).unwrap();
+    let index = f.vault_dir.join("index").join(&name);
+    let mut bytes = std::fs::read(&index).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&index, &bytes).unwrap();
+    let rep = replicator::verify(&v, false, &Progress::default()).unwrap();
+    for object in [gone, &index] {
+        assert!(
+            rep.damage.iter().any(|d| object.ends_with(&d.object)),
+            "{} not named: {:?}",
+            object.display(),
+            rep.damage
+        );
+    }
+    // A name the destination's owner chose, not one of ours: named, no panic.
+    std::fs::write(f.vault_dir.join("index").join("aé"), b"not an index").unwrap();
+    let rep = replicator::verify(&v, false, &Progress::default()).unwrap();
+    assert!(
+        rep.damage.iter().any(|d| d.object == "index/aé"),
+        "{:?}",
+        rep.damage
+    );
+
     // A log segment taken out of the middle: the chain says which is missing.
     let mut segs = walk_files(&f.vault_dir.join("log"));
     segs.sort();

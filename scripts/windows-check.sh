@@ -55,8 +55,9 @@ timeout --kill-after=30 1800 cargo test --target "$target" "${crates[@]}" --lock
     </dev/null >"$log" 2>&1 || status=$?
 cat "$log"
 if [ "$status" != 0 ]; then
-    echo "windows-check: FAILED: the tests under wine ended with status $status" \
-        "(124: they took longer than 30 minutes)" >&2
+    why="ended with status $status"
+    [ "$status" = 124 ] && why="took longer than 30 minutes and were stopped"
+    echo "windows-check: FAILED: the tests under wine $why" >&2
     exit 1
 fi
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')

@@ -730,7 +730,11 @@ fn damage_verdict(
         );
         return Err(Failure::new(
             ExitCode::Damaged,
-            anyhow!("{} damaged objects at {dest}", report.damage.len()),
+            anyhow!(
+                "{} damaged objects at {dest}: run `backpocket verify {dest} --repair` in the \
+                 pocket to send what it still has again",
+                report.damage.len()
+            ),
         )
         .into());
     }

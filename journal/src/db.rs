@@ -1,10 +1,13 @@
 //! The journal database: schema, connection setup, record rows and the catalog they update.
 //!
-//! Format version 1 (`PRAGMA user_version`). Tables:
+//! Format version 2 (`PRAGMA user_version`; version 1 lacked `unsynced` and is upgraded in
+//! place when opened for writing). Tables:
 //! - `records`: one row per change, `seq` dense and increasing (compaction removes a prefix only),
 //!   `cum_bytes` the running total of `bytes`, so that pending byte counts are two lookups.
 //! - `files`, `names`, `xattrs`: the catalog, the pocket as the records describe it.
 //! - `cursors`: per destination, the last seq it holds durably.
+//! - `unsynced`: files opened for writing since the pocket was last closed cleanly, whose bytes
+//!   on the drive may be newer than their metadata after a power cut.
 //! - `meta`: key/value facts (`root`, `last_seq`, `cum_bytes`, `last_scan_ns`, ...).
 
 use std::path::Path;
@@ -15,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::record::{Change, FileId, Kind, Meta, Op, Record};
 
 /// The journal format this code writes and reads.
-pub const FORMAT_VERSION: i64 = 1;
+pub const FORMAT_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE records(
@@ -73,7 +76,12 @@ CREATE TABLE cursors(
     updated_ns INTEGER NOT NULL
 );
 CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE unsynced(file INTEGER PRIMARY KEY, since_ns INTEGER NOT NULL);
 ";
+
+/// What version 2 added to version 1.
+const UPGRADE_1_TO_2: &str =
+    "CREATE TABLE unsynced(file INTEGER PRIMARY KEY, since_ns INTEGER NOT NULL);";
 
 const FLAG_EXCHANGE: i64 = 1;
 
@@ -125,8 +133,14 @@ pub(crate) fn open_rw(path: &Path, create: bool) -> Result<Connection> {
             found: version,
             supported: FORMAT_VERSION,
         });
+    } else if version == 1 {
+        check_integrity(&conn, path, 1)?;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {UPGRADE_1_TO_2} PRAGMA user_version=2; COMMIT;"
+        ))
+        .map_err(|e| classify(path, e))?;
     }
-    check_integrity(&conn, path)?;
+    check_integrity(&conn, path, FORMAT_VERSION)?;
     Ok(conn)
 }
 
@@ -165,9 +179,13 @@ pub(crate) fn open_ro(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// A cheap structural check: every table we need is there.
-fn check_integrity(conn: &Connection, path: &Path) -> Result<()> {
-    for table in ["records", "files", "names", "xattrs", "cursors", "meta"] {
+/// A cheap structural check: every table of format `version` is there.
+fn check_integrity(conn: &Connection, path: &Path, version: i64) -> Result<()> {
+    let v2: &[&str] = if version >= 2 { &["unsynced"] } else { &[] };
+    for table in ["records", "files", "names", "xattrs", "cursors", "meta"]
+        .iter()
+        .chain(v2)
+    {
         let n: i64 = conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?1",
             [table],
@@ -200,6 +218,26 @@ pub(crate) fn classify(path: &Path, e: rusqlite::Error) -> Error {
         }
     }
     Error::Sqlite(e)
+}
+
+/// Remembers that `file` is open for writing (see the `unsynced` table); a file already there
+/// keeps its first time.
+pub(crate) fn mark_unsynced(conn: &Connection, file: FileId, since_ns: i64) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO unsynced(file, since_ns) VALUES(?1, ?2)",
+        params![file as i64, since_ns],
+    )?;
+    Ok(())
+}
+
+/// The files marked unsynced (the scan reads them again).
+#[cfg(unix)]
+pub(crate) fn unsynced(conn: &Connection) -> Result<Vec<FileId>> {
+    let mut stmt = conn.prepare("SELECT file FROM unsynced ORDER BY file")?;
+    let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+    Ok(rows
+        .map(|r| r.map(|f| f as FileId))
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {

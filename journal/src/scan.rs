@@ -6,6 +6,10 @@
 //! looked at closer when its size, mtime, ctime, mode or owner differ from the catalog, or when
 //! it is "racily clean" (git's rule): changed within the timestamp granularity of the moment its
 //! record was taken, where a second change could hide behind an unchanged timestamp.
+//!
+//! Files the journal holds as unsynced (open for writing when the last session ended without
+//! a clean close) are read again even when their stat is unchanged: a power cut can leave new
+//! bytes under old metadata (see [`crate::JournalHandle::mark_unsynced`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -35,6 +39,9 @@ pub struct ScanReport {
     pub renamed: u64,
     pub linked: u64,
     pub modified: u64,
+    /// Files read again, their stat unchanged, because they were open for writing when the
+    /// last session ended without a clean close.
+    pub reread: u64,
     pub attrs: u64,
     pub xattrs: u64,
     /// Entries that could not be read; they are not recorded and the message says why.
@@ -50,6 +57,7 @@ impl ScanReport {
             + self.renamed
             + self.linked
             + self.modified
+            + self.reread
             + self.attrs
             + self.xattrs
     }
@@ -199,6 +207,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
         }
     }
     // 5. Files on both sides: metadata, contents, xattrs.
+    let unsynced: HashSet<FileId> = reader.unsynced()?.into_iter().collect();
     let mut ids: Vec<&FileId> = disk_files.keys().collect();
     ids.sort();
     for &id in ids {
@@ -214,9 +223,14 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
                 || m.mtime_ns != c.mtime_ns
                 || m.ctime_ns != c.ctime_ns
                 || m.ctime_ns >= recorded_ns - RACY_WINDOW_NS);
-        if data {
+        let reread = !data && m.kind == Kind::File && unsynced.contains(&id);
+        if data || reread {
             plan.emit(Change::Content { file: id, meta: m });
-            report.modified += 1;
+            if reread {
+                report.reread += 1;
+            } else {
+                report.modified += 1;
+            }
         } else if owner_mode || m.mtime_ns != c.mtime_ns || m.size != c.size {
             plan.emit(Change::SetAttr { file: id, meta: m });
             report.attrs += 1;
@@ -229,6 +243,14 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
             });
             diff_xattrs(id, &old, &new, &mut plan, &mut report);
         }
+    }
+    if report.reread > 0 {
+        warn!(
+            "scan: {} files were open for writing when the pocket was last left without a clean \
+             unmount (a crash, a pulled drive, a power cut); reading them again, since the drive \
+             may hold bytes newer than their size and times say",
+            report.reread
+        );
     }
     debug!(records = plan.emitted, "scan: recorded");
     journal.set_meta("last_scan_ns", started_ns);

@@ -233,6 +233,12 @@ impl Reader {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The files marked unsynced (see [`crate::JournalHandle::mark_unsynced`]).
+    #[cfg(unix)]
+    pub(crate) fn unsynced(&self) -> Result<Vec<u64>> {
+        db::unsynced(&self.conn)
+    }
+
     /// Every file in the catalog with its metadata, symlink target and when it was recorded.
     #[cfg(unix)]
     pub(crate) fn all_files(&self) -> Result<Vec<(u64, crate::record::Meta, i64)>> {

@@ -15,7 +15,7 @@ use tracing::{debug, error, warn};
 
 use crate::db::{self, Tip};
 use crate::error::{Error, Result};
-use crate::record::Change;
+use crate::record::{Change, FileId};
 
 /// How many changes one transaction takes at most; bounds the latency of a group commit.
 const MAX_BATCH: usize = 8192;
@@ -36,6 +36,9 @@ enum Msg {
     Sync(Sender<Result<u64, String>>),
     Subscribe(Sender<u64>),
     Meta(&'static str, i64),
+    Unsynced(i64, FileId),
+    /// After the last change: make the whole drive durable, then forget the unsynced files.
+    Settle(Sender<Result<(), String>>),
     Shutdown,
 }
 
@@ -63,6 +66,8 @@ impl std::fmt::Debug for Msg {
             Msg::Sync(_) => f.write_str("Sync"),
             Msg::Subscribe(_) => f.write_str("Subscribe"),
             Msg::Meta(k, _) => write!(f, "Meta({k})"),
+            Msg::Unsynced(_, file) => write!(f, "Unsynced({file})"),
+            Msg::Settle(_) => f.write_str("Settle"),
             Msg::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -114,7 +119,8 @@ impl Journal {
             conn,
             db_path: path.to_owned(),
             tip,
-            durable_seq: tip.last_seq,
+            // Opening may have committed (a format upgrade) without a full sync.
+            undurable: true,
             reserve,
             subscribers: Vec::new(),
         };
@@ -145,9 +151,14 @@ impl Journal {
         rx
     }
 
-    /// Commits everything queued (durably) and stops the writer.
+    /// The clean end: commits everything queued, makes the drive's whole filesystem durable
+    /// (every file's bytes and metadata), and only then forgets the unsynced files, so that a
+    /// journal left without `close` (a crash, a pulled drive) still names them to the next scan.
+    /// Call it once nothing writes to the pocket any more.
     pub fn close(mut self) -> Result<()> {
-        self.shutdown()
+        let settled = self.handle.settle();
+        let stopped = self.shutdown();
+        settled.and(stopped)
     }
 
     fn shutdown(&mut self) -> Result<()> {
@@ -204,15 +215,51 @@ impl JournalHandle {
         }
         // Cut a gathering pause short: someone waits.
         let _ = self.wake.try_send(());
-        match rx.recv() {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(msg)) if msg == Error::DiskFull.to_string() => Err(Error::DiskFull),
-            Ok(Err(msg)) => Err(Error::io(
-                "the journal could not commit",
-                std::io::Error::other(msg),
-            )),
-            Err(_) => Err(Error::WriterGone),
+        answer(rx.recv(), "the journal could not commit")
+    }
+
+    /// Remembers, durably before it returns, that `file` is open for writing and holds data.
+    /// A filesystem writes such a file's pages back on its own while the new mtime waits in
+    /// its log, so after a power cut the drive can hold new bytes under the old size and
+    /// times, with this session's records of the file lost: a stat comparison then sees no
+    /// change. The next scan reads every file named here again, unless the journal was closed
+    /// cleanly (which makes the drive durable first). Cheap after the first call per file.
+    pub fn mark_unsynced(&self, file: FileId) -> Result<()> {
+        self.mark_unsynced_soon(file)?;
+        self.sync().map(|_| ())
+    }
+
+    /// [`Self::mark_unsynced`] without waiting: the writer commits the mark with a full sync
+    /// at once (a group commit with whatever else is queued), a few milliseconds after the
+    /// call. For a file whose old data cannot be written over in place before then (opened
+    /// with `O_TRUNC`: what it writes goes to new blocks, which the filesystem's log orders).
+    pub fn mark_unsynced_soon(&self, file: FileId) -> Result<()> {
+        if !self.send(Msg::Unsynced(now_ns(), file)) {
+            return Err(Error::WriterGone);
         }
+        Ok(())
+    }
+
+    fn settle(&self) -> Result<()> {
+        let (tx, rx) = bounded(1);
+        if !self.send(Msg::Settle(tx)) {
+            return Err(Error::WriterGone);
+        }
+        let _ = self.wake.try_send(());
+        answer(rx.recv(), "the journal could not settle the drive")
+    }
+}
+
+/// The writer's reply to a waiting caller, as an error of ours.
+fn answer<T>(
+    reply: std::result::Result<std::result::Result<T, String>, crossbeam_channel::RecvError>,
+    what: &str,
+) -> Result<T> {
+    match reply {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(msg)) if msg == Error::DiskFull.to_string() => Err(Error::DiskFull),
+        Ok(Err(msg)) => Err(Error::io(what.to_owned(), std::io::Error::other(msg))),
+        Err(_) => Err(Error::WriterGone),
     }
 }
 
@@ -248,6 +295,7 @@ fn ensure_reserve(path: &Path) {
 enum Queued {
     Change(i64, Change),
     Meta(&'static str, i64),
+    Unsynced(i64, FileId),
 }
 
 struct Writer {
@@ -255,7 +303,8 @@ struct Writer {
     /// For error messages.
     db_path: PathBuf,
     tip: Tip,
-    durable_seq: u64,
+    /// Whether a commit since the last full sync is not durable yet.
+    undurable: bool,
     reserve: PathBuf,
     subscribers: Vec<Sender<u64>>,
 }
@@ -268,12 +317,18 @@ impl Writer {
     fn run(&mut self, rx: Receiver<Msg>, wake: Receiver<()>, idle: Arc<AtomicBool>) {
         let mut queue: Vec<Queued> = Vec::new();
         let mut waiters: Vec<Sender<Result<u64, String>>> = Vec::new();
+        let mut settlers: Vec<Sender<Result<(), String>>> = Vec::new();
+        // Unsynced marks are always committed with a full sync, waited on or not.
+        let mut marks = false;
         let mut backoff = Duration::from_millis(50);
         let mut shutdown = false;
         loop {
             while queue.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(msg) => shutdown |= self.take(msg, &mut queue, &mut waiters),
+                    Ok(msg) => {
+                        marks |= matches!(msg, Msg::Unsynced(..));
+                        shutdown |= self.take(msg, &mut queue, &mut waiters, &mut settlers)
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         shutdown = true;
@@ -281,11 +336,9 @@ impl Writer {
                     }
                 }
             }
-            let durable = !waiters.is_empty() || shutdown;
-            if queue.is_empty() && (!durable || self.durable_seq == self.tip.last_seq) {
-                for w in waiters.drain(..) {
-                    let _ = w.send(Ok(self.tip.last_seq));
-                }
+            let durable = !waiters.is_empty() || !settlers.is_empty() || shutdown || marks;
+            if queue.is_empty() && (!durable || !self.undurable) {
+                self.answer(&mut waiters, &mut settlers);
                 if shutdown {
                     return;
                 }
@@ -300,10 +353,9 @@ impl Writer {
             match self.commit_with_reserve(&queue, durable) {
                 Ok(()) => {
                     queue.clear();
+                    marks = false;
                     backoff = Duration::from_millis(50);
-                    for w in waiters.drain(..) {
-                        let _ = w.send(Ok(self.tip.last_seq));
-                    }
+                    self.answer(&mut waiters, &mut settlers);
                     let seq = self.tip.last_seq;
                     self.subscribers.retain(|s| {
                         !matches!(
@@ -325,6 +377,9 @@ impl Writer {
                     for w in waiters.drain(..) {
                         let _ = w.send(Err(e.to_string()));
                     }
+                    for w in settlers.drain(..) {
+                        let _ = w.send(Err(e.to_string()));
+                    }
                     if shutdown {
                         error!(
                             "journal: {} changes could not be written before stopping; the next scan records them",
@@ -339,16 +394,45 @@ impl Writer {
         }
     }
 
+    /// Everything is committed (durably, when anyone waits): tells those who wait.
+    fn answer(
+        &mut self,
+        waiters: &mut Vec<Sender<Result<u64, String>>>,
+        settlers: &mut Vec<Sender<Result<(), String>>>,
+    ) {
+        for w in waiters.drain(..) {
+            let _ = w.send(Ok(self.tip.last_seq));
+        }
+        for w in settlers.drain(..) {
+            let _ = w.send(self.settle().map_err(|e| e.to_string()));
+        }
+    }
+
+    /// Makes the drive's filesystem durable, then forgets the unsynced files: nothing on the
+    /// drive can be newer than its metadata any more.
+    fn settle(&mut self) -> Result<()> {
+        if !sync_drive(&self.db_path)? {
+            return Ok(());
+        }
+        let path = self.db_path.clone();
+        self.conn
+            .execute_batch("PRAGMA synchronous=FULL; DELETE FROM unsynced;")
+            .map_err(|e| db::classify(&path, e))
+    }
+
     /// Returns true for a shutdown request.
     fn take(
         &mut self,
         msg: Msg,
         queue: &mut Vec<Queued>,
         waiters: &mut Vec<Sender<Result<u64, String>>>,
+        settlers: &mut Vec<Sender<Result<(), String>>>,
     ) -> bool {
         match msg {
             Msg::Change(t, c) => queue.push(Queued::Change(t, c)),
             Msg::Meta(k, v) => queue.push(Queued::Meta(k, v)),
+            Msg::Unsynced(t, f) => queue.push(Queued::Unsynced(t, f)),
+            Msg::Settle(w) => settlers.push(w),
             Msg::Sync(w) => waiters.push(w),
             Msg::Subscribe(s) => self.subscribers.push(s),
             Msg::Shutdown => return true,
@@ -392,6 +476,9 @@ impl Writer {
                     }
                 }
                 Queued::Meta(k, v) => db::meta_set(&tx, k, *v).map_err(|e| lift(&path, e))?,
+                Queued::Unsynced(t, f) => {
+                    db::mark_unsynced(&tx, *f, *t).map_err(|e| lift(&path, e))?
+                }
             }
         }
         if durable {
@@ -403,11 +490,37 @@ impl Writer {
             debug!("journal: dropped {dropped} changes to files that no longer exist");
         }
         self.tip = tip;
-        if durable {
-            self.durable_seq = tip.last_seq;
-        }
+        self.undurable = !durable;
         Ok(())
     }
+}
+
+/// Flushes every file's bytes and metadata on the filesystem that holds `db`. Returns false
+/// where that cannot be done, and the unsynced files must be kept.
+#[cfg(unix)]
+fn sync_drive(db: &Path) -> Result<bool> {
+    let f = std::fs::File::open(db)
+        .map_err(|e| Error::io(format!("cannot open {}", db.display()), e))?;
+    #[cfg(target_os = "linux")]
+    rustix::fs::syncfs(&f).map_err(|e| {
+        Error::io(
+            format!("cannot make the drive of {} durable", db.display()),
+            e.into(),
+        )
+    })?;
+    #[cfg(not(target_os = "linux"))]
+    {
+        drop(f);
+        rustix::fs::sync();
+    }
+    Ok(true)
+}
+
+/// Nothing marks files unsynced here (the Windows front-end tracks no such thing yet), so
+/// what a Unix mount of the same drive marked is kept for its next scan.
+#[cfg(not(unix))]
+fn sync_drive(_db: &Path) -> Result<bool> {
+    Ok(false)
 }
 
 fn lift(path: &Path, e: Error) -> Error {

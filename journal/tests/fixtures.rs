@@ -124,16 +124,21 @@ fn write_fixtures_when_asked() {
         j.handle().record(c);
     }
     journal::set_cursor(&path, "home-disk", 5).unwrap();
-    j.close().unwrap();
+    // Version 2: a file open for writing when the session ended without a clean close
+    // (dropped, not closed, so the mark stays).
+    j.handle().mark_unsynced(11).unwrap();
+    drop(j);
 }
 
-#[test]
-fn version_1_journal_reads() {
-    let tmp = tempfile::tempdir().unwrap();
-    // Opening may create -wal and -shm files beside it: work on a copy.
-    let db = tmp.path().join("journal.db");
-    std::fs::copy(fixture(1), &db).unwrap();
-    let r = Reader::open(&db).unwrap();
+fn user_version(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// What both versions hold: the v1 changes, the root, a cursor at 5.
+fn assert_v1_contents(r: &Reader) {
     let recs = r.records_after(0, 100).unwrap();
     let changes: Vec<Change> = recs.iter().map(|r| r.change.clone()).collect();
     assert_eq!(changes, v1_changes());
@@ -158,7 +163,42 @@ fn version_1_journal_reads() {
             (b"latest".to_vec(), 11),
         ]
     );
-    // And the writer takes it up where it was.
+}
+
+#[test]
+fn version_2_journal_reads_and_keeps_its_unsynced_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("journal.db");
+    std::fs::copy(fixture(2), &db).unwrap();
+    assert_eq!(user_version(&db), 2);
+    assert_v1_contents(&Reader::open(&db).unwrap());
+    let unsynced: Vec<i64> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .prepare("SELECT file FROM unsynced")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(unsynced, vec![11]);
+    // A clean close forgets them.
+    Journal::open(&db).unwrap().close().unwrap();
+    let left: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM unsynced", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn version_1_journal_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Opening may create -wal and -shm files beside it: work on a copy.
+    let db = tmp.path().join("journal.db");
+    std::fs::copy(fixture(1), &db).unwrap();
+    let r = Reader::open(&db).unwrap();
+    assert_v1_contents(&r);
+    // And the writer takes it up where it was, upgraded to the current version.
     drop(r);
     let j = Journal::open(&db).unwrap();
     j.handle().record(Change::Unlink {
@@ -168,4 +208,8 @@ fn version_1_journal_reads() {
     });
     j.close().unwrap();
     assert_eq!(Reader::open(&db).unwrap().status().unwrap().last_seq, 15);
+    assert_eq!(user_version(&db), journal::FORMAT_VERSION);
+    let j = Journal::open(&db).unwrap();
+    j.handle().mark_unsynced(11).unwrap();
+    j.close().unwrap();
 }

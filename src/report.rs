@@ -338,6 +338,7 @@ pub fn scan(p: &Pocket, r: &journal::ScanReport, json: bool) {
             "renamed": r.renamed,
             "linked": r.linked,
             "modified": r.modified,
+            "reread": r.reread,
             "attrs": r.attrs,
             "xattrs": r.xattrs,
             "unreadable": r.unreadable,
@@ -368,6 +369,7 @@ pub fn scan_line(r: &journal::ScanReport) -> String {
         (r.renamed, "moved"),
         (r.linked, "new links"),
         (r.modified, "modified"),
+        (r.reread, "read again after an unclean end"),
         (r.attrs, "metadata changes"),
         (r.xattrs, "xattr changes"),
     ] {

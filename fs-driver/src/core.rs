@@ -21,7 +21,7 @@
 // Field types of `struct stat` differ between targets; the casts are for the others.
 #![allow(clippy::unnecessary_cast)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -188,6 +188,9 @@ pub struct PocketFs {
     budget: usize,
     /// `O_PATH` descriptors held now.
     held: std::sync::atomic::AtomicUsize,
+    /// Files this session has marked unsynced in the journal (a mark lasts until the journal
+    /// is closed cleanly, so once per file is enough).
+    unsynced: Mutex<HashSet<u64>>,
 }
 
 fn mtime_ns(st: &Stat) -> i64 {
@@ -288,6 +291,7 @@ impl PocketFs {
             tick: AtomicU64::new(1),
             budget,
             held: std::sync::atomic::AtomicUsize::new(1),
+            unsynced: Mutex::new(HashSet::new()),
         })
     }
 
@@ -956,6 +960,29 @@ impl PocketFs {
         fh
     }
 
+    /// A file whose data may be overwritten in place from now on is marked in the journal,
+    /// durably, before any such write can reach the drive (see
+    /// [`JournalHandle::mark_unsynced`]): after a power cut the next scan reads it again.
+    /// `wait`: return only once the mark is durable; otherwise the journal makes it durable
+    /// a few milliseconds later (for files whose old data is truncated away, not overwritten).
+    fn mark_unsynced(&self, ino: u64, wait: bool) -> FsResult<()> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        if !self.unsynced.lock().insert(ino) {
+            return Ok(());
+        }
+        let marked = if wait {
+            j.mark_unsynced(ino)
+        } else {
+            j.mark_unsynced_soon(ino)
+        };
+        marked.inspect_err(|_| {
+            self.unsynced.lock().remove(&ino);
+        })?;
+        Ok(())
+    }
+
     fn begin_write(&self, inode: &Inode, st: &Stat) {
         let mut w = inode.write.lock();
         if w.recorded.is_none() {
@@ -982,6 +1009,12 @@ impl PocketFs {
         if writable {
             let st = rustix::fs::fstat(&*inode_fd)?;
             self.begin_write(&inode, &st);
+            // Data it has may be written over in place (or, truncated, read by a drain in
+            // the middle of its rewriting); an empty file's first writes need new blocks,
+            // which the filesystem's log orders with its metadata.
+            if st.st_size > 0 {
+                self.mark_unsynced(inode.ino, !oflags.contains(OFlags::TRUNC))?;
+            }
         }
         let fd = self.reopen(&inode, oflags)?;
         if oflags.contains(OFlags::TRUNC) && writable {
@@ -1065,8 +1098,9 @@ impl PocketFs {
         Ok(n)
     }
 
-    /// Records the contents of a file if they changed since the last record.
-    fn note_content(&self, inode: &Inode, st: &Stat) {
+    /// Records the contents of a file if they changed since the last record; returns whether
+    /// it did.
+    fn note_content(&self, inode: &Inode, st: &Stat) -> bool {
         let snap = Snap::of(st);
         let mut w = inode.write.lock();
         if w.dirty || w.recorded != Some(snap) {
@@ -1076,6 +1110,9 @@ impl PocketFs {
                 file: inode.ino,
                 meta: meta_of(st),
             });
+            true
+        } else {
+            false
         }
     }
 
@@ -1092,7 +1129,9 @@ impl PocketFs {
         };
         if h.writable {
             match rustix::fs::fstat(&h.file) {
-                Ok(st) => self.note_content(&h.inode, &st),
+                Ok(st) => {
+                    self.note_content(&h.inode, &st);
+                }
                 Err(e) => warn!(
                     "release: cannot stat inode {}: {e}; the next scan records it",
                     h.inode.ino
@@ -1118,6 +1157,9 @@ impl PocketFs {
         if h.writable {
             let st = rustix::fs::fstat(&h.file)?;
             self.note_content(&h.inode, &st);
+            // From here its data is on the drive with a record a drain may read it by, and
+            // it is still open for writing over that data.
+            self.mark_unsynced(h.inode.ino, true)?;
         }
         if let Some(j) = &self.journal {
             j.sync()?;
@@ -1380,8 +1422,13 @@ impl PocketFs {
             let mut seen = f.seen.lock();
             match *seen {
                 Some((s, since)) if s == snap => {
-                    if now.duration_since(since) >= self.options.quiet_period {
-                        self.note_content(&f.inode, &st);
+                    if now.duration_since(since) >= self.options.quiet_period
+                        && self.note_content(&f.inode, &st)
+                    {
+                        // A drain may read it now, while it stays open for writing.
+                        if let Err(e) = self.mark_unsynced(f.inode.ino, true) {
+                            warn!("cannot mark inode {} unsynced: {e}", f.inode.ino);
+                        }
                     }
                 }
                 _ => *seen = Some((snap, now)),

@@ -485,6 +485,7 @@ impl Writer {
             db::meta_set(&tx, "synced_ns", now_ns()).map_err(|e| lift(&path, e))?;
         }
         db::write_tip(&tx, tip).map_err(|e| lift(&path, e))?;
+        platform::crash_point("journal-commit");
         tx.commit().map_err(|e| db::classify(&path, e))?;
         if dropped > 0 {
             debug!("journal: dropped {dropped} changes to files that no longer exist");

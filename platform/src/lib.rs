@@ -2,12 +2,14 @@
 //! stale-mount cleanup and mountpoint checks, unmounting, the single-mount lock, detaching
 //! into the background, service installation and removable-drive events.
 
+mod crash;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::*;
 #[cfg(target_os = "linux")]
 pub mod service;
+pub use crash::crash_point;
 pub mod win;
 #[cfg(windows)]
 mod windows;

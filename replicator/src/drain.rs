@@ -309,6 +309,7 @@ impl VaultDrain {
             new_head = self.write_checkpoint(&tree, &new_head, jid, end_seq, end_time)?;
             report.checkpoint = true;
         }
+        platform::crash_point("before-cursor");
         journal::set_cursor(src.journal, src.dest, end_seq)?;
         report.records = end_seq - cursor;
         report.cursor = end_seq;

@@ -225,6 +225,7 @@ impl MirrorDrain {
         // Never ahead of the journal (see journal::make_durable).
         journal::make_durable(src.journal)?;
         write_tree(&self.store, &new_tree, &pos)?;
+        platform::crash_point("before-cursor");
         journal::set_cursor(src.journal, src.dest, seq)?;
         self.expire_versions();
         report.records = seq - cursor.unwrap_or(0).min(seq);

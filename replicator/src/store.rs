@@ -431,6 +431,7 @@ impl Store {
             }
         };
         res.map_err(|e| Error::store(format!("cannot write {key} to {}", self.url), e))?;
+        platform::crash_point("upload");
         if let Kind::Local { root, .. } = &self.kind {
             let file = root.join(key);
             // Our own objects are private whatever the process umask (the mount runs with 0).

@@ -5,6 +5,9 @@
 //! the model. The faults, each counted:
 //!
 //! - the daemon killed with -9 while the writers work, and while a drain is under way;
+//! - the daemon killing itself with -9 exactly inside a group commit of the journal, just
+//!   after an object reached a destination, or between a log segment made durable at a
+//!   destination and the journal's cursor moving (crash points, `BACKPOCKET_CRASH_AT`);
 //! - destination requests failing, hanging until they time out, answering slowly, and uploads
 //!   cut off midway (the replicator's `fault-injection` build, `BACKPOCKET_FAULTS`);
 //! - the destinations' disk full, then given room (root: a tmpfs);
@@ -749,9 +752,10 @@ enum Kind {
     Corrupt,
     ServerKilled,
     LinkCut,
+    CrashPoint,
 }
 
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 10] = [
     Kind::DestRequests,
     Kind::Kill9Writes,
     Kind::Kill9Drain,
@@ -761,6 +765,16 @@ const KINDS: [Kind; 9] = [
     Kind::Corrupt,
     Kind::ServerKilled,
     Kind::LinkCut,
+    Kind::CrashPoint,
+];
+
+/// Where a crash point may strike (see `platform::crash_point`), what the tally calls it, and
+/// the most passes before it does (group commits come often while writers work; segments
+/// about once per drain).
+const CRASH_POINTS: [(&str, &str, u64); 3] = [
+    ("journal-commit", "crash-journal-commit", 40),
+    ("upload", "crash-upload", 6),
+    ("before-cursor", "crash-before-cursor", 3),
 ];
 
 impl Kind {
@@ -775,7 +789,7 @@ impl Kind {
     fn mid_write(self) -> bool {
         matches!(
             self,
-            Kind::Kill9Writes | Kind::DriveFull | Kind::DrivePulled
+            Kind::Kill9Writes | Kind::DriveFull | Kind::DrivePulled | Kind::CrashPoint
         )
     }
 }
@@ -949,7 +963,9 @@ impl Bench {
         &self.backed.pocket
     }
 
-    fn mount(&self, faults: Option<&str>) -> Mounted {
+    /// Mounts, with destination faults (`BACKPOCKET_FAULTS`) and a crash point
+    /// (`BACKPOCKET_CRASH_AT`) when given.
+    fn mount(&self, faults: Option<&str>, crash: Option<&str>) -> Mounted {
         let mut prefix = vec!["env".to_owned()];
         if let Some(f) = faults {
             prefix.push(format!("BACKPOCKET_FAULTS={f}"));
@@ -957,6 +973,9 @@ impl Bench {
                 "BACKPOCKET_FAULTS_LOG={}",
                 self.faults_log.display()
             ));
+        }
+        if let Some(c) = crash {
+            prefix.push(format!("BACKPOCKET_CRASH_AT={c}"));
         }
         Mounted::start_with(
             &self.pocket().root,
@@ -1028,17 +1047,9 @@ fn out_text(o: &std::process::Output) -> String {
     )
 }
 
-/// Files a power cut took back to older data on the drive while the backup had already read
-/// what the writer wrote: inode on the drive -> (blake3 and mtime on the drive after the cut,
-/// blake3 of what was written). The restore may give what was written, under whatever name
-/// the file has now, as long as the drive's file stays as the cut left it.
-type CutKept = BTreeMap<u64, (String, String, String)>;
-
-#[allow(clippy::too_many_arguments)]
 fn round(
     b: &Bench,
     models: &mut [Model],
-    cut_kept: &mut CutKept,
     rng: &mut Rng,
     r: u64,
     faults: &BTreeSet<Kind>,
@@ -1052,7 +1063,12 @@ fn round(
             rng.next() % 1_000_000
         )
     });
-    let mut m = Some(b.mount(dest_faults.as_deref()));
+    let crash = faults.contains(&Kind::CrashPoint).then(|| {
+        let (point, name, most) = CRASH_POINTS[rng.below(CRASH_POINTS.len() as u64) as usize];
+        (point, name, 1 + rng.below(most))
+    });
+    let crash_at = crash.map(|(point, _, n)| format!("{point}:{n}"));
+    let mut m = Some(b.mount(dest_faults.as_deref(), crash_at.as_deref()));
     let dest_ballast = if faults.contains(&Kind::DestFull) {
         tally.count("dest-full");
         Some(Ballast::fill(b.dest_disk.as_ref().unwrap(), 64 << 10))
@@ -1125,6 +1141,19 @@ fn round(
                 )));
             }
             skip[k].extend(paths.iter().cloned());
+            // Its other names (hard links) show the same unknown state.
+            let model = &models[k];
+            for p in paths {
+                if let Some(id) = model.paths.get(p) {
+                    skip[k].extend(
+                        model
+                            .paths
+                            .iter()
+                            .filter(|(_, i)| *i == id)
+                            .map(|(q, _)| q.clone()),
+                    );
+                }
+            }
         }
     }
 
@@ -1147,6 +1176,28 @@ fn round(
                 tally.fsynced_checked += 1;
             }
         }
+    } else if let (Some((_, name, _)), true) = (crash, m.is_some()) {
+        // The daemon kills itself at its crash point, while the writers work or in the drain
+        // that follows; a point never reached in time gets an ordinary kill -9.
+        let mut dying = m.take().expect("mounted");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let child = dying.child.as_mut().expect("the daemon runs");
+        let died = loop {
+            if child.try_wait().map(|s| s.is_some()).unwrap_or(true) {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        tally.count(if died {
+            name
+        } else {
+            "crash-point-not-reached"
+        });
+        dying.kill9();
+        b.after_kill();
     } else if faults.contains(&Kind::Kill9Drain) && m.is_some() {
         // Let the drain get going on what the writers just did, then kill it.
         std::thread::sleep(Duration::from_millis(rng.below(400)));
@@ -1163,12 +1214,9 @@ fn round(
     }
 
     // The drive is the truth now, except where a fault left a writer's last step unknown:
-    // everything else must be exactly what the model says.
-    let before_cut: Vec<Model> = if drive_pulled {
-        models.to_vec()
-    } else {
-        Vec::new()
-    };
+    // everything else must be exactly what the model says. After a power cut the model is
+    // what the drive holds: the backup must then follow the drive, even where the cut left
+    // a file's new bytes under its old size and times.
     for (k, model) in models.iter_mut().enumerate() {
         if !drive_pulled {
             first_difference(
@@ -1181,34 +1229,13 @@ fn round(
     }
 
     // Every change reaches every destination: mount without faults and let it drain.
-    let m = b.mount(None);
+    let m = b.mount(None, None);
     b.backed.wait_drained(&m, DRAIN_TIMEOUT);
     m.unmount();
     let want = lossy_tree(exact_tree(&p.root));
-    for (k, model) in before_cut.iter().enumerate() {
-        for (rel, id) in &model.paths {
-            let path = format!("w{k}/{rel}");
-            if let (Some(Obj::File { data, .. }), Some(line), Ok(md)) = (
-                model.objs.get(id),
-                want.get(&path),
-                std::fs::symlink_metadata(p.root.join(&path)),
-            ) {
-                let written = blake3::hash(data).to_hex().to_string();
-                let on_drive = (token(line, "blake3="), token(line, "mtime="));
-                // An earlier cut's exception stands while the file is as that cut left it:
-                // the model knows only the drive's data since, the backup what was written.
-                let earlier = cut_kept
-                    .get(&md.ino())
-                    .is_some_and(|(h, m, _)| (h, m) == (&on_drive.0, &on_drive.1));
-                if !earlier {
-                    cut_kept.insert(md.ino(), (on_drive.0, on_drive.1, written));
-                }
-            }
-        }
-    }
 
     if faults.contains(&Kind::Corrupt) {
-        corrupt_and_repair(b, rng, r, &want, cut_kept, &pf, tally)?;
+        corrupt_and_repair(b, rng, r, &want, &pf, tally)?;
     }
     if r % 3 == 2 {
         // Old points go, as a user's retention policy lets them; the newest stays whole.
@@ -1246,8 +1273,6 @@ fn round(
             &p.root,
             &want,
             &out,
-            cut_kept,
-            tally,
         )?;
         tally.bytes_verified += dir_bytes(&out);
         std::fs::remove_dir_all(&out).unwrap();
@@ -1266,20 +1291,11 @@ fn check_restore(
     pocket: &Path,
     want: &BTreeMap<String, String>,
     out: &Path,
-    cut_kept: &CutKept,
-    tally: &mut Tally,
 ) -> Result<(), Difference> {
     let got = without_runs(&lossy_tree(exact_tree(out)));
-    let (want_lines, kept) = expected(pocket, want, &got, cut_kept);
-    if !kept.is_empty() {
-        *tally
-            .faults
-            .entry("power-cut-data-kept-by-backup")
-            .or_default() += kept.len() as u64;
-    }
-    first_difference(what, &want_lines, &got)?;
+    first_difference(what, &without_runs(want), &got)?;
     for (rel, line) in want {
-        if !line.contains(" size=") || kept.contains(rel) {
+        if !line.contains(" size=") {
             continue;
         }
         let size = std::fs::metadata(pocket.join(rel))
@@ -1297,48 +1313,6 @@ fn check_restore(
         }
     }
     Ok(())
-}
-
-/// What a restore should hold: the pocket's lines (without hole maps), except that a file a
-/// power cut took back to older data may hold what was written instead ([`CutKept`]); those
-/// files are returned too.
-fn expected(
-    pocket: &Path,
-    want: &BTreeMap<String, String>,
-    got: &BTreeMap<String, String>,
-    cut_kept: &CutKept,
-) -> (BTreeMap<String, String>, BTreeSet<String>) {
-    let mut lines = without_runs(want);
-    let mut kept = BTreeSet::new();
-    for (path, w) in lines.iter_mut() {
-        let Some(g) = got.get(path).filter(|g| *g != w) else {
-            continue;
-        };
-        let Some((hash, mtime, written)) = std::fs::symlink_metadata(pocket.join(path))
-            .ok()
-            .and_then(|m| cut_kept.get(&m.ino()))
-        else {
-            continue;
-        };
-        // Only while the drive's file is as the cut left it, and only its contents may differ.
-        if token(w, "blake3=") != *hash || token(w, "mtime=") != *mtime {
-            continue;
-        }
-        let alt = w.replace(&format!("blake3={hash}"), &format!("blake3={written}"));
-        if *g == alt {
-            *w = alt;
-            kept.insert(path.clone());
-        }
-    }
-    (lines, kept)
-}
-
-/// The value of `key` (such as "blake3=") in a line of [`exact_tree`].
-fn token(line: &str, key: &str) -> String {
-    line.split(' ')
-        .find_map(|t| t.strip_prefix(key))
-        .unwrap_or("")
-        .to_owned()
 }
 
 /// The lines of [`exact_tree`] without their hole maps.
@@ -1373,7 +1347,6 @@ fn corrupt_and_repair(
     rng: &mut Rng,
     r: u64,
     want: &BTreeMap<String, String>,
-    cut_kept: &CutKept,
     pf: &str,
     tally: &mut Tally,
 ) -> Result<(), Difference> {
@@ -1478,7 +1451,7 @@ fn corrupt_and_repair(
         )));
     }
     let got = without_runs(&lossy_tree(exact_tree(&out)));
-    let (want_lines, _) = expected(&b.pocket().root, want, &got, cut_kept);
+    let want_lines = without_runs(want);
     for (k, v) in &got {
         if v.contains(" size=") && want_lines.get(k) != Some(v) {
             return Err(Difference(format!(
@@ -1575,7 +1548,7 @@ fn main() {
     let bench = Bench::new(base.path());
     let mut rng = Rng(a.seed);
     {
-        let m = bench.mount(None);
+        let m = bench.mount(None, None);
         for k in 0..WRITERS {
             std::fs::create_dir(m.mnt.join(format!("w{k}"))).unwrap();
         }
@@ -1583,7 +1556,6 @@ fn main() {
     }
     let mut models: Vec<Model> = (0..WRITERS).map(|_| Model::default()).collect();
     let mut tally = Tally::default();
-    let mut cut_kept = CutKept::new();
     let started = Instant::now();
     let mut result = Ok(());
     for r in 0..rounds {
@@ -1596,15 +1568,7 @@ fn main() {
         // A helper's assertion (a drain that never ends, say) is a failure of the round too,
         // and the mounts must still be cleaned up.
         result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            round(
-                &bench,
-                &mut models,
-                &mut cut_kept,
-                &mut rng,
-                r,
-                &faults,
-                &mut tally,
-            )
+            round(&bench, &mut models, &mut rng, r, &faults, &mut tally)
         }))
         .unwrap_or_else(|p| {
             let msg = p

@@ -26,7 +26,7 @@ cargo_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} 
 # every kind of fault injected at least once, each round restored and compared (a build with
 # the replicator's fault injection; the seed is fixed here so that CI is repeatable: run it
 # with --minutes N and no --seed for new schedules).
-cargo test --locked --features fault-injection --test endurance -- --rounds 9 --seed 1 2>&1 | tee -a "$log"
+cargo test --locked --features fault-injection --test endurance -- --rounds 10 --seed 1 2>&1 | tee -a "$log"
 endurance_rounds=$(grep -Eo '^endurance: [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
 
 bash tests/pjdfstest/run.sh | tee -a "$log"

@@ -448,6 +448,31 @@ fn an_unreadable_folder_is_not_taken_as_deleted() {
     );
 }
 
+/// A pocket with a passphrase on a fresh loop-mounted XFS drive, its mountpoint beside it.
+fn backed_on_xfs(tmp: &std::path::Path) -> (Drive, common::backed::Backed) {
+    let drive = Drive::new(tmp, "xfs", 320);
+    let root = drive.dir.join("pocket");
+    fs::create_dir_all(&root).unwrap();
+    let pocket = Pocket {
+        tmp: tempfile::tempdir_in(tmp).unwrap(),
+        root,
+        mnt: tmp.join("mnt"),
+    };
+    fs::create_dir_all(&pocket.mnt).unwrap();
+    (drive, common::backed::Backed::with_pocket(pocket))
+}
+
+/// The power goes while `m` is mounted (the log not flushed), then the drive comes back.
+fn cut_power(drive: &mut Drive, mut m: Mounted) {
+    drive.shutdown();
+    let _ = run(&["unmount", m.mnt.to_str().unwrap()], None);
+    if let Some(mut c) = m.child.take() {
+        let _ = c.wait();
+    }
+    drive.umount();
+    drive.mount();
+}
+
 /// A power cut after a drain of changes nobody fsynced: the journal must still hold every
 /// record a destination holds. Were the destination ahead, the records made after the cut
 /// would reuse its sequence numbers and it would skip them as held.
@@ -455,16 +480,8 @@ fn an_unreadable_folder_is_not_taken_as_deleted() {
 fn a_power_cut_never_leaves_a_destination_ahead_of_the_journal() {
     require_root!();
     let tmp = tempfile::tempdir().unwrap();
-    let mut drive = Drive::new(tmp.path(), "xfs", 320);
-    let root = drive.dir.join("pocket");
-    fs::create_dir_all(&root).unwrap();
-    let pocket = Pocket {
-        tmp: tempfile::tempdir_in(tmp.path()).unwrap(),
-        root: root.clone(),
-        mnt: tmp.path().join("mnt"),
-    };
-    fs::create_dir_all(&pocket.mnt).unwrap();
-    let b = common::backed::Backed::with_pocket(pocket);
+    let (mut drive, b) = backed_on_xfs(tmp.path());
+    let root = b.pocket.root.clone();
     let vault = tmp.path().join("vault");
     b.dest("v", &vault, "vault");
     let m = b.mount();
@@ -476,14 +493,7 @@ fn a_power_cut_never_leaves_a_destination_ahead_of_the_journal() {
         .unwrap();
     }
     b.wait_drained(&m, std::time::Duration::from_secs(60));
-    drive.shutdown();
-    let _ = run(&["unmount", m.mnt.to_str().unwrap()], None);
-    let mut m = m;
-    if let Some(mut c) = m.child.take() {
-        let _ = c.wait();
-    }
-    drive.umount();
-    drive.mount();
+    cut_power(&mut drive, m);
     let reader = journal::Reader::open(&root.join(".backpocket/journal.db")).unwrap();
     let journal_seq = reader.status().unwrap().last_seq;
     let out = tmp.path().join("restored");
@@ -521,16 +531,8 @@ fn a_power_cut_never_leaves_a_destination_ahead_of_the_journal() {
 fn a_power_cut_after_an_overwrite_in_place_is_backed_up_as_the_drive_holds_it() {
     require_root!();
     let tmp = tempfile::tempdir().unwrap();
-    let mut drive = Drive::new(tmp.path(), "xfs", 320);
-    let root = drive.dir.join("pocket");
-    fs::create_dir_all(&root).unwrap();
-    let pocket = Pocket {
-        tmp: tempfile::tempdir_in(tmp.path()).unwrap(),
-        root: root.clone(),
-        mnt: tmp.path().join("mnt"),
-    };
-    fs::create_dir_all(&pocket.mnt).unwrap();
-    let b = common::backed::Backed::with_pocket(pocket);
+    let (mut drive, b) = backed_on_xfs(tmp.path());
+    let root = b.pocket.root.clone();
     // The backup disk counts as plugged in while something answers on this port: the vault
     // is used only then (`--when host=`), so the overwrite below is not drained before the
     // cut, and no failed drain syncs the drive meanwhile either.
@@ -597,14 +599,7 @@ fn a_power_cut_after_an_overwrite_in_place_is_backed_up_as_the_drive_holds_it() 
             .output()
             .unwrap();
         assert!(wb.status.success(), "xfs_io fdatasync: {}", stderr(&wb));
-        drive.shutdown();
-        let _ = run(&["unmount", m.mnt.to_str().unwrap()], None);
-        let mut m = m;
-        if let Some(mut c) = m.child.take() {
-            let _ = c.wait();
-        }
-        drive.umount();
-        drive.mount();
+        cut_power(&mut drive, m);
         let after = fs::metadata(root.join(&name)).unwrap();
         let on_drive = fs::read(root.join(&name)).unwrap();
         // What the cut left: the new bytes under the old metadata (else this test tests nothing).

@@ -105,6 +105,25 @@ fn list_stat_files(dir: &Path, n: usize) -> Duration {
     t
 }
 
+/// Writes over the start of each small file in place (no truncation), as a database or an
+/// editor that saves in place does: on the mount, the first such open of a file in a session
+/// waits for the journal to mark it unsynced durably.
+fn rewrite_files(dir: &Path, n: usize) -> Duration {
+    use std::os::unix::fs::FileExt;
+    let d = dir.join("small");
+    let data = [9u8; 512];
+    time(|| {
+        for i in 0..n {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(d.join(format!("f{i:05}")))
+                .unwrap();
+            f.write_all_at(&data, 0).unwrap();
+        }
+        syncfs(dir);
+    })
+}
+
 fn delete_files(dir: &Path, n: usize) -> Duration {
     let d = dir.join("small");
     time(|| {
@@ -146,7 +165,7 @@ fn main() {
     type Results = BTreeMap<(&'static str, String), Vec<Duration>>;
     let mut results: Results = BTreeMap::new();
     type Workload<'a> = (&'static str, &'a dyn Fn(&Path) -> Duration);
-    let workloads: [Workload; 6] = [
+    let workloads: [Workload; 7] = [
         ("1 sequential write + fsync", &|d| seq_write(d, mb)),
         ("2 sequential read (cold)", &|d| seq_read(d, mb)),
         ("3 create small files + syncfs", &|d| create_files(d, n)),
@@ -154,7 +173,10 @@ fn main() {
         ("5 list + stat small files (ls -l)", &|d| {
             list_stat_files(d, n)
         }),
-        ("6 delete small files + syncfs", &|d| delete_files(d, n)),
+        ("6 rewrite small files in place + syncfs", &|d| {
+            rewrite_files(d, n)
+        }),
+        ("7 delete small files + syncfs", &|d| delete_files(d, n)),
     ];
     for round in 0..rounds {
         // Rotate who goes first each round.

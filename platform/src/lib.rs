@@ -1,6 +1,7 @@
 //! What differs per operating system and is not the filesystem itself: the mount table,
 //! stale-mount cleanup and mountpoint checks, unmounting, the single-mount lock, detaching
-//! into the background, service installation and removable-drive events.
+//! into the background, service installation and removable-drive events; and, in
+//! `fault-injection` builds only, the crash points the endurance tests aim kill -9 with.
 
 mod crash;
 #[cfg(target_os = "linux")]

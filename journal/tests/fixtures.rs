@@ -181,13 +181,14 @@ fn version_2_journal_reads_and_keeps_its_unsynced_files() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(unsynced, vec![11]);
-    // A clean close forgets them.
+    // A clean close flushes the drive and forgets them. Windows has no way to flush a whole
+    // drive without administrator rights, so there they stay for the next Unix scan.
     Journal::open(&db).unwrap().close().unwrap();
     let left: i64 = rusqlite::Connection::open(&db)
         .unwrap()
         .query_row("SELECT count(*) FROM unsynced", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(left, 0);
+    assert_eq!(left, if cfg!(unix) { 0 } else { 1 });
 }
 
 #[test]

@@ -21,7 +21,7 @@
 // Field types of `struct stat` differ between targets; the casts are for the others.
 #![allow(clippy::unnecessary_cast)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -188,9 +188,9 @@ pub struct PocketFs {
     budget: usize,
     /// `O_PATH` descriptors held now.
     held: std::sync::atomic::AtomicUsize,
-    /// Files this session has marked unsynced in the journal (a mark lasts until the journal
-    /// is closed cleanly, so once per file is enough).
-    unsynced: Mutex<HashSet<u64>>,
+    /// Files this session has marked unsynced in the journal, and whether the mark is known
+    /// durable (a mark lasts until the journal is closed cleanly, so once per file is enough).
+    unsynced: Mutex<HashMap<u64, bool>>,
 }
 
 fn mtime_ns(st: &Stat) -> i64 {
@@ -291,7 +291,7 @@ impl PocketFs {
             tick: AtomicU64::new(1),
             budget,
             held: std::sync::atomic::AtomicUsize::new(1),
-            unsynced: Mutex::new(HashSet::new()),
+            unsynced: Mutex::new(HashMap::new()),
         })
     }
 
@@ -969,17 +969,27 @@ impl PocketFs {
         let Some(j) = &self.journal else {
             return Ok(());
         };
-        if !self.unsynced.lock().insert(ino) {
-            return Ok(());
+        {
+            // The mark is queued under the lock, so a second opener that finds it here and
+            // waits with `sync` waits for it too: no write through either open can reach the
+            // drive before the mark is durable.
+            let mut marks = self.unsynced.lock();
+            match marks.get(&ino) {
+                Some(true) => return Ok(()),
+                Some(false) if !wait => return Ok(()),
+                Some(false) => {}
+                None => {
+                    j.mark_unsynced_soon(ino)?;
+                    marks.insert(ino, false);
+                }
+            }
         }
-        let marked = if wait {
-            j.mark_unsynced(ino)
-        } else {
-            j.mark_unsynced_soon(ino)
-        };
-        marked.inspect_err(|_| {
-            self.unsynced.lock().remove(&ino);
-        })?;
+        if wait {
+            j.sync().inspect_err(|_| {
+                self.unsynced.lock().remove(&ino);
+            })?;
+            self.unsynced.lock().insert(ino, true);
+        }
         Ok(())
     }
 

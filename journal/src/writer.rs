@@ -505,7 +505,11 @@ fn sync_drive(db: &Path) -> Result<bool> {
     #[cfg(target_os = "linux")]
     rustix::fs::syncfs(&f).map_err(|e| {
         Error::io(
-            format!("cannot make the drive of {} durable", db.display()),
+            format!(
+                "cannot flush the drive that holds {} (was it pulled?); nothing is lost: \
+                 the next mount or scan reads again the files that were open for writing",
+                db.display()
+            ),
             e.into(),
         )
     })?;

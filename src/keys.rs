@@ -57,25 +57,12 @@ fn machine_key_path(pocket_id: &str) -> Option<PathBuf> {
 }
 
 fn remember(pocket_id: &str, key: &Key) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let Some(path) = machine_key_path(pocket_id) else {
         return Ok(());
     };
-    let dir = path.parent().expect("has a parent");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(Zeroizing::new(hex::encode(key.as_bytes())).as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
+    let text = Zeroizing::new(hex::encode(key.as_bytes()));
+    platform::write_durably_private(&path, text.as_bytes())
+        .with_context(|| format!("cannot keep the pocket key in {}", path.display()))
 }
 
 /// Forgets this machine's copy of the pocket key. Returns whether there was one.

@@ -304,21 +304,14 @@ impl Pocket {
     }
 }
 
-/// Writes `bytes` to `path` durably: temp file, fsync, rename, fsync the folder.
+/// Writes `bytes` to `path` durably (see [`platform::write_durably`]).
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().context("a file path has a parent")?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    platform::write_durably(path, bytes).with_context(|| {
+        format!(
+            "cannot write {}; check that the drive is plugged in, writable and not full",
+            path.display()
+        )
+    })
 }
 
 /// A new random pocket id.

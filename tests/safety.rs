@@ -630,3 +630,87 @@ fn a_power_cut_after_an_overwrite_in_place_is_backed_up_as_the_drive_holds_it() 
         );
     }
 }
+
+/// Every small file backpocket keeps is written whole and durably: after a power cut right
+/// after the command that wrote it returned, each one holds what that command wrote. The
+/// pocket's config (its destinations), a destination's state (the newest segment hash: the
+/// rollback detection), the machine's copy of the pocket key, and the service unit that
+/// plugging in runs.
+#[test]
+fn every_state_file_survives_a_power_cut() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut drive, b) = backed_on_xfs(tmp.path());
+    let home = drive.dir.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let config_home = home.join(".config");
+    let env = [
+        ("HOME", home.to_str().unwrap().to_owned()),
+        ("XDG_CONFIG_HOME", config_home.to_str().unwrap().to_owned()),
+    ];
+    let pocket = b.pocket.p().to_owned();
+    let vault = tmp.path().join("vault");
+    fs::write(b.pocket.root.join("work.txt"), b"to back up").unwrap();
+    let meta = b.pocket.root.join(".backpocket");
+    let keys = config_home.join("backpocket/keys");
+    let steps: [(&[&str], PathBuf); 4] = [
+        (
+            &[
+                "dest",
+                "add",
+                "v",
+                vault.to_str().unwrap(),
+                "--pocket",
+                &pocket,
+                "--passphrase-file",
+                b.pf(),
+            ],
+            meta.join("config.toml"),
+        ),
+        (
+            &["sync", "--pocket", &pocket, "--passphrase-file", b.pf()],
+            meta.join("dest/v.json"),
+        ),
+        (
+            &[
+                "key",
+                "remember",
+                "--pocket",
+                &pocket,
+                "--passphrase-file",
+                b.pf(),
+            ],
+            keys.clone(),
+        ),
+        (
+            &["service", "install", "--mountpoint", "/nonexistent/Pocket"],
+            config_home.join("systemd/user/backpocket.service"),
+        ),
+    ];
+    for (args, kept) in steps {
+        let out = run_env(args, None, &env);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        // The key file is named by the pocket's id.
+        let kept = if kept == keys {
+            fs::read_dir(&keys).unwrap().next().unwrap().unwrap().path()
+        } else {
+            kept
+        };
+        let before = fs::read(&kept).unwrap();
+        drive.shutdown();
+        drive.umount();
+        drive.mount();
+        let after = fs::read(&kept).unwrap_or_else(|e| {
+            panic!(
+                "{} was lost in a power cut after {args:?}: {e}",
+                kept.display()
+            )
+        });
+        assert!(
+            after == before,
+            "{} after a power cut holds {:?}, not what {args:?} wrote",
+            kept.display(),
+            String::from_utf8_lossy(&after)
+        );
+    }
+}

@@ -8,7 +8,6 @@
 //! so that its stop (`service detach`) runs when the drive goes. Every file written carries
 //! a marker line; removal touches only files that carry it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -222,22 +221,8 @@ pub fn remove_files(root: &Path, system: bool) -> Result<Vec<Removal>> {
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let fail = |e| Error::io(format!("cannot write {}", path.display()), e);
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-    f.write_all(bytes).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(fail)
+    crate::write_durably(path, bytes)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
 /// Runs a command: `Ok(false)` when the tool is not installed, `Err` saying what it said

@@ -47,20 +47,10 @@ impl DestState {
 
     /// Saves atomically and durably.
     pub fn save(&self, meta_dir: &Path, name: &str) -> Result<()> {
-        let d = dir(meta_dir);
-        std::fs::create_dir_all(&d)
-            .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
         let p = path(meta_dir, name);
-        let tmp = p.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Format(e.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &p)
-        };
-        write().map_err(|e| Error::io(format!("cannot save {}", p.display()), e))
+        platform::write_durably(&p, &bytes)
+            .map_err(|e| Error::io(format!("cannot save {}", p.display()), e))
     }
 
     pub fn remove(meta_dir: &Path, name: &str) {

@@ -650,18 +650,7 @@ fn identity(p: &Path) -> Result<(u64, u64)> {
 /// Makes a folder's entries durable (a rename into it, a new file). Windows has no fsync of
 /// a folder: NTFS journals its metadata.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        let f = std::fs::File::open(dir)
-            .map_err(|e| Error::io(format!("cannot open {}", dir.display()), e))?;
-        f.sync_all()
-            .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
+    platform::sync_dir(dir).map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
 }
 
 fn throttle(bytes_per_sec: u64) -> ThrottleLayer {

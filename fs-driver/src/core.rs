@@ -131,6 +131,9 @@ struct WriteState {
     dirty: bool,
     /// Directories whose entry for this file is not yet known to be on the drive.
     unsynced_parents: Vec<Arc<Inode>>,
+    /// Handles open for writing now: with kernel passthrough their writes reach the drive
+    /// without the daemon seeing them.
+    writers: u32,
 }
 
 #[derive(Debug)]
@@ -654,7 +657,6 @@ impl PocketFs {
             }
         }
         let st = rustix::fs::fstat(&*inode_fd)?;
-        let meta = meta_of(&st);
         if attr.size.is_some() {
             // A new size is new contents.
             let mut w = inode.write.lock();
@@ -662,22 +664,20 @@ impl PocketFs {
             w.dirty = false;
             self.record(Change::Content {
                 file: inode.ino,
-                meta,
+                meta: meta_of(&st),
             });
-        } else if attr.mode.is_some()
-            || attr.uid.is_some()
-            || attr.gid.is_some()
-            || attr.mtime.is_some()
-        {
-            let mut w = inode.write.lock();
-            if w.recorded.is_some() {
-                // Open for writing: a write followed by a reset of mtime must not hide.
-                w.dirty = true;
+        } else {
+            // Even a change of access time alone moves ctime, which the scan compares.
+            self.record_attrs(&inode, &st);
+        }
+        if attr.mode.is_some() && !inode.is_symlink {
+            // chmod rewrites the mask entry of an extended ACL.
+            if let Err(e) = self.record_drive_xattr(&inode, c"system.posix_acl_access", false) {
+                warn!(
+                    "cannot read the ACL of inode {} after chmod: {e}; the next scan records it",
+                    inode.ino
+                );
             }
-            self.record(Change::SetAttr {
-                file: inode.ino,
-                meta,
-            });
         }
         Ok(st)
     }
@@ -747,6 +747,9 @@ impl PocketFs {
         self.give_to_caller(fd.as_fd(), parent, caller, mode)?;
         let st = rustix::fs::fstat(&fd)?;
         self.record(make_change(st.st_ino as u64, meta_of(&st)));
+        if FileType::from_raw_mode(st.st_mode as _) != FileType::Symlink {
+            self.record_inherited_xattrs(st.st_ino as u64, fd.as_fd());
+        }
         let entry = self.remember(&st, Some(fd), parent, &c)?;
         if let Ok(inode) = self.inode(entry.ino) {
             inode.write.lock().new_name_in(parent);
@@ -864,7 +867,12 @@ impl PocketFs {
         } else {
             Change::Unlink { parent, name, file }
         });
-        Ok((!dir && st.st_nlink > 1).then(|| self.nodeid_of(file)))
+        let lives_on = !dir && st.st_nlink > 1;
+        if lives_on {
+            // One link fewer, and a new ctime, under its other names.
+            self.record_attrs_of(file);
+        }
+        Ok(lives_on.then(|| self.nodeid_of(file)))
     }
 
     /// Renames; returns the kernel's inode numbers whose cached attributes are now stale.
@@ -913,11 +921,20 @@ impl PocketFs {
             inode.write.lock().new_name_in(&np);
             *inode.name.lock() = (np.nodeid, new_name.as_bytes().to_vec());
         }
-        if rflags.contains(RenameFlags::EXCHANGE) {
-            if let Some(other) =
-                target.and_then(|t| self.inode(self.nodeid_of(t.st_ino as u64)).ok())
+        // A rename gives the moved file a new ctime; a replaced file that lives on under
+        // other names loses a link.
+        self.record_attrs_of(file);
+        if let Some(t) = &target {
+            let other = t.st_ino as u64;
+            if rflags.contains(RenameFlags::EXCHANGE) {
+                if let Ok(o) = self.inode(self.nodeid_of(other)) {
+                    *o.name.lock() = (p.nodeid, name.as_bytes().to_vec());
+                }
+                self.record_attrs_of(other);
+            } else if t.st_nlink > 1
+                && FileType::from_raw_mode(t.st_mode as _) != FileType::Directory
             {
-                *other.name.lock() = (p.nodeid, name.as_bytes().to_vec());
+                self.record_attrs_of(other);
             }
         }
         Ok(stale)
@@ -946,12 +963,64 @@ impl PocketFs {
             name: new_name.as_bytes().to_vec(),
             file: inode.ino,
         });
+        self.record_attrs(&inode, &st);
         inode.write.lock().new_name_in(&np);
         inode.lookups.fetch_add(1, Ordering::Relaxed);
         Ok(Entry {
             ino: nodeid,
             stat: st,
         })
+    }
+
+    /// Records the attributes the drive holds for `inode` after an operation that changed
+    /// them, as asked or as a side effect (ctime on link and rename, the mode on an ACL
+    /// write, set-ID bits on chown). Contents that may have changed since their last record
+    /// (open for writing, or written through the daemon) go as a content record, which carries
+    /// the same attributes: an attributes record would let the catalog take the new size and
+    /// times while no drain reads the bytes behind them.
+    fn record_attrs(&self, inode: &Inode, st: &Stat) {
+        let meta = meta_of(st);
+        let mut w = inode.write.lock();
+        let snap = Snap::of(st);
+        let content = meta.kind == Kind::File
+            && (w.writers > 0 || w.dirty || w.recorded.is_some_and(|r| r != snap));
+        if content {
+            w.dirty = false;
+            w.recorded = Some(snap);
+            let open_for_writing = w.writers > 0;
+            drop(w);
+            self.record(Change::Content {
+                file: inode.ino,
+                meta,
+            });
+            if open_for_writing {
+                // A drain may read it now, while it stays open for writing (as for fsync).
+                if let Err(e) = self.mark_unsynced(inode.ino, false) {
+                    warn!("cannot mark inode {} unsynced: {e}", inode.ino);
+                }
+            }
+        } else {
+            self.record(Change::SetAttr {
+                file: inode.ino,
+                meta,
+            });
+        }
+    }
+
+    /// [`Self::record_attrs`] for a file known by its backing inode number, when the kernel
+    /// still knows it (it does for whatever an operation just named). One it has forgotten
+    /// keeps its old record; the next scan sees its ctime moved and records it.
+    fn record_attrs_of(&self, file: u64) {
+        let Ok(inode) = self.inode(self.nodeid_of(file)) else {
+            return;
+        };
+        match self
+            .path_fd(&inode)
+            .and_then(|fd| Ok(rustix::fs::fstat(&*fd)?))
+        {
+            Ok(st) => self.record_attrs(&inode, &st),
+            Err(e) => debug!("cannot stat inode {file} after a change: {e}"),
+        }
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
@@ -1027,8 +1096,12 @@ impl PocketFs {
             }
         }
         let fd = self.reopen(&inode, oflags)?;
-        if oflags.contains(OFlags::TRUNC) && writable {
-            inode.write.lock().dirty = true;
+        if writable {
+            let mut w = inode.write.lock();
+            w.writers += 1;
+            if oflags.contains(OFlags::TRUNC) {
+                w.dirty = true;
+            }
         }
         Ok(self.add_handle(Handle::File(Arc::new(OpenFile {
             inode,
@@ -1067,6 +1140,7 @@ impl PocketFs {
             file: st.st_ino as u64,
             meta: meta_of(&st),
         });
+        self.record_inherited_xattrs(st.st_ino as u64, fd.as_fd());
         let entry = self.remember(&st, None, &p, &c)?;
         let inode = self.inode(entry.ino)?;
         {
@@ -1074,6 +1148,9 @@ impl PocketFs {
             w.new_name_in(&p);
             if w.recorded.is_none() {
                 w.recorded = Some(Snap::of(&st));
+            }
+            if writable {
+                w.writers += 1;
             }
         }
         let fh = self.add_handle(Handle::File(Arc::new(OpenFile {
@@ -1138,6 +1215,10 @@ impl PocketFs {
             None => return Err(FsError::BadHandle(fh)),
         };
         if h.writable {
+            {
+                let mut w = h.inode.write.lock();
+                w.writers = w.writers.saturating_sub(1);
+            }
             match rustix::fs::fstat(&h.file) {
                 Ok(st) => {
                     self.note_content(&h.inode, &st);
@@ -1279,12 +1360,21 @@ impl PocketFs {
             value,
             rustix::fs::XattrFlags::from_bits_retain(flags as _),
         )?;
-        self.record(Change::SetXattr {
-            file: inode.ino,
-            name: name.as_bytes().to_vec(),
-            value: value.to_vec(),
-        });
-        Ok(())
+        // The kernel interprets the system.* names: an ACL equal to the mode is not stored at
+        // all, and writing one changes the mode. Those are read back as the drive keeps them.
+        let read_back = name.as_bytes().starts_with(b"system.")
+            && self
+                .record_drive_xattr(&inode, &c, true)
+                .inspect_err(|e| warn!("cannot read back {name:?} of inode {}: {e}", inode.ino))
+                .is_ok();
+        if !read_back {
+            self.record(Change::SetXattr {
+                file: inode.ino,
+                name: name.as_bytes().to_vec(),
+                value: value.to_vec(),
+            });
+        }
+        self.record_attrs_after_xattr(&inode)
     }
 
     /// The value, into a buffer of `size` bytes (ERANGE when too small).
@@ -1335,6 +1425,69 @@ impl PocketFs {
             file: inode.ino,
             name: name.as_bytes().to_vec(),
         });
+        self.record_attrs_after_xattr(&inode)
+    }
+
+    fn record_attrs_after_xattr(&self, inode: &Inode) -> FsResult<()> {
+        let fd = self.path_fd(inode)?;
+        let st = rustix::fs::fstat(&*fd)?;
+        self.record_attrs(inode, &st);
+        Ok(())
+    }
+
+    /// Records one xattr as the drive holds it now: its value, or its removal (`gone_too`:
+    /// also when it is absent, for a name just written that the kernel chose not to keep).
+    fn record_drive_xattr(&self, inode: &Inode, name: &CStr, gone_too: bool) -> FsResult<()> {
+        let (path, _fd) = self.xattr_path(inode, false)?;
+        match read_xattr(&path, name)? {
+            Some(value) => self.record(Change::SetXattr {
+                file: inode.ino,
+                name: name.to_bytes().to_vec(),
+                value,
+            }),
+            None if gone_too => self.record(Change::RemoveXattr {
+                file: inode.ino,
+                name: name.to_bytes().to_vec(),
+            }),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// A new entry gets xattrs from its folder without asking: the default ACL becomes its
+    /// access ACL (and a folder's default ACL), and security modules label it.
+    fn record_inherited_xattrs(&self, file: u64, fd: BorrowedFd<'_>) {
+        if self.journal.is_none() {
+            return;
+        }
+        if let Err(e) = self.try_record_inherited_xattrs(file, fd) {
+            warn!("cannot read the xattrs of new inode {file}: {e}; the next scan records them");
+        }
+    }
+
+    fn try_record_inherited_xattrs(&self, file: u64, fd: BorrowedFd<'_>) -> FsResult<()> {
+        let mut path = b"/proc/self/fd/".to_vec();
+        path.extend_from_slice(proc_name_b(fd).as_bytes());
+        let path = CString::new(path).expect("no NUL");
+        let mut names = vec![0u8; 256];
+        let n = loop {
+            match rustix::fs::listxattr(path.as_c_str(), &mut names[..]) {
+                Ok(n) => break n,
+                Err(Errno::RANGE) => names.resize(names.len() * 4, 0),
+                Err(Errno::NOTSUP) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            let cname = CString::new(name).expect("split at NUL");
+            if let Some(value) = read_xattr(&path, &cname)? {
+                self.record(Change::SetXattr {
+                    file,
+                    name: name.to_vec(),
+                    value,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -1449,6 +1602,22 @@ impl PocketFs {
     /// How many files are open, for `eject` and the unmount path.
     pub fn open_files(&self) -> usize {
         self.handles.read().len()
+    }
+}
+
+/// One xattr's value, None when the file has no such name.
+fn read_xattr(path: &CStr, name: &CStr) -> FsResult<Option<Vec<u8>>> {
+    let mut value = vec![0u8; 256];
+    loop {
+        match rustix::fs::getxattr(path, name, &mut value[..]) {
+            Ok(n) => {
+                value.truncate(n);
+                return Ok(Some(value));
+            }
+            Err(Errno::RANGE) => value.resize(value.len() * 4, 0),
+            Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -41,61 +41,12 @@ use std::time::{Duration, Instant};
 use common::backed::Backed;
 use common::drive::Drive;
 use common::servers::{kill_ssh_masters, ssh_client, Office, Sshd};
-use common::{exact_tree, is_root, run, Mounted, Pocket};
+use common::{exact_tree, is_root, minimal_acl, run, Mounted, Pocket, Rng};
 
 const WRITERS: usize = 2;
 /// How long the writers work in each round.
 const WRITE_PHASE: Duration = Duration::from_secs(4);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
-
-// ---------------------------------------------------------------- randomness
-
-/// splitmix64: small, seedable, good enough to pick operations.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> Option<&'a T> {
-        if xs.is_empty() {
-            None
-        } else {
-            Some(&xs[self.below(xs.len() as u64) as usize])
-        }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n + 8);
-        while out.len() < n {
-            out.extend_from_slice(&self.next().to_le_bytes());
-        }
-        out.truncate(n);
-        out
-    }
-    /// Mostly small, sometimes a hundred KiB, rarely a few MiB: the sizes of real work.
-    fn size(&mut self) -> usize {
-        match self.below(100) {
-            0..=79 => self.below(8 << 10) as usize,
-            80..=98 => self.below(128 << 10) as usize,
-            _ => self.below(3 << 20) as usize,
-        }
-    }
-}
 
 // ---------------------------------------------------------------- the model
 
@@ -666,11 +617,30 @@ impl Writer<'_> {
                 };
                 let mode = *self.rng.pick(modes).unwrap();
                 let paths = vec![p.clone()];
-                io!(
-                    "chmod",
-                    paths,
-                    std::fs::set_permissions(self.abs(&p), std::fs::Permissions::from_mode(mode))
-                );
+                if self.rng.chance(0.4) {
+                    // What cp -a and rsync -A do: the mode given by an ACL that says no more
+                    // than the mode (the kernel sets the mode and stores no ACL).
+                    io!(
+                        "write an ACL",
+                        paths,
+                        rustix::fs::setxattr(
+                            self.abs(&p).as_path(),
+                            "system.posix_acl_access",
+                            &minimal_acl(mode),
+                            rustix::fs::XattrFlags::empty()
+                        )
+                        .map_err(std::io::Error::from)
+                    );
+                } else {
+                    io!(
+                        "chmod",
+                        paths,
+                        std::fs::set_permissions(
+                            self.abs(&p),
+                            std::fs::Permissions::from_mode(mode)
+                        )
+                    );
+                }
                 match self
                     .model
                     .paths
@@ -1505,10 +1475,17 @@ fn args() -> Args {
     let mut a = Args {
         rounds: None,
         minutes: None,
-        seed: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
+        // The whole test suite runs in one `cargo test`, which cannot pass arguments to one
+        // test program: CI fixes the short profile's seed through the environment.
+        seed: std::env::var("BACKPOCKET_ENDURANCE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+            }),
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {

@@ -29,27 +29,6 @@ use common::*;
 /// The other user of these tests: writes to set-ID files, owns what chown gives away.
 const OTHER: u32 = 4242;
 
-/// splitmix64: small, and the same sequence everywhere for a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        (!items.is_empty()).then(|| &items[self.below(items.len())])
-    }
-}
-
 fn seed() -> u64 {
     std::env::var("BACKPOCKET_SEED")
         .ok()
@@ -71,22 +50,6 @@ fn sh(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A POSIX ACL as the kernel stores it in `system.posix_acl_access`: the three entries that
-/// say no more than the mode (what `cp -a` writes for every file it copies).
-fn minimal_acl(mode: u32) -> Vec<u8> {
-    let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm) in [
-        (0x01u16, (mode >> 6) & 7),
-        (0x04, (mode >> 3) & 7),
-        (0x20, mode & 7),
-    ] {
-        v.extend_from_slice(&tag.to_le_bytes());
-        v.extend_from_slice(&(perm as u16).to_le_bytes());
-        v.extend_from_slice(&u32::MAX.to_le_bytes());
-    }
-    v
 }
 
 /// A source tree outside the mount with what copying tools carry over: modes, set-ID bits,
@@ -344,21 +307,24 @@ impl World<'_> {
         match (op, file) {
             (0..=2, _) => {
                 let p = dir.join(self.fresh("f"));
-                let len = self.rng.below(40_000);
+                let len = self.rng.below(40_000) as usize;
                 fs::write(&p, pseudo_random(len, self.rng.next())).unwrap();
                 self.say(format!("write {}", p.display()));
             }
             (3, Some(f)) => {
                 let mut h = fs::OpenOptions::new().write(true).open(&f).unwrap();
                 let len = h.metadata().unwrap().len();
-                let at = self.rng.below(len as usize + 1) as u64;
+                let at = self.rng.below(len + 1);
                 h.seek(std::io::SeekFrom::Start(at)).unwrap();
-                h.write_all(&pseudo_random(1 + self.rng.below(5000), self.rng.next()))
-                    .unwrap();
+                h.write_all(&pseudo_random(
+                    1 + self.rng.below(5000) as usize,
+                    self.rng.next(),
+                ))
+                .unwrap();
                 self.say(format!("overwrite {} at {at}", f.display()));
             }
             (4, Some(f)) => {
-                let len = self.rng.below(20_000) as u64;
+                let len = self.rng.below(20_000);
                 fs::OpenOptions::new()
                     .write(true)
                     .open(&f)
@@ -369,7 +335,7 @@ impl World<'_> {
             }
             (5, Some(f)) => {
                 let h = fs::OpenOptions::new().write(true).open(&f).unwrap();
-                let len = 1 + self.rng.below(100_000) as u64;
+                let len = 1 + self.rng.below(100_000);
                 rustix::fs::fallocate(&h, rustix::fs::FallocateFlags::empty(), 0, len).unwrap();
                 self.say(format!("fallocate {} to {len}", f.display()));
             }
@@ -474,7 +440,7 @@ impl World<'_> {
             (15, _) => {
                 let target = self.target(&dirs, &files);
                 if self.rng.below(2) == 0 {
-                    let v = pseudo_random(1 + self.rng.below(100), self.rng.next());
+                    let v = pseudo_random(1 + self.rng.below(100) as usize, self.rng.next());
                     rustix::fs::lsetxattr(
                         target.as_path(),
                         "user.note",

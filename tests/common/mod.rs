@@ -482,6 +482,70 @@ pub fn exact_tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
     out
 }
 
+/// splitmix64: small, seedable, good enough to pick operations.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> Option<&'a T> {
+        if xs.is_empty() {
+            None
+        } else {
+            Some(&xs[self.below(xs.len() as u64) as usize])
+        }
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+    /// Mostly small, sometimes a hundred KiB, rarely a few MiB: the sizes of real work.
+    pub fn size(&mut self) -> usize {
+        match self.below(100) {
+            0..=79 => self.below(8 << 10) as usize,
+            80..=98 => self.below(128 << 10) as usize,
+            _ => self.below(3 << 20) as usize,
+        }
+    }
+}
+
+/// A POSIX ACL as the kernel stores it in `system.posix_acl_access`, with only the three
+/// entries a mode has: what `cp -a` and `rsync -A` write for every file they copy. The kernel
+/// sets the mode from it and stores no ACL.
+pub fn minimal_acl(mode: u32) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [
+        (0x01u16, (mode >> 6) & 7),
+        (0x04, (mode >> 3) & 7),
+        (0x20, mode & 7),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&(perm as u16).to_le_bytes());
+        v.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    v
+}
+
 /// A file's data runs (SEEK_DATA/SEEK_HOLE), to compare hole maps.
 pub fn data_runs(p: &Path, size: u64) -> Vec<(u64, u64)> {
     use rustix::fs::{seek, SeekFrom};

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::exit::{ExitCode, Failure};
 use crate::keys::{self, KeyArgs};
 use crate::pocket::{Config, DestConfig, Pocket};
+use crate::remote::CredentialArgs;
 use crate::report::{bytes, rfc3339};
 
 /// Shows a progress bar for `progress` while `f` runs, when a person is watching.
@@ -83,19 +84,6 @@ pub struct RemoteArgs {
     pub warn_after: Option<String>,
     #[command(flatten)]
     pub creds: CredentialArgs,
-}
-
-/// Where a destination's credentials come from.
-#[derive(clap::Args, Debug, Default)]
-pub struct CredentialArgs {
-    /// S3: read the keys from this profile of ~/.aws/credentials (else from
-    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// SFTP: carry this private key in the pocket, sealed with the pocket key (else ssh
-    /// uses the agent and the keys of ~/.ssh as usual).
-    #[arg(long, value_name = "KEY_FILE")]
-    pub identity: Option<PathBuf>,
 }
 
 /// `dest add`.

@@ -415,7 +415,7 @@ fn release_drive(pocket: &Path) -> DriveOutcome {
     };
     match result {
         Ok(()) => {
-            crate::service::forget_attached(&fs.mountpoint);
+            platform::service::forget_attached(&fs.mountpoint);
             DriveOutcome::Released(fs.mountpoint.clone())
         }
         Err(e) => DriveOutcome::Failed(format!("{}: {e}", fs.mountpoint.display())),

@@ -271,7 +271,7 @@ enum DestCommand {
     Credentials {
         name: String,
         #[command(flatten)]
-        creds: backup::CredentialArgs,
+        creds: remote::CredentialArgs,
         #[command(flatten)]
         pocket: PocketArg,
     },

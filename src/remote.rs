@@ -1,17 +1,29 @@
 //! Remote destinations from the command line: where their credentials come from, and
 //! `dest test`, which walks through reaching one step by step and says what failed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use replicator::{Secrets, Store, Target, Vault};
 use serde_json::json;
 
-use crate::backup::CredentialArgs;
 use crate::exit::{ExitCode, Failure};
 use crate::keys::{self, KeyArgs};
 use crate::pocket::{DestConfig, Pocket};
+
+/// Where a destination's credentials come from.
+#[derive(clap::Args, Debug, Default)]
+pub struct CredentialArgs {
+    /// S3: read the keys from this profile of ~/.aws/credentials (else from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// SFTP: carry this private key in the pocket, sealed with the pocket key (else ssh
+    /// uses the agent and the keys of ~/.ssh as usual).
+    #[arg(long, value_name = "KEY_FILE")]
+    pub identity: Option<PathBuf>,
+}
 
 /// The credentials `dest add` and `dest credentials` seal into the pocket.
 pub fn gather_credentials(target: &Target, args: &CredentialArgs) -> Result<Secrets> {

@@ -386,7 +386,7 @@ pub fn detach(dev: &Path) -> Result<()> {
             }
         }
         svc::release_drive(&fs.mountpoint)?;
-        forget_attached(&fs.mountpoint);
+        svc::forget_attached(&fs.mountpoint);
         println!(
             "unmounted {} from {}",
             dev.display(),
@@ -394,11 +394,4 @@ pub fn detach(dev: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Removes the folder `service attach` made for a drive, once the drive is unmounted.
-pub fn forget_attached(mountpoint: &Path) {
-    if mountpoint.starts_with(ATTACH_DIR) && mountpoint != Path::new(ATTACH_DIR) {
-        let _ = std::fs::remove_dir(mountpoint);
-    }
 }

@@ -20,6 +20,13 @@ const RULE: &str = "90-backpocket.rules";
 /// Where `service attach` mounts drives.
 pub const ATTACH_DIR: &str = "/media/backpocket";
 
+/// Removes the folder `service attach` made for a drive, once the drive is unmounted.
+pub fn forget_attached(mountpoint: &Path) {
+    if mountpoint.starts_with(ATTACH_DIR) && mountpoint != Path::new(ATTACH_DIR) {
+        let _ = std::fs::remove_dir(mountpoint);
+    }
+}
+
 /// Where drives are mounted when plugged in (udisks, `service attach`, by hand): the watcher
 /// looks for pockets there, and eject lets go of a drive there, never of a system disk.
 pub const REMOVABLE_PLACES: [&str; 3] = ["/media/", "/run/media/", "/mnt/"];

@@ -2,7 +2,9 @@
 //! log). Formats are described in `docs/vault-format.md`.
 
 mod access;
+mod config;
 pub mod crypto;
+mod dest;
 mod drain;
 mod error;
 mod faults;
@@ -20,12 +22,15 @@ mod service;
 mod source;
 mod state;
 mod store;
+mod sync;
 mod tree;
 mod vault;
 mod verify;
 
 pub use access::{parse_bandwidth, seal_secrets, Access, Secrets};
+pub use config::{DestSpec, Mode, Setup};
 pub use crypto::{KdfParams, Key};
+pub use dest::{is_unreachable, runtime};
 pub use drain::{DrainReport, Progress};
 pub use error::{Error, Result};
 #[cfg(unix)]
@@ -34,11 +39,9 @@ pub use policy::Policy;
 pub use repair::{repair, RepairReport};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use retention::{forget, prune, ForgetReport, KeepPolicy, PruneReport};
-pub use service::{
-    is_unreachable, runtime, sync, DestSpec, Mode, Reload, Replicator, Setup, SyncOutcome,
-    SyncReport,
-};
+pub use service::{Reload, Replicator};
 pub use state::{DestLock, DestState, Live};
 pub use store::{local_path, Store, Target};
+pub use sync::{sync, SyncOutcome, SyncReport};
 pub use vault::{Head, Point, Vault};
 pub use verify::{verify, Damage, VerifyReport};

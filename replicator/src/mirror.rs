@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use crate::config::DestSpec;
 use crate::drain::{refresh_metadata, DrainReport, Progress, Source};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -25,7 +26,6 @@ use crate::format::{
     KIND_SYMLINK,
 };
 use crate::restore::{make_special, prepare_target, set_meta, RestoreReport, NOT_ROOT};
-use crate::service::DestSpec;
 use crate::store::{sync_dir, Store};
 use crate::tree::Tree;
 use crate::vault::now_ns;

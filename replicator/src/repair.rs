@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use crate::config::{DestSpec, Setup};
+use crate::dest::{runtime, DestDrain};
 use crate::drain::{Progress, Source};
 use crate::error::{Error, Result};
-use crate::service::{runtime, DestDrain, DestSpec, Setup};
 use crate::vault::Vault;
 use crate::verify::VerifyReport;
 

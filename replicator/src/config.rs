@@ -1,0 +1,44 @@
+//! What the replicator is told about the pocket and its destinations: plain configuration
+//! types, read by every other part and depending on none of them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::access::Access;
+use crate::crypto::Key;
+
+/// How a destination stores the pocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Encrypted, deduplicated, versioned.
+    Vault,
+    /// A plain copy of the tree, readable without backpocket.
+    Mirror,
+}
+
+/// A configured destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestSpec {
+    pub name: String,
+    pub url: String,
+    pub mode: Mode,
+    /// Mirror: how long replaced and deleted files stay in `.backpocket-versions/`.
+    pub keep_versions: Duration,
+    /// Endpoint, limits and sealed credentials.
+    pub access: Access,
+    /// `--when` conditions (checked by [`crate::Policy::parse`] when the destination is added).
+    pub when: Vec<String>,
+}
+
+/// Everything the replicator needs to know about the pocket.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub pocket: PathBuf,
+    pub meta_dir: PathBuf,
+    pub journal: PathBuf,
+    pub pocket_id: String,
+    /// The pocket key, when this machine has it; vaults wait for it otherwise.
+    pub key: Option<Key>,
+    pub dests: Vec<DestSpec>,
+}

@@ -1,0 +1,152 @@
+//! One destination opened for draining, whatever its mode: the dispatch between a vault and a
+//! mirror, the check that the destination is ours and has not gone back in time, whether an
+//! error means "unreachable", and the runtime transfers run on.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::runtime::{Handle, Runtime};
+
+use crate::access::{open_secrets, Secrets};
+use crate::config::{DestSpec, Mode, Setup};
+use crate::crypto::Key;
+use crate::drain::{DrainReport, Source, VaultDrain};
+use crate::error::{Error, Result};
+#[cfg(unix)]
+use crate::mirror::MirrorDrain;
+use crate::state::DestState;
+use crate::store::Store;
+use crate::vault::Vault;
+
+impl DestSpec {
+    /// The destination's storage, its credentials opened with the pocket key.
+    pub fn store(&self, key: Option<&Key>, rt: Handle, create: bool) -> Result<Store> {
+        let secrets = match &self.access.sealed_secrets {
+            Some(sealed) => {
+                let key = key.ok_or(Error::NeedPassphrase)?;
+                open_secrets(key, &self.name, sealed)?
+            }
+            None => Secrets::default(),
+        };
+        Store::connect(&self.url, &self.access, &secrets, rt, create)
+    }
+}
+
+/// A destination opened for draining.
+#[derive(Debug)]
+pub enum DestDrain {
+    Vault(Box<VaultDrain>),
+    #[cfg(unix)]
+    Mirror(Box<MirrorDrain>),
+}
+
+impl DestDrain {
+    /// Opens the destination (it must be reachable), checking that it is ours and has not gone
+    /// back in time.
+    pub fn open(
+        spec: &DestSpec,
+        setup: &Setup,
+        rt: Handle,
+        pause: Arc<AtomicBool>,
+    ) -> Result<DestDrain> {
+        let store = spec.store(setup.key.as_ref(), rt, false)?.with_pause(pause);
+        store.remove_leftovers();
+        match spec.mode {
+            Mode::Vault => {
+                let key = setup.key.as_ref().ok_or(Error::NeedPassphrase)?;
+                let vault = Vault::open(store, key)?.with_cache(&setup.meta_dir.join("cache"));
+                if vault.config.pocket_id != setup.pocket_id {
+                    return Err(Error::OtherPocket(vault.config.pocket_id.clone()));
+                }
+                let st = DestState::load(&setup.meta_dir, &spec.name);
+                if st.vault_id.as_deref() == Some(vault.config.id.as_str()) {
+                    if let (Some(gen), Some(hash)) = (st.head_gen, &st.head_hash) {
+                        let head = vault.head()?;
+                        let found = head.as_ref().map(|h| (h.gen, hex::encode(h.hash)));
+                        let ok = match &found {
+                            Some((g, _)) if *g > gen => true,
+                            Some((g, h)) => *g == gen && h == hash,
+                            None => false,
+                        };
+                        if !ok {
+                            return Err(Error::RolledBack {
+                                found: found.map_or("an empty log".into(), |(g, _)| {
+                                    format!("log object {g}")
+                                }),
+                                expected: format!("log object {gen}"),
+                            });
+                        }
+                    }
+                }
+                // The pocket's config travels in the vault, so a new drive can be made from it.
+                let config = setup.meta_dir.join("config.toml");
+                Ok(DestDrain::Vault(Box::new(VaultDrain::new(vault, config))))
+            }
+            // A mirror keeps owners, modes, xattrs and special files as the pocket has them.
+            #[cfg(not(unix))]
+            Mode::Mirror => Err(Error::Format(format!(
+                "{}: mirror destinations are not available on this system yet; use a vault",
+                spec.name
+            ))),
+            #[cfg(unix)]
+            Mode::Mirror => Ok(DestDrain::Mirror(Box::new(MirrorDrain::open(
+                store,
+                spec,
+                &setup.pocket_id,
+            )?))),
+        }
+    }
+
+    /// The vault's drain; None for a mirror (repair is for vaults).
+    pub(crate) fn into_vault(self) -> Option<Box<VaultDrain>> {
+        match self {
+            DestDrain::Vault(v) => Some(v),
+            #[cfg(unix)]
+            DestDrain::Mirror(_) => None,
+        }
+    }
+
+    pub fn drain_once(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
+        match self {
+            DestDrain::Vault(v) => v.drain_once(src),
+            #[cfg(unix)]
+            DestDrain::Mirror(m) => m.drain_once(src),
+        }
+    }
+
+    /// Records the destination's newest log object in the pocket's state.
+    // Irrefutable where mirrors are not built (Windows).
+    #[allow(irrefutable_let_patterns)]
+    pub(crate) fn note_head(&self, st: &mut DestState) {
+        if let DestDrain::Vault(v) = self {
+            if let Some(h) = v.head() {
+                st.vault_id = Some(v.vault.config.id.clone());
+                st.head_gen = Some(h.gen);
+                st.head_hash = Some(hex::encode(h.hash));
+            }
+        }
+    }
+}
+
+/// Whether an error means "not reachable now" rather than "reached, and it failed".
+pub fn is_unreachable(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        Error::Store { source, .. } => {
+            source.is_temporary()
+                || source.kind() == opendal::ErrorKind::NotFound
+                || crate::error::network_failure(&crate::error::chain(source)).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// A tokio runtime for transfers.
+pub fn runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("replicator-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the replicator's runtime", e))
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine (run as root): FUSE, xfs tools
-# for the power-cut tests, attr, the `tests` user pjdfstest wants, and pjdfstest itself;
+# for the power-cut tests, attr, acl and rsync (the journal's truth test), the `tests` user
+# pjdfstest wants, and pjdfstest itself;
 # OpenSSH and Garage (an S3 server) for the remote-destination tests; cargo-deb for the package
 # check; mingw-w64, wine and the Windows target for the Windows cross-check.
 set -euo pipefail
@@ -10,6 +11,9 @@ command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v xfs_io >/dev/null || need+=(xfsprogs)
 command -v setfattr >/dev/null || need+=(attr)
+# The journal's truth test writes ACLs and copies trees with the tools users copy with.
+command -v setfacl >/dev/null || need+=(acl)
+command -v rsync >/dev/null || need+=(rsync)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 # The backup tests mount tmpfs and bind mounts as destinations that fill up and get unplugged.

@@ -15,7 +15,9 @@ fi
 PATH="$HOME/.cargo/bin:$PATH"
 command -v pjdfstest >/dev/null || { echo "pjdfstest is not installed (scripts/install-test-deps.sh)"; exit 1; }
 
-cargo build --quiet --locked
+# The binary of the build the tests made (tests/run.sh), with the same command, so that
+# nothing is compiled again.
+cargo test --workspace --locked --features fault-injection --no-run --quiet
 bin="$PWD/target/debug/backpocket"
 conf="$PWD/tests/pjdfstest/linux.toml"
 work=$(mktemp -d /var/tmp/bp-pjdfstest.XXXXXX)

@@ -1,0 +1,276 @@
+//! `dest add`, `dest credentials`, `dest list`, `dest remove`: the pocket's destinations, and
+//! what the replicator is told of them.
+
+use anyhow::{anyhow, bail, Context, Result};
+use replicator::{Mode, Vault};
+use serde_json::json;
+
+use crate::exit::{ExitCode, Failure};
+use crate::keys::{self, KeyArgs};
+use crate::pocket::{Config, DestConfig, Pocket};
+use crate::remote::CredentialArgs;
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !name.starts_with('.')
+}
+
+/// How to reach a remote destination and when to use it (`dest add`).
+#[derive(clap::Args, Debug, Default)]
+pub struct RemoteArgs {
+    /// When to back up there (comma-separated or repeated; all must hold): always, reachable,
+    /// network=CIDR[|CIDR...], gateway=MAC, host=NAME:PORT, not-metered,
+    /// schedule='Mon-Fri 09:00-18:00'.
+    #[arg(long = "when", value_name = "CONDITION")]
+    pub when: Vec<String>,
+    /// S3: the service's address, such as https://s3.office.lan.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// S3: the region requests are signed for (default us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3: address buckets as bucket.host instead of host/bucket.
+    #[arg(long)]
+    pub virtual_host_style: bool,
+    /// Transfers in flight at once (default 4 for a server, 2 for a folder).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: Option<u16>,
+    /// Upload bandwidth cap, such as 5MiB/s or 800k.
+    #[arg(long, value_name = "RATE")]
+    pub bandwidth_limit: Option<String>,
+    /// Warn once changes have waited this long for this destination, such as 12h or 7d
+    /// (default: `[warnings] unprotected_after` of the config, 3d).
+    #[arg(long, value_name = "DURATION", value_parser = crate::warn::parse_duration_arg)]
+    pub warn_after: Option<String>,
+    #[command(flatten)]
+    pub creds: CredentialArgs,
+}
+
+/// `dest add`.
+pub fn dest_add(
+    p: &Pocket,
+    name: &str,
+    url: &str,
+    mode: Mode,
+    keep_days: u64,
+    remote: &RemoteArgs,
+    args: &KeyArgs,
+) -> Result<()> {
+    if !valid_name(name) {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            anyhow!(
+                "{name:?} is not a usable destination name: use letters, digits, '-', '_' and '.'"
+            ),
+        )
+        .into());
+    }
+    let usage = |e: anyhow::Error| -> anyhow::Error { Failure::new(ExitCode::Usage, e).into() };
+    let mut config = p.config()?;
+    if config.destination(name).is_some() {
+        bail!("a destination named {name} exists already (`backpocket dest remove {name}` first)");
+    }
+    replicator::Policy::parse(&remote.when).map_err(|e| usage(e.into()))?;
+    if let Some(b) = &remote.bandwidth_limit {
+        replicator::parse_bandwidth(b).map_err(|e| usage(e.into()))?;
+    }
+    let target = replicator::Target::parse(url).map_err(|e| usage(e.into()))?;
+    let url = match &target {
+        replicator::Target::Local(path) => {
+            let path = std::path::absolute(path)?;
+            if path.starts_with(&p.root) || p.root.starts_with(&path) {
+                bail!(
+                    "{} is inside the pocket (or holds it); a backup must live somewhere else",
+                    path.display()
+                );
+            }
+            path.to_string_lossy().into_owned()
+        }
+        _ => {
+            if mode == Mode::Mirror {
+                return Err(usage(anyhow!("a mirror needs a local folder (it keeps owners, links and special files as they are); SFTP and S3 destinations are vaults: drop --mode mirror")));
+            }
+            url.to_owned()
+        }
+    };
+    let mut dest = DestConfig {
+        name: name.to_owned(),
+        url: url.clone(),
+        mode,
+        keep_versions_days: keep_days,
+        when: remote.when.clone(),
+        endpoint: remote.endpoint.clone(),
+        region: remote.region.clone(),
+        virtual_host_style: remote.virtual_host_style,
+        connections: remote.connections.map(usize::from),
+        bandwidth_limit: remote.bandwidth_limit.clone(),
+        credentials: None,
+        warn_after: remote.warn_after.clone(),
+    };
+    let key = match mode {
+        Mode::Vault => Some(keys::pocket_key_or_new(p, &mut config, args)?),
+        Mode::Mirror => None,
+    };
+    if !target.is_local() {
+        let secrets = crate::remote::gather_credentials(&target, &remote.creds)?;
+        if !secrets.is_empty() {
+            let key = key.as_ref().expect("remote destinations are vaults");
+            dest.credentials = Some(replicator::seal_secrets(key, name, &secrets)?);
+        }
+    }
+    let rt = replicator::runtime()?;
+    let store = dest
+        .spec()
+        .store(key.as_ref(), rt.handle().clone(), true)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| {
+            if target.is_local() {
+                Ok(s)
+            } else {
+                // Reach it now: a typo in the host or a refused key is better found here.
+                crate::remote::probe(&s).map(|()| s)
+            }
+        })
+        .with_context(|| match &target {
+            replicator::Target::Local(_) => {
+                format!("cannot use {url} as a destination (its parent folder must exist)")
+            }
+            _ => format!("cannot use {url} as a destination; `backpocket dest test` explains step by step once it is added, or check the URL and credentials"),
+        })?;
+    match mode {
+        Mode::Vault => {
+            let key = key.expect("made above");
+            match Vault::read_config(&store) {
+                Ok(vc) if vc.pocket_id == config.id => {
+                    Vault::open(store, &key)?;
+                    println!("{url} already holds this pocket's vault; continuing it");
+                }
+                Ok(vc) => return Err(replicator::Error::OtherPocket(vc.pocket_id).into()),
+                Err(replicator::Error::NotAVault(_)) => {
+                    if !store.is_empty()? {
+                        bail!("{url} is not empty and is not a vault; give an empty or new folder");
+                    }
+                    let kdf = config.key.as_ref().expect("made above").kdf.clone();
+                    Vault::create(store, &config.id, kdf, &key)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Mode::Mirror => {
+            replicator::init_mirror(&store, &config.id)?;
+        }
+    }
+    rt.shutdown_background();
+    config.destinations.push(dest);
+    p.save_config(&config)?;
+    let mode_name = match mode {
+        Mode::Vault => "vault",
+        Mode::Mirror => "mirror",
+    };
+    println!("added destination {name}: {mode_name} at {url}");
+    if !remote.when.is_empty() {
+        println!("used only when: {}", remote.when.join(", "));
+    }
+    println!("it is backed up while the pocket is mounted, or now with `backpocket sync`");
+    Ok(())
+}
+
+/// `dest credentials`.
+pub fn dest_credentials(
+    p: &Pocket,
+    name: &str,
+    creds: &CredentialArgs,
+    args: &KeyArgs,
+) -> Result<()> {
+    let mut config = p.config()?;
+    let Some(d) = config.destination(name).cloned() else {
+        bail!("no destination named {name} (see `backpocket dest list`)");
+    };
+    let target = replicator::Target::parse(&d.url)?;
+    if target.is_local() {
+        bail!("{name} is a local folder; it needs no credentials");
+    }
+    let secrets = crate::remote::gather_credentials(&target, creds)?;
+    let key = keys::pocket_key_or_new(p, &mut config, args)?;
+    let sealed = if secrets.is_empty() {
+        None
+    } else {
+        Some(replicator::seal_secrets(&key, name, &secrets)?)
+    };
+    for dc in &mut config.destinations {
+        if dc.name == name {
+            dc.credentials = sealed.clone();
+        }
+    }
+    p.save_config(&config)?;
+    match sealed {
+        Some(_) => println!("stored the credentials of {name}, sealed with the pocket key"),
+        None => println!("{name} keeps no credentials: ssh's agent and ~/.ssh are used"),
+    }
+    Ok(())
+}
+
+pub fn dest_list(p: &Pocket, json: bool) -> Result<()> {
+    let config = p.config()?;
+    if json {
+        let list: Vec<_> = config
+            .destinations
+            .iter()
+            .map(|d| json!({"name": d.name, "url": d.url, "mode": d.mode, "keep_versions_days": d.keep_versions_days,
+                "when": d.when, "endpoint": d.endpoint, "region": d.region, "connections": d.connections,
+                "bandwidth_limit": d.bandwidth_limit, "has_credentials": d.credentials.is_some()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if config.destinations.is_empty() {
+        println!("no destinations; add one with `backpocket dest add NAME FOLDER`");
+    }
+    for d in &config.destinations {
+        let mode = match d.mode {
+            Mode::Vault => "vault ",
+            Mode::Mirror => "mirror",
+        };
+        let when = if d.when.is_empty() {
+            String::new()
+        } else {
+            format!("  (when {})", d.when.join(", "))
+        };
+        println!("{:<16} {mode} {}{when}", d.name, d.url);
+    }
+    Ok(())
+}
+
+pub fn dest_remove(p: &Pocket, name: &str) -> Result<()> {
+    let mut config = p.config()?;
+    let before = config.destinations.len();
+    config.destinations.retain(|d| d.name != name);
+    if config.destinations.len() == before {
+        bail!("no destination named {name} (see `backpocket dest list`)");
+    }
+    p.save_config(&config)?;
+    journal::remove_cursor(&p.journal_path(), name)?;
+    replicator::DestState::remove(&p.meta_dir(), name);
+    println!("removed destination {name}; what it holds is left as it is");
+    Ok(())
+}
+
+/// What the replicator needs, for the mount and for `sync`.
+pub fn setup(
+    p: &Pocket,
+    config: &Config,
+    key: Option<replicator::Key>,
+) -> Result<replicator::Setup> {
+    Ok(replicator::Setup {
+        pocket: p.root.clone(),
+        meta_dir: p.meta_dir(),
+        journal: p.journal_path(),
+        pocket_id: config.id.clone(),
+        key,
+        dests: config.destinations.iter().map(|d| d.spec()).collect(),
+    })
+}

@@ -1,0 +1,165 @@
+//! `log`, `forget` and `prune`: a vault's history, read and trimmed.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use replicator::Mode;
+use serde_json::json;
+
+use super::{hold_destination, open_vault, remember_head};
+use crate::exit::{ExitCode, Failure};
+use crate::keys::KeyArgs;
+use crate::pocket::{DestConfig, Pocket};
+use crate::report::{bytes, rfc3339};
+
+/// `log PATH`: the versions each vault destination holds of a file.
+pub fn log(
+    pocket: Option<&Path>,
+    path: &Path,
+    from: Option<&str>,
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    let p = Pocket::find(pocket)?;
+    let config = p.config()?;
+    let rel = relative_to_pocket(&p, path)?;
+    let dests: Vec<&DestConfig> = config
+        .destinations
+        .iter()
+        .filter(|d| d.mode == Mode::Vault && from.is_none_or(|f| f == d.name))
+        .collect();
+    if dests.is_empty() {
+        bail!("no vault destination to ask (mirrors keep old versions in .backpocket-versions/ at the destination)");
+    }
+    let mut out = Vec::new();
+    for d in dests {
+        let opened = match open_vault(Some(&p.root), &d.name, args) {
+            Ok(o) => o,
+            Err(e) => {
+                if !json {
+                    println!("{}: cannot read: {e:#}", d.name);
+                }
+                continue;
+            }
+        };
+        let versions = replicator::versions(&opened.vault, &rel)?;
+        if !json {
+            println!("{} ({} versions):", d.name, versions.len());
+            for v in &versions {
+                println!(
+                    "  {}  {:>10}  modified {}",
+                    rfc3339(v.time_ns),
+                    bytes(v.size),
+                    rfc3339(v.mtime_ns)
+                );
+            }
+        }
+        out.push(json!({"destination": d.name, "versions": versions.iter().map(|v| json!({
+            "time": rfc3339(v.time_ns), "seq": v.seq, "size": v.size, "mtime": rfc3339(v.mtime_ns)})).collect::<Vec<_>>()}));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// A path given on the command line, as bytes relative to the pocket.
+fn relative_to_pocket(p: &Pocket, path: &Path) -> Result<Vec<u8>> {
+    let abs = std::path::absolute(path)?;
+    if let Ok(rel) = abs.strip_prefix(&p.root) {
+        return Ok(rel.as_os_str().as_bytes().to_vec());
+    }
+    if let Some(m) = platform::backpocket_mount_containing(&abs)? {
+        if let Ok(rel) = abs.strip_prefix(&m.mountpoint) {
+            return Ok(rel.as_os_str().as_bytes().to_vec());
+        }
+    }
+    Ok(path.as_os_str().as_bytes().to_vec())
+}
+
+/// `forget`.
+#[allow(clippy::too_many_arguments)]
+pub fn forget(
+    pocket: Option<&Path>,
+    dest: &str,
+    policy: &replicator::KeepPolicy,
+    dry_run: bool,
+    and_prune: bool,
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    if policy.is_empty() {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            anyhow!("say what to keep, e.g. --keep-hourly 24 --keep-daily 30 (the newest point is always kept)"),
+        )
+        .into());
+    }
+    let held = hold_destination(pocket, dest)?;
+    let opened = open_vault(pocket, dest, args)?;
+    let (report, head) = replicator::forget(&opened.vault, policy, dry_run)?;
+    if let (Some((p, _)), Some(h)) = (&held, &head) {
+        remember_head(p, dest, h)?;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "dry_run": dry_run, "points_before": report.points_before, "removed": report.removed,
+                "kept": report.kept.iter().map(|p| rfc3339(p.time_ns)).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        let verb = if dry_run { "would keep" } else { "kept" };
+        println!(
+            "{verb} {} of {} restore points; {} {}",
+            report.kept.len(),
+            report.points_before,
+            report.removed,
+            if dry_run { "would go" } else { "forgotten" }
+        );
+        for p in &report.kept {
+            println!("  keep {}", rfc3339(p.time_ns));
+        }
+    }
+    if and_prune && !dry_run {
+        print_prune(&replicator::prune(&opened.vault, false)?, false, json)?;
+    }
+    Ok(())
+}
+
+/// `prune`.
+pub fn prune(
+    pocket: Option<&Path>,
+    dest: &str,
+    dry_run: bool,
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    let _held = hold_destination(pocket, dest)?;
+    let opened = open_vault(pocket, dest, args)?;
+    print_prune(&replicator::prune(&opened.vault, dry_run)?, dry_run, json)
+}
+
+fn print_prune(r: &replicator::PruneReport, dry_run: bool, json: bool) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "dry_run": dry_run, "packs_deleted": r.packs_deleted, "bytes_freed": r.bytes_freed,
+                "packs_kept": r.packs_kept, "unused_bytes_kept": r.unused_bytes_kept,
+            }))?
+        );
+    } else {
+        println!(
+            "{} {} packs, {}; kept {} packs ({} in them no point needs)",
+            if dry_run { "would delete" } else { "deleted" },
+            r.packs_deleted,
+            bytes(r.bytes_freed),
+            r.packs_kept,
+            bytes(r.unused_bytes_kept)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! `restore` from a vault or a mirror, and `init --from`: a new drive from a destination.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use replicator::{Mode, Progress, Vault};
+use serde_json::json;
+
+use super::{open_vault, open_vault_of, parse_time, with_progress};
+use crate::exit::{ExitCode, Failure};
+use crate::keys::KeyArgs;
+use crate::pocket::{Config, Pocket};
+use crate::report::{bytes, rfc3339};
+
+/// `restore`.
+pub fn restore(
+    pocket: Option<&Path>,
+    from: &str,
+    to: &Path,
+    at: Option<&str>,
+    paths: &[PathBuf],
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    let at = at.map(parse_time).transpose()?;
+    let t = std::path::absolute(to)?;
+    let in_pocket = Pocket::find(pocket).is_ok_and(|p| t.starts_with(&p.root));
+    let in_mount = t
+        .ancestors()
+        .find(|a| a.exists())
+        .map(platform::backpocket_mount_containing)
+        .transpose()?
+        .flatten()
+        .is_some();
+    if in_pocket || in_mount {
+        bail!(
+            "{} is inside a live pocket; restore to another folder and copy back what you need",
+            t.display()
+        );
+    }
+    if let Some(mirror) = mirror_url(pocket, from) {
+        return restore_mirror(&mirror, to, paths, json);
+    }
+    let opened = open_vault(pocket, from, args)?;
+    let paths = paths
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+    restore_vault(&opened.vault, to, at, paths, json)
+}
+
+/// Restores a vault's point into `to`, with a progress bar, and says what it did.
+fn restore_vault(
+    vault: &Vault,
+    to: &Path,
+    at: Option<i64>,
+    paths: Vec<Vec<u8>>,
+    json: bool,
+) -> Result<()> {
+    let progress = Progress::default();
+    let opts = replicator::RestoreOptions {
+        target: to.to_owned(),
+        at,
+        paths,
+        owners: rustix::process::geteuid().is_root(),
+        workers: 8,
+    };
+    let started = std::time::Instant::now();
+    let report = with_progress(&progress, "restoring", || {
+        replicator::restore(vault, &opts, &progress)
+    })?;
+    print_restore(&report, to, started.elapsed(), json)
+}
+
+fn print_restore(
+    report: &replicator::RestoreReport,
+    to: &Path,
+    elapsed: Duration,
+    json: bool,
+) -> Result<()> {
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "target": to, "point": rfc3339(report.point_time_ns), "seq": report.point_seq,
+                "files": report.files, "dirs": report.dirs, "symlinks": report.symlinks,
+                "other": report.other, "bytes": report.bytes,
+                "failed": report.failed.iter().map(|(p, e)| json!({"path": lossy(p), "error": e})).collect::<Vec<_>>(),
+                "skipped": report.skipped.iter().map(|(p, e)| json!({"path": lossy(p), "reason": e})).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        println!(
+            "restored the pocket as of {} into {}: {} files, {} folders, {} symlinks, {} in {:.1}s",
+            rfc3339(report.point_time_ns),
+            to.display(),
+            report.files,
+            report.dirs,
+            report.symlinks,
+            bytes(report.bytes),
+            elapsed.as_secs_f64()
+        );
+        for (p, why) in &report.skipped {
+            println!("  skipped {}: {why}", lossy(p));
+        }
+        for (p, e) in &report.failed {
+            println!("  NOT restored {}: {e}", lossy(p));
+        }
+    }
+    if !report.failed.is_empty() {
+        return Err(Failure::new(
+            ExitCode::Damaged,
+            anyhow!(
+                "{} files could not be restored because the destination's data for them is damaged or missing (run `backpocket verify --read-data` on it; another destination may hold them)",
+                report.failed.len()
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The folder of a mirror destination, when `from` names one.
+fn mirror_url(pocket: Option<&Path>, from: &str) -> Option<String> {
+    if let Some(d) = Pocket::find(pocket)
+        .ok()
+        .and_then(|p| p.config().ok())
+        .and_then(|c| c.destination(from).cloned())
+    {
+        return (d.mode == Mode::Mirror).then_some(d.url);
+    }
+    let path = replicator::local_path(from)?;
+    replicator::is_mirror(&path).then(|| from.to_owned())
+}
+
+fn restore_mirror(url: &str, to: &Path, paths: &[PathBuf], json: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let progress = Progress::default();
+    let wanted: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+    let report = with_progress(&progress, "restoring", || {
+        replicator::restore_mirror(
+            Path::new(url),
+            to,
+            &wanted,
+            rustix::process::geteuid().is_root(),
+            &progress,
+        )
+    })?;
+    print_restore(&report, to, started.elapsed(), json)
+}
+
+/// `init --from DEST DIR`: a new drive from a destination.
+pub fn init_from(from: &str, dir: &Path, args: &KeyArgs) -> Result<()> {
+    if dir.join(crate::pocket::DIR).exists() {
+        bail!("{} is already a pocket", dir.display());
+    }
+    // The drive is lost: the destination alone, and the passphrase.
+    let opened = open_vault_of(None, from, args)?;
+    let text = opened.vault.pocket_config()?.ok_or_else(|| {
+        anyhow!("{from} does not hold its pocket's config (written by the first drain); make the pocket with `backpocket init` and restore into it")
+    })?;
+    let text = String::from_utf8(text).context("the stored pocket config is not text")?;
+    let config: Config =
+        toml::from_str(&text).context("the stored pocket config cannot be read")?;
+    restore_vault(&opened.vault, dir, None, Vec::new(), false)?;
+    crate::init_with(dir, config)?;
+    println!(
+        "the new pocket backs up to the same destinations ({}); mount it with: backpocket mount {} MOUNTPOINT",
+        p_names(&p_config_names(dir)?),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn p_config_names(dir: &Path) -> Result<Vec<String>> {
+    Ok(Pocket::at(dir)?
+        .config()?
+        .destinations
+        .into_iter()
+        .map(|d| d.name)
+        .collect())
+}
+
+fn p_names(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}

@@ -135,6 +135,7 @@ pub fn is_unreachable(e: &Error) -> bool {
         Error::Store { source, .. } => {
             source.is_temporary()
                 || source.kind() == opendal::ErrorKind::NotFound
+                || crate::error::is_network_error(source)
                 || crate::error::network_failure(&crate::error::chain(source)).is_some()
         }
         _ => false,

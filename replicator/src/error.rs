@@ -62,9 +62,14 @@ pub enum Error {
 impl Error {
     pub(crate) fn store(context: impl Into<String>, source: opendal::Error) -> Error {
         let context = context.into();
-        // OpenDAL passes the OS error's text through; ENOSPC and EDQUOT deserve their own words.
+        // ENOSPC and EDQUOT deserve their own words: told by the OS error under OpenDAL's
+        // where there is one, else by the words an SFTP server sends (its status carries no
+        // code for a full disk).
+        let full_disk = io_cause(&source)
+            .and_then(|io| io.raw_os_error())
+            .is_some_and(|code| code == 28 || code == 122);
         let text = source.to_string();
-        if text.contains("No space left") || text.contains("Disk quota exceeded") {
+        if full_disk || text.contains("No space left") || text.contains("Disk quota exceeded") {
             return Error::StoreFull { context };
         }
         Error::Store { context, source }
@@ -100,6 +105,38 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
+}
+
+/// The OS error under an error, wherever it sits among the causes.
+pub(crate) fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// Whether the OS said the network or the server could not be reached. (ssh reports this
+/// only in words: see [`network_failure`].)
+pub(crate) fn is_network_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    io_cause(e).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::TimedOut
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::NetworkDown
+                | K::AddrNotAvailable
+        )
+    })
 }
 
 /// When an error's words say the network or the server could not be reached, what to tell
@@ -183,5 +220,33 @@ impl Error {
             Some(h) => format!("{h} ({text})"),
             None => text,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrapped(io: std::io::Error) -> opendal::Error {
+        opendal::Error::new(opendal::ErrorKind::Unexpected, "write failed").set_source(io)
+    }
+
+    #[test]
+    fn a_full_disk_and_a_refused_connection_are_told_by_their_os_error() {
+        let full = Error::store(
+            "writing data/ab",
+            wrapped(std::io::Error::from_raw_os_error(28)),
+        );
+        assert!(matches!(full, Error::StoreFull { .. }), "{full:?}");
+        let quota = Error::store(
+            "writing data/ab",
+            wrapped(std::io::Error::from_raw_os_error(122)),
+        );
+        assert!(matches!(quota, Error::StoreFull { .. }), "{quota:?}");
+        let refused = wrapped(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(is_network_error(&refused));
+        let denied = wrapped(std::io::ErrorKind::PermissionDenied.into());
+        assert!(!is_network_error(&denied));
+        assert!(matches!(Error::store("x", denied), Error::Store { .. }));
     }
 }

@@ -396,24 +396,7 @@ fn release_drive(pocket: &Path) -> DriveOutcome {
             other.mountpoint.display()
         ));
     }
-    let result = if rustix::process::geteuid().is_root() {
-        rustix::mount::unmount(&fs.mountpoint, rustix::mount::UnmountFlags::empty())
-            .map_err(|e| e.to_string())
-    } else {
-        std::process::Command::new("udisksctl")
-            .args(["unmount", "--no-user-interaction", "--block-device"])
-            .arg(&fs.source)
-            .output()
-            .map_err(|e| format!("udisksctl: {e}"))
-            .and_then(|o| {
-                if o.status.success() {
-                    Ok(())
-                } else {
-                    Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
-                }
-            })
-    };
-    match result {
+    match platform::service::eject_drive(&fs.mountpoint, &fs.source) {
         Ok(()) => {
             platform::service::forget_attached(&fs.mountpoint);
             DriveOutcome::Released(fs.mountpoint.clone())

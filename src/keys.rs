@@ -48,40 +48,32 @@ pub fn passphrase(args: &KeyArgs, prompt: Option<&str>) -> Result<Option<Zeroizi
     }
 }
 
-/// Where this machine remembers a pocket's key.
-fn machine_key_path(pocket_id: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("backpocket").join("keys").join(pocket_id))
-}
-
 fn remember(pocket_id: &str, key: &Key) -> Result<()> {
-    let Some(path) = machine_key_path(pocket_id) else {
-        return Ok(());
-    };
     let text = Zeroizing::new(hex::encode(key.as_bytes()));
-    platform::write_durably_private(&path, text.as_bytes())
-        .with_context(|| format!("cannot keep the pocket key in {}", path.display()))
+    platform::store_key(pocket_id, text.as_bytes()).with_context(|| {
+        format!(
+            "cannot keep the pocket key in {}",
+            platform::key_path(pocket_id).unwrap_or_default().display()
+        )
+    })?;
+    Ok(())
 }
 
 /// Forgets this machine's copy of the pocket key. Returns whether there was one.
 pub fn forget(pocket_id: &str) -> Result<bool> {
-    let Some(path) = machine_key_path(pocket_id) else {
-        return Ok(false);
-    };
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-    }
+    platform::forget_key(pocket_id).with_context(|| {
+        format!(
+            "cannot remove {}",
+            platform::key_path(pocket_id).unwrap_or_default().display()
+        )
+    })
 }
 
 /// The pocket key if this machine remembers it (never asks, never derives).
 pub fn remembered(config: &Config) -> Option<Key> {
     let kc = config.key.as_ref()?;
-    let text = std::fs::read_to_string(machine_key_path(&config.id)?).ok()?;
-    let bytes = Zeroizing::new(hex::decode(text.trim()).ok()?);
+    let text = platform::load_key(&config.id)?;
+    let bytes = Zeroizing::new(hex::decode(text.trim_ascii()).ok()?);
     let key = Key::from_bytes(&bytes).ok()?;
     checks(kc, &config.id, &key).then_some(key)
 }

@@ -1,19 +1,24 @@
 //! What differs per operating system and is not the filesystem itself: the mount table,
 //! stale-mount cleanup and mountpoint checks, unmounting, the single-mount lock, detaching
-//! into the background, service installation and removable-drive events; small files
+//! into the background, service installation and removable-drive events; network and
+//! mount-table change events; the machine's key store; small files
 //! written durably (temp file, fsync, rename, fsync of the folder); and, in
 //! `fault-injection` builds only, the crash points the endurance tests aim kill -9 with.
 
 mod crash;
 mod durable;
+mod keystore;
 #[cfg(target_os = "linux")]
 mod linux;
+mod watch;
 #[cfg(target_os = "linux")]
 pub use linux::*;
 #[cfg(target_os = "linux")]
 pub mod service;
 pub use crash::crash_point;
 pub use durable::{create_dir_all_durably, sync_dir, write_durably, write_durably_private};
+pub use keystore::{forget_key, key_path, load_key, store_key};
+pub use watch::ChangeWatch;
 pub mod win;
 #[cfg(windows)]
 mod windows;

@@ -20,6 +20,29 @@ const RULE: &str = "90-backpocket.rules";
 /// Where `service attach` mounts drives.
 pub const ATTACH_DIR: &str = "/media/backpocket";
 
+/// Unmounts a removable drive's filesystem (mounted at `mountpoint` from the device `source`)
+/// so that it can be pulled: as root directly, else through udisks, as a desktop's file
+/// manager would. The error says what the system said.
+pub fn eject_drive(mountpoint: &Path, source: &Path) -> std::result::Result<(), String> {
+    if rustix::process::geteuid().is_root() {
+        rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::empty())
+            .map_err(|e| e.to_string())
+    } else {
+        std::process::Command::new("udisksctl")
+            .args(["unmount", "--no-user-interaction", "--block-device"])
+            .arg(source)
+            .output()
+            .map_err(|e| format!("udisksctl: {e}"))
+            .and_then(|o| {
+                if o.status.success() {
+                    Ok(())
+                } else {
+                    Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
+                }
+            })
+    }
+}
+
 /// Removes the folder `service attach` made for a drive, once the drive is unmounted.
 pub fn forget_attached(mountpoint: &Path) {
     if mountpoint.starts_with(ATTACH_DIR) && mountpoint != Path::new(ATTACH_DIR) {

@@ -17,9 +17,10 @@ use crate::crypto::Key;
 use crate::dest::{is_unreachable, runtime, DestDrain};
 use crate::drain::{Progress, Source};
 use crate::error::{Error, Result};
-use crate::policy::{ChangeWatch, Policy};
+use crate::policy::Policy;
 use crate::state::{DestLock, DestState};
 use crate::vault::now_ns;
+use platform::ChangeWatch;
 
 /// The running replicator.
 #[derive(Debug)]

@@ -606,6 +606,9 @@ impl PocketFs {
         let inode = self.inode(nodeid)?;
         let inode_fd = self.path_fd(&inode)?;
         let handle = fh.and_then(|fh| self.open_file(fh).ok());
+        // Whether its bytes changed since their last record is told by the times before this
+        // call, which may set them.
+        let before = rustix::fs::fstat(&*inode_fd)?;
         if let Some(mode) = attr.mode {
             if inode.is_symlink {
                 return Err(FsError::Unsupported);
@@ -668,7 +671,7 @@ impl PocketFs {
             });
         } else {
             // Even a change of access time alone moves ctime, which the scan compares.
-            self.record_attrs(&inode, &st);
+            self.record_attrs(&inode, &before, &st);
         }
         if attr.mode.is_some() && !inode.is_symlink {
             // chmod rewrites the mask entry of an extended ACL.
@@ -748,7 +751,7 @@ impl PocketFs {
         let st = rustix::fs::fstat(&fd)?;
         self.record(make_change(st.st_ino as u64, meta_of(&st)));
         if FileType::from_raw_mode(st.st_mode as _) != FileType::Symlink {
-            self.record_inherited_xattrs(st.st_ino as u64, fd.as_fd());
+            self.record_inherited_xattrs(st.st_ino as u64, fd.as_fd(), false);
         }
         let entry = self.remember(&st, Some(fd), parent, &c)?;
         if let Ok(inode) = self.inode(entry.ino) {
@@ -963,7 +966,7 @@ impl PocketFs {
             name: new_name.as_bytes().to_vec(),
             file: inode.ino,
         });
-        self.record_attrs(&inode, &st);
+        self.record_attrs(&inode, &st, &st);
         inode.write.lock().new_name_in(&np);
         inode.lookups.fetch_add(1, Ordering::Relaxed);
         Ok(Entry {
@@ -974,19 +977,19 @@ impl PocketFs {
 
     /// Records the attributes the drive holds for `inode` after an operation that changed
     /// them, as asked or as a side effect (ctime on link and rename, the mode on an ACL
-    /// write, set-ID bits on chown). Contents that may have changed since their last record
-    /// (open for writing, or written through the daemon) go as a content record, which carries
-    /// the same attributes: an attributes record would let the catalog take the new size and
-    /// times while no drain reads the bytes behind them.
-    fn record_attrs(&self, inode: &Inode, st: &Stat) {
-        let meta = meta_of(st);
+    /// write, set-ID bits on chown). `before` is its stat before the operation. Contents that
+    /// changed since their last record (written through kernel passthrough or the daemon) go
+    /// as a content record, which carries the same attributes: an attributes record would let
+    /// the catalog take the new size and times while no drain reads the bytes behind them
+    /// (kill -9 before the release that would have recorded them).
+    fn record_attrs(&self, inode: &Inode, before: &Stat, after: &Stat) {
+        let meta = meta_of(after);
         let mut w = inode.write.lock();
-        let snap = Snap::of(st);
         let content = meta.kind == Kind::File
-            && (w.writers > 0 || w.dirty || w.recorded.is_some_and(|r| r != snap));
+            && (w.dirty || w.recorded.is_some_and(|r| r != Snap::of(before)));
         if content {
             w.dirty = false;
-            w.recorded = Some(snap);
+            w.recorded = Some(Snap::of(after));
             let open_for_writing = w.writers > 0;
             drop(w);
             self.record(Change::Content {
@@ -1000,6 +1003,11 @@ impl PocketFs {
                 }
             }
         } else {
+            if w.recorded.is_some() {
+                // The contents recorded last are still the contents; only times it set moved.
+                w.recorded = Some(Snap::of(after));
+            }
+            drop(w);
             self.record(Change::SetAttr {
                 file: inode.ino,
                 meta,
@@ -1018,7 +1026,7 @@ impl PocketFs {
             .path_fd(&inode)
             .and_then(|fd| Ok(rustix::fs::fstat(&*fd)?))
         {
-            Ok(st) => self.record_attrs(&inode, &st),
+            Ok(st) => self.record_attrs(&inode, &st, &st),
             Err(e) => debug!("cannot stat inode {file} after a change: {e}"),
         }
     }
@@ -1140,7 +1148,7 @@ impl PocketFs {
             file: st.st_ino as u64,
             meta: meta_of(&st),
         });
-        self.record_inherited_xattrs(st.st_ino as u64, fd.as_fd());
+        self.record_inherited_xattrs(st.st_ino as u64, fd.as_fd(), true);
         let entry = self.remember(&st, None, &p, &c)?;
         let inode = self.inode(entry.ino)?;
         {
@@ -1428,10 +1436,19 @@ impl PocketFs {
         self.record_attrs_after_xattr(&inode)
     }
 
+    /// The xattr change is done: a failure to read what it changed is logged, not returned.
     fn record_attrs_after_xattr(&self, inode: &Inode) -> FsResult<()> {
-        let fd = self.path_fd(inode)?;
-        let st = rustix::fs::fstat(&*fd)?;
-        self.record_attrs(inode, &st);
+        match self
+            .path_fd(inode)
+            .and_then(|fd| Ok(rustix::fs::fstat(&*fd)?))
+        {
+            Ok(st) => self.record_attrs(inode, &st, &st),
+            Err(e) => warn!(
+                "cannot read the attributes of inode {} after an xattr change: {e}; the next \
+                 scan records them",
+                inode.ino
+            ),
+        }
         Ok(())
     }
 
@@ -1456,28 +1473,48 @@ impl PocketFs {
 
     /// A new entry gets xattrs from its folder without asking: the default ACL becomes its
     /// access ACL (and a folder's default ACL), and security modules label it.
-    fn record_inherited_xattrs(&self, file: u64, fd: BorrowedFd<'_>) {
+    fn record_inherited_xattrs(&self, file: u64, fd: BorrowedFd<'_>, opened: bool) {
         if self.journal.is_none() {
             return;
         }
-        if let Err(e) = self.try_record_inherited_xattrs(file, fd) {
+        if let Err(e) = self.try_record_inherited_xattrs(file, fd, opened) {
             warn!("cannot read the xattrs of new inode {file}: {e}; the next scan records them");
         }
     }
 
-    fn try_record_inherited_xattrs(&self, file: u64, fd: BorrowedFd<'_>) -> FsResult<()> {
-        let mut path = b"/proc/self/fd/".to_vec();
-        path.extend_from_slice(proc_name_b(fd).as_bytes());
-        let path = CString::new(path).expect("no NUL");
+    /// `fd` is open for I/O when `opened`, an `O_PATH` descriptor otherwise (which the xattr
+    /// calls reach only through its /proc link).
+    fn try_record_inherited_xattrs(
+        &self,
+        file: u64,
+        fd: BorrowedFd<'_>,
+        opened: bool,
+    ) -> FsResult<()> {
+        let proc_path = || {
+            let mut path = b"/proc/self/fd/".to_vec();
+            path.extend_from_slice(proc_name_b(fd).as_bytes());
+            CString::new(path).expect("no NUL")
+        };
         let mut names = vec![0u8; 256];
         let n = loop {
-            match rustix::fs::listxattr(path.as_c_str(), &mut names[..]) {
+            // Nearly always empty: the one call a create pays, on the descriptor itself when
+            // there is one.
+            let listed = if opened {
+                rustix::fs::flistxattr(fd, &mut names[..])
+            } else {
+                rustix::fs::listxattr(proc_path().as_c_str(), &mut names[..])
+            };
+            match listed {
                 Ok(n) => break n,
                 Err(Errno::RANGE) => names.resize(names.len() * 4, 0),
                 Err(Errno::NOTSUP) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
         };
+        if n == 0 {
+            return Ok(());
+        }
+        let path = proc_path();
         for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
             let cname = CString::new(name).expect("split at NUL");
             if let Some(value) = read_xattr(&path, &cname)? {

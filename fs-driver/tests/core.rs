@@ -225,3 +225,42 @@ fn recording_off_records_nothing() {
     fs.release(fh).unwrap();
     assert_eq!(std::fs::read(tmp.path().join("a")).unwrap(), b"x");
 }
+
+/// Bytes written past the daemon (kernel passthrough writes the backing file directly), then
+/// a chmod while the file stays open: the record must ask for the contents, or a kill -9
+/// before the release leaves a catalog whose size and times match bytes no drain read. Times
+/// set explicitly afterwards (as `cp -a` does) change no contents and ask for none.
+#[test]
+fn attributes_changed_after_unrecorded_writes_ask_for_the_contents() {
+    let f = fixture(Duration::from_secs(60));
+    let (e, fh) =
+        f.fs.create(ME, ROOT, name("a"), 0o644, 0o022, libc::O_RDWR)
+            .unwrap();
+    f.fs.with_backing_file(fh, |file| {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(b"written through passthrough", 0)
+            .unwrap();
+    })
+    .unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    f.fs.setattr(e.ino, Some(fh), chmod).unwrap();
+    assert_eq!(
+        f.ops(),
+        vec![Op::Create, Op::Content],
+        "chmod after a write"
+    );
+    let times = SetAttr {
+        mtime: Some(fs_driver::SetTime::At(1_700_000_000, 0)),
+        ..SetAttr::default()
+    };
+    f.fs.setattr(e.ino, Some(fh), times).unwrap();
+    f.fs.release(fh).unwrap();
+    assert_eq!(
+        f.ops(),
+        vec![Op::Create, Op::Content, Op::SetAttr],
+        "times set after the contents were recorded, then a release with nothing new"
+    );
+}

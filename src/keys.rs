@@ -52,7 +52,8 @@ fn remember(pocket_id: &str, key: &Key) -> Result<()> {
     let text = Zeroizing::new(hex::encode(key.as_bytes()));
     platform::store_key(pocket_id, text.as_bytes()).with_context(|| {
         format!(
-            "cannot keep the pocket key in {}",
+            "cannot keep the pocket key in {}; check that your config folder is writable and \
+             not full",
             platform::key_path(pocket_id).unwrap_or_default().display()
         )
     })?;
@@ -63,7 +64,7 @@ fn remember(pocket_id: &str, key: &Key) -> Result<()> {
 pub fn forget(pocket_id: &str) -> Result<bool> {
     platform::forget_key(pocket_id).with_context(|| {
         format!(
-            "cannot remove {}",
+            "cannot remove {}; remove it by hand to make this machine forget the pocket key",
             platform::key_path(pocket_id).unwrap_or_default().display()
         )
     })

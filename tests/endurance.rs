@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use common::backed::Backed;
 use common::drive::Drive;
 use common::servers::{kill_ssh_masters, ssh_client, Office, Sshd};
-use common::{exact_tree, is_root, minimal_acl, run, Mounted, Pocket, Rng};
+use common::{exact_tree, is_root, minimal_acl, run, seed_from_env, Mounted, Pocket, Rng};
 
 const WRITERS: usize = 2;
 /// How long the writers work in each round.
@@ -1477,15 +1477,7 @@ fn args() -> Args {
         minutes: None,
         // The whole test suite runs in one `cargo test`, which cannot pass arguments to one
         // test program: CI fixes the short profile's seed through the environment.
-        seed: std::env::var("BACKPOCKET_ENDURANCE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs()
-            }),
+        seed: seed_from_env("BACKPOCKET_ENDURANCE_SEED"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {

@@ -29,19 +29,6 @@ use common::*;
 /// The other user of these tests: writes to set-ID files, owns what chown gives away.
 const OTHER: u32 = 4242;
 
-fn seed() -> u64 {
-    std::env::var("BACKPOCKET_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                % 1_000_000_007
-        })
-}
-
 fn sh(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     assert!(
@@ -640,7 +627,7 @@ fn assert_journal_holds_drive(
 }
 
 fn truth_run(extra: &[&str]) {
-    let seed = seed();
+    let seed = seed_from_env("BACKPOCKET_SEED");
     eprintln!("truth: seed {seed} ({extra:?}); repeat with BACKPOCKET_SEED={seed}");
     let batches: usize = std::env::var("BACKPOCKET_TRUTH_BATCHES")
         .ok()

@@ -5,7 +5,7 @@
 //! reader to. A format slip fails here, not in a user's restore.
 //!
 //! The fixtures were made once by `BACKPOCKET_WRITE_FIXTURES=1 cargo test -p replicator --test
-//! formats` (as root, so that an owner is stored) and committed; never make them again for
+//! formats -- --ignored write_fixtures` (as root, so that an owner is stored) and committed; never make them again for
 //! format 1: a new format gets fixtures of its own beside these.
 #![cfg(unix)]
 
@@ -270,12 +270,15 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(st.success());
 }
 
-/// Makes the fixtures (once per format version; see the module's comment).
+/// Makes the fixtures (once per format version; see the module's comment). Not a test: run
+/// by hand, it overwrites the stored fixtures.
 #[test]
+#[ignore = "writes the fixtures; run by hand with BACKPOCKET_WRITE_FIXTURES=1 -- --ignored"]
 fn write_fixtures_when_asked() {
-    if std::env::var_os("BACKPOCKET_WRITE_FIXTURES").is_none() {
-        return;
-    }
+    assert!(
+        std::env::var_os("BACKPOCKET_WRITE_FIXTURES").is_some(),
+        "set BACKPOCKET_WRITE_FIXTURES=1 to overwrite the stored fixtures"
+    );
     assert!(
         is_root(),
         "write the fixtures as root, so that an owner is stored"

@@ -482,6 +482,20 @@ pub fn exact_tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
     out
 }
 
+/// The seed `var` gives, else a new one from the clock (printed by the caller, to repeat a run).
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000_007
+        })
+}
+
 /// splitmix64: small, seedable, good enough to pick operations.
 #[derive(Clone, Debug)]
 pub struct Rng(pub u64);

@@ -179,16 +179,37 @@ enum Command {
         /// Delete unneeded data afterwards.
         #[arg(long)]
         prune: bool,
+        /// With --prune: how long replaced objects stay for readers that started before.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
         #[command(flatten)]
         pocket: PocketArg,
         #[arg(long)]
         json: bool,
     },
-    /// Delete the data (packs) that no restore point of a vault needs.
+    /// Drop the data (chunks) that no restore point of a vault needs: the packs holding it
+    /// are repacked, and what they replace is deleted after the grace period.
     Prune {
         dest: String,
         #[arg(long)]
         dry_run: bool,
+        /// How long replaced objects stay for readers that started before (e.g. "1h", "0s"
+        /// when nothing else reads the vault).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        #[command(flatten)]
+        pocket: PocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fold a vault's many small objects (log segments, index objects, small packs) into few,
+    /// and delete what earlier runs replaced once the grace period has passed. The mount does
+    /// this by itself once a destination has been idle for a minute.
+    Maintain {
+        dest: String,
+        /// How long replaced objects stay for readers that started before.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
         #[command(flatten)]
         pocket: PocketArg,
         #[arg(long)]
@@ -555,6 +576,7 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
             keep_monthly,
             dry_run,
             prune,
+            grace,
             pocket,
             json,
         } => {
@@ -570,7 +592,7 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                 &dest,
                 &policy,
                 dry_run,
-                prune,
+                prune.then_some(grace),
                 json,
                 key,
             )
@@ -578,9 +600,16 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
         Command::Prune {
             dest,
             dry_run,
+            grace,
             pocket,
             json,
-        } => backup::prune(pocket.pocket.as_deref(), &dest, dry_run, json, key),
+        } => backup::prune(pocket.pocket.as_deref(), &dest, dry_run, grace, json, key),
+        Command::Maintain {
+            dest,
+            grace,
+            pocket,
+            json,
+        } => backup::maintain(pocket.pocket.as_deref(), &dest, grace, json, key),
         Command::Key { command } => match command {
             KeyCommand::Remember { pocket } => {
                 let p = Pocket::find(pocket.pocket.as_deref())?;

@@ -114,6 +114,24 @@ impl DestDrain {
         }
     }
 
+    /// Maintains a vault destination if it is due (None for a mirror, or when not due).
+    pub(crate) fn maintain_if_due(
+        &mut self,
+        opts: &crate::maintain::MaintainOptions,
+        interrupt: &dyn Fn() -> bool,
+    ) -> Result<Option<crate::maintain::MaintainReport>> {
+        match self {
+            DestDrain::Vault(v) => {
+                if !crate::maintain::shape(&v.vault)?.wants_maintenance(opts.grace) {
+                    return Ok(None);
+                }
+                v.maintain(opts, interrupt, &Default::default()).map(Some)
+            }
+            #[cfg(unix)]
+            DestDrain::Mirror(_) => Ok(None),
+        }
+    }
+
     /// Records the destination's newest log object in the pocket's state.
     // Irrefutable where mirrors are not built (Windows).
     #[allow(irrefutable_let_patterns)]

@@ -12,14 +12,19 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::format::{Content, Position, Segment, VChange, VMeta, VRecord, KIND_DIR, KIND_FILE};
+use crate::maintain::WriteLease;
 use crate::source::{read_file, ReadOutcome};
 use crate::tree::Tree;
-use crate::vault::{now_ns, Head, LogObject, Vault};
+use crate::vault::{now_ns, Head, LogObject, LogSince, Vault};
 
 /// Records taken into one segment at most.
 const BATCH: usize = 100_000;
-/// A checkpoint is written after this many segments, so a restore replays little.
+/// A checkpoint is written after at least this many segments, once they hold more records than
+/// the checkpoint has files (a restore then replays at most about a checkpoint's worth), and
+/// after `CHECKPOINT_MAX` segments whatever they hold. Checkpoints thus take at most about as
+/// much room as the segments, however many drains there are.
 const CHECKPOINT_EVERY: u64 = 256;
+const CHECKPOINT_MAX: u64 = 16_384;
 /// How often a file that keeps changing while read is tried before the drain gives up for now.
 const TORN_RETRIES: u32 = 8;
 
@@ -77,11 +82,22 @@ impl Source<'_> {
 pub struct VaultDrain {
     pub vault: Vault,
     state: Option<Option<(Tree, Head)>>,
-    segments_since_checkpoint: u64,
+    /// The log after the newest checkpoint.
+    since: LogSince,
+    /// Held while this drain may write the vault.
+    lease: Option<WriteLease>,
     workers: usize,
     /// The pocket's config file, and what of it the vault holds.
     config_path: PathBuf,
     config_sent: Option<Vec<u8>>,
+}
+
+impl Drop for VaultDrain {
+    fn drop(&mut self) {
+        if let Some(l) = self.lease.take() {
+            l.release(&self.vault);
+        }
+    }
 }
 
 impl VaultDrain {
@@ -93,7 +109,8 @@ impl VaultDrain {
         VaultDrain {
             vault,
             state: None,
-            segments_since_checkpoint: 0,
+            since: LogSince::default(),
+            lease: None,
             workers,
             config_path,
             config_sent: None,
@@ -111,6 +128,22 @@ impl VaultDrain {
             self.config_sent = Some(text);
         }
         Ok(())
+    }
+
+    /// Runs maintenance on the vault (the drain's own lease does not stand in its way).
+    pub fn maintain(
+        &mut self,
+        opts: &crate::maintain::MaintainOptions,
+        interrupt: &dyn Fn() -> bool,
+        progress: &Progress,
+    ) -> Result<crate::maintain::MaintainReport> {
+        let own = self.lease.as_ref().map(|l| l.key().to_owned());
+        let res =
+            crate::maintain::maintain(&mut self.vault, opts, own.as_deref(), interrupt, progress);
+        if res.is_err() {
+            self.state = None;
+        }
+        res
     }
 
     /// The vault's newest head, once loaded.
@@ -133,11 +166,15 @@ impl VaultDrain {
         self.send_config()?;
         let reader = journal::Reader::open(src.journal)?;
         let jid = reader.journal_id()?;
+        match &mut self.lease {
+            Some(l) => l.renew(&self.vault)?,
+            None => self.lease = Some(WriteLease::take(&self.vault)?),
+        }
         if self.state.is_none() {
             self.vault.load_index()?;
-            let loaded = self.vault.load_tree(None)?;
-            self.segments_since_checkpoint = 0;
-            self.state = Some(loaded);
+            let loaded = self.vault.load_newest()?;
+            self.since = loaded.as_ref().map(|r| r.since).unwrap_or_default();
+            self.state = Some(loaded.map(|r| (r.tree, r.head)));
         }
         let mut cursor = reader.cursor(src.dest)?;
         let head = self.head().cloned();
@@ -303,9 +340,14 @@ impl VaultDrain {
         src.check_cancel()?;
         // Never ahead of the journal: what the segment holds survives a power cut there too.
         journal::make_durable(src.journal)?;
+        let records = segment.records.len() as u64;
         let mut new_head = self.vault.append_log(&head, &LogObject::Segment(segment))?;
-        self.segments_since_checkpoint += 1;
-        if self.segments_since_checkpoint >= CHECKPOINT_EVERY {
+        self.since.segments += 1;
+        self.since.records += records;
+        if self.since.segments >= CHECKPOINT_MAX
+            || (self.since.segments >= CHECKPOINT_EVERY
+                && self.since.records >= self.since.checkpoint_files)
+        {
             new_head = self.write_checkpoint(&tree, &new_head, jid, end_seq, end_time)?;
             report.checkpoint = true;
         }
@@ -334,7 +376,10 @@ impl VaultDrain {
             time_ns,
             written_ns: now_ns(),
         });
-        self.segments_since_checkpoint = 0;
+        self.since = LogSince {
+            checkpoint_files: cp.files.len() as u64,
+            ..LogSince::default()
+        };
         self.vault.append_log(head, &LogObject::Checkpoint(cp))
     }
 

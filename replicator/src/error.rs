@@ -54,6 +54,10 @@ pub enum Error {
     /// network went away mid-drain); they start over once it holds again.
     #[error("paused: a condition of the destination stopped holding")]
     Paused,
+    /// Another process holds the vault for maintenance (or writes it while maintenance wants
+    /// to delete): said with who and until when.
+    #[error("{0}")]
+    Busy(String),
     /// The pocket changed under a drain in a way newer journal records will explain.
     #[error("the pocket changed while it was being copied; it will be taken again")]
     Retry,

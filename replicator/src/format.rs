@@ -9,8 +9,15 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{self, Key};
 use crate::error::{Error, Result};
 
-/// The vault format this code writes and reads.
-pub const VAULT_FORMAT: u32 = 1;
+/// The vault format this code writes and reads. Format 2 added log bundles, index sets,
+/// trash and leases (maintenance); format 1 vaults are read as they are and move to 2 at their
+/// first maintenance.
+pub const VAULT_FORMAT: u32 = 2;
+
+/// The tag in every object's associated data. It stays that of format 1: objects of format 1
+/// are kept verbatim by format 2 (bundles hold them byte for byte), so their binding must
+/// not change with the format number.
+const AAD_TAG: &str = "backpocket-vault-1";
 
 /// Largest object we will decode (a checkpoint of a very large pocket fits well within it);
 /// a damaged length never turns into a huge allocation.
@@ -81,6 +88,51 @@ pub struct PackIndex {
     pub pack: String,
     pub size: u64,
     pub blobs: Vec<BlobEntry>,
+}
+
+/// `index/set-<32 hex>` (format 2): the index of many packs in one object, written by
+/// maintenance in place of the one-pack objects drains write.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IndexSet {
+    pub packs: Vec<PackIndex>,
+}
+
+/// One log object kept verbatim in a bundle: its stored (sealed) bytes, so that the hash chain
+/// over stored bytes holds whether a reader finds it alone or in a bundle.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Bundled {
+    pub gen: u64,
+    pub checkpoint: bool,
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+/// `log/<first>-<last>` (format 2): the consecutive log objects `first..=last` in one object.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Bundle {
+    pub first: u64,
+    pub last: u64,
+    pub objects: Vec<Bundled>,
+}
+
+/// `trash/<time>-<random>` (format 2): objects maintenance replaced. Readers ignore what a
+/// trash object lists at once; maintenance deletes it once `written_ns` is older than the
+/// grace period, so a reader that started before still finds every object it listed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Trash {
+    pub written_ns: i64,
+    pub keys: Vec<String>,
+}
+
+/// `locks/<random>` (format 2): who maintains or writes the vault, until when.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lease {
+    /// `maintain` (exclusive) or `write` (a pocket draining into the vault).
+    pub kind: String,
+    pub host: String,
+    pub pid: u32,
+    pub taken_ns: i64,
+    pub expires_ns: i64,
 }
 
 /// Metadata as stored (the journal's `Meta`, in a form this format owns).
@@ -371,7 +423,7 @@ pub struct Checkpoint {
 
 /// The name that binds a sealed object to its place.
 pub fn aad(kind: &str, name: &str) -> Vec<u8> {
-    format!("backpocket-vault-{VAULT_FORMAT} {kind} {name}").into_bytes()
+    format!("{AAD_TAG} {kind} {name}").into_bytes()
 }
 
 /// CBOR, zstd, seal.

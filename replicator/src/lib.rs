@@ -9,6 +9,7 @@ mod drain;
 mod error;
 mod faults;
 pub mod format;
+mod maintain;
 #[cfg(unix)]
 mod mirror;
 mod os;
@@ -33,12 +34,15 @@ pub use crypto::{KdfParams, Key};
 pub use dest::{is_unreachable, runtime};
 pub use drain::{DrainReport, Progress};
 pub use error::{Error, Result};
+pub use maintain::{
+    maintain, shape, take_lease, LeaseGuard, MaintainOptions, MaintainReport, Shape,
+};
 #[cfg(unix)]
 pub use mirror::{init_mirror, is_mirror, restore_mirror};
 pub use policy::Policy;
 pub use repair::{repair, RepairReport};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
-pub use retention::{forget, prune, ForgetReport, KeepPolicy, PruneReport};
+pub use retention::{forget, prune, unused, ForgetReport, KeepPolicy};
 pub use service::{Reload, Replicator};
 pub use state::{DestLock, DestState, Live};
 pub use store::{local_path, Store, Target};

@@ -10,7 +10,7 @@
 //! damaged packs and index objects. What only old versions needed, and the pocket no longer
 //! has, cannot come back; the verify that follows names it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ use crate::config::{DestSpec, Setup};
 use crate::dest::{runtime, DestDrain};
 use crate::drain::{Progress, Source};
 use crate::error::{Error, Result};
+use crate::format::{IndexSet, PackIndex};
 use crate::vault::Vault;
 use crate::verify::VerifyReport;
 
@@ -79,18 +80,37 @@ pub fn repair(
         report.bytes_uploaded = drained.bytes_uploaded;
         report.checkpoint_seq = drained.cursor;
         // Everything the damaged objects held that still exists is durable elsewhere now.
+        // Index sets that list a damaged pack are written again without it.
         let vault = &d.vault;
+        let trashed = vault.trashed()?;
+        for o in vault.read_index_objects(&trashed.keys)? {
+            let Some(packs) = &o.packs else { continue };
+            if !o.key.starts_with("index/set-")
+                || !packs.iter().any(|p| found.found.packs.contains(&p.pack))
+            {
+                continue;
+            }
+            let keep: Vec<_> = packs
+                .iter()
+                .filter(|p| !found.found.packs.contains(&p.pack))
+                .cloned()
+                .collect();
+            if !keep.is_empty() {
+                let (key, sealed) = vault.seal_index_set(&IndexSet { packs: keep })?;
+                vault.store.put(&key, sealed)?;
+            }
+            remove(vault, &o.key, &mut report)?;
+        }
         for name in &found.found.packs {
             remove(vault, &format!("index/{name}"), &mut report)?;
             remove(vault, &Vault::pack_key(name), &mut report)?;
         }
         for key in &found.found.index {
             remove(vault, key, &mut report)?;
-            remove(
-                vault,
-                &Vault::pack_key(key.trim_start_matches("index/")),
-                &mut report,
-            )?;
+            let name = key.trim_start_matches("index/");
+            if !name.starts_with("set-") {
+                remove(vault, &Vault::pack_key(name), &mut report)?;
+            }
         }
         info!(dest = spec.name, ?report, "repaired");
         Ok(report)
@@ -103,11 +123,15 @@ pub fn repair(
 fn salvage(vault: &Vault, packs: &std::collections::BTreeSet<String>) -> Result<u64> {
     let mut packer = vault.packer();
     let mut salvaged = 0;
+    let listed: HashMap<String, PackIndex> = vault
+        .read_index_objects(&HashSet::new())?
+        .into_iter()
+        .flat_map(|o| o.packs.into_iter().flatten())
+        .map(|p| (p.pack.clone(), p))
+        .collect();
     for name in packs {
-        let (Ok(bytes), Ok(idx)) = (
-            vault.store.get(&Vault::pack_key(name)),
-            vault.read_index_object(name),
-        ) else {
+        let (Ok(bytes), Some(idx)) = (vault.store.get(&Vault::pack_key(name)), listed.get(name))
+        else {
             continue;
         };
         for blob in &idx.blobs {

@@ -497,7 +497,7 @@ pub struct Version {
 pub fn versions(vault: &Vault, path: &[u8]) -> Result<Vec<Version>> {
     let mut out: Vec<Version> = Vec::new();
     let mut last: Option<(u64, u64, i64, Option<Content>)> = None;
-    vault.replay_all(&mut |tree, point| {
+    vault.replay_all(&mut |tree, point, _| {
         let Some(id) = tree.lookup(path) else {
             last = None;
             return Ok(());

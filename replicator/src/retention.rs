@@ -1,14 +1,14 @@
 //! Retention: `forget` keeps the restore points a policy names and rewrites the log so that
-//! the others are gone; `prune` then deletes the packs no kept point needs. Neither ever
-//! removes something a kept point refers to: prune computes what is referenced from the log
-//! as it is after forget, and deletes only packs none of whose chunks are referenced.
+//! the others are gone; `prune` then drops the chunks no kept point needs. Both go through
+//! maintenance's trash: what they replace is ignored by readers at once and deleted after the
+//! grace period, and never while a kept point still refers to it (see `maintain`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::error::{Error, Result};
-use crate::format::{ChunkId, Position, Segment, VChange, VRecord};
+use crate::error::Result;
+use crate::format::{Position, Segment, VChange, VRecord};
 use crate::tree::Tree;
-use crate::vault::{now_ns, Head, LogKind, LogObject, Point, Vault};
+use crate::vault::{now_ns, Head, LogObject, Point, Vault};
 
 /// Which points to keep. Like restic's: for each unit, the newest point of each of the
 /// last N units that have one; the newest point is always kept.
@@ -89,18 +89,20 @@ pub fn forget(
         report.kept.sort_by_key(|p| p.gen);
         return Ok((report, None));
     }
-    let log = vault.list_log()?;
+    let trashed = vault.trashed()?;
+    let map = vault.log_map_without(&trashed.keys)?;
     let Some(mut head) = vault.head()? else {
         return Ok((report, None));
     };
-    let old_last = head.gen;
     let mut tree = Tree::default();
     let mut pending: Vec<VRecord> = Vec::new();
     // After an old checkpoint the records since the last kept point no longer say how to get
     // there: the next kept point is written as a checkpoint.
     let mut need_checkpoint = true;
-    for (gen, kind) in &log {
-        let (_, obj) = vault.read_log(*gen, *kind)?;
+    let mut cache = None;
+    let gens: Vec<u64> = map.at.keys().copied().collect();
+    for gen in &gens {
+        let (_, obj) = vault.read_point(&map, *gen, &mut cache)?;
         let pos: Position = obj.pos().clone();
         match obj {
             LogObject::Segment(s) => {
@@ -140,19 +142,9 @@ pub fn forget(
         pending.clear();
         need_checkpoint = false;
     }
-    // Oldest first: whatever is left if this is interrupted still chains to the new objects.
-    for (gen, kind) in &log {
-        if *gen <= old_last {
-            vault.store.delete(&format!(
-                "{}/{}",
-                match kind {
-                    LogKind::Segment => "log",
-                    LogKind::Checkpoint => "checkpoints",
-                },
-                crate::format::gen_name(*gen)
-            ))?;
-        }
-    }
+    // The new objects are durable: the old ones go to the trash, deleted by maintenance once
+    // the grace period has passed (a restore started before still finds them).
+    vault.put_trash(map.objects.iter().map(|o| o.key.clone()).collect())?;
     report.kept.sort_by_key(|p| p.gen);
     Ok((report, Some(head)))
 }
@@ -193,76 +185,49 @@ fn collapse(records: Vec<VRecord>, end: &Tree) -> Vec<VRecord> {
         .collect()
 }
 
-/// What prune did.
-#[derive(Clone, Debug, Default)]
-pub struct PruneReport {
-    pub packs_deleted: u64,
-    pub bytes_freed: u64,
-    pub packs_kept: u64,
-    /// Bytes in kept packs that no point refers to (kept because the pack holds live chunks).
-    pub unused_bytes_kept: u64,
+/// What prune would drop: chunks no point of the log needs, and their sealed bytes.
+pub fn unused(vault: &Vault) -> Result<(u64, u64)> {
+    let trashed = vault.trashed()?;
+    let map = vault.log_map_without(&trashed.keys)?;
+    let used = crate::maintain::used_chunks(vault, &map)?;
+    let mut seen = HashSet::new();
+    let (mut n, mut bytes) = (0, 0);
+    for p in vault
+        .read_index_objects(&trashed.keys)?
+        .iter()
+        .flat_map(|o| o.packs.iter().flatten())
+    {
+        for b in &p.blobs {
+            if !used.contains(&b.id) && seen.insert(b.id) {
+                n += 1;
+                bytes += u64::from(b.len);
+            }
+        }
+    }
+    Ok((n, bytes))
 }
 
-/// Deletes every pack (and its index object) that no point of the log refers to, and packs
-/// left by interrupted drains that no index names.
-pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
-    let mut used: HashSet<ChunkId> = HashSet::new();
-    let replayed = vault.replay_all(&mut |tree, _| {
-        for (_, c) in tree.contents() {
-            for ch in c.extents.iter().flat_map(|e| &e.chunks) {
-                used.insert(ch.id);
-            }
-        }
-        Ok(())
-    })?;
-    if replayed.is_none() && !vault.list_log()?.is_empty() {
-        return Err(Error::Format(
-            "the log cannot be replayed; run verify first".into(),
-        ));
-    }
-    vault.load_index()?;
-    let mut report = PruneReport::default();
-    let stored: HashMap<String, u64> = vault.store.list("data/")?.into_iter().collect();
-    let mut indexed = HashSet::new();
-    for (key, _) in vault.store.list("index/")? {
-        let name = key.trim_start_matches("index/").to_owned();
-        let idx = vault.read_index_object(&name)?;
-        let pack_key = Vault::pack_key(&name);
-        indexed.insert(pack_key.clone());
-        let live: u64 = idx
-            .blobs
-            .iter()
-            .filter(|b| used.contains(&b.id))
-            .map(|b| b.len as u64)
-            .sum();
-        if live == 0 {
-            report.packs_deleted += 1;
-            report.bytes_freed += idx.size;
-            if !dry_run {
-                // The index object first: a pack without one is merely unreferenced.
-                vault.store.delete(&key)?;
-                vault.store.delete(&pack_key)?;
-            }
-        } else {
-            report.packs_kept += 1;
-            report.unused_bytes_kept += idx.size.saturating_sub(live);
-        }
-    }
-    for (key, size) in &stored {
-        if !indexed.contains(key) {
-            report.packs_deleted += 1;
-            report.bytes_freed += size;
-            if !dry_run {
-                vault.store.delete(key)?;
-            }
-        }
-    }
-    Ok(report)
+/// Prune: maintenance that drops every chunk no kept point needs, whatever the pack it is
+/// in. What it replaces goes to the trash, deleted after `grace`.
+pub fn prune(
+    vault: &mut Vault,
+    grace: std::time::Duration,
+    progress: &crate::drain::Progress,
+) -> Result<crate::maintain::MaintainReport> {
+    let opts = crate::maintain::MaintainOptions {
+        grace,
+        unused_share: 0.0,
+        find_unused: true,
+        max_repack_bytes: u64::MAX,
+        ..Default::default()
+    };
+    crate::maintain::maintain(vault, &opts, None, &|| false, progress)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vault::LogKind;
 
     fn point(gen: u64, hours: f64) -> Point {
         Point {

@@ -385,6 +385,12 @@ fn run_dest_loop(
         progress,
     };
     let mut drain: Option<DestDrain> = None;
+    // Maintenance waits until the destination has been idle (and reachable) this long.
+    let maintain_opts = maintenance_options();
+    let idle_for = Duration::from_secs(env_secs("BACKPOCKET_MAINTAIN_IDLE_SECS").unwrap_or(60));
+    let mut last_drain = std::time::Instant::now();
+    // Whether the vault may want maintenance (drains since the last run, or just opened).
+    let mut maintenance_pending = spec.mode == Mode::Vault;
     let mut backoff = Duration::from_secs(1);
     let mut waiting_backoff = Duration::from_secs(2);
     // Whether the last check found a condition unmet (status then says what it waits for).
@@ -471,9 +477,52 @@ fn run_dest_loop(
                     d.note_head(&mut st);
                 }
                 backoff = Duration::from_secs(1);
+                if n > 0 {
+                    last_drain = std::time::Instant::now();
+                    maintenance_pending = spec.mode == Mode::Vault;
+                }
+                let idle = last_drain.elapsed();
+                if maintenance_pending && idle >= idle_for {
+                    maintenance_pending = false;
+                    if let Some(d) = drain.as_mut() {
+                        // A journal commit (or a pause) ends the run early: the drain goes first.
+                        let interrupt = || {
+                            !ctl.wake.is_empty()
+                                || ctl.cancel.load(Ordering::Relaxed)
+                                || ctl.pause.load(Ordering::Relaxed)
+                        };
+                        match d.maintain_if_due(&maintain_opts, &interrupt) {
+                            Ok(Some(r)) => {
+                                maintenance_pending = r.interrupted;
+                                info!(
+                                    dest = spec.name,
+                                    log_objects = r.log_objects_after,
+                                    index_objects = r.index_objects_after,
+                                    packs_repacked = r.packs_repacked,
+                                    deleted = r.objects_deleted,
+                                    "vault maintained"
+                                );
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                // Not a backup failure: the drains go on, the next idle
+                                // period tries again.
+                                warn!(dest = spec.name, "maintenance: {e}");
+                                drain = None;
+                            }
+                        }
+                    }
+                }
                 // Nothing pending: sleep until the journal commits, or check again in a while
-                // (a destination may have come back, a scan may have run).
-                Duration::from_secs(30)
+                // (a destination may have come back, a scan may have run), or when the
+                // destination will have been idle long enough for maintenance.
+                if maintenance_pending {
+                    idle_for
+                        .saturating_sub(last_drain.elapsed())
+                        .clamp(Duration::from_millis(100), Duration::from_secs(30))
+                } else {
+                    Duration::from_secs(30)
+                }
             }
             Err(e) => {
                 warn!(dest = spec.name, "{e}");
@@ -508,6 +557,21 @@ fn run_dest_loop(
             return;
         }
     }
+}
+
+/// A setting in whole seconds from the environment (for tests and tuning).
+fn env_secs(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+/// Maintenance as the mount runs it; the grace period can be shortened for tests
+/// (`BACKPOCKET_MAINTAIN_GRACE_SECS`).
+fn maintenance_options() -> crate::maintain::MaintainOptions {
+    let mut o = crate::maintain::MaintainOptions::default();
+    if let Some(g) = env_secs("BACKPOCKET_MAINTAIN_GRACE_SECS") {
+        o.grace = Duration::from_secs(g);
+    }
+    o
 }
 
 /// Removes the records every destination holds once the journal has many: the journal on the

@@ -1,7 +1,7 @@
 //! A vault at a destination: opening it, its index, writing packs, and its log (segments and
 //! checkpoints, one hash-chained sequence).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -10,8 +10,8 @@ use tracing::debug;
 use crate::crypto::{self, KdfParams, Key};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, gen_name, BlobEntry, Checkpoint, ChunkId, ChunkRef, ChunkerParams, PackIndex, Position,
-    Segment, VaultConfig, VAULT_FORMAT,
+    self, gen_name, BlobEntry, Bundle, Bundled, Checkpoint, ChunkId, ChunkRef, ChunkerParams,
+    IndexSet, Lease, PackIndex, Position, Segment, Trash, VaultConfig, VAULT_FORMAT,
 };
 use crate::source::Chunker;
 use crate::store::Store;
@@ -222,60 +222,20 @@ impl Vault {
         *blake3::keyed_hash(self.keys.chunk_id.as_bytes(), data).as_bytes()
     }
 
-    /// Reads every index object (those of a remote vault from the cache when it has them,
-    /// the others several at a time). A damaged index object is reported, not fatal: its
-    /// chunks are simply sent again.
+    /// Reads every index object not in the trash (those of a remote vault from the cache
+    /// when it has them, the others several at a time) into the index. A damaged index
+    /// object is reported, not fatal: its chunks are simply sent again.
     pub fn load_index(&self) -> Result<Vec<String>> {
-        let listed = self.store.list("index/")?;
-        if let Some(dir) = &self.cache {
-            // Index objects that are gone (pruned) leave the cache too.
-            if let Ok(rd) = std::fs::read_dir(dir) {
-                let names: HashSet<&str> = listed
-                    .iter()
-                    .map(|(k, _)| k.trim_start_matches("index/"))
-                    .collect();
-                for e in rd.flatten() {
-                    if !names.contains(e.file_name().to_string_lossy().as_ref()) {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<Result<Vec<ReadIndex>>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..self.store.parallel().clamp(1, 16))
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((key, size)) = listed.get(i) else {
-                                break;
-                            };
-                            out.push((key.clone(), self.read_index_cached(key, *size)?));
-                        }
-                        Ok(out)
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join()
-                        .unwrap_or_else(|_| Err(Error::Format(
-                    "reading the vault's index failed unexpectedly (a bug; please report it)".into(),
-                )))
-                })
-                .collect()
-        });
+        let trashed = self.trashed()?;
+        let objects = self.read_index_objects(&trashed.keys)?;
         let mut damaged = Vec::new();
         let mut map = HashMap::new();
-        for r in results {
-            for (key, idx) in r? {
-                let Some(idx) = idx else {
-                    damaged.push(key);
-                    continue;
-                };
+        for o in objects {
+            let Some(packs) = o.packs else {
+                damaged.push(o.key);
+                continue;
+            };
+            for idx in packs {
                 let pack: Arc<str> = Arc::from(idx.pack.as_str());
                 for blob in idx.blobs {
                     map.insert(
@@ -293,14 +253,70 @@ impl Vault {
         Ok(damaged)
     }
 
-    /// One index object, None when it does not open; from the cache when it holds it.
-    fn read_index_cached(&self, key: &str, size: u64) -> Result<Option<PackIndex>> {
+    /// Every index object not in `trashed`, read and opened (None: it does not open).
+    pub(crate) fn read_index_objects(&self, trashed: &HashSet<String>) -> Result<Vec<IndexObject>> {
+        let listed: Vec<(String, u64)> = self
+            .store
+            .list("index/")?
+            .into_iter()
+            .filter(|(k, _)| !trashed.contains(k))
+            .collect();
+        if let Some(dir) = &self.cache {
+            // Index objects that are gone (pruned, merged) leave the cache too.
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                let names: HashSet<&str> = listed
+                    .iter()
+                    .map(|(k, _)| k.trim_start_matches("index/"))
+                    .collect();
+                for e in rd.flatten() {
+                    if !names.contains(e.file_name().to_string_lossy().as_ref()) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Result<Vec<IndexObject>>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..self.store.parallel().clamp(1, 16))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((key, size)) = listed.get(i) else {
+                                break;
+                            };
+                            out.push(IndexObject {
+                                key: key.clone(),
+                                packs: self.read_index_cached(key, *size)?,
+                            });
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(Error::Format(
+                    "reading the vault's index failed unexpectedly (a bug; please report it)".into(),
+                )))
+                })
+                .collect()
+        });
+        let mut out = Vec::new();
+        for r in results {
+            out.extend(r?);
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// One index object's packs, None when it does not open; from the cache when it holds it.
+    fn read_index_cached(&self, key: &str, size: u64) -> Result<Option<Vec<PackIndex>>> {
         let name = key.trim_start_matches("index/");
-        let open = |raw: &[u8]| {
-            format::open_object::<PackIndex>(&self.keys.objects, "index", name, raw)
-                .ok()
-                .filter(|idx| idx.pack == name)
-        };
+        let open = |raw: &[u8]| self.open_index(name, raw);
         let cached = self.cache.as_ref().map(|d| d.join(name));
         if let Some(c) = &cached {
             if let Ok(raw) = std::fs::read(c) {
@@ -321,6 +337,21 @@ impl Vault {
                 .and_then(|()| std::fs::rename(&tmp, c));
         }
         Ok(idx)
+    }
+
+    /// An index object's packs: a set (format 2), or the index of the one pack it is named
+    /// after.
+    fn open_index(&self, name: &str, raw: &[u8]) -> Option<Vec<PackIndex>> {
+        if name.starts_with("set-") {
+            format::open_object::<IndexSet>(&self.keys.objects, "index-set", name, raw)
+                .ok()
+                .map(|s| s.packs)
+        } else {
+            format::open_object::<PackIndex>(&self.keys.objects, "index", name, raw)
+                .ok()
+                .filter(|idx| idx.pack == name)
+                .map(|idx| vec![idx])
+        }
     }
 
     pub fn locate(&self, id: &ChunkId) -> Option<Loc> {
@@ -407,6 +438,49 @@ impl Vault {
             .to_string()
     }
 
+    /// Ends a pack: its blobs' bytes in `buf`, then the sealed header and its length. Returns
+    /// the pack's bytes and its index.
+    pub(crate) fn seal_pack(
+        &self,
+        mut buf: Vec<u8>,
+        blobs: Vec<BlobEntry>,
+    ) -> Result<(Vec<u8>, PackIndex)> {
+        let mut header = Vec::new();
+        ciborium::into_writer(&blobs, &mut header).map_err(|e| Error::Format(e.to_string()))?;
+        let sealed_header =
+            crypto::seal(&self.keys.objects, &format::aad("pack-header", ""), &header)?;
+        buf.extend_from_slice(&sealed_header);
+        buf.extend_from_slice(&(sealed_header.len() as u32).to_le_bytes());
+        let name = self.pack_name(&buf);
+        let index = PackIndex {
+            pack: name,
+            size: buf.len() as u64,
+            blobs,
+        };
+        Ok((buf, index))
+    }
+
+    /// The blob list a pack carries at its end (for a pack no index object lists).
+    pub(crate) fn open_pack_header(&self, pack: &[u8]) -> Result<Vec<BlobEntry>> {
+        let damaged = |d: &str| Error::Damaged {
+            object: "pack header".into(),
+            detail: d.to_owned(),
+        };
+        let n = pack.len();
+        let len = pack
+            .get(n.saturating_sub(4)..)
+            .filter(|b| b.len() == 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| damaged("too short"))?;
+        let sealed = pack
+            .get(n.saturating_sub(4 + len)..n - 4)
+            .filter(|s| s.len() == len)
+            .ok_or_else(|| damaged("its length is wrong"))?;
+        let plain = crypto::open(&self.keys.objects, &format::aad("pack-header", ""), sealed)
+            .map_err(|_| damaged("authentication failed"))?;
+        ciborium::from_reader(&plain[..]).map_err(|e| damaged(&format!("cannot decode: {e}")))
+    }
+
     /// A packer for one worker thread.
     pub fn packer(&self) -> Packer<'_> {
         Packer {
@@ -422,56 +496,162 @@ impl Vault {
 
     // --- the log ---
 
-    /// Every log object, in order: (gen, kind).
-    pub fn list_log(&self) -> Result<Vec<(u64, LogKind)>> {
-        let mut out = Vec::new();
+    /// Where every log object of the chain is stored: one listing of `log/` and
+    /// `checkpoints/`, without what trash objects list.
+    pub fn log_map(&self) -> Result<LogMap> {
+        let trashed = self.trashed()?;
+        self.log_map_without(&trashed.keys)
+    }
+
+    pub(crate) fn log_map_without(&self, trashed: &HashSet<String>) -> Result<LogMap> {
+        let mut objects = Vec::new();
         for kind in [LogKind::Segment, LogKind::Checkpoint] {
-            for (key, _) in self.store.list(&format!("{}/", kind.dir()))? {
-                let name = key.rsplit('/').next().unwrap_or("");
-                match name.parse::<u64>() {
-                    Ok(gen) if gen_name(gen) == name => out.push((gen, kind)),
-                    _ => {
-                        return Err(Error::Damaged {
-                            object: key.clone(),
-                            detail: "not a log object name".into(),
-                        })
-                    }
+            for (key, size) in self.store.list(&format!("{}/", kind.dir()))? {
+                if trashed.contains(&key) {
+                    continue;
                 }
-            }
-        }
-        out.sort_by_key(|(g, _)| *g);
-        for w in out.windows(2) {
-            if w[0].0 == w[1].0 {
-                return Err(Error::Damaged {
-                    object: format!("log object {}", w[0].0),
-                    detail: "stored both as a segment and as a checkpoint".into(),
+                let name = key.rsplit('/').next().unwrap_or("");
+                let bad = || Error::Damaged {
+                    object: key.clone(),
+                    detail: "not a log object name".into(),
+                };
+                let (first, last, bundle) = match name.split_once('-') {
+                    Some((a, b)) if kind == LogKind::Segment => (
+                        parse_gen(a).ok_or_else(bad)?,
+                        parse_gen(b).ok_or_else(bad)?,
+                        true,
+                    ),
+                    _ => {
+                        let g = parse_gen(name).ok_or_else(bad)?;
+                        (g, g, false)
+                    }
+                };
+                if first > last || first == 0 {
+                    return Err(bad());
+                }
+                objects.push(LogEntry {
+                    key: key.clone(),
+                    first,
+                    last,
+                    size,
+                    kind: (!bundle).then_some(kind),
                 });
             }
         }
-        Ok(out)
+        // Bundles first, widest first: a gen held both alone and in a bundle (maintenance
+        // between writing the bundle and trashing the singles) is read from the bundle.
+        objects.sort_by_key(|o| {
+            (
+                o.kind.is_some(),
+                std::cmp::Reverse(o.last - o.first),
+                o.first,
+            )
+        });
+        let mut at: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut checkpoints = BTreeSet::new();
+        let mut singles: HashMap<u64, LogKind> = HashMap::new();
+        for (i, o) in objects.iter().enumerate() {
+            if let Some(k) = o.kind {
+                if let Some(other) = singles.insert(o.first, k) {
+                    if other != k {
+                        return Err(Error::Damaged {
+                            object: format!("log object {}", o.first),
+                            detail: "stored both as a segment and as a checkpoint".into(),
+                        });
+                    }
+                }
+                if k == LogKind::Checkpoint {
+                    checkpoints.insert(o.first);
+                }
+            }
+            for g in o.first..=o.last {
+                at.entry(g).or_insert(i);
+            }
+        }
+        Ok(LogMap {
+            objects,
+            at,
+            checkpoints,
+        })
     }
 
     fn log_key(kind: LogKind, gen: u64) -> String {
         format!("{}/{}", kind.dir(), gen_name(gen))
     }
 
-    /// Reads one log object: its stored bytes' hash and its content.
-    pub fn read_log(&self, gen: u64, kind: LogKind) -> Result<([u8; 32], LogObject)> {
-        let raw = self.store.get(&Vault::log_key(kind, gen))?;
-        let hash = *blake3::hash(&raw).as_bytes();
+    /// Reads log object `gen` as the map says where it is; `cache` keeps the last bundle
+    /// read, so that walking the chain reads each bundle once.
+    pub(crate) fn read_point(
+        &self,
+        map: &LogMap,
+        gen: u64,
+        cache: &mut Option<(usize, HashMap<u64, Bundled>)>,
+    ) -> Result<([u8; 32], LogObject)> {
+        let i = *map.at.get(&gen).ok_or_else(|| Error::Damaged {
+            object: format!("log object {gen}"),
+            detail: "missing from the chain".into(),
+        })?;
+        let entry = &map.objects[i];
+        let (raw, kind) = match entry.kind {
+            Some(kind) => (self.store.get(&entry.key)?, kind),
+            None => {
+                if cache.as_ref().is_none_or(|(c, _)| *c != i) {
+                    *cache = Some((i, self.read_bundle(entry)?));
+                }
+                let held = cache.as_mut().and_then(|(_, b)| b.remove(&gen));
+                let b = held.ok_or_else(|| Error::Damaged {
+                    object: entry.key.clone(),
+                    detail: format!("it does not hold log object {gen} that its name promises"),
+                })?;
+                let kind = if b.checkpoint {
+                    LogKind::Checkpoint
+                } else {
+                    LogKind::Segment
+                };
+                (b.sealed, kind)
+            }
+        };
+        self.open_log(gen, kind, &raw)
+    }
+
+    /// A bundle's objects by gen, checked against its name.
+    pub(crate) fn read_bundle(&self, entry: &LogEntry) -> Result<HashMap<u64, Bundled>> {
+        let raw = self.store.get(&entry.key)?;
+        let name = entry.key.trim_start_matches("log/");
+        let b: Bundle = format::open_object(&self.keys.objects, "log-bundle", name, &raw)?;
+        let gens: Vec<u64> = b.objects.iter().map(|o| o.gen).collect();
+        if b.first != entry.first
+            || b.last != entry.last
+            || gens != (entry.first..=entry.last).collect::<Vec<_>>()
+        {
+            return Err(Error::Damaged {
+                object: entry.key.clone(),
+                detail: "it holds other log objects than its name says".into(),
+            });
+        }
+        Ok(b.objects.into_iter().map(|o| (o.gen, o)).collect())
+    }
+
+    pub(crate) fn open_log(
+        &self,
+        gen: u64,
+        kind: LogKind,
+        raw: &[u8],
+    ) -> Result<([u8; 32], LogObject)> {
+        let hash = *blake3::hash(raw).as_bytes();
         let name = gen_name(gen);
         let obj = match kind {
             LogKind::Segment => LogObject::Segment(format::open_object(
                 &self.keys.objects,
                 kind.kind(),
                 &name,
-                &raw,
+                raw,
             )?),
             LogKind::Checkpoint => LogObject::Checkpoint(format::open_object(
                 &self.keys.objects,
                 kind.kind(),
                 &name,
-                &raw,
+                raw,
             )?),
         };
         if obj.pos().gen != gen {
@@ -483,20 +663,30 @@ impl Vault {
         Ok((hash, obj))
     }
 
+    /// Seals a log object as stored (its bytes are what the next object's `prev` hashes).
+    pub(crate) fn seal_log(&self, obj: &LogObject) -> Result<Vec<u8>> {
+        let name = gen_name(obj.pos().gen);
+        match obj {
+            LogObject::Segment(s) => format::seal_object(&self.keys.objects, "log", &name, s),
+            LogObject::Checkpoint(c) => {
+                format::seal_object(&self.keys.objects, "checkpoint", &name, c)
+            }
+        }
+    }
+
+    /// Seals a bundle of stored log objects.
+    pub(crate) fn seal_bundle(&self, b: &Bundle) -> Result<(String, Vec<u8>)> {
+        let name = format!("{}-{}", gen_name(b.first), gen_name(b.last));
+        let sealed = format::seal_object(&self.keys.objects, "log-bundle", &name, b)?;
+        Ok((format!("log/{name}"), sealed))
+    }
+
     /// Writes the next log object after `head` and returns the new head.
     pub fn append_log(&self, head: &Head, obj: &LogObject) -> Result<Head> {
         let kind = obj.kind();
         let pos = obj.pos();
         debug_assert_eq!(pos.gen, head.gen + 1);
-        let name = gen_name(pos.gen);
-        let bytes = match obj {
-            LogObject::Segment(s) => {
-                format::seal_object(&self.keys.objects, kind.kind(), &name, s)?
-            }
-            LogObject::Checkpoint(c) => {
-                format::seal_object(&self.keys.objects, kind.kind(), &name, c)?
-            }
-        };
+        let bytes = self.seal_log(obj)?;
         let hash = *blake3::hash(&bytes).as_bytes();
         self.store.put(&Vault::log_key(kind, pos.gen), bytes)?;
         Ok(Head {
@@ -508,15 +698,17 @@ impl Vault {
         })
     }
 
-    /// The restore points, oldest first (reads every log object's position).
+    /// The restore points, oldest first (reads the whole log: few objects once maintained).
     pub fn points(&self) -> Result<Vec<Point>> {
+        let map = self.log_map()?;
         let mut out = Vec::new();
-        for (gen, kind) in self.list_log()? {
-            let (_, obj) = self.read_log(gen, kind)?;
+        let mut cache = None;
+        for &gen in map.at.keys() {
+            let (_, obj) = self.read_point(&map, gen, &mut cache)?;
             let pos = obj.pos();
             out.push(Point {
                 gen,
-                kind,
+                kind: obj.kind(),
                 time_ns: pos.time_ns,
                 written_ns: pos.written_ns,
                 seq: pos.seq,
@@ -533,48 +725,56 @@ impl Vault {
     /// `until` (all of the log when None), checking the hash chain on the way. Returns None
     /// for an empty vault, or when no point is that old.
     pub fn load_tree(&self, until: Option<i64>) -> Result<Option<(Tree, Head)>> {
-        self.replay(until, false, &mut |_, _| Ok(()))
+        Ok(self
+            .replay(until, false, &mut |_, _, _| Ok(()))?
+            .map(|r| (r.tree, r.head)))
     }
 
-    /// Replays the whole log from its oldest checkpoint, calling `visit` after each object.
+    /// As [`Vault::load_tree`] for the newest point, with what a drain needs to know of the
+    /// log since its newest checkpoint.
+    pub(crate) fn load_newest(&self) -> Result<Option<Replayed>> {
+        self.replay(None, false, &mut |_, _, _| Ok(()))
+    }
+
+    /// Replays the whole log from its oldest checkpoint, calling `visit` after each object
+    /// with the tree and the object itself.
     pub fn replay_all(
         &self,
-        visit: &mut dyn FnMut(&Tree, &Point) -> Result<()>,
+        visit: &mut dyn FnMut(&Tree, &Point, &LogObject) -> Result<()>,
     ) -> Result<Option<(Tree, Head)>> {
-        self.replay(None, true, visit)
+        Ok(self.replay(None, true, visit)?.map(|r| (r.tree, r.head)))
     }
 
-    /// As [`Vault::load_tree`], calling `visit` with the tree after each log object.
+    /// As [`Vault::load_tree`], calling `visit` after each log object.
     fn replay(
         &self,
         until: Option<i64>,
         from_oldest: bool,
-        visit: &mut dyn FnMut(&Tree, &Point) -> Result<()>,
-    ) -> Result<Option<(Tree, Head)>> {
-        let log = self.list_log()?;
-        // Start at the newest checkpoint that is old enough (or the oldest one).
-        let mut start = None;
-        if from_oldest {
-            start = log.iter().position(|(_, k)| *k == LogKind::Checkpoint);
-        }
-        for (i, (gen, kind)) in log.iter().enumerate().rev() {
-            if start.is_some() {
-                break;
-            }
-            if *kind != LogKind::Checkpoint {
-                continue;
-            }
-            let (_, obj) = self.read_log(*gen, *kind)?;
-            if until.is_none_or(|t| obj.pos().time_ns <= t) {
-                start = Some(i);
-                break;
+        visit: &mut dyn FnMut(&Tree, &Point, &LogObject) -> Result<()>,
+    ) -> Result<Option<Replayed>> {
+        let map = self.log_map()?;
+        let Some(&oldest) = map.at.keys().next() else {
+            return Ok(None);
+        };
+        let mut cache = None;
+        // Start at the newest stand-alone checkpoint that is old enough; when none is (the
+        // old ones live in bundles), from the start of the log.
+        let mut start = oldest;
+        if !from_oldest {
+            for &gen in map.checkpoints.iter().rev() {
+                let (_, obj) = self.read_point(&map, gen, &mut cache)?;
+                if until.is_none_or(|t| obj.pos().time_ns <= t) {
+                    start = gen;
+                    break;
+                }
             }
         }
-        let Some(start) = start else { return Ok(None) };
         let mut tree = Tree::default();
         let mut head: Option<Head> = None;
-        for (gen, kind) in &log[start..] {
-            let (hash, obj) = self.read_log(*gen, *kind)?;
+        let mut since = LogSince::default();
+        let mut started = false;
+        for &gen in map.at.range(start..).map(|(g, _)| g) {
+            let (hash, obj) = self.read_point(&map, gen, &mut cache)?;
             let pos = obj.pos().clone();
             if let Some(h) = &head {
                 if pos.gen != h.gen + 1 {
@@ -585,7 +785,7 @@ impl Vault {
                 }
                 if pos.prev != h.hash {
                     return Err(Error::Damaged {
-                        object: Vault::log_key(*kind, *gen),
+                        object: map.key_of(gen),
                         detail: "it does not follow the object before it (replaced or reordered)"
                             .into(),
                     });
@@ -594,15 +794,26 @@ impl Vault {
             if until.is_some_and(|t| pos.time_ns > t) {
                 break;
             }
-            let records = match obj {
+            let records = match &obj {
                 LogObject::Segment(s) => {
+                    if !started {
+                        // The log must start with a checkpoint.
+                        return Ok(None);
+                    }
                     for r in &s.records {
                         tree.apply(&r.change);
                     }
+                    since.segments += 1;
+                    since.records += s.records.len() as u64;
                     s.records.len()
                 }
                 LogObject::Checkpoint(c) => {
-                    tree = Tree::from_checkpoint(c);
+                    tree = Tree::from_checkpoint(c.clone());
+                    since = LogSince {
+                        checkpoint_files: c.files.len() as u64,
+                        ..LogSince::default()
+                    };
+                    started = true;
                     0
                 }
             };
@@ -617,24 +828,25 @@ impl Vault {
                 &tree,
                 &Point {
                     gen: pos.gen,
-                    kind: *kind,
+                    kind: obj.kind(),
                     time_ns: pos.time_ns,
                     written_ns: pos.written_ns,
                     seq: pos.seq,
                     records,
                 },
+                &obj,
             )?;
         }
-        Ok(head.map(|h| (tree, h)))
+        Ok(head.map(|head| Replayed { tree, head, since }))
     }
 
-    /// The newest log object's head without rebuilding the tree (cheap: one list, one read).
+    /// The newest log object's head without rebuilding the tree (one listing, one read).
     pub fn head(&self) -> Result<Option<Head>> {
-        let log = self.list_log()?;
-        let Some((gen, kind)) = log.last() else {
+        let map = self.log_map()?;
+        let Some(&gen) = map.at.keys().next_back() else {
             return Ok(None);
         };
-        let (hash, obj) = self.read_log(*gen, *kind)?;
+        let (hash, obj) = self.read_point(&map, gen, &mut None)?;
         let pos = obj.pos();
         Ok(Some(Head {
             gen: pos.gen,
@@ -643,6 +855,96 @@ impl Vault {
             seq: pos.seq,
             time_ns: pos.time_ns,
         }))
+    }
+
+    // --- trash and leases ---
+
+    /// What the trash objects list (readers ignore those objects), and the trash objects.
+    pub(crate) fn trashed(&self) -> Result<Trashed> {
+        let mut out = Trashed::default();
+        for (key, _) in self.store.list("trash/")? {
+            let name = key.trim_start_matches("trash/");
+            let raw = match self.store.get(&key) {
+                Ok(r) => r,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            // A trash object that does not open lists nothing: its objects stay visible,
+            // which only costs duplicates.
+            match format::open_object::<Trash>(&self.keys.objects, "trash", name, &raw) {
+                Ok(t) => {
+                    out.keys.extend(t.keys.iter().cloned());
+                    out.objects.push((key, t));
+                }
+                Err(e) => tracing::warn!("{key}: {e}; ignored"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a trash object listing `keys`.
+    pub(crate) fn put_trash(&self, keys: Vec<String>) -> Result<String> {
+        let written_ns = now_ns();
+        let name = format!("{}-{}", gen_name(written_ns.max(0) as u64), random_hex(8)?);
+        let sealed = format::seal_object(
+            &self.keys.objects,
+            "trash",
+            &name,
+            &Trash { written_ns, keys },
+        )?;
+        let key = format!("trash/{name}");
+        self.store.put(&key, sealed)?;
+        Ok(key)
+    }
+
+    /// Every lease in the vault (those that do not open are skipped: they bind no one).
+    pub(crate) fn leases(&self) -> Result<Vec<(String, Lease)>> {
+        let mut out = Vec::new();
+        for (key, _) in self.store.list("locks/")? {
+            let name = key.trim_start_matches("locks/");
+            let raw = match self.store.get(&key) {
+                Ok(r) => r,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            if let Ok(l) = format::open_object::<Lease>(&self.keys.objects, "lock", name, &raw) {
+                out.push((key, l));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes (or renews) the lease `key`.
+    pub(crate) fn put_lease(&self, key: &str, lease: &Lease) -> Result<()> {
+        let name = key.trim_start_matches("locks/");
+        let sealed = format::seal_object(&self.keys.objects, "lock", name, lease)?;
+        self.store.put(key, sealed)
+    }
+
+    /// The sealed bytes of an index set, and its key.
+    pub(crate) fn seal_index_set(&self, set: &IndexSet) -> Result<(String, Vec<u8>)> {
+        let name = format!("set-{}", random_hex(16)?);
+        let sealed = format::seal_object(&self.keys.objects, "index-set", &name, set)?;
+        Ok((format!("index/{name}"), sealed))
+    }
+
+    /// Rewrites the config with this code's format: done by maintenance before it writes the
+    /// first object an older reader would not understand.
+    pub(crate) fn upgrade_config(&mut self) -> Result<()> {
+        if self.config.backpocket_vault >= VAULT_FORMAT {
+            return Ok(());
+        }
+        let mut c = self.config.clone();
+        c.backpocket_vault = VAULT_FORMAT;
+        let json = serde_json::to_vec_pretty(&c).map_err(|e| Error::Format(e.to_string()))?;
+        self.store.put("config", json)?;
+        self.config = c;
+        Ok(())
+    }
+
+    /// Replaces the in-memory index (maintenance moved chunks).
+    pub(crate) fn set_index(&self, map: HashMap<ChunkId, Loc>) {
+        *self.index.lock() = map;
     }
 
     /// Stores the pocket's config in the vault (sealed), so that a new drive made from the
@@ -667,20 +969,82 @@ impl Vault {
             format::open_object(&self.keys.objects, "pocket", "config", &raw)?;
         Ok(Some(b.into_vec()))
     }
+}
 
-    /// Reads an index object, for verify.
-    pub fn read_index_object(&self, name: &str) -> Result<PackIndex> {
-        let raw = self.store.get(&format!("index/{name}"))?;
-        format::open_object(&self.keys.objects, "index", name, &raw)
+/// One stored log object: a segment or checkpoint alone (`kind`), or a bundle (None) of the
+/// objects `first..=last`.
+#[derive(Clone, Debug)]
+pub struct LogEntry {
+    pub key: String,
+    pub first: u64,
+    pub last: u64,
+    pub size: u64,
+    pub kind: Option<LogKind>,
+}
+
+/// The log as one listing found it.
+#[derive(Clone, Debug, Default)]
+pub struct LogMap {
+    /// Every stored log object not in the trash.
+    pub objects: Vec<LogEntry>,
+    /// For each gen, the object to read it from (an index into `objects`).
+    pub at: BTreeMap<u64, usize>,
+    /// Gens stored as stand-alone checkpoints.
+    pub checkpoints: BTreeSet<u64>,
+}
+
+impl LogMap {
+    fn key_of(&self, gen: u64) -> String {
+        self.at
+            .get(&gen)
+            .map(|i| self.objects[*i].key.clone())
+            .unwrap_or_else(|| format!("log object {gen}"))
     }
+}
+
+/// A tree rebuilt from the log, its head, and how much log lies after its checkpoint.
+#[derive(Debug)]
+pub(crate) struct Replayed {
+    pub tree: Tree,
+    pub head: Head,
+    pub since: LogSince,
+}
+
+/// The log after the newest checkpoint: what a restore replays on top of it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LogSince {
+    pub segments: u64,
+    pub records: u64,
+    pub checkpoint_files: u64,
+}
+
+/// What the trash objects list.
+#[derive(Debug, Default)]
+pub(crate) struct Trashed {
+    pub keys: HashSet<String>,
+    pub objects: Vec<(String, Trash)>,
+}
+
+fn parse_gen(s: &str) -> Option<u64> {
+    s.parse::<u64>().ok().filter(|g| gen_name(*g) == s)
+}
+
+pub(crate) fn random_hex(bytes: usize) -> Result<String> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| Error::Crypto(e.to_string()))?;
+    Ok(hex::encode(b))
 }
 
 fn master_aad(vault_id: &str) -> Vec<u8> {
     format::aad("master-key", vault_id)
 }
 
-/// An index object's key, and what it holds when it opened.
-type ReadIndex = (String, Option<PackIndex>);
+/// An index object: its key and the packs it lists when it opened.
+#[derive(Clone, Debug)]
+pub struct IndexObject {
+    pub key: String,
+    pub packs: Option<Vec<PackIndex>>,
+}
 
 /// A segment or a checkpoint.
 #[derive(Debug)]
@@ -793,25 +1157,10 @@ impl Packer<'_> {
         if self.blobs.is_empty() {
             return Ok(());
         }
-        let mut header = Vec::new();
-        ciborium::into_writer(&self.blobs, &mut header)
-            .map_err(|e| Error::Format(e.to_string()))?;
-        let sealed_header = crypto::seal(
-            &self.vault.keys.objects,
-            &format::aad("pack-header", ""),
-            &header,
-        )?;
-        let mut pack =
-            std::mem::replace(&mut self.buf, Vec::with_capacity(PACK_TARGET + (1 << 20)));
-        pack.extend_from_slice(&sealed_header);
-        pack.extend_from_slice(&(sealed_header.len() as u32).to_le_bytes());
-        let name = self.vault.pack_name(&pack);
-        let size = pack.len() as u64;
-        let index = PackIndex {
-            pack: name.clone(),
-            size,
-            blobs: std::mem::take(&mut self.blobs),
-        };
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(PACK_TARGET + (1 << 20)));
+        let (pack, index) = self.vault.seal_pack(buf, std::mem::take(&mut self.blobs))?;
+        let name = index.pack.clone();
+        let size = index.size;
         let sealed = format::seal_object(&self.vault.keys.objects, "index", &name, &index)?;
         let ids = index.blobs.iter().map(|b| b.id).collect();
         let store = self.vault.store.clone();

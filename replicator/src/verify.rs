@@ -49,21 +49,46 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
     let mut bad_chunks: HashMap<ChunkId, usize> = HashMap::new();
 
     let mut found = Found::default();
-    for key in vault.load_index()? {
-        found.index.push(key.clone());
-        damage.push(Damage {
-            object: key,
-            detail: "the index object cannot be opened (damaged or tampered with); its packs' chunks will be sent again".into(),
-            affects: Vec::new(),
-        });
+    let trashed = vault.trashed()?;
+    let objects = vault.read_index_objects(&trashed.keys)?;
+    let mut index_map = std::collections::HashMap::new();
+    for o in &objects {
+        match &o.packs {
+            None => {
+                found.index.push(o.key.clone());
+                damage.push(Damage {
+                    object: o.key.clone(),
+                    detail: "the index object cannot be opened (damaged or tampered with); its packs' chunks will be sent again".into(),
+                    affects: Vec::new(),
+                });
+            }
+            Some(packs) => {
+                for idx in packs {
+                    let pack: std::sync::Arc<str> = std::sync::Arc::from(idx.pack.as_str());
+                    for b in &idx.blobs {
+                        index_map.insert(
+                            b.id,
+                            crate::vault::Loc {
+                                pack: pack.clone(),
+                                blob: b.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
     }
+    vault.set_index(index_map);
     let stored: HashMap<String, u64> = vault.store.list("data/")?.into_iter().collect();
-    let index_names: Vec<String> = vault
-        .store
-        .list("index/")?
-        .into_iter()
-        .map(|(k, _)| k.trim_start_matches("index/").to_owned())
-        .collect();
+    let mut packs: Vec<&crate::format::PackIndex> = Vec::new();
+    let mut seen_packs = HashSet::new();
+    for o in &objects {
+        for idx in o.packs.iter().flatten() {
+            if seen_packs.insert(idx.pack.as_str()) {
+                packs.push(idx);
+            }
+        }
+    }
     let mut indexed_packs = HashSet::new();
     let total: u64 = stored.values().sum();
     progress
@@ -71,12 +96,10 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
         .store(if read_data { total } else { 0 }, Ordering::Relaxed);
     progress
         .files_total
-        .store(index_names.len() as u64, Ordering::Relaxed);
-    for name in &index_names {
+        .store(packs.len() as u64, Ordering::Relaxed);
+    for idx in packs {
         progress.files_done.fetch_add(1, Ordering::Relaxed);
-        let Ok(idx) = vault.read_index_object(name) else {
-            continue;
-        };
+        let name = &idx.pack;
         let key = Vault::pack_key(name);
         indexed_packs.insert(key.clone());
         report.packs += 1;
@@ -145,7 +168,11 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
     // An index that does not open still names its pack: say so when that pack is gone too,
     // rather than leave it to be guessed from the chunks the log misses.
     for key in &found.index {
-        let pack = Vault::pack_key(key.trim_start_matches("index/"));
+        let name = key.trim_start_matches("index/");
+        if name.starts_with("set-") {
+            continue;
+        }
+        let pack = Vault::pack_key(name);
         if !stored.contains_key(&pack) {
             damage.push(Damage {
                 object: pack,
@@ -156,7 +183,7 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
     }
     report.unreferenced_packs = stored
         .keys()
-        .filter(|k| !indexed_packs.contains(*k))
+        .filter(|k| !indexed_packs.contains(*k) && !trashed.keys.contains(*k))
         .count() as u64;
 
     // The log: the chain, and every chunk every version refers to.
@@ -165,18 +192,35 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
     let mut affected: HashMap<usize, BTreeSet<String>> = HashMap::new();
     let mut seen_versions: HashSet<(u64, ChunkId)> = HashSet::new();
     let mut objects = 0u64;
-    let replay = vault.replay_all(&mut |tree, point| {
+    // Only what each object adds is checked (a checkpoint's files, a segment's content
+    // records): every version is looked at once, not once per point after it.
+    let replay = vault.replay_all(&mut |tree, point, obj| {
         objects += 1;
         let when = crate::vault::format_time(point.time_ns);
-        for (f, c) in tree.contents() {
+        let added: Vec<(u64, &crate::format::Content)> = match obj {
+            crate::vault::LogObject::Checkpoint(c) => c
+                .files
+                .iter()
+                .filter_map(|f| f.content.as_ref().map(|c| (f.id, c)))
+                .collect(),
+            crate::vault::LogObject::Segment(s) => s
+                .records
+                .iter()
+                .filter_map(|r| match &r.change {
+                    crate::format::VChange::Content { file, content, .. } => Some((*file, content)),
+                    _ => None,
+                })
+                .collect(),
+        };
+        for (file, c) in added {
             for ch in c.extents.iter().flat_map(|e| &e.chunks) {
                 let bad = bad_chunks.get(&ch.id);
                 let lost = !known.contains(&ch.id);
-                if (bad.is_some() || lost) && seen_versions.insert((f.id, ch.id)) {
+                if (bad.is_some() || lost) && seen_versions.insert((file, ch.id)) {
                     let path = tree
-                        .path_of(f.id)
+                        .path_of(file)
                         .map(|p| String::from_utf8_lossy(&p).into_owned())
-                        .unwrap_or_else(|| format!("file {}", f.id));
+                        .unwrap_or_else(|| format!("file {file}"));
                     let label = format!("{path} (version of {when})");
                     match bad {
                         Some(i) => {
@@ -192,7 +236,7 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
         Ok(())
     });
     match replay {
-        Ok(None) if vault.list_log()?.is_empty() => {}
+        Ok(None) if vault.log_map()?.at.is_empty() => {}
         Ok(None) => damage.push(Damage {
             object: "checkpoints/".into(),
             detail: "the log has no checkpoint to start from".into(),

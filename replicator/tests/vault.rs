@@ -432,7 +432,7 @@ fn forget_keeps_what_the_policy_names_and_prune_frees_the_rest() {
         write(&p.join(format!("round-{round}")), b"x");
         f.sync();
     }
-    let (_rt, v) = f.open_vault();
+    let (_rt, mut v) = f.open_vault();
     assert_eq!(v.points().unwrap().len(), 4);
     let before = dir_size(&f.vault_dir.join("data"));
     let policy = replicator::KeepPolicy {
@@ -445,12 +445,20 @@ fn forget_keeps_what_the_policy_names_and_prune_frees_the_rest() {
     replicator::forget(&v, &policy, false).unwrap();
     let points = v.points().unwrap();
     assert_eq!(points.len(), 2, "{points:?}");
-    let pr = replicator::prune(&v, false).unwrap();
-    // The two forgotten versions of big.bin are free: packs holding nothing else are deleted,
-    // the rest is counted as unused.
-    assert!(pr.packs_deleted >= 1 && pr.bytes_freed >= 2 << 20, "{pr:?}");
-    assert!(pr.bytes_freed + pr.unused_bytes_kept >= 4 << 20, "{pr:?}");
-    assert!(dir_size(&f.vault_dir.join("data")) < before);
+    let (unused_chunks, unused_bytes) = replicator::unused(&v).unwrap();
+    assert!(
+        unused_chunks >= 2 && unused_bytes >= 4 << 20,
+        "{unused_chunks} {unused_bytes}"
+    );
+    // Without a grace period, what prune replaces is deleted in the same run.
+    let pr = replicator::prune(&mut v, std::time::Duration::ZERO, &Progress::default()).unwrap();
+    // The two forgotten versions of big.bin are dropped, and their bytes leave the vault.
+    assert!(
+        pr.chunks_dropped >= 2 && pr.bytes_deleted >= 4 << 20,
+        "{pr:?}"
+    );
+    assert_eq!(replicator::unused(&v).unwrap(), (0, 0));
+    assert!(dir_size(&f.vault_dir.join("data")) + (4 << 20) <= before);
     // Both kept points restore exactly what they held.
     let newest = f._tmp.path().join("newest");
     f.restore(&newest, None);
@@ -990,4 +998,217 @@ fn a_mirror_never_takes_a_new_file_under_a_reused_inode_for_the_old_one() {
         "{last:?} at the mirror"
     );
     f.restore_mirror_exactly(&mirror, "restored");
+}
+
+/// Keys under `prefix` in the vault folder (recursively), sorted.
+fn objects(vault: &Path, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![vault.join(prefix)];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(vault).unwrap().to_owned();
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Many drains of small changes: saves, renames, deletes, a large file now and then.
+fn many_drains(f: &Fixture, n: u64) -> Vec<(i64, BTreeMap<Vec<u8>, String>)> {
+    let p = &f.pocket;
+    std::fs::create_dir_all(p.join("docs")).unwrap();
+    let mut states = Vec::new();
+    for i in 0..n {
+        match i % 5 {
+            0 => write(
+                &p.join(format!("docs/note-{i}.txt")),
+                format!("note {i}").as_bytes(),
+            ),
+            1 => write(&p.join("docs/report.txt"), format!("draft {i}").as_bytes()),
+            2 if i > 5 => {
+                let _ = std::fs::rename(
+                    p.join(format!("docs/note-{}.txt", i - 2)),
+                    p.join(format!("docs/moved-{i}.txt")),
+                );
+            }
+            3 if i > 10 => {
+                let _ = std::fs::remove_file(p.join(format!("docs/moved-{}.txt", i - 1)));
+            }
+            _ => write(
+                &p.join(format!("data-{}.bin", i % 3)),
+                &pseudo_random(300_000, i),
+            ),
+        }
+        f.sync();
+        if i % 17 == 0 {
+            let (_rt, v) = f.open_vault();
+            let t = v.points().unwrap().last().unwrap().time_ns;
+            states.push((t, snapshot(p)));
+        }
+    }
+    states
+}
+
+fn maintain(v: &mut Vault, grace: std::time::Duration) -> replicator::MaintainReport {
+    let opts = replicator::MaintainOptions {
+        grace,
+        ..Default::default()
+    };
+    replicator::maintain(v, &opts, None, &|| false, &Progress::default()).unwrap()
+}
+
+#[test]
+fn maintenance_folds_many_drains_and_every_point_still_restores() {
+    let f = Fixture::new();
+    let states = many_drains(&f, 90);
+    let (_rt, mut v) = f.open_vault();
+    let points_before: Vec<(u64, i64, u64)> = v
+        .points()
+        .unwrap()
+        .iter()
+        .map(|p| (p.gen, p.time_ns, p.seq))
+        .collect();
+    let log_before = objects(&f.vault_dir, "log").len();
+    assert!(log_before >= 80, "{log_before}");
+    let index_before = objects(&f.vault_dir, "index").len();
+    let packs_before = objects(&f.vault_dir, "data").len();
+    assert!(
+        index_before >= 30 && packs_before >= 30,
+        "{index_before} {packs_before}"
+    );
+
+    let r = maintain(&mut v, std::time::Duration::ZERO);
+    assert!(r.bundles_written >= 1 && r.packs_repacked >= 30, "{r:?}");
+    // Bounded by the live data: one bundle and the checkpoint, one index set, few packs.
+    let log = objects(&f.vault_dir, "log").len() + objects(&f.vault_dir, "checkpoints").len();
+    assert!(log <= 3, "{:?}", objects(&f.vault_dir, "log"));
+    assert_eq!(objects(&f.vault_dir, "index").len(), 1);
+    assert!(objects(&f.vault_dir, "data").len() <= 3);
+    assert!(objects(&f.vault_dir, "trash").is_empty());
+    assert!(objects(&f.vault_dir, "locks").is_empty());
+    // Every drain is still a point, with the same identity.
+    let points_after: Vec<(u64, i64, u64)> = v
+        .points()
+        .unwrap()
+        .iter()
+        .map(|p| (p.gen, p.time_ns, p.seq))
+        .collect();
+    assert_eq!(points_before, points_after);
+    for (i, (t, want)) in states.iter().enumerate() {
+        let out = f._tmp.path().join(format!("at-{i}"));
+        let rep = f.restore(&out, Some(*t));
+        assert!(rep.failed.is_empty(), "{:?}", rep.failed);
+        assert_eq!(*want, snapshot(&out), "point {i}");
+    }
+    let rep = replicator::verify(&v, true, &Progress::default()).unwrap();
+    assert!(rep.damage.is_empty(), "{:?}", rep.damage);
+    assert_eq!(rep.unreferenced_packs, 0);
+    // The pocket drains on into the maintained vault, and a second run has little to do.
+    drop(v);
+    write(&f.pocket.join("after.txt"), b"after maintenance");
+    f.sync();
+    let out = f._tmp.path().join("newest");
+    f.restore(&out, None);
+    assert_eq!(snapshot(&f.pocket), snapshot(&out));
+    let (_rt2, mut v) = f.open_vault();
+    let again = maintain(&mut v, std::time::Duration::ZERO);
+    assert!(
+        again.packs_repacked <= 2 && again.bundles_written <= 1,
+        "{again:?}"
+    );
+    let rep = replicator::verify(&v, true, &Progress::default()).unwrap();
+    assert!(rep.damage.is_empty(), "{:?}", rep.damage);
+}
+
+#[test]
+fn replaced_objects_stay_for_the_grace_period_and_readers_ignore_them() {
+    let f = Fixture::new();
+    many_drains(&f, 30);
+    let (_rt, mut v) = f.open_vault();
+    let old_log = objects(&f.vault_dir, "log");
+    let old_packs = objects(&f.vault_dir, "data");
+    // A reader that listed the vault before maintenance.
+    let (_rt2, early) = f.open_vault();
+    early.load_index().unwrap();
+    let before = f._tmp.path().join("before");
+    let want = snapshot(&f.pocket);
+
+    let r = maintain(&mut v, std::time::Duration::from_secs(3600));
+    assert!(r.objects_trashed > 30 && r.objects_deleted == 0, "{r:?}");
+    // Still there for readers that started earlier...
+    for k in old_log.iter().chain(&old_packs) {
+        assert!(
+            f.vault_dir.join(k).exists(),
+            "{k} deleted within the grace period"
+        );
+    }
+    let rep = restore(
+        &early,
+        &RestoreOptions {
+            target: before.clone(),
+            at: None,
+            paths: Vec::new(),
+            owners: rustix::process::geteuid().is_root(),
+            workers: 2,
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(rep.failed.is_empty());
+    assert_eq!(want, snapshot(&before));
+    // ...while new readers see only what replaced them.
+    let (_rt3, fresh) = f.open_vault();
+    assert_eq!(fresh.log_map().unwrap().objects.len(), 2);
+    // Within the grace period nothing is deleted; after it, everything replaced is.
+    let r = maintain(&mut v, std::time::Duration::from_secs(3600));
+    assert_eq!(r.objects_deleted, 0);
+    let r = maintain(&mut v, std::time::Duration::ZERO);
+    assert!(r.objects_deleted as usize >= old_log.len(), "{r:?}");
+    assert!(objects(&f.vault_dir, "trash").is_empty());
+    let after = f._tmp.path().join("after");
+    f.restore(&after, None);
+    assert_eq!(want, snapshot(&after));
+}
+
+#[test]
+fn two_maintainers_at_once_the_second_is_refused() {
+    let f = Fixture::new();
+    many_drains(&f, 6);
+    let (_rt, v1) = f.open_vault();
+    let (_rt2, mut v2) = f.open_vault();
+    let held = replicator::take_lease(&v1, "maintain", None).unwrap();
+    let opts = replicator::MaintainOptions::default();
+    let err =
+        replicator::maintain(&mut v2, &opts, None, &|| false, &Progress::default()).unwrap_err();
+    assert!(matches!(err, replicator::Error::Busy(_)), "{err}");
+    assert!(err.to_string().contains("maintains it"), "{err}");
+    // A pocket writing the vault (its drain's lease) holds maintenance off too...
+    drop(held);
+    let writing = replicator::take_lease(&v1, "write", None).unwrap();
+    let err =
+        replicator::maintain(&mut v2, &opts, None, &|| false, &Progress::default()).unwrap_err();
+    assert!(err.to_string().contains("writes to it"), "{err}");
+    // ...except for the drain's own maintenance.
+    replicator::maintain(
+        &mut v2,
+        &opts,
+        Some(writing.key()),
+        &|| false,
+        &Progress::default(),
+    )
+    .unwrap();
+    drop(writing);
+    // The refused run left nothing behind, and the vault is whole.
+    assert!(objects(&f.vault_dir, "locks").is_empty());
+    let out = f._tmp.path().join("out");
+    f.restore(&out, None);
+    assert_eq!(snapshot(&f.pocket), snapshot(&out));
 }

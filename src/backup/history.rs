@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use replicator::Mode;
 use serde_json::json;
 
-use super::{hold_destination, open_vault, remember_head};
+use super::{hold_destination, open_vault, remember_head, with_progress};
 use crate::exit::{ExitCode, Failure};
 use crate::keys::KeyArgs;
 use crate::pocket::{DestConfig, Pocket};
@@ -85,7 +85,7 @@ pub fn forget(
     dest: &str,
     policy: &replicator::KeepPolicy,
     dry_run: bool,
-    and_prune: bool,
+    and_prune: Option<std::time::Duration>,
     json: bool,
     args: &KeyArgs,
 ) -> Result<()> {
@@ -123,8 +123,13 @@ pub fn forget(
             println!("  keep {}", rfc3339(p.time_ns));
         }
     }
-    if and_prune && !dry_run {
-        print_prune(&replicator::prune(&opened.vault, false)?, false, json)?;
+    if let (Some(grace), false) = (and_prune, dry_run) {
+        let mut opened = opened;
+        let progress = replicator::Progress::default();
+        let r = with_progress(&progress, "pruning", || {
+            replicator::prune(&mut opened.vault, grace, &progress)
+        })?;
+        print_maintained(&r, json)?;
     }
     Ok(())
 }
@@ -134,32 +139,98 @@ pub fn prune(
     pocket: Option<&Path>,
     dest: &str,
     dry_run: bool,
+    grace: std::time::Duration,
     json: bool,
     args: &KeyArgs,
 ) -> Result<()> {
     let _held = hold_destination(pocket, dest)?;
-    let opened = open_vault(pocket, dest, args)?;
-    print_prune(&replicator::prune(&opened.vault, dry_run)?, dry_run, json)
+    let mut opened = open_vault(pocket, dest, args)?;
+    if dry_run {
+        let (chunks, bytes_unused) = replicator::unused(&opened.vault)?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "dry_run": true, "unused_chunks": chunks, "unused_bytes": bytes_unused,
+                }))?
+            );
+        } else {
+            println!(
+                "would drop {chunks} chunks ({}) that no restore point needs",
+                bytes(bytes_unused)
+            );
+        }
+        return Ok(());
+    }
+    let progress = replicator::Progress::default();
+    let r = with_progress(&progress, "pruning", || {
+        replicator::prune(&mut opened.vault, grace, &progress)
+    })?;
+    print_maintained(&r, json)
 }
 
-fn print_prune(r: &replicator::PruneReport, dry_run: bool, json: bool) -> Result<()> {
+/// `maintain`.
+pub fn maintain(
+    pocket: Option<&Path>,
+    dest: &str,
+    grace: std::time::Duration,
+    json: bool,
+    args: &KeyArgs,
+) -> Result<()> {
+    let _held = hold_destination(pocket, dest)?;
+    let mut opened = open_vault(pocket, dest, args)?;
+    let opts = replicator::MaintainOptions {
+        grace,
+        ..Default::default()
+    };
+    let progress = replicator::Progress::default();
+    let r = with_progress(&progress, "repacking", || {
+        replicator::maintain(&mut opened.vault, &opts, None, &|| false, &progress)
+    })
+    .map_err(|e| match e {
+        replicator::Error::Busy(_) => Failure::new(ExitCode::Busy, anyhow!("{e}")).into(),
+        e => anyhow::Error::from(e),
+    })?;
+    print_maintained(&r, json)
+}
+
+fn print_maintained(r: &replicator::MaintainReport, json: bool) -> Result<()> {
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "dry_run": dry_run, "packs_deleted": r.packs_deleted, "bytes_freed": r.bytes_freed,
-                "packs_kept": r.packs_kept, "unused_bytes_kept": r.unused_bytes_kept,
+                "upgraded": r.upgraded,
+                "log_objects_before": r.log_objects_before, "log_objects_after": r.log_objects_after,
+                "index_objects_before": r.index_objects_before, "index_objects_after": r.index_objects_after,
+                "packs_before": r.packs_before, "packs_repacked": r.packs_repacked,
+                "packs_written": r.packs_written, "bytes_repacked": r.bytes_repacked,
+                "chunks_dropped": r.chunks_dropped, "objects_trashed": r.objects_trashed,
+                "objects_deleted": r.objects_deleted, "bytes_deleted": r.bytes_deleted,
+                "packs_rescued": r.packs_rescued,
             }))?
         );
-    } else {
-        println!(
-            "{} {} packs, {}; kept {} packs ({} in them no point needs)",
-            if dry_run { "would delete" } else { "deleted" },
-            r.packs_deleted,
-            bytes(r.bytes_freed),
-            r.packs_kept,
-            bytes(r.unused_bytes_kept)
-        );
+        return Ok(());
     }
+    if r.upgraded {
+        println!("the vault is format 2 now (older backpocket versions cannot read it)");
+    }
+    println!(
+        "log objects {} -> {}, index objects {} -> {}",
+        r.log_objects_before, r.log_objects_after, r.index_objects_before, r.index_objects_after
+    );
+    println!(
+        "repacked {} of {} packs into {} ({} read), {} chunks no point needs dropped",
+        r.packs_repacked,
+        r.packs_before,
+        r.packs_written,
+        bytes(r.bytes_repacked),
+        r.chunks_dropped
+    );
+    println!(
+        "{} objects replaced (deleted after the grace period); {} deleted now ({})",
+        r.objects_trashed,
+        r.objects_deleted,
+        bytes(r.bytes_deleted)
+    );
     Ok(())
 }

@@ -8,7 +8,7 @@ mod sync;
 mod verify;
 
 pub use dest::{dest_add, dest_credentials, dest_list, dest_remove, setup, RemoteArgs};
-pub use history::{forget, log, prune};
+pub use history::{forget, log, maintain, prune};
 pub use restore::{init_from, restore};
 pub use sync::sync;
 pub use verify::{repair, verify};

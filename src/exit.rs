@@ -62,6 +62,7 @@ pub fn code_of(e: &anyhow::Error) -> ExitCode {
                 replicator::Error::Damaged { .. }
                 | replicator::Error::Auth
                 | replicator::Error::RolledBack { .. } => return ExitCode::Damaged,
+                replicator::Error::Busy(_) => return ExitCode::Busy,
                 _ => {}
             }
         }

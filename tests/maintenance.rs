@@ -120,3 +120,42 @@ fn maintenance_cut_at_every_point_loses_nothing_and_is_finished_next_time() {
         let _ = std::fs::remove_file(state);
     }
 }
+
+#[test]
+fn the_mount_maintains_its_vault_when_idle() {
+    let b = Backed::new();
+    let vault = b.pocket.tmp.path().join("vault");
+    b.dest("v", &vault, "vault");
+    let prefix = [
+        "env".to_owned(),
+        "BACKPOCKET_MAINTAIN_IDLE_SECS=2".to_owned(),
+        "BACKPOCKET_MAINTAIN_GRACE_SECS=0".to_owned(),
+    ];
+    let m = common::Mounted::start_with(
+        &b.pocket.root,
+        &b.pocket.mnt,
+        &["--passphrase-file", b.pf()],
+        &prefix,
+    );
+    // Saves a moment apart: a drain each, a log segment each.
+    for i in 0..70 {
+        std::fs::write(b.pocket.mnt.join(format!("doc-{i}.txt")), format!("{i}")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(60));
+    }
+    b.wait_drained(&m, std::time::Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = count(&vault.join("log")) + count(&vault.join("checkpoints"));
+        if log <= 3 && count(&vault.join("trash")) == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount did not maintain its vault: {log} log objects"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let want = exact_tree(&b.pocket.mnt);
+    m.unmount();
+    b.assert_restores("v", &want, "restored");
+}

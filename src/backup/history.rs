@@ -186,10 +186,6 @@ pub fn maintain(
     let progress = replicator::Progress::default();
     let r = with_progress(&progress, "repacking", || {
         replicator::maintain(&mut opened.vault, &opts, None, &|| false, &progress)
-    })
-    .map_err(|e| match e {
-        replicator::Error::Busy(_) => Failure::new(ExitCode::Busy, anyhow!("{e}")).into(),
-        e => anyhow::Error::from(e),
     })?;
     print_maintained(&r, json)
 }

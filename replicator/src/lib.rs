@@ -27,6 +27,7 @@ mod sync;
 mod tree;
 mod vault;
 mod verify;
+mod versions;
 
 pub use access::{parse_bandwidth, seal_secrets, Access, Secrets};
 pub use config::{DestSpec, Mode, Setup};

@@ -493,8 +493,16 @@ pub struct Version {
     pub kind: u8,
 }
 
-/// The distinct versions of `path` across the vault's history, oldest first.
+/// The distinct versions of `path` across the vault's history, oldest first: from the
+/// version index in the pocket's cache when the vault was opened with one
+/// ([`Vault::with_cache`]), else from one built in memory.
 pub fn versions(vault: &Vault, path: &[u8]) -> Result<Vec<Version>> {
+    crate::versions::versions_indexed(vault, path, vault.cache_root())
+}
+
+/// The same by replaying the whole log (what the index must agree with).
+#[cfg(test)]
+pub(crate) fn versions_replayed(vault: &Vault, path: &[u8]) -> Result<Vec<Version>> {
     let mut out: Vec<Version> = Vec::new();
     let mut last: Option<(u64, u64, i64, Option<Content>)> = None;
     vault.replay_all(&mut |tree, point, _| {

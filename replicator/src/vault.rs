@@ -46,6 +46,8 @@ pub struct Vault {
     /// Where index objects of a remote vault are kept on the drive once read, so that
     /// opening the vault again reads only the ones it has not seen.
     cache: Option<std::path::PathBuf>,
+    /// The pocket's cache folder, for caches of any vault (the version index).
+    cache_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -198,6 +200,7 @@ impl Vault {
             index: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             cache: None,
+            cache_root: None,
         }
     }
 
@@ -208,7 +211,13 @@ impl Vault {
         if !self.store.is_local() {
             self.cache = Some(dir.join(&self.config.id));
         }
+        self.cache_root = Some(dir.to_owned());
         self
+    }
+
+    /// The pocket's cache folder, when the vault was opened with one.
+    pub(crate) fn cache_root(&self) -> Option<&std::path::Path> {
+        self.cache_root.as_deref()
     }
 
     pub fn chunker(&self) -> Chunker {

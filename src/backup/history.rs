@@ -43,7 +43,9 @@ pub fn log(
                 continue;
             }
         };
-        let versions = replicator::versions(&opened.vault, &rel)?;
+        // The version index lives in the pocket's cache, brought up to date as it answers.
+        let vault = opened.vault.with_cache(&p.meta_dir().join("cache"));
+        let versions = replicator::versions(&vault, &rel)?;
         if !json {
             println!("{} ({} versions):", d.name, versions.len());
             for v in &versions {

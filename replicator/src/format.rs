@@ -53,16 +53,58 @@ pub struct ChunkerParams {
     pub min: u32,
     pub avg: u32,
     pub max: u32,
+    /// Files of at least this many bytes are cut with these other sizes (format 2; absent in
+    /// vaults made before, which cut every file alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large: Option<LargeFiles>,
 }
 
-impl Default for ChunkerParams {
-    fn default() -> Self {
-        // 1 MiB average like restic: large enough that the index stays small, small enough
-        // that a 1% edit of a big file re-sends little.
+/// The chunk sizes of the largest files.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LargeFiles {
+    pub from: u64,
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+impl ChunkerParams {
+    /// The (min, avg, max) sizes for a file of `size` bytes.
+    pub fn for_size(&self, size: u64) -> (u32, u32, u32) {
+        match self.large {
+            Some(l) if size >= l.from => (l.min, l.avg, l.max),
+            _ => (self.min, self.avg, self.max),
+        }
+    }
+
+    /// What vaults made before format 2 use: 1 MiB on average for every file.
+    pub fn format_1() -> ChunkerParams {
         ChunkerParams {
             min: 256 * 1024,
             avg: 1024 * 1024,
             max: 4 * 1024 * 1024,
+            large: None,
+        }
+    }
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        // 64 KiB on average: a 256 KiB edit in place stores about 1.5 times what was written
+        // (1 MiB chunks stored 4 to 8 times as much, as restic does). Files of 1 GiB and more
+        // (disk images, where the chunk list itself would weigh) keep 1 MiB chunks, so that
+        // a checkpoint and the index stay small. Copies of a file share its chunks either way.
+        ChunkerParams {
+            min: 16 * 1024,
+            avg: 64 * 1024,
+            max: 256 * 1024,
+            large: Some(LargeFiles {
+                from: 1 << 30,
+                min: 256 * 1024,
+                avg: 1024 * 1024,
+                max: 4 * 1024 * 1024,
+            }),
         }
     }
 }

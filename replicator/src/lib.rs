@@ -46,7 +46,7 @@ pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use retention::{forget, prune, unused, ForgetReport, KeepPolicy};
 pub use service::{Reload, Replicator};
 pub use state::{DestLock, DestState, Live};
-pub use store::{local_path, Store, Target};
+pub use store::{local_path, requests, Requests, Store, Target};
 pub use sync::{sync, SyncOutcome, SyncReport};
 pub use vault::{Head, Point, Vault};
 pub use verify::{verify, Damage, VerifyReport};

@@ -245,6 +245,12 @@ pub fn maintain(
     progress: &Progress,
 ) -> Result<MaintainReport> {
     let mut report = MaintainReport::default();
+    // Folders of a local vault made before format 2 (made durable, as at creation); never
+    // on the machine's own disk where an unplugged one was.
+    vault.store.check_present()?;
+    vault
+        .store
+        .make_dirs(&["trash".to_owned(), "locks".to_owned()])?;
     // The format first: a format 1 reader must not meet objects it cannot read.
     if vault.config.backpocket_vault < crate::format::VAULT_FORMAT {
         vault.upgrade_config()?;

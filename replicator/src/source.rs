@@ -60,7 +60,7 @@ pub fn read_file(
     let mut out = Vec::with_capacity(extents.len());
     for (start, end) in extents {
         let mut chunks = Vec::new();
-        cut(&file, start, end, chunker, &mut |c| {
+        cut(&file, start, end, size, chunker, &mut |c| {
             chunks.push(sink(c)?);
             Ok(())
         })
@@ -98,10 +98,11 @@ fn cut(
     file: &File,
     start: u64,
     end: u64,
+    file_size: u64,
     chunker: &Chunker,
     emit: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
-    let p = chunker.params;
+    let (min, avg, max) = chunker.params.for_size(file_size);
     let len = end - start;
     let io = |e: std::io::Error| Error::Io {
         context: "read".into(),
@@ -110,14 +111,14 @@ fn cut(
     if len <= WHOLE_READ {
         let mut buf = vec![0u8; len as usize];
         read_exact_at(file, &mut buf, start).map_err(io)?;
-        if len < p.min as u64 {
+        if len < min as u64 {
             return emit(&buf);
         }
         let cdc = FastCDC::with_level_and_seed(
             &buf,
-            p.min as usize,
-            p.avg as usize,
-            p.max as usize,
+            min as usize,
+            avg as usize,
+            max as usize,
             Normalization::Level1,
             chunker.seed,
         );
@@ -133,9 +134,9 @@ fn cut(
     };
     let cdc = StreamCDC::with_level_and_seed(
         reader,
-        p.min as usize,
-        p.avg as usize,
-        p.max as usize,
+        min as usize,
+        avg as usize,
+        max as usize,
         Normalization::Level1,
         chunker.seed,
     );

@@ -26,6 +26,39 @@ use crate::faults::{self, Fault};
 /// is atomic); leftovers of a killed write are removed at the next open.
 const TMP_DIR: &str = ".tmp";
 
+/// Calls made to destinations by this process, by kind: what a remote destination bills and
+/// waits for (benchmarks read them). A write in several parts, or a listing of several
+/// pages, counts once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub get: u64,
+    pub put: u64,
+    pub list: u64,
+    pub delete: u64,
+}
+
+static REQUESTS: [std::sync::atomic::AtomicU64; 4] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+fn count(kind: usize) {
+    REQUESTS[kind].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The requests this process has made so far.
+pub fn requests() -> Requests {
+    let r = |i: usize| REQUESTS[i].load(Ordering::Relaxed);
+    Requests {
+        get: r(0),
+        put: r(1),
+        list: r(2),
+        delete: r(3),
+    }
+}
+
 /// Uploads of one pack go in parts of this size (S3 multipart: at least 5 MiB).
 const PART_SIZE: usize = 8 << 20;
 
@@ -399,6 +432,7 @@ impl Store {
     /// Writes `key` atomically, and durably where the store lets us ask for it.
     pub fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         self.check_present()?;
+        count(1);
         if let Some(f) = faults::before("put", key, true) {
             return Err(self.suffer(f, key, Some(&data)));
         }
@@ -446,6 +480,7 @@ impl Store {
     }
 
     pub fn get(&self, key: &str) -> Result<Vec<u8>> {
+        count(0);
         if let Some(f) = faults::before("get", key, false) {
             return Err(self.suffer(f, key, None));
         }
@@ -459,6 +494,7 @@ impl Store {
 
     /// `len` bytes of `key` from `offset`.
     pub fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        count(0);
         if let Some(f) = faults::before("get", key, false) {
             return Err(self.suffer(f, key, None));
         }
@@ -472,6 +508,7 @@ impl Store {
 
     /// The objects under `prefix` (a folder, ending in `/`), with their sizes, sorted.
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        count(2);
         if let Some(f) = faults::before("list", prefix, false) {
             return Err(self.suffer(f, prefix, None));
         }
@@ -532,6 +569,7 @@ impl Store {
     }
 
     pub fn exists(&self, key: &str) -> Result<bool> {
+        count(0);
         if let Some(f) = faults::before("stat", key, false) {
             return Err(self.suffer(f, key, None));
         }
@@ -543,6 +581,7 @@ impl Store {
     }
 
     pub fn delete(&self, key: &str) -> Result<()> {
+        count(3);
         if let Some(f) = faults::before("delete", key, false) {
             return Err(self.suffer(f, key, None));
         }

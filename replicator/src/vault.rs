@@ -139,7 +139,7 @@ impl Vault {
         };
         store.make_private()?;
         let mut dirs: Vec<String> = (0..=255u8).map(|b| format!("data/{b:02x}")).collect();
-        dirs.extend(["index", "log", "checkpoints"].map(String::from));
+        dirs.extend(["index", "log", "checkpoints", "trash", "locks"].map(String::from));
         store.make_dirs(&dirs)?;
         let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Format(e.to_string()))?;
         // The config goes last: a folder without one is not a vault yet, so a creation cut

@@ -36,6 +36,9 @@ use crate::vault::{
 
 /// A lease lasts this long unless renewed: a maintainer that died stops blocking others.
 const LEASE_NS: i64 = 30 * 60 * 1_000_000_000;
+/// Giving a lease back waits at most this long (a destination that went away must not hold
+/// up the drain that is letting go of it; the lease then expires on its own).
+const RELEASE_WITHIN: Duration = Duration::from_secs(2);
 /// Index sets hold at most this many chunks (so one rewrite stays bounded).
 const SET_FULL: usize = 200_000;
 
@@ -163,7 +166,7 @@ impl LeaseGuard<'_> {
 
 impl Drop for LeaseGuard<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.vault.store.delete(&self.key) {
+        if let Err(e) = self.vault.store.delete_briefly(&self.key, RELEASE_WITHIN) {
             debug!("cannot remove the lease {}: {e}", self.key);
         }
     }
@@ -865,7 +868,7 @@ impl WriteLease {
     }
 
     pub(crate) fn release(self, vault: &Vault) {
-        if let Err(e) = vault.store.delete(&self.key) {
+        if let Err(e) = vault.store.delete_briefly(&self.key, RELEASE_WITHIN) {
             debug!("cannot remove the lease {}: {e}", self.key);
         }
     }

@@ -575,8 +575,7 @@ impl Store {
         }
         let op = self.op.clone();
         let k = key.to_owned();
-        self.rt
-            .block_on(async move { op.exists(&k).await })
+        self.block(async move { op.exists(&k).await })?
             .map_err(|e| Error::store(format!("cannot check {key} at {}", self.url), e))
     }
 
@@ -587,9 +586,33 @@ impl Store {
         }
         let op = self.op.clone();
         let k = key.to_owned();
-        self.rt
-            .block_on(async move { op.delete(&k).await })
+        // Pausable like transfers: maintenance deleting when the network goes must let go.
+        self.block(async move { op.delete(&k).await })?
             .map_err(|e| Error::store(format!("cannot delete {key} at {}", self.url), e))
+    }
+
+    /// Deletes `key` if that takes at most `limit` and the store is not paused: for
+    /// housekeeping (a lease given back) that must never hold up its caller when the
+    /// destination has gone away. Whatever is not deleted expires on its own.
+    pub fn delete_briefly(&self, key: &str, limit: Duration) -> Result<()> {
+        count(3);
+        let op = self.op.clone();
+        let k = key.to_owned();
+        match self.block(async move {
+            match tokio::time::timeout(limit, op.delete(&k)).await {
+                Ok(r) => r,
+                Err(_) => Err(opendal::Error::new(
+                    opendal::ErrorKind::Unexpected,
+                    "no answer in time",
+                )),
+            }
+        })? {
+            Ok(()) => Ok(()),
+            Err(e) => Err(Error::store(
+                format!("cannot delete {key} at {}", self.url),
+                e,
+            )),
+        }
     }
 
     /// Makes sure the folders in `dirs` exist and are durable (so that later writes need to

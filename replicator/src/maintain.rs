@@ -403,8 +403,9 @@ fn empty_trash(
             listed.insert(Vault::pack_key(&p.pack));
             held.extend(p.blobs.iter().map(|b| b.id));
         }
-        let map = vault.log_map_without(&trashed.keys)?;
-        let used = used_chunks(vault, &map)?;
+        // What the log uses is read only if a trashed pack holds a chunk no other pack does
+        // (one dropped as unused, which a drain may have used again since).
+        let mut used: Option<HashSet<ChunkId>> = None;
         // The blobs of each trashed pack, from the trashed index objects that list them (or
         // the pack's own header).
         let trashed_index = vault.read_index_objects(&HashSet::new())?;
@@ -434,11 +435,21 @@ fn empty_trash(
                 },
             };
             let Some(idx) = idx else { continue };
-            if idx
+            let unheld: Vec<&ChunkId> = idx
                 .blobs
                 .iter()
-                .any(|b| used.contains(&b.id) && !held.contains(&b.id))
-            {
+                .map(|b| &b.id)
+                .filter(|id| !held.contains(*id))
+                .collect();
+            if unheld.is_empty() {
+                continue;
+            }
+            if used.is_none() {
+                let map = vault.log_map_without(&trashed.keys)?;
+                used = Some(used_chunks(vault, &map)?);
+            }
+            let used = used.as_ref().expect("read above");
+            if unheld.iter().any(|id| used.contains(*id)) {
                 warn!(
                     pack = key,
                     "a trashed pack holds chunks the log needs; keeping it"
@@ -683,7 +694,15 @@ fn repack(
     if small.len() < 2 && orphans.is_empty() && !opts.find_unused {
         return Ok(out);
     }
-    let used = used_chunks(vault, map)?;
+    // Which chunks the log uses costs a read of the whole log: only prune, and packs no
+    // index lists, need it. Otherwise every chunk counts as used (small packs are folded,
+    // nothing is dropped).
+    let used: Option<HashSet<ChunkId>> = if opts.find_unused || !orphans.is_empty() {
+        Some(used_chunks(vault, map)?)
+    } else {
+        None
+    };
+    let is_used = |id: &ChunkId| used.as_ref().is_none_or(|u| u.contains(id));
     // Which packs to rewrite, in name order (stable across runs): small ones, mostly unused
     // ones, and where a chunk is held twice the copy in a candidate goes.
     let mut candidates: Vec<&PackIndex> = Vec::new();
@@ -691,7 +710,7 @@ fn repack(
         let live: u64 = p
             .blobs
             .iter()
-            .filter(|b| used.contains(&b.id))
+            .filter(|b| is_used(&b.id))
             .map(|b| u64::from(b.len))
             .sum();
         let unused = 1.0 - live as f64 / p.size.max(1) as f64;
@@ -703,7 +722,7 @@ fn repack(
     // or folding several does.
     let drops = candidates
         .iter()
-        .any(|p| p.blobs.iter().any(|b| !used.contains(&b.id)));
+        .any(|p| p.blobs.iter().any(|b| !is_used(&b.id)));
     if candidates.len() < 2 && orphans.is_empty() && !drops {
         return Ok(out);
     }
@@ -730,7 +749,7 @@ fn repack(
         let needed: Vec<&BlobEntry> = p
             .blobs
             .iter()
-            .filter(|b| used.contains(&b.id) && !held.contains(&b.id))
+            .filter(|b| is_used(&b.id) && !held.contains(&b.id))
             .collect();
         if !needed.is_empty() {
             let bytes = vault.store.get(&Vault::pack_key(&p.pack))?;
@@ -751,7 +770,7 @@ fn repack(
                 held.insert(b.id);
             }
         }
-        report.chunks_dropped += p.blobs.iter().filter(|b| !used.contains(&b.id)).count() as u64;
+        report.chunks_dropped += p.blobs.iter().filter(|b| !is_used(&b.id)).count() as u64;
         report.packs_repacked += 1;
         out.removed.push(p.pack.clone());
     }
@@ -776,8 +795,7 @@ fn repack(
             }
         };
         for b in &blobs {
-            if !used.contains(&b.id) || held.contains(&b.id) || vault.open_blob(&bytes, b).is_err()
-            {
+            if !is_used(&b.id) || held.contains(&b.id) || vault.open_blob(&bytes, b).is_err() {
                 continue;
             }
             let sealed = &bytes[b.offset as usize..b.offset as usize + b.len as usize];
@@ -871,5 +889,124 @@ impl WriteLease {
         if let Err(e) = vault.store.delete_briefly(&self.key, RELEASE_WITHIN) {
             debug!("cannot remove the lease {}: {e}", self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Content, Extent, Position, Segment, VMeta, VRecord, KIND_FILE};
+    use crate::tree::Tree;
+    use crate::vault::Head;
+
+    fn content_of(refs: Vec<crate::format::ChunkRef>) -> Content {
+        Content {
+            size: refs.iter().map(|r| u64::from(r.len)).sum(),
+            extents: vec![Extent {
+                offset: 0,
+                chunks: refs,
+            }],
+        }
+    }
+
+    /// A drain whose index still listed a chunk that prune had dropped (a stale index in
+    /// another process) refers to it again: emptying the trash keeps the pack that holds it.
+    #[test]
+    fn a_trashed_pack_the_log_needs_again_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = crate::dest::runtime().unwrap();
+        let store = crate::Store::open(
+            tmp.path().join("v").to_str().unwrap(),
+            rt.handle().clone(),
+            true,
+        )
+        .unwrap();
+        let mut kdf = crate::KdfParams::new().unwrap();
+        kdf.m_kib = 64;
+        kdf.t = 1;
+        let key = kdf.derive(b"x").unwrap();
+        let mut vault = Vault::create(store, "p", kdf, &key).unwrap();
+        let a_data = vec![1u8; 5000];
+        let b_data = vec![2u8; 7000];
+        // Two packs: chunk A, chunk B.
+        let mut packer = vault.packer();
+        let a = packer.add(&a_data).unwrap();
+        packer.finish().unwrap();
+        let mut packer = vault.packer();
+        let b = packer.add(&b_data).unwrap();
+        packer.finish().unwrap();
+        let meta = VMeta {
+            kind: KIND_FILE,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 5000,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            rdev: 0,
+        };
+        let pos = |h: &Head, seq: u64| Position {
+            gen: h.gen + 1,
+            prev: h.hash,
+            journal_id: 1,
+            seq,
+            time_ns: seq as i64,
+            written_ns: 0,
+        };
+        let mut tree = Tree::new(1);
+        tree.apply(&VChange::Create {
+            parent: 1,
+            name: b"f".to_vec(),
+            file: 2,
+            meta,
+        });
+        tree.apply(&VChange::Content {
+            file: 2,
+            meta,
+            content: content_of(vec![a.clone()]),
+        });
+        let head = vault
+            .append_log(
+                &Head::default(),
+                &LogObject::Checkpoint(tree.to_checkpoint(pos(&Head::default(), 1))),
+            )
+            .unwrap();
+        // Prune: B is used by no point; its pack goes to the trash (grace: an hour).
+        let opts = MaintainOptions {
+            grace: Duration::from_secs(3600),
+            find_unused: true,
+            unused_share: 0.0,
+            ..Default::default()
+        };
+        let r = maintain(&mut vault, &opts, None, &|| false, &Default::default()).unwrap();
+        assert_eq!(r.chunks_dropped, 1, "{r:?}");
+        // A drain that still believed B held writes a version made of it.
+        let seg = Segment {
+            pos: pos(&head, 2),
+            first_seq: 2,
+            records: vec![VRecord {
+                seq: 2,
+                time_ns: 2,
+                change: VChange::Content {
+                    file: 2,
+                    meta: VMeta { size: 7000, ..meta },
+                    content: content_of(vec![b.clone()]),
+                },
+            }],
+        };
+        vault.append_log(&head, &LogObject::Segment(seg)).unwrap();
+        // The grace period is over: the trash is emptied, but B's pack stays and is indexed.
+        let opts = MaintainOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        };
+        let r = maintain(&mut vault, &opts, None, &|| false, &Default::default()).unwrap();
+        assert_eq!(r.packs_rescued, 1, "{r:?}");
+        vault.load_index().unwrap();
+        assert_eq!(vault.read_chunk(&b.id).unwrap(), b_data);
+        assert_eq!(vault.read_chunk(&a.id).unwrap(), a_data);
+        let v = crate::verify::verify(&vault, true, &Default::default()).unwrap();
+        assert!(v.damage.is_empty(), "{:?}", v.damage);
+        rt.shutdown_background();
     }
 }

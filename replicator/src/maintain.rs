@@ -914,18 +914,7 @@ mod tests {
     #[test]
     fn a_trashed_pack_the_log_needs_again_is_kept() {
         let tmp = tempfile::tempdir().unwrap();
-        let rt = crate::dest::runtime().unwrap();
-        let store = crate::Store::open(
-            tmp.path().join("v").to_str().unwrap(),
-            rt.handle().clone(),
-            true,
-        )
-        .unwrap();
-        let mut kdf = crate::KdfParams::new().unwrap();
-        kdf.m_kib = 64;
-        kdf.t = 1;
-        let key = kdf.derive(b"x").unwrap();
-        let mut vault = Vault::create(store, "p", kdf, &key).unwrap();
+        let (rt, mut vault) = crate::vault::test_vault(tmp.path());
         let a_data = vec![1u8; 5000];
         let b_data = vec![2u8; 7000];
         // Two packs: chunk A, chunk B.

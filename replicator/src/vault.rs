@@ -1044,6 +1044,24 @@ pub(crate) fn random_hex(bytes: usize) -> Result<String> {
     Ok(hex::encode(b))
 }
 
+/// A new vault in `dir`/v with a cheap key, for unit tests (keep the runtime alive).
+#[cfg(test)]
+pub(crate) fn test_vault(dir: &std::path::Path) -> (tokio::runtime::Runtime, Vault) {
+    let rt = crate::dest::runtime().expect("runtime");
+    let store = Store::open(
+        dir.join("v").to_str().expect("utf-8"),
+        rt.handle().clone(),
+        true,
+    )
+    .expect("store");
+    let mut kdf = KdfParams::new().expect("kdf");
+    kdf.m_kib = 64;
+    kdf.t = 1;
+    let key = kdf.derive(b"x").expect("key");
+    let vault = Vault::create(store, "p", kdf, &key).expect("vault");
+    (rt, vault)
+}
+
 fn master_aad(vault_id: &str) -> Vec<u8> {
     format::aad("master-key", vault_id)
 }

@@ -213,28 +213,9 @@ impl Walk {
                 touched.insert(p);
             }
         };
-        // Before.
-        match c {
-            VChange::Rename {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                ..
-            } => {
-                named(self, *parent, name, touched, prefixes);
-                named(self, *new_parent, new_name, touched, prefixes);
-            }
-            VChange::Unlink { parent, name, .. } | VChange::Rmdir { parent, name, .. } => {
-                named(self, *parent, name, touched, prefixes);
-            }
-            VChange::Create { parent, name, .. }
-            | VChange::Mkdir { parent, name, .. }
-            | VChange::Symlink { parent, name, .. }
-            | VChange::Link { parent, name, .. } => {
-                named(self, *parent, name, touched, prefixes);
-            }
-            _ => {}
+        // Before: the names the record moves or removes (and a new name's path).
+        for (parent, name) in name_keys(c) {
+            named(self, parent, &name, touched, prefixes);
         }
         let before: Vec<(u64, Vec<u8>, Option<u64>)> = name_keys(c)
             .into_iter()
@@ -262,31 +243,16 @@ impl Walk {
                 self.names_of.entry(f).or_default().push((p, n.clone()));
             }
         }
-        // After.
-        match c {
-            VChange::Rename {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                ..
-            } => {
-                named(self, *parent, name, touched, prefixes);
-                named(self, *new_parent, new_name, touched, prefixes);
-            }
-            VChange::Create { parent, name, .. }
-            | VChange::Mkdir { parent, name, .. }
-            | VChange::Symlink { parent, name, .. }
-            | VChange::Link { parent, name, .. } => {
-                named(self, *parent, name, touched, prefixes);
-            }
-            VChange::SetAttr { file, .. }
-            | VChange::SetXattr { file, .. }
-            | VChange::RemoveXattr { file, .. }
-            | VChange::Content { file, .. } => {
-                touched.extend(self.paths_of(*file));
-            }
-            _ => {}
+        // After: the names the record made, and the files it changed.
+        for (parent, name) in name_keys(c) {
+            named(self, parent, &name, touched, prefixes);
+        }
+        if let VChange::SetAttr { file, .. }
+        | VChange::SetXattr { file, .. }
+        | VChange::RemoveXattr { file, .. }
+        | VChange::Content { file, .. } = c
+        {
+            touched.extend(self.paths_of(*file));
         }
     }
 }
@@ -553,20 +519,8 @@ mod tests {
         let mut rich = 0;
         for seed in 1..=6u64 {
             let tmp = tempfile::tempdir().unwrap();
-            let rt = crate::dest::runtime().unwrap();
-            let store = crate::Store::open(
-                tmp.path().join("v").to_str().unwrap(),
-                rt.handle().clone(),
-                true,
-            )
-            .unwrap();
-            let mut kdf = crate::KdfParams::new().unwrap();
-            kdf.m_kib = 64;
-            kdf.t = 1;
-            let key = kdf.derive(b"x").unwrap();
-            let vault = Vault::create(store, "p", kdf, &key)
-                .unwrap()
-                .with_cache(&tmp.path().join("cache"));
+            let (rt, vault) = crate::vault::test_vault(tmp.path());
+            let vault = vault.with_cache(&tmp.path().join("cache"));
             let mut rng = Rng(seed * 7919);
             let root = 1u64;
             let mut tree = Tree::new(root);

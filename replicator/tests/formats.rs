@@ -441,30 +441,12 @@ fn maintenance_moves_a_format_1_vault_to_format_2() {
 
 #[test]
 fn a_vault_of_format_1_restores_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let vault_dir = tmp.path().join("vault");
-    copy_tree(&fixtures().join("vault-v1"), &vault_dir);
-    let rt = replicator::runtime().unwrap();
-    let store = Store::open(vault_dir.to_str().unwrap(), rt.handle().clone(), false).unwrap();
-    let key = kdf().derive(PASSPHRASE).unwrap();
-    let vault = Vault::open(store, &key).unwrap();
-    let out = tmp.path().join("out");
-    let report = restore(
-        &vault,
-        &RestoreOptions {
-            target: out.clone(),
-            at: None,
-            paths: Vec::new(),
-            owners: is_root(),
-            workers: 2,
-        },
-        &Progress::default(),
-    )
-    .unwrap();
-    assert!(report.failed.is_empty(), "{:?}", report.failed);
-    assert_restored("the vault", &out);
+    let v = restore_fixture("vault-v1", false);
+    assert!(v.damage.is_empty(), "{:?}", v.damage);
     // A wrong passphrase is refused as such.
-    let store = Store::open(vault_dir.to_str().unwrap(), rt.handle().clone(), false).unwrap();
+    let rt = replicator::runtime().unwrap();
+    let dir = fixtures().join("vault-v1");
+    let store = Store::open(dir.to_str().unwrap(), rt.handle().clone(), false).unwrap();
     let wrong = kdf().derive(b"Correct horse battery staple").unwrap();
     assert!(matches!(
         Vault::open(store, &wrong),

@@ -340,7 +340,8 @@ fn main() {
                     at: None,
                     paths: Vec::new(),
                     owners: false,
-                    workers: 2,
+                    // As `backpocket restore` does.
+                    workers: 8,
                 },
                 &Progress::default(),
             )

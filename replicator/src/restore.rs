@@ -352,46 +352,63 @@ fn restore_pack(
             failed.push((*f, e.to_string()));
         }
     };
-    // One read of the pack when most of it is wanted, else one read per blob.
-    let wanted: u64 = blobs.iter().map(|(b, _)| b.len as u64).sum();
-    let end = blobs
-        .iter()
-        .map(|(b, _)| b.offset + b.len as u64)
-        .max()
-        .unwrap_or(0);
-    let whole = if wanted * 2 >= end {
-        match vault.store.get_range(&key, 0, end) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                for (_, t) in blobs {
-                    fail_all(t, &e, &mut failed);
-                }
-                return failed;
+    // Reads of the pack: the wanted blobs in offset order, neighbours less than SPAN_GAP
+    // apart read together (one request instead of many on a remote store; a gap costs less
+    // than a round trip).
+    const SPAN_GAP: u64 = 1 << 20;
+    let mut order: Vec<usize> = (0..blobs.len()).collect();
+    order.sort_by_key(|&i| blobs[i].0.offset);
+    let mut spans: Vec<(u64, u64, Vec<usize>)> = Vec::new();
+    for i in order {
+        let b = &blobs[i].0;
+        let (start, end) = (b.offset, b.offset + b.len as u64);
+        match spans.last_mut() {
+            Some((_, e, members)) if start <= *e + SPAN_GAP => {
+                *e = (*e).max(end);
+                members.push(i);
             }
+            _ => spans.push((start, end, vec![i])),
         }
-    } else {
-        None
-    };
+    }
     let mut open: HashMap<usize, std::fs::File> = HashMap::new();
-    for (blob, targets) in blobs {
-        let data = match &whole {
-            Some(bytes) => vault.open_blob(bytes, blob),
-            None => vault
-                .store
-                .get_range(&key, blob.offset, blob.len as u64)
-                .and_then(|sealed| {
-                    let mut b = blob.clone();
-                    b.offset = 0;
-                    vault.open_blob(&sealed, &b)
-                }),
-        };
-        let data = match data {
-            Ok(d) => d,
+    for (start, end, members) in spans {
+        let bytes = match vault.store.get_range(&key, start, end - start) {
+            Ok(b) => b,
             Err(e) => {
-                fail_all(targets, &e, &mut failed);
+                for i in members {
+                    fail_all(&blobs[i].1, &e, &mut failed);
+                }
                 continue;
             }
         };
+        for i in members {
+            let (blob, targets) = &blobs[i];
+            let mut at = blob.clone();
+            at.offset -= start;
+            let data = vault.open_blob(&bytes, &at);
+            if let Err(e) = write_targets(data, targets, writes, &mut open, &mut failed, progress) {
+                fail_all(targets, &e, &mut failed);
+            }
+        }
+        if open.len() > 256 {
+            open.clear();
+        }
+    }
+    failed
+}
+
+/// Writes one blob's data wherever the files being restored hold it; an error in reading or
+/// checking it is returned for the caller to fail those files.
+fn write_targets(
+    data: Result<Vec<u8>>,
+    targets: &[(usize, u64)],
+    writes: &[(PathBuf, &Content)],
+    open: &mut HashMap<usize, std::fs::File>,
+    failed: &mut Vec<(usize, String)>,
+    progress: &Progress,
+) -> Result<()> {
+    {
+        let data = data?;
         for (f, off) in targets {
             let path = &writes[*f].0;
             let file = match open.entry(*f) {
@@ -414,11 +431,8 @@ fn restore_pack(
                 .bytes_done
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        if open.len() > 256 {
-            open.clear();
-        }
     }
-    failed
+    Ok(())
 }
 
 /// Sets what the file's record says: xattrs, owner (`owners`: only root can), mode, mtime.

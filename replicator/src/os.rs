@@ -343,6 +343,41 @@ mod win {
     }
 }
 
+/// This machine's name, for leases in a vault (who holds it).
+pub fn hostname() -> String {
+    #[cfg(unix)]
+    {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    }
+    #[cfg(windows)]
+    {
+        std::env::var("COMPUTERNAME").unwrap_or_else(|_| "windows".into())
+    }
+}
+
+/// Whether a process of this machine still runs (a lease whose holder died here is stale at
+/// once, not only when it expires).
+pub fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+            return false;
+        };
+        match rustix::process::test_kill_process(pid) {
+            Ok(()) => true,
+            Err(e) => e != rustix::io::Errno::SRCH,
+        }
+    }
+    #[cfg(windows)]
+    {
+        let _ = pid;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,40 +419,5 @@ mod tests {
         let (_, id) = dir_identity(d.path()).unwrap();
         assert!(id != 0);
         flush_restore(d.path(), &[p]).unwrap();
-    }
-}
-
-/// This machine's name, for leases in a vault (who holds it).
-pub fn hostname() -> String {
-    #[cfg(unix)]
-    {
-        rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned()
-    }
-    #[cfg(windows)]
-    {
-        std::env::var("COMPUTERNAME").unwrap_or_else(|_| "windows".into())
-    }
-}
-
-/// Whether a process of this machine still runs (a lease whose holder died here is stale at
-/// once, not only when it expires).
-pub fn process_alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
-            return false;
-        };
-        match rustix::process::test_kill_process(pid) {
-            Ok(()) => true,
-            Err(e) => e != rustix::io::Errno::SRCH,
-        }
-    }
-    #[cfg(windows)]
-    {
-        let _ = pid;
-        true
     }
 }

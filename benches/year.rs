@@ -172,8 +172,7 @@ fn live(p: &Pocket, drains: usize, seed: u64, day: Option<usize>) -> Duration {
         while reader.cursor("v").unwrap().unwrap_or(0) < seq {
             std::thread::sleep(Duration::from_micros(300));
         }
-        if let Some(day) = day.filter(|d| (i + 1) % d == 0) {
-            let _ = day;
+        if day.is_some_and(|d| (i + 1) % d == 0) {
             let (_rt, v) = open(p);
             let rest = Instant::now();
             while rest.elapsed() < Duration::from_secs(120) {

@@ -572,9 +572,6 @@ mod tests {
                     let parent = dirs[rng.below(dirs.len() as u64) as usize];
                     let name = names[rng.below(4) as usize].clone();
                     let existing = tree.names.get(&(parent, name.clone())).copied();
-                    let mut files: Vec<u64> =
-                        tree.files.keys().copied().filter(|f| *f != root).collect();
-                    files.sort();
                     let c = match (rng.below(8), existing) {
                         (0, None) => {
                             next_id += 1;
@@ -653,7 +650,6 @@ mod tests {
                         },
                         _ => continue,
                     };
-                    let _ = &files;
                     tree.apply(&c);
                     records.push(VRecord {
                         seq,

@@ -517,7 +517,9 @@ mod tests {
     #[test]
     fn the_index_agrees_with_a_replay() {
         let mut rich = 0;
-        for seed in 1..=6u64 {
+        // Wine runs this several times slower: fewer histories there (CI's time is shared).
+        let seeds: u64 = if cfg!(windows) { 2 } else { 6 };
+        for seed in 1..=seeds {
             let tmp = tempfile::tempdir().unwrap();
             let (rt, vault) = crate::vault::test_vault(tmp.path());
             let vault = vault.with_cache(&tmp.path().join("cache"));
@@ -708,7 +710,7 @@ mod tests {
             rt.shutdown_background();
         }
         assert!(
-            rich >= 6,
+            rich >= seeds,
             "the histories are too plain to test anything ({rich})"
         );
     }

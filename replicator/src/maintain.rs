@@ -348,6 +348,10 @@ pub fn maintain(
     replaced.extend(packs.removed.iter().map(|p| Vault::pack_key(p)));
     replaced.extend(packs.orphans_dropped.iter().cloned());
 
+    let replaced_log = replaced
+        .iter()
+        .filter(|k| k.starts_with("log/") || k.starts_with("checkpoints/"))
+        .count();
     // Everything that replaces them is durable: from here on readers ignore the old.
     platform::crash_point("maintain-written");
     if !replaced.is_empty() {
@@ -361,7 +365,11 @@ pub fn maintain(
         // Nothing to wait for: what was just replaced goes now.
         empty_trash(vault, opts, own_write, &lease, &mut report)?;
     }
-    report.log_objects_after = vault.log_map()?.objects.len() as u64;
+    // Derived, not listed again: what was there, less what went to the trash, plus bundles.
+    let log_replaced = replaced_log as u64;
+    report.log_objects_after = report.log_objects_before
+        - log_replaced.min(report.log_objects_before)
+        + report.bundles_written;
     vault.load_index()?;
     info!(vault = vault.store.url(), ?report, "maintenance done");
     Ok(report)
@@ -465,7 +473,14 @@ fn empty_trash(
             vault.store.put(&key, sealed)?;
         }
     }
-    let sizes: HashMap<String, u64> = ["index/", "data/", "log/", "checkpoints/"]
+    // Sizes (for the report) and presence, from one listing of each folder that holds
+    // something doomed: a run that deletes no pack does not list every pack.
+    let folders: std::collections::BTreeSet<String> = keys
+        .iter()
+        .filter(|k| !keep.contains(**k))
+        .filter_map(|k| k.split_once('/').map(|(d, _)| format!("{d}/")))
+        .collect();
+    let sizes: HashMap<String, u64> = folders
         .iter()
         .map(|p| vault.store.list(p))
         .collect::<Result<Vec<_>>>()?

@@ -431,6 +431,12 @@ fn a_vault_of_format_2_restores_exactly() {
         names("log")
     );
     assert!(names("index").iter().all(|n| n.starts_with("set-")));
+    // And the chunk sizes by file size that format 2 vaults are made with.
+    let rt = replicator::runtime().unwrap();
+    let store = Store::open(dir.to_str().unwrap(), rt.handle().clone(), false).unwrap();
+    let config = Vault::read_config(&store).unwrap();
+    assert_eq!(config.backpocket_vault, 2);
+    assert!(config.chunker.large.is_some(), "{:?}", config.chunker);
 }
 
 #[test]

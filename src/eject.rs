@@ -256,7 +256,7 @@ fn last_drain(p: &Pocket, opts: &EjectOptions) -> Result<Vec<String>> {
         for d in waiting {
             let c = status.destinations.iter().find(|c| c.name == d.name);
             let st = replicator::DestState::load(&p.meta_dir(), &d.name);
-            if c.is_some_and(|c| c.cursor >= target) {
+            if c.is_some_and(|c| c.cursor >= target) && st.in_flight.is_empty() {
                 done.push(d.name.clone());
             } else if st.last_error_ns.is_some_and(|t| t > started) || st.waiting_for.is_some() {
                 // It failed or stopped holding its conditions: the verdict says so.

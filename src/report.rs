@@ -92,11 +92,19 @@ impl Protection {
             .iter()
             .map(|d| {
                 let cursor = s.destinations.iter().find(|c| c.name == d.name).cloned();
+                let state = replicator::DestState::load(&p.meta_dir(), &d.name);
                 // A destination that never drained lacks everything recorded.
-                let pending = match &cursor {
+                let mut pending = match &cursor {
                     Some(c) => (c.pending_records, c.pending_bytes, c.oldest_pending_ns),
                     None => s.all_pending,
                 };
+                // Large files still uploading: their records are behind the cursor, their
+                // contents are not at the destination yet.
+                for f in &state.in_flight {
+                    pending.0 += 1;
+                    pending.1 += f.bytes;
+                    pending.2 = Some(pending.2.map_or(f.time_ns, |t| t.min(f.time_ns)));
+                }
                 DestLine {
                     name: d.name.clone(),
                     url: d.url.clone(),
@@ -105,7 +113,7 @@ impl Protection {
                         replicator::Mode::Mirror => "mirror",
                     },
                     cursor,
-                    state: replicator::DestState::load(&p.meta_dir(), &d.name),
+                    state,
                     pending,
                 }
             })
@@ -153,6 +161,7 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                     "oldest_pending_age_s": oldest.map(age_s),
                     "last_success": d.state.last_success_ns.map(rfc3339),
                     "last_error": d.state.last_error,
+                    "uploading": d.state.in_flight.iter().map(|f| json!({"path": f.path, "bytes": f.bytes})).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -208,6 +217,14 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
             .map(|t| format!("; last success {}", ago(t)))
             .unwrap_or_else(|| "; never backed up".into());
         println!("  {:<12} {:<6} {what}{reach}{last}", d.name, d.mode);
+        for f in &d.state.in_flight {
+            println!(
+                "               uploading {} ({}), saved {}",
+                f.path,
+                bytes(f.bytes),
+                ago(f.time_ns)
+            );
+        }
         if let Some(e) = &d.state.last_error {
             println!("               last error: {e}");
         }

@@ -80,7 +80,9 @@ impl DestDrain {
                 }
                 // The pocket's config travels in the vault, so a new drive can be made from it.
                 let config = setup.meta_dir.join("config.toml");
-                Ok(DestDrain::Vault(Box::new(VaultDrain::new(vault, config))))
+                Ok(DestDrain::Vault(Box::new(
+                    VaultDrain::new(vault, config).with_state(&setup.meta_dir, &spec.name),
+                )))
             }
             // A mirror keeps owners, modes, xattrs and special files as the pocket has them.
             #[cfg(not(unix))]
@@ -114,6 +116,15 @@ impl DestDrain {
         }
     }
 
+    /// Whether a drain has more to do without a new journal record (large files in flight).
+    pub fn settling(&self) -> bool {
+        match self {
+            DestDrain::Vault(v) => v.settling(),
+            #[cfg(unix)]
+            DestDrain::Mirror(_) => false,
+        }
+    }
+
     /// Maintains a vault destination if it is due (None for a mirror, or when not due).
     pub(crate) fn maintain_if_due(
         &mut self,
@@ -122,7 +133,8 @@ impl DestDrain {
     ) -> Result<Option<crate::maintain::MaintainReport>> {
         match self {
             DestDrain::Vault(v) => {
-                if !crate::maintain::shape(&v.vault)?.wants_maintenance(opts.grace) {
+                if v.settling() || !crate::maintain::shape(&v.vault)?.wants_maintenance(opts.grace)
+                {
                     return Ok(None);
                 }
                 v.maintain(opts, interrupt, &Default::default()).map(Some)

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::format::{Content, Position, Segment, VChange, VMeta, VRecord, KIND_DIR, KIND_FILE};
+use crate::format::{
+    Content, Pending, Position, Segment, VChange, VMeta, VRecord, KIND_DIR, KIND_FILE,
+};
+use crate::lane::Lane;
 use crate::maintain::WriteLease;
 use crate::source::{read_file, ReadOutcome};
 use crate::tree::Tree;
@@ -40,6 +43,10 @@ pub struct DrainReport {
     pub cursor: u64,
     /// Whether a full checkpoint was written (a new destination, or a new journal).
     pub checkpoint: bool,
+    /// Large files whose contents this drain brought after a point that waited for them.
+    pub late_files: u64,
+    /// Large files whose contents are still on their way after it.
+    pub in_flight: u64,
 }
 
 /// Live counters for a progress bar.
@@ -80,7 +87,9 @@ impl Source<'_> {
 /// A vault destination's drain state: the vault and its tree at the destination's cursor.
 #[derive(Debug)]
 pub struct VaultDrain {
-    pub vault: Vault,
+    pub vault: Arc<Vault>,
+    /// Large files read beside the drain.
+    lane: Lane,
     state: Option<Option<(Tree, Head)>>,
     /// The log after the newest checkpoint.
     since: LogSince,
@@ -90,10 +99,17 @@ pub struct VaultDrain {
     /// The pocket's config file, and what of it the vault holds.
     config_path: PathBuf,
     config_sent: Option<Vec<u8>>,
+    /// Where the destination's state is kept (`.backpocket`, name), and the files in flight
+    /// it lists.
+    state_file: Option<(PathBuf, String)>,
+    noted: Vec<(u64, u64)>,
+    /// How often the lane found each file gone while the tree still has it.
+    gone_tries: HashMap<u64, u32>,
 }
 
 impl Drop for VaultDrain {
     fn drop(&mut self) {
+        self.lane.stop();
         if let Some(l) = self.lease.take() {
             l.release(&self.vault);
         }
@@ -107,14 +123,63 @@ impl VaultDrain {
             .unwrap_or(2)
             .clamp(1, 8);
         VaultDrain {
-            vault,
+            vault: Arc::new(vault),
+            lane: Lane::new(),
             state: None,
             since: LogSince::default(),
             lease: None,
             workers,
             config_path,
             config_sent: None,
+            state_file: None,
+            // Unlike any list: the first drain writes what it finds (clearing a stale one).
+            noted: vec![(u64::MAX, u64::MAX)],
+            gone_tries: HashMap::new(),
         }
+    }
+
+    /// Keeps the destination's state (`.backpocket/dest/<name>.json`) told of large files
+    /// in flight.
+    pub fn with_state(mut self, meta_dir: &Path, name: &str) -> VaultDrain {
+        self.state_file = Some((meta_dir.to_owned(), name.to_owned()));
+        self
+    }
+
+    /// Writes the files in flight to the destination's state when they changed; called
+    /// before the cursor moves past their records.
+    fn note_in_flight(&mut self, tree: &Tree, pocket: &Path) -> Result<()> {
+        let Some((meta_dir, name)) = &self.state_file else {
+            return Ok(());
+        };
+        let mut now: Vec<Pending> = tree.pending_list();
+        now.sort_by_key(|p| p.seq);
+        let ids: Vec<(u64, u64)> = now.iter().map(|p| (p.file, p.seq)).collect();
+        if ids == self.noted {
+            return Ok(());
+        }
+        let paths: HashMap<u64, Vec<u8>> = if now.is_empty() {
+            HashMap::new()
+        } else {
+            tree.paths().into_iter().map(|(p, f)| (f, p)).collect()
+        };
+        let mut st = crate::state::DestState::load(meta_dir, name);
+        st.in_flight = now
+            .iter()
+            .map(|p| {
+                let rel = paths.get(&p.file).cloned().unwrap_or_default();
+                crate::state::InFlight {
+                    file: p.file,
+                    seq: p.seq,
+                    time_ns: p.time_ns,
+                    bytes: std::fs::symlink_metadata(crate::os::join(pocket, &rel))
+                        .map_or(0, |m| m.len()),
+                    path: String::from_utf8_lossy(&rel).into_owned(),
+                }
+            })
+            .collect();
+        st.save(meta_dir, name)?;
+        self.noted = ids;
+        Ok(())
     }
 
     /// Stores the pocket's config in the vault when it changed (a destination added while
@@ -138,8 +203,15 @@ impl VaultDrain {
         progress: &Progress,
     ) -> Result<crate::maintain::MaintainReport> {
         let own = self.lease.as_ref().map(|l| l.key().to_owned());
-        let res =
-            crate::maintain::maintain(&mut self.vault, opts, own.as_deref(), interrupt, progress);
+        if self.lane.busy() {
+            return Err(Error::Busy(
+                "large files are still being uploaded; maintenance waits for them".into(),
+            ));
+        }
+        let vault = Arc::get_mut(&mut self.vault).ok_or_else(|| {
+            Error::Busy("the vault is in use by the upload of a large file".into())
+        })?;
+        let res = crate::maintain::maintain(vault, opts, own.as_deref(), interrupt, progress);
         if res.is_err() {
             self.state = None;
         }
@@ -149,6 +221,25 @@ impl VaultDrain {
     /// The vault's newest head, once loaded.
     pub fn head(&self) -> Option<&Head> {
         self.state.as_ref().and_then(|s| s.as_ref()).map(|(_, h)| h)
+    }
+
+    /// The files whose contents at the newest point are still on their way (read by the lane
+    /// for large files), oldest record first.
+    pub fn in_flight(&self) -> Vec<Pending> {
+        let mut v = self
+            .state
+            .as_ref()
+            .and_then(|s| s.as_ref())
+            .map(|(t, _)| t.pending_list())
+            .unwrap_or_default();
+        v.sort_by_key(|p| p.seq);
+        v
+    }
+
+    /// Whether a drain has more to do without a new journal record: large files uploading, or
+    /// their contents ready to be written.
+    pub fn settling(&self) -> bool {
+        self.lane.busy() || !self.in_flight().is_empty()
     }
 
     /// Drains what is pending, one segment's worth. Ok(None) when nothing was pending.
@@ -174,6 +265,15 @@ impl VaultDrain {
             self.vault.load_index()?;
             let loaded = self.vault.load_newest()?;
             self.since = loaded.as_ref().map(|r| r.since).unwrap_or_default();
+            // Files still in flight when the last drain stopped are read again.
+            self.lane.stop();
+            if let Some(r) = &loaded {
+                if r.head.journal_id == jid {
+                    for p in r.tree.pending.values() {
+                        self.send_large(src, p.file, r.head.seq, jid);
+                    }
+                }
+            }
             self.state = Some(loaded.map(|r| (r.tree, r.head)));
         }
         let mut cursor = reader.cursor(src.dest)?;
@@ -195,34 +295,109 @@ impl VaultDrain {
             (Some(h), Some(c)) => h.journal_id != jid || c != h.seq,
         };
         if needs_checkpoint {
+            self.lane.stop();
             return self.checkpoint_from_journal(src, &reader, head).map(Some);
         }
         let cursor = cursor.unwrap_or(0);
         let mut records = reader.records_after(cursor, BATCH)?;
-        if records.is_empty() {
-            return Ok(None);
-        }
-        if records[0].seq != cursor + 1 {
+        if records.first().is_some_and(|r| r.seq != cursor + 1) {
             // Compaction removed records this destination never took: start from the catalog.
             warn!(
                 dest = src.dest,
                 "records after the cursor were compacted away; writing a checkpoint"
             );
+            self.lane.stop();
             return self.checkpoint_from_journal(src, &reader, head).map(Some);
         }
+        let finished = self.lane.take_done();
         let (mut tree, head) = self
             .state
             .take()
             .flatten()
             .ok_or_else(|| Error::Format("internal: the vault's tree was not loaded".into()))?;
-        let mut applied = 0usize;
+        // Contents the lane brought that a point waits for: they go first, as records of the
+        // change they complete (read after it, so exact for every point that waits for it).
+        let mut late = Vec::new();
+        let mut lane_error = None;
+        let mut regone = Vec::new();
         let mut report = DrainReport::default();
+        for d in finished {
+            report.bytes_uploaded += d.uploaded;
+            report.new_chunks += d.new_chunks;
+            match d.outcome {
+                Ok(Outcome::Done(content, meta)) => {
+                    let resolves = d.job.journal_id == jid
+                        && tree.alive(d.job.file)
+                        && tree
+                            .pending
+                            .get(&d.job.file)
+                            .is_some_and(|p| p.seq <= d.job.asked);
+                    if resolves {
+                        self.gone_tries.remove(&d.job.file);
+                        report.files += 1;
+                        report.bytes_read += content.data_bytes();
+                        let p = tree.pending.remove(&d.job.file).expect("checked above");
+                        late.push(VRecord {
+                            seq: p.seq,
+                            time_ns: p.time_ns,
+                            change: VChange::Content {
+                                file: p.file,
+                                meta,
+                                content,
+                            },
+                        });
+                    }
+                }
+                // Its removal is in the journal, or will be (a drain soon drops it from the
+                // tree); until then, it is looked for again, as the drain does.
+                Ok(Outcome::Gone) => {
+                    if tree.pending.contains_key(&d.job.file) && tree.alive(d.job.file) {
+                        let tries = self.gone_tries.entry(d.job.file).or_default();
+                        *tries += 1;
+                        if *tries > 40 {
+                            let path = tree.path_of(d.job.file).unwrap_or_default();
+                            lane_error.get_or_insert(Error::Source {
+                                path: crate::os::join(src.pocket, &path),
+                                detail: "this changed file could not be found on the drive".into(),
+                            });
+                        } else {
+                            regone.push(d.job.file);
+                        }
+                    }
+                }
+                Err(Error::Cancelled) => {}
+                Err(e) => {
+                    lane_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = lane_error {
+            // The next drain loads the vault again and reads what is still in flight anew.
+            return Err(e);
+        }
+        for file in regone {
+            std::thread::sleep(Duration::from_millis(25));
+            self.send_large(src, file, head.seq, jid);
+        }
+        if records.is_empty() && late.is_empty() {
+            self.state = Some(Some((tree, head)));
+            return Ok(None);
+        }
+        let mut applied = 0usize;
         let mut attempts = 0u32;
         // Apply, read contents; if a changed file is already gone from the drive, its removal
-        // is in the journal (or about to be): take those records too and try again.
-        let contents = loop {
+        // is in the journal (or about to be): take those records too and try again. Content
+        // records are left to the contents read: a file whose contents stay in flight keeps
+        // what the destination had of it.
+        let (last_content, mut done, to_lane) = loop {
             for r in &records[applied..] {
-                tree.apply(&VChange::from_journal(&r.change));
+                if is_birth(&r.change) {
+                    // An inode number used again: what the old file was waited for is moot.
+                    tree.pending.remove(&r.change.file());
+                }
+                if !matches!(r.change, journal::Change::Content { .. }) {
+                    tree.apply(&VChange::from_journal(&r.change));
+                }
             }
             applied = records.len();
             let mut last_content: HashMap<u64, usize> = HashMap::new();
@@ -236,10 +411,10 @@ impl VaultDrain {
                 }
             }
             last_content.retain(|f, _| tree.files.get(f).is_some_and(|f| f.meta.kind == KIND_FILE));
-            let wanted: Vec<u64> = last_content.keys().copied().collect();
+            let (wanted, large) = self.split_large(src, &reader, last_content.keys().copied())?;
             let outcome = self.read_contents(src, &reader, &wanted, &mut report)?;
             if outcome.gone.is_empty() {
-                break (last_content, outcome.done);
+                break (last_content, outcome.done, large);
             }
             attempts += 1;
             if attempts > 40 {
@@ -263,10 +438,11 @@ impl VaultDrain {
             }
             records.extend(more);
         };
-        let (last_content, mut done) = contents;
-        let last = records.last().expect("records is not empty");
-        let (end_seq, end_time) = (last.seq, last.time_ns);
-        let mut out = Vec::with_capacity(records.len());
+        let (end_seq, end_time) = records
+            .last()
+            .map_or((head.seq, head.time_ns), |r| (r.seq, r.time_ns));
+        let mut out = late;
+        report.late_files = out.len() as u64;
         let mut touched_dirs = BTreeSet::new();
         for (i, r) in records.iter().enumerate() {
             if !matches!(r.change, journal::Change::Content { .. }) {
@@ -284,9 +460,22 @@ impl VaultDrain {
             if last_content.get(&file) != Some(&i) {
                 continue;
             }
+            if to_lane.contains(&file) {
+                // Read beside the drain: this point waits for it.
+                tree.pending.insert(
+                    file,
+                    Pending {
+                        file,
+                        seq: r.seq,
+                        time_ns: r.time_ns,
+                    },
+                );
+                continue;
+            }
             let Some((content, meta)) = done.remove(&file) else {
                 continue;
             };
+            tree.pending.remove(&file);
             out.push(VRecord {
                 seq: r.seq,
                 time_ns: r.time_ns,
@@ -325,6 +514,12 @@ impl VaultDrain {
                 tree.apply(&r.change);
             }
         }
+        let alive: Vec<u64> = tree.pending.keys().copied().collect();
+        for f in alive {
+            if !tree.alive(f) {
+                tree.pending.remove(&f);
+            }
+        }
         let segment = Segment {
             pos: Position {
                 gen: head.gen + 1,
@@ -336,8 +531,13 @@ impl VaultDrain {
             },
             first_seq: cursor + 1,
             records: out,
+            pending: tree.pending_list(),
         };
         src.check_cancel()?;
+        // Everything up to `end_seq` is in the journal: the lane's reads start after it.
+        for &file in &to_lane {
+            self.send_large(src, file, end_seq, jid);
+        }
         // Never ahead of the journal: what the segment holds survives a power cut there too.
         journal::make_durable(src.journal)?;
         let records = segment.records.len() as u64;
@@ -351,13 +551,52 @@ impl VaultDrain {
             new_head = self.write_checkpoint(&tree, &new_head, jid, end_seq, end_time)?;
             report.checkpoint = true;
         }
+        self.note_in_flight(&tree, src.pocket)?;
         platform::crash_point("before-cursor");
         journal::set_cursor(src.journal, src.dest, end_seq)?;
         report.records = end_seq - cursor;
         report.cursor = end_seq;
+        report.in_flight = tree.pending.len() as u64;
         debug!(dest = src.dest, ?report, "segment written");
         self.state = Some(Some((tree, new_head)));
         Ok(Some(report))
+    }
+
+    /// Queues a file on the lane for large files.
+    fn send_large(&mut self, src: &Source<'_>, file: u64, asked: u64, journal_id: i64) {
+        self.lane.push(
+            &self.vault,
+            src,
+            crate::lane::Job {
+                file,
+                asked,
+                journal_id,
+            },
+        );
+    }
+
+    /// Splits the changed files into those read now and the large ones read beside the drain.
+    fn split_large(
+        &self,
+        src: &Source<'_>,
+        reader: &journal::Reader,
+        files: impl Iterator<Item = u64>,
+    ) -> Result<(Vec<u64>, BTreeSet<u64>)> {
+        let mut now = Vec::new();
+        let mut large = BTreeSet::new();
+        let from = crate::lane::lane_from();
+        for f in files {
+            let size = match reader.path_of(f)? {
+                Some(rel) => std::fs::symlink_metadata(src.abs(&rel)).map_or(0, |m| m.len()),
+                None => 0,
+            };
+            if size >= from {
+                large.insert(f);
+            } else {
+                now.push(f);
+            }
+        }
+        Ok((now, large))
     }
 
     fn write_checkpoint(
@@ -438,6 +677,7 @@ impl VaultDrain {
             let head = head.clone().unwrap_or_default();
             journal::make_durable(src.journal)?;
             let new_head = self.write_checkpoint(&tree, &head, jid, snap.seq, snap.time_ns)?;
+            self.note_in_flight(&tree, src.pocket)?;
             journal::set_cursor(src.journal, src.dest, snap.seq)?;
             report.records = snap.seq;
             report.cursor = snap.seq;
@@ -481,7 +721,10 @@ impl VaultDrain {
             let handles: Vec<_> = (0..self.workers.min(jobs.len().max(1)))
                 .map(|_| {
                     s.spawn(|| {
-                        let mut packer = self.vault.packer().counting(src.progress.bytes_done.clone());
+                        let mut packer = self
+                            .vault
+                            .packer()
+                            .counting(src.progress.bytes_done.clone());
                         let chunker = self.vault.chunker();
                         let mut out = Vec::new();
                         let res = (|| {
@@ -489,27 +732,11 @@ impl VaultDrain {
                                 let i = next.fetch_add(1, Ordering::Relaxed);
                                 let Some((id, path)) = jobs.get(i) else { break };
                                 src.check_cancel()?;
-                                let mut tries = 0;
-                                let outcome = loop {
-                                    let mut sink = |c: &[u8]| {
-                                        bytes_read.fetch_add(c.len() as u64, Ordering::Relaxed);
-                                        packer.add(c)
-                                    };
-                                    match read_file(path, *id, &chunker, &mut sink)? {
-                                        ReadOutcome::Done(c, m) => break Outcome::Done(c, m),
-                                        ReadOutcome::Gone => break Outcome::Gone,
-                                        ReadOutcome::Torn => {
-                                            tries += 1;
-                                            if tries > TORN_RETRIES {
-                                                return Err(Error::Source {
-                                                    path: path.clone(),
-                                                    detail: "it keeps changing while being read; it will be taken once it settles".into(),
-                                                });
-                                            }
-                                            std::thread::sleep(Duration::from_millis(10 << tries.min(6)));
-                                        }
-                                    }
-                                };
+                                let outcome =
+                                    read_one(path, *id, &chunker, &mut packer, src.cancel)?;
+                                if let Outcome::Done(c, _) = &outcome {
+                                    bytes_read.fetch_add(c.data_bytes(), Ordering::Relaxed);
+                                }
                                 src.progress.files_done.fetch_add(1, Ordering::Relaxed);
                                 out.push((*id, outcome));
                             }
@@ -565,9 +792,47 @@ impl VaultDrain {
     }
 }
 
-enum Outcome {
+/// What reading one changed file gave.
+#[derive(Debug)]
+pub(crate) enum Outcome {
     Done(Content, VMeta),
     Gone,
+}
+
+/// Reads one file into `packer`, again while it changes under the read (up to
+/// `TORN_RETRIES` times, then an error: it is taken once it settles).
+pub(crate) fn read_one(
+    path: &Path,
+    id: u64,
+    chunker: &crate::source::Chunker,
+    packer: &mut crate::vault::Packer<'_>,
+    cancel: &AtomicBool,
+) -> Result<Outcome> {
+    let mut tries = 0;
+    loop {
+        let mut sink = |c: &[u8]| {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            packer.add(c)
+        };
+        match read_file(path, id, chunker, &mut sink)? {
+            ReadOutcome::Done(c, m) => return Ok(Outcome::Done(c, m)),
+            ReadOutcome::Gone => return Ok(Outcome::Gone),
+            ReadOutcome::Torn => {
+                tries += 1;
+                if tries > TORN_RETRIES {
+                    return Err(Error::Source {
+                        path: path.to_owned(),
+                        detail:
+                            "it keeps changing while being read; it will be taken once it settles"
+                                .into(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(10 << tries.min(6)));
+            }
+        }
+    }
 }
 
 struct ReadResult {

@@ -452,6 +452,19 @@ pub struct Segment {
     pub pos: Position,
     pub first_seq: u64,
     pub records: Vec<VRecord>,
+    /// Files whose contents at this point were still on their way (a large file read beside
+    /// the drain): a later segment brings them as a content record of at least `seq`. Older
+    /// readers ignore the field and restore such a file as it was before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Pending>,
+}
+
+/// A file whose contents for the record `seq` (made at `time_ns`) a point still waits for.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    pub file: u64,
+    pub seq: u64,
+    pub time_ns: i64,
 }
 
 /// `checkpoints/<gen>`: the whole tree at a point.
@@ -461,6 +474,9 @@ pub struct Checkpoint {
     pub root: u64,
     pub files: Vec<FileState>,
     pub names: Vec<NameEntry>,
+    /// As [`Segment::pending`]: the files in flight at this point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Pending>,
 }
 
 /// The name that binds a sealed object to its place.

@@ -9,6 +9,7 @@ mod drain;
 mod error;
 mod faults;
 pub mod format;
+mod lane;
 mod maintain;
 #[cfg(unix)]
 mod mirror;
@@ -45,7 +46,7 @@ pub use repair::{repair, RepairReport};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use retention::{forget, prune, unused, ForgetReport, KeepPolicy};
 pub use service::{Reload, Replicator};
-pub use state::{DestLock, DestState, Live};
+pub use state::{DestLock, DestState, InFlight, Live};
 pub use store::{local_path, requests, Requests, Store, Target};
 pub use sync::{sync, SyncOutcome, SyncReport};
 pub use vault::{Head, Point, Vault};

@@ -997,6 +997,7 @@ mod tests {
                     content: content_of(vec![b.clone()]),
                 },
             }],
+            pending: Vec::new(),
         };
         vault.append_log(&head, &LogObject::Segment(seg)).unwrap();
         // The grace period is over: the trash is emptied, but B's pack stays and is indexed.

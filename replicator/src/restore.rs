@@ -42,6 +42,10 @@ pub struct RestoreReport {
     pub failed: Vec<(Vec<u8>, String)>,
     /// Entries that could not be made here (device nodes as an ordinary user).
     pub skipped: Vec<(Vec<u8>, String)>,
+    /// Files whose contents at this point were still on their way to the destination (a
+    /// large file uploading beside the drain) and never arrived: restored as the destination
+    /// held them before.
+    pub earlier: Vec<Vec<u8>>,
 }
 
 /// Restores the vault's tree at `opts.at` into `opts.target`, which must be missing or empty.
@@ -60,6 +64,11 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
         ..RestoreReport::default()
     };
     let entries = select(&tree, &opts.paths)?;
+    for (rel, id) in &entries {
+        if tree.pending.contains_key(id) {
+            report.earlier.push(rel.clone());
+        }
+    }
     let target = &opts.target;
     let abs = |rel: &[u8]| crate::os::join(target, rel);
 

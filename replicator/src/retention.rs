@@ -106,10 +106,8 @@ pub fn forget(
         let pos: Position = obj.pos().clone();
         match obj {
             LogObject::Segment(s) => {
-                for r in s.records {
-                    tree.apply(&r.change);
-                    pending.push(r);
-                }
+                tree.apply_segment(&s);
+                pending.extend(s.records);
             }
             LogObject::Checkpoint(c) => {
                 tree = Tree::from_checkpoint(c);
@@ -136,6 +134,7 @@ pub fn forget(
                 pos: new_pos,
                 first_seq,
                 records: collapse(std::mem::take(&mut pending), &tree),
+                pending: tree.pending_list(),
             })
         };
         head = vault.append_log(&head, &obj)?;

@@ -256,7 +256,7 @@ proptest! {
     ) {
         let (kind, mut bytes) = match which {
             0 => ("checkpoint", cbor(&checkpoint())),
-            1 => ("segment", cbor(&Segment { pos: pos(2), first_seq: 1, records: records() })),
+            1 => ("segment", cbor(&Segment { pos: pos(2), first_seq: 1, records: records(), pending: Vec::new() })),
             _ => ("index", cbor(&PackIndex {
                 pack: "ab".repeat(32),
                 size: 100,

@@ -449,7 +449,9 @@ fn run_dest_loop(
                 "internal error while draining ({what}); please report it"
             )))
         });
-        sending.store(false, Ordering::Relaxed);
+        // Large files still uploading beside the drain: it is still sending.
+        let settling = res.is_ok() && drain.as_ref().is_some_and(|d| d.settling());
+        sending.store(settling, Ordering::Relaxed);
         let mut st = DestState::load(&setup.meta_dir, &spec.name);
         let before = st.clone();
         st.last_attempt_ns = Some(now_ns());
@@ -482,7 +484,7 @@ fn run_dest_loop(
                     maintenance_pending = spec.mode == Mode::Vault;
                 }
                 let idle = last_drain.elapsed();
-                if maintenance_pending && idle >= idle_for {
+                if maintenance_pending && idle >= idle_for && !settling {
                     maintenance_pending = false;
                     if let Some(d) = drain.as_mut() {
                         // A journal commit (or a pause) ends the run early: the drain goes first.
@@ -516,7 +518,11 @@ fn run_dest_loop(
                 // Nothing pending: sleep until the journal commits, or check again in a while
                 // (a destination may have come back, a scan may have run), or when the
                 // destination will have been idle long enough for maintenance.
-                if maintenance_pending {
+                if settling {
+                    // Large files on their way: write the segment that completes their points
+                    // soon after they land.
+                    Duration::from_millis(50)
+                } else if maintenance_pending {
                     idle_for
                         .saturating_sub(last_drain.elapsed())
                         .clamp(Duration::from_millis(100), Duration::from_secs(30))

@@ -24,6 +24,22 @@ pub struct DestState {
     /// The `--when` condition the destination waits for, while it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// Large files whose contents are still on their way to the destination, though its cursor
+    /// is past their records: written before the cursor moves, so status never calls them
+    /// protected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<InFlight>,
+}
+
+/// A file whose new contents a destination does not hold yet.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InFlight {
+    pub file: u64,
+    /// The record it completes, and when that was made.
+    pub seq: u64,
+    pub time_ns: i64,
+    pub path: String,
+    pub bytes: u64,
 }
 
 /// The folder of per-destination state inside `.backpocket/`.

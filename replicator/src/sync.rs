@@ -90,13 +90,14 @@ fn sync_one(
         let started = now_ns();
         loop {
             let reader = journal::Reader::open(&setup.journal)?;
-            if reader.cursor(&spec.name)?.is_some_and(|c| c >= target) {
+            // Large files in flight are listed in the state before the cursor moves past them.
+            let st = DestState::load(&setup.meta_dir, &spec.name);
+            if reader.cursor(&spec.name)?.is_some_and(|c| c >= target) && st.in_flight.is_empty() {
                 return Ok(SyncReport {
                     waited_for_mount: true,
                     ..SyncReport::default()
                 });
             }
-            let st = DestState::load(&setup.meta_dir, &spec.name);
             if let (Some(err), Some(at)) = (&st.last_error, st.last_error_ns) {
                 if at > started {
                     return Err(Error::Format(err.clone()));
@@ -108,8 +109,7 @@ fn sync_one(
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let mut st = DestState::load(&setup.meta_dir, &spec.name);
-    st.last_attempt_ns = Some(now_ns());
+    let attempt = now_ns();
     let res = (|| {
         let mut d = DestDrain::open(spec, setup, rt, Arc::default())?;
         let mut total = DrainReport::default();
@@ -121,12 +121,30 @@ fn sync_one(
             total.new_chunks += r.new_chunks;
             total.checkpoint |= r.checkpoint;
             total.cursor = r.cursor;
-            if r.cursor >= target {
+            if r.cursor >= target && !d.settling() {
                 break;
+            }
+        }
+        // Large files read beside the drain: wait for them, and write the segment that
+        // completes the points waiting for them.
+        while d.settling() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            match d.drain_once(&src)? {
+                Some(r) => {
+                    total.records += r.records;
+                    total.cursor = r.cursor;
+                    total.late_files += r.late_files;
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
             }
         }
         Ok((d, total))
     })();
+    // Read after the drain: it writes the files in flight into the state.
+    let mut st = DestState::load(&setup.meta_dir, &spec.name);
+    st.last_attempt_ns = Some(attempt);
     let out = match res {
         Ok((d, total)) => {
             st.reachable = Some(true);

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::format::{
-    Checkpoint, Content, FileState, NameEntry, Position, VChange, VMeta, Xattr, KIND_DIR,
+    Checkpoint, Content, FileState, NameEntry, Pending, Position, Segment, VChange, VMeta, Xattr,
+    KIND_DIR,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -16,6 +17,9 @@ pub struct Tree {
     pub names: BTreeMap<(u64, Vec<u8>), u64>,
     /// How many names each file has.
     links: HashMap<u64, u32>,
+    /// Files whose contents at this point are still on their way, by file: the tree holds
+    /// what the destination had of them before.
+    pub pending: BTreeMap<u64, Pending>,
 }
 
 impl Tree {
@@ -94,7 +98,21 @@ impl Tree {
             *t.links.entry(n.file).or_default() += 1;
             t.names.insert((n.parent, n.name), n.file);
         }
+        t.pending = cp.pending.into_iter().map(|p| (p.file, p)).collect();
         t
+    }
+
+    /// Replays a segment: its records, then its list of files in flight.
+    pub fn apply_segment(&mut self, s: &Segment) {
+        for r in &s.records {
+            self.apply(&r.change);
+        }
+        self.pending = s.pending.iter().map(|p| (p.file, *p)).collect();
+    }
+
+    /// The files in flight, as a segment or checkpoint lists them.
+    pub fn pending_list(&self) -> Vec<Pending> {
+        self.pending.values().copied().collect()
     }
 
     pub fn to_checkpoint(&self, pos: Position) -> Checkpoint {
@@ -113,6 +131,7 @@ impl Tree {
                     file: *file,
                 })
                 .collect(),
+            pending: self.pending_list(),
         }
     }
 

@@ -11,7 +11,8 @@ use crate::crypto::{self, KdfParams, Key};
 use crate::error::{Error, Result};
 use crate::format::{
     self, gen_name, BlobEntry, Bundle, Bundled, Checkpoint, ChunkId, ChunkRef, ChunkerParams,
-    IndexSet, Lease, PackIndex, Position, Segment, Trash, VaultConfig, VAULT_FORMAT,
+    IndexSet, Lease, PackIndex, Pending, Position, Segment, Trash, VChange, VaultConfig,
+    VAULT_FORMAT,
 };
 use crate::source::Chunker;
 use crate::store::Store;
@@ -498,6 +499,7 @@ impl Vault {
             blobs: Vec::new(),
             uploads: std::collections::VecDeque::new(),
             uploaded_bytes: 0,
+            apart: None,
             new_chunks: 0,
             landed: None,
         }
@@ -782,6 +784,7 @@ impl Vault {
         let mut head: Option<Head> = None;
         let mut since = LogSince::default();
         let mut started = false;
+        let mut stopped_before = None;
         for &gen in map.at.range(start..).map(|(g, _)| g) {
             let (hash, obj) = self.read_point(&map, gen, &mut cache)?;
             let pos = obj.pos().clone();
@@ -801,6 +804,7 @@ impl Vault {
                 }
             }
             if until.is_some_and(|t| pos.time_ns > t) {
+                stopped_before = Some(gen);
                 break;
             }
             let records = match &obj {
@@ -809,9 +813,7 @@ impl Vault {
                         // The log must start with a checkpoint.
                         return Ok(None);
                     }
-                    for r in &s.records {
-                        tree.apply(&r.change);
-                    }
+                    tree.apply_segment(s);
                     since.segments += 1;
                     since.records += s.records.len() as u64;
                     s.records.len()
@@ -846,7 +848,56 @@ impl Vault {
                 &obj,
             )?;
         }
+        if let Some(next) = stopped_before {
+            self.complete_pending(&map, &mut tree, next, &mut cache)?;
+        }
         Ok(head.map(|head| Replayed { tree, head, since }))
+    }
+
+    /// Gives the files a point still waited for the contents that arrived later: the first
+    /// content record of each, from gen `from` on, of at least the record the point waited
+    /// for (read from the drive after it, so exact for the point). A file made anew under the
+    /// same number first, or whose contents never came, stays in `tree.pending` with what the
+    /// destination held of it before.
+    fn complete_pending(
+        &self,
+        map: &LogMap,
+        tree: &mut Tree,
+        from: u64,
+        cache: &mut Option<(usize, HashMap<u64, Bundled>)>,
+    ) -> Result<()> {
+        let mut looking: BTreeMap<u64, Pending> = tree.pending.clone();
+        let gens: Vec<u64> = map.at.range(from..).map(|(g, _)| *g).collect();
+        for gen in gens {
+            if looking.is_empty() {
+                break;
+            }
+            let (_, obj) = self.read_point(map, gen, cache)?;
+            let LogObject::Segment(s) = obj else { continue };
+            for r in s.records {
+                match r.change {
+                    VChange::Content {
+                        file,
+                        meta,
+                        content,
+                    } if looking.get(&file).is_some_and(|p| r.seq >= p.seq) => {
+                        looking.remove(&file);
+                        tree.pending.remove(&file);
+                        if let Some(f) = tree.files.get_mut(&file) {
+                            f.meta = meta;
+                            f.content = Some(content);
+                        }
+                    }
+                    VChange::Create { file, .. }
+                    | VChange::Mkdir { file, .. }
+                    | VChange::Symlink { file, .. } => {
+                        looking.remove(&file);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The newest log object's head without rebuilding the tree (one listing, one read).
@@ -1109,6 +1160,10 @@ pub struct Packer<'v> {
     pub new_chunks: u64,
     /// Counts the source bytes whose chunks are at the destination.
     landed: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Chunks in flight in this packer alone, for one that works beside the drain (the lane
+    /// for large files): it relies on no other packer's uploads, and none on its own, since
+    /// the two finish at unrelated times.
+    apart: Option<HashSet<ChunkId>>,
 }
 
 /// A pack on its way: its index once both objects are at the destination.
@@ -1133,6 +1188,12 @@ impl Packer<'_> {
         self
     }
 
+    /// A packer that shares no chunks in flight with the others (see `apart`).
+    pub(crate) fn apart(mut self) -> Self {
+        self.apart = Some(HashSet::new());
+        self
+    }
+
     /// Takes one chunk; returns how the file refers to it.
     pub fn add(&mut self, data: &[u8]) -> Result<ChunkRef> {
         self.vault.store.check_paused()?;
@@ -1148,7 +1209,11 @@ impl Packer<'_> {
             }
             return Ok(r);
         }
-        if !self.vault.in_flight.lock().insert(id) {
+        let fresh = match &mut self.apart {
+            Some(own) => own.insert(id),
+            None => self.vault.in_flight.lock().insert(id),
+        };
+        if !fresh {
             return Ok(r);
         }
         let compressed =
@@ -1226,19 +1291,15 @@ impl Packer<'_> {
         let (index, bytes) = match res {
             Ok(r) => r,
             Err(e) => {
-                let mut fl = self.vault.in_flight.lock();
-                for id in &up.ids {
-                    fl.remove(id);
-                }
+                self.forget_flight(up.ids.iter());
                 return Err(e);
             }
         };
         self.uploaded_bytes += bytes;
         let pack: Arc<str> = Arc::from(index.pack.as_str());
         let mut map = self.vault.index.lock();
-        let mut fl = self.vault.in_flight.lock();
+        self.forget_flight(index.blobs.iter().map(|b| &b.id));
         for blob in index.blobs {
-            fl.remove(&blob.id);
             map.insert(
                 blob.id,
                 Loc {
@@ -1269,11 +1330,23 @@ impl Packer<'_> {
         while !self.uploads.is_empty() {
             let _ = self.complete_oldest();
         }
-        let mut fl = self.vault.in_flight.lock();
-        for b in self.blobs.drain(..) {
-            fl.remove(&b.id);
-        }
+        let blobs = std::mem::take(&mut self.blobs);
+        self.forget_flight(blobs.iter().map(|b| &b.id));
         self.buf.clear();
+    }
+
+    fn forget_flight<'a>(&mut self, ids: impl Iterator<Item = &'a ChunkId>) {
+        match &mut self.apart {
+            Some(own) => ids.for_each(|id| {
+                own.remove(id);
+            }),
+            None => {
+                let mut fl = self.vault.in_flight.lock();
+                ids.for_each(|id| {
+                    fl.remove(id);
+                });
+            }
+        }
     }
 }
 
@@ -1281,4 +1354,149 @@ impl Packer<'_> {
 pub fn format_time(ns: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Content, VMeta, VRecord, KIND_FILE};
+
+    fn meta(size: u64) -> VMeta {
+        VMeta {
+            kind: KIND_FILE,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            rdev: 0,
+        }
+    }
+
+    /// Content told apart by size alone (the look-ahead never reads chunks).
+    fn content(size: u64) -> VChange {
+        VChange::Content {
+            file: 2,
+            meta: meta(size),
+            content: Content {
+                size,
+                extents: Vec::new(),
+            },
+        }
+    }
+
+    fn size_at(vault: &Vault, t: i64) -> (Option<u64>, bool) {
+        let (tree, _) = vault.load_tree(Some(t)).unwrap().unwrap();
+        let f = tree.lookup(b"f").and_then(|id| tree.files.get(&id));
+        (
+            f.and_then(|f| f.content.as_ref()).map(|c| c.size),
+            tree.pending.contains_key(&2),
+        )
+    }
+
+    /// A segment: its seq (and time), its records by seq, what of file 2 it waits for.
+    type Step = (u64, Vec<(u64, VChange)>, Option<u64>);
+
+    /// Writes a checkpoint with file 2 (size 1) at seq 1, then the segments, each at time =
+    /// seq.
+    fn history(vault: &Vault, segments: Vec<Step>) {
+        let pos = |h: &Head, seq: u64| Position {
+            gen: h.gen + 1,
+            prev: h.hash,
+            journal_id: 1,
+            seq,
+            time_ns: seq as i64,
+            written_ns: 0,
+        };
+        let mut tree = Tree::new(1);
+        tree.apply(&VChange::Create {
+            parent: 1,
+            name: b"f".to_vec(),
+            file: 2,
+            meta: meta(1),
+        });
+        tree.apply(&content(1));
+        let cp = tree.to_checkpoint(pos(&Head::default(), 1));
+        let mut head = vault
+            .append_log(&Head::default(), &LogObject::Checkpoint(cp))
+            .unwrap();
+        for (seq, records, pending) in segments {
+            let seg = Segment {
+                pos: pos(&head, seq),
+                first_seq: seq,
+                records: records
+                    .into_iter()
+                    .map(|(s, change)| VRecord {
+                        seq: s,
+                        time_ns: s as i64,
+                        change,
+                    })
+                    .collect(),
+                pending: pending
+                    .map(|s| Pending {
+                        file: 2,
+                        seq: s,
+                        time_ns: s as i64,
+                    })
+                    .into_iter()
+                    .collect(),
+            };
+            head = vault.append_log(&head, &LogObject::Segment(seg)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_point_waiting_for_a_file_takes_the_first_contents_read_after_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_rt, vault) = test_vault(dir.path());
+        history(
+            &vault,
+            vec![
+                // seq 2: file 2 changed (size 2), its contents in flight.
+                (2, vec![], Some(2)),
+                // seq 3: changed again before the first read landed (size 3).
+                (3, vec![], Some(3)),
+                // The first read lands: it was asked at seq 2, so it completes 2, not 3.
+                (4, vec![(2, content(2))], Some(3)),
+                (5, vec![(3, content(3))], None),
+            ],
+        );
+        // Point 2: completed by the record of seq 2, found ahead.
+        assert_eq!(size_at(&vault, 2), (Some(2), false));
+        // Point 3: the later read, never the stale one that landed first.
+        assert_eq!(size_at(&vault, 3), (Some(3), false));
+        // Point 4 holds the stale read itself until the later one: completed too.
+        assert_eq!(size_at(&vault, 4), (Some(3), false));
+        assert_eq!(size_at(&vault, 5), (Some(3), false));
+    }
+
+    #[test]
+    fn a_file_made_anew_under_the_same_number_never_completes_an_old_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_rt, vault) = test_vault(dir.path());
+        let recreate = VChange::Create {
+            parent: 1,
+            name: b"f".to_vec(),
+            file: 2,
+            meta: meta(0),
+        };
+        let unlink = VChange::Unlink {
+            parent: 1,
+            name: b"f".to_vec(),
+            file: 2,
+        };
+        history(
+            &vault,
+            vec![
+                (2, vec![], Some(2)),
+                // Removed before its contents were read; the number is used again.
+                (3, vec![(3, unlink)], None),
+                (4, vec![(4, recreate), (4, content(9))], None),
+            ],
+        );
+        // Point 2 keeps what the destination held before, and says so.
+        assert_eq!(size_at(&vault, 2), (Some(1), true));
+        assert_eq!(size_at(&vault, 4), (Some(9), false));
+    }
 }

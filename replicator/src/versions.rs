@@ -673,6 +673,7 @@ mod tests {
                             pos: pos(&head, seq),
                             first_seq,
                             records,
+                            pending: Vec::new(),
                         }),
                     )
                     .unwrap();

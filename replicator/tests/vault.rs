@@ -1212,3 +1212,106 @@ fn two_maintainers_at_once_the_second_is_refused() {
     f.restore(&out, None);
     assert_eq!(snapshot(&f.pocket), snapshot(&out));
 }
+
+fn wait_for(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "waited {limit:?} for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The newest record's sequence number and time.
+fn last_record(f: &Fixture) -> (u64, i64) {
+    let r = journal::Reader::open(&f.journal()).unwrap();
+    let last = r.status().unwrap().last_seq;
+    let rec = r.records_after(last - 1, 1).unwrap().remove(0);
+    (rec.seq, rec.time_ns)
+}
+
+#[test]
+fn a_small_change_is_protected_while_a_large_file_uploads() {
+    let f = Fixture::new();
+    write(&f.pocket.join("notes.txt"), b"first");
+    f.sync();
+    // 24 MiB at 2 MiB/s (after a burst of 9 MiB): seven seconds on the way.
+    let big = pseudo_random(24 << 20, 11);
+    write(&f.pocket.join("big.bin"), &big);
+    f.scan();
+    let (big_seq, big_time) = last_record(&f);
+    let mut setup = f.setup();
+    setup.dests[0].access.bandwidth = Some(2 << 20);
+    let meta_dir = setup.meta_dir.clone();
+    let (wake, woken) = crossbeam_channel::bounded(16);
+    let rep = replicator::Replicator::start(setup, woken, None).unwrap();
+    let cursor = || {
+        journal::Reader::open(&f.journal())
+            .unwrap()
+            .cursor("v")
+            .unwrap()
+            .unwrap_or(0)
+    };
+    let in_flight = || replicator::DestState::load(&meta_dir, "v").in_flight;
+    wake.send(big_seq).unwrap();
+    // The cursor passes the large file's record at once; the state says it is on its way.
+    wait_for(
+        "the large file's record",
+        std::time::Duration::from_secs(5),
+        || cursor() >= big_seq,
+    );
+    let listed = in_flight();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].path, "big.bin");
+    assert_eq!(listed[0].bytes, big.len() as u64);
+
+    write(&f.pocket.join("notes.txt"), b"second");
+    f.scan();
+    let (small_seq, _) = last_record(&f);
+    wake.send(small_seq).unwrap();
+    wait_for(
+        "the small change",
+        std::time::Duration::from_secs(5),
+        || cursor() >= small_seq,
+    );
+    assert!(
+        !in_flight().is_empty(),
+        "the large file landed before the small change was taken: the test proves nothing"
+    );
+    // The newest point has the small change, and the large file as it was before (absent
+    // here: restored empty, and said).
+    let now = f._tmp.path().join("while-uploading");
+    let r = f.restore(&now, None);
+    assert_eq!(std::fs::read(now.join("notes.txt")).unwrap(), b"second");
+    if !in_flight().is_empty() {
+        assert_eq!(r.earlier, vec![b"big.bin".to_vec()]);
+    }
+    // Stopped midway (an unmount, a crash): the state still says the file is on its way,
+    // and the next replicator reads it again from the point's list.
+    rep.stop();
+    let left = in_flight();
+    let mut setup = f.setup();
+    setup.dests[0].access.bandwidth = Some(8 << 20);
+    let (wake, woken) = crossbeam_channel::bounded(16);
+    let rep = replicator::Replicator::start(setup, woken, None).unwrap();
+    wake.send(small_seq).unwrap();
+    wait_for("the large file", std::time::Duration::from_secs(60), || {
+        in_flight().is_empty()
+    });
+    rep.stop();
+    assert_eq!(left.len(), 1, "{left:?}");
+    // Every point is exact: the newest, and the one that waited for the large file (its
+    // contents come from the later segment that brought them).
+    let all = f._tmp.path().join("all");
+    let r = f.restore(&all, None);
+    assert!(r.earlier.is_empty(), "{:?}", r.earlier);
+    assert_eq!(snapshot(&f.pocket), snapshot(&all));
+    let then = f._tmp.path().join("then");
+    let r = f.restore(&then, Some(big_time));
+    assert!(r.earlier.is_empty(), "{:?}", r.earlier);
+    assert_eq!(std::fs::read(then.join("notes.txt")).unwrap(), b"first");
+    assert!(std::fs::read(then.join("big.bin")).unwrap() == big);
+    // And the vault is whole.
+    let (_rt, v) = f.open_vault();
+    let report = replicator::verify(&v, true, &Progress::default()).unwrap();
+    assert!(report.damage.is_empty(), "{:?}", report.damage);
+}

@@ -90,6 +90,7 @@ fn print_restore(
                 "other": report.other, "bytes": report.bytes,
                 "failed": report.failed.iter().map(|(p, e)| json!({"path": lossy(p), "error": e})).collect::<Vec<_>>(),
                 "skipped": report.skipped.iter().map(|(p, e)| json!({"path": lossy(p), "reason": e})).collect::<Vec<_>>(),
+                "earlier_version": report.earlier.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
             }))?
         );
     } else {
@@ -108,6 +109,12 @@ fn print_restore(
         }
         for (p, e) in &report.failed {
             println!("  NOT restored {}: {e}", lossy(p));
+        }
+        for p in &report.earlier {
+            println!(
+                "  earlier version of {}: its contents at this point were still uploading (a later point has them)",
+                lossy(p)
+            );
         }
     }
     if !report.failed.is_empty() {

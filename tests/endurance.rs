@@ -941,11 +941,14 @@ impl Bench {
     /// (`BACKPOCKET_CRASH_AT`) when given.
     fn mount(&self, faults: Option<&str>, crash: Option<&str>) -> Mounted {
         // Maintenance runs whenever the vault has been idle 2 s, and deletes what it replaced
-        // at once: it runs between the rounds' faults, not once an hour.
+        // at once: it runs between the rounds' faults, not once an hour. Files from 1 MiB go
+        // through the lane for large files (8 MiB in use), so that the crashes, cuts and
+        // faults meet files in flight.
         let mut prefix = vec![
             "env".to_owned(),
             "BACKPOCKET_MAINTAIN_IDLE_SECS=2".to_owned(),
             "BACKPOCKET_MAINTAIN_GRACE_SECS=0".to_owned(),
+            "BACKPOCKET_LANE_FROM=1048576".to_owned(),
         ];
         if let Some(f) = faults {
             prefix.push(format!("BACKPOCKET_FAULTS={f}"));

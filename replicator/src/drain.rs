@@ -203,7 +203,7 @@ impl VaultDrain {
         progress: &Progress,
     ) -> Result<crate::maintain::MaintainReport> {
         let own = self.lease.as_ref().map(|l| l.key().to_owned());
-        if self.lane.busy() {
+        if !self.lane.reap() {
             return Err(Error::Busy(
                 "large files are still being uploaded; maintenance waits for them".into(),
             ));
@@ -337,14 +337,13 @@ impl VaultDrain {
                         report.files += 1;
                         report.bytes_read += content.data_bytes();
                         let p = tree.pending.remove(&d.job.file).expect("checked above");
+                        // First in the segment: applied now, before the batch's records.
+                        let change = self.contents_record(&tree, p.file, meta, content);
+                        tree.apply(&change);
                         late.push(VRecord {
                             seq: p.seq,
                             time_ns: p.time_ns,
-                            change: VChange::Content {
-                                file: p.file,
-                                meta,
-                                content,
-                            },
+                            change,
                         });
                     }
                 }
@@ -441,8 +440,9 @@ impl VaultDrain {
         let (end_seq, end_time) = records
             .last()
             .map_or((head.seq, head.time_ns), |r| (r.seq, r.time_ns));
+        let late_n = late.len();
         let mut out = late;
-        report.late_files = out.len() as u64;
+        report.late_files = late_n as u64;
         let mut touched_dirs = BTreeSet::new();
         for (i, r) in records.iter().enumerate() {
             if !matches!(r.change, journal::Change::Content { .. }) {
@@ -509,8 +509,23 @@ impl VaultDrain {
                 });
             }
         }
-        for r in &out {
-            if matches!(r.change, VChange::Content { .. } | VChange::SetAttr { .. }) {
+        // The batch's contents and folder times, in the order a restore replays them; new
+        // versions of large files as patches of the version before.
+        for r in &mut out[late_n..] {
+            if let VChange::Content {
+                file,
+                meta,
+                content,
+            } = &r.change
+            {
+                if let Some(patch) = self.patch(&tree, *file, meta, content) {
+                    r.change = patch;
+                }
+            }
+            if matches!(
+                r.change,
+                VChange::Content { .. } | VChange::Patch { .. } | VChange::SetAttr { .. }
+            ) {
                 tree.apply(&r.change);
             }
         }
@@ -560,6 +575,31 @@ impl VaultDrain {
         debug!(dest = src.dest, ?report, "segment written");
         self.state = Some(Some((tree, new_head)));
         Ok(Some(report))
+    }
+
+    /// A file's new contents as the log records them: a patch of its contents before when
+    /// that is much smaller, else whole.
+    fn contents_record(&self, tree: &Tree, file: u64, meta: VMeta, content: Content) -> VChange {
+        self.patch(tree, file, &meta, &content)
+            .unwrap_or(VChange::Content {
+                file,
+                meta,
+                content,
+            })
+    }
+
+    fn patch(&self, tree: &Tree, file: u64, meta: &VMeta, content: &Content) -> Option<VChange> {
+        if self.vault.config.backpocket_vault < 3 || tree.broken.contains(&file) {
+            return None;
+        }
+        let base = tree.files.get(&file)?.content.as_ref()?;
+        let extents = content.patch_of(base)?;
+        Some(VChange::Patch {
+            file,
+            meta: *meta,
+            size: content.size,
+            extents,
+        })
     }
 
     /// Queues a file on the lane for large files.

@@ -143,6 +143,18 @@ impl Lane {
         s.running || !s.done.is_empty()
     }
 
+    /// Waits for a thread that has said it is done to return, so that it no longer shares
+    /// the vault. False while there is work.
+    pub fn reap(&mut self) -> bool {
+        if self.busy() {
+            return false;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        true
+    }
+
     /// Stops the thread (a read in progress ends at its next chunk) and forgets the queue.
     pub fn stop(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);

@@ -49,5 +49,5 @@ pub use service::{Reload, Replicator};
 pub use state::{DestLock, DestState, InFlight, Live};
 pub use store::{local_path, requests, Requests, Store, Target};
 pub use sync::{sync, SyncOutcome, SyncReport};
-pub use vault::{Head, Point, Vault};
+pub use vault::{Head, LogObject, Point, Vault};
 pub use verify::{verify, Damage, VerifyReport};

@@ -537,10 +537,21 @@ pub(crate) fn used_chunks(vault: &Vault, map: &LogMap) -> Result<HashSet<ChunkId
             }
             LogObject::Segment(s) => {
                 for r in &s.records {
-                    if let VChange::Content { content, .. } = &r.change {
-                        for ch in content.extents.iter().flat_map(|e| &e.chunks) {
-                            used.insert(ch.id);
+                    match &r.change {
+                        VChange::Content { content, .. } => {
+                            for ch in content.extents.iter().flat_map(|e| &e.chunks) {
+                                used.insert(ch.id);
+                            }
                         }
+                        // The chunks a patch keeps are those of earlier records.
+                        VChange::Patch { extents, .. } => {
+                            for r in extents.iter().flat_map(|e| &e.runs) {
+                                if let crate::format::Run::New(v) = r {
+                                    used.extend(v.iter().map(|c| c.id));
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }

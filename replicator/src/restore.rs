@@ -63,12 +63,20 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
         point_seq: head.seq,
         ..RestoreReport::default()
     };
-    let entries = select(&tree, &opts.paths)?;
+    let mut entries = select(&tree, &opts.paths)?;
     for (rel, id) in &entries {
         if tree.pending.contains_key(id) {
             report.earlier.push(rel.clone());
         }
+        if tree.broken.contains(id) {
+            report.failed.push((
+                rel.clone(),
+                "its record in the log does not fit the version before it (a damaged log; run `backpocket verify`)".into(),
+            ));
+        }
     }
+    // Never a silently wrong file: one whose contents are unknown is not made.
+    entries.retain(|(_, id)| !tree.broken.contains(id));
     let target = &opts.target;
     let abs = |rel: &[u8]| crate::os::join(target, rel);
 

@@ -30,6 +30,9 @@ impl KeepPolicy {
     pub fn select(&self, points: &[Point]) -> BTreeSet<u64> {
         let mut newest_first: Vec<&Point> = points.iter().collect();
         newest_first.sort_by_key(|p| std::cmp::Reverse((p.time_ns, p.gen)));
+        // Points of one moment (a drain and its checkpoint; a point and the segment that
+        // brought the large files it waited for) count once, as the newest of them.
+        newest_first.dedup_by_key(|p| p.time_ns);
         let mut keep = BTreeSet::new();
         if let Some(p) = newest_first.first() {
             keep.insert(p.gen);
@@ -163,7 +166,7 @@ fn collapse(records: Vec<VRecord>, end: &Tree) -> Vec<VRecord> {
                     dead.insert(prev);
                 }
             }
-            VChange::Content { file, .. } => {
+            VChange::Content { file, .. } | VChange::Patch { file, .. } => {
                 if let Some(prev) = last.insert(*file, i) {
                     dead.insert(prev);
                 }
@@ -180,7 +183,20 @@ fn collapse(records: Vec<VRecord>, end: &Tree) -> Vec<VRecord> {
         .into_iter()
         .enumerate()
         .filter(|(i, _)| !dead.contains(i))
-        .map(|(_, r)| r)
+        .map(|(_, mut r)| {
+            // What a patch applied to is gone: the kept version is written whole (it is the
+            // one the end of the range holds).
+            if let VChange::Patch { file, meta, .. } = r.change {
+                if let Some(content) = end.files.get(&file).and_then(|f| f.content.clone()) {
+                    r.change = VChange::Content {
+                        file,
+                        meta,
+                        content,
+                    };
+                }
+            }
+            r
+        })
         .collect()
 }
 

@@ -20,6 +20,9 @@ pub struct Tree {
     /// Files whose contents at this point are still on their way, by file: the tree holds
     /// what the destination had of them before.
     pub pending: BTreeMap<u64, Pending>,
+    /// Files whose last `Patch` did not fit the contents before it (a damaged log): their
+    /// contents are unknown.
+    pub broken: std::collections::BTreeSet<u64>,
 }
 
 impl Tree {
@@ -282,14 +285,13 @@ impl Tree {
                     f.xattrs.retain(|x| &x.name != name);
                 }
             }
-            VChange::Content {
-                file,
-                meta,
-                content,
-            } => {
+            VChange::Content { file, .. } | VChange::Patch { file, .. } => {
                 if let Some(f) = self.files.get_mut(file) {
-                    f.meta = *meta;
-                    f.content = Some(content.clone());
+                    if apply_contents(f, change) {
+                        self.broken.remove(file);
+                    } else {
+                        self.broken.insert(*file);
+                    }
                 }
             }
         }
@@ -353,6 +355,30 @@ impl Tree {
         self.files
             .values()
             .filter_map(|f| f.content.as_ref().map(|c| (f, c)))
+    }
+}
+
+/// Gives `f` the contents a `Content` or `Patch` record brings (other records: nothing).
+/// False when a patch does not fit the contents before it; `f` then has none.
+pub(crate) fn apply_contents(f: &mut FileState, change: &VChange) -> bool {
+    match change {
+        VChange::Content { meta, content, .. } => {
+            f.meta = *meta;
+            f.content = Some(content.clone());
+            true
+        }
+        VChange::Patch {
+            meta,
+            size,
+            extents,
+            ..
+        } => {
+            f.meta = *meta;
+            let empty = Content::default();
+            f.content = Content::patched(f.content.as_ref().unwrap_or(&empty), *size, extents);
+            f.content.is_some()
+        }
+        _ => true,
     }
 }
 

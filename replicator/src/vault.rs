@@ -867,6 +867,12 @@ impl Vault {
         cache: &mut Option<(usize, HashMap<u64, Bundled>)>,
     ) -> Result<()> {
         let mut looking: BTreeMap<u64, Pending> = tree.pending.clone();
+        // Each waiting file's contents as the log goes on (a patch applies to what came
+        // before it, a stale read included).
+        let mut shadow: HashMap<u64, crate::format::FileState> = looking
+            .keys()
+            .filter_map(|f| tree.files.get(f).map(|s| (*f, s.clone())))
+            .collect();
         let gens: Vec<u64> = map.at.range(from..).map(|(g, _)| *g).collect();
         for gen in gens {
             if looking.is_empty() {
@@ -875,23 +881,28 @@ impl Vault {
             let (_, obj) = self.read_point(map, gen, cache)?;
             let LogObject::Segment(s) = obj else { continue };
             for r in s.records {
-                match r.change {
-                    VChange::Content {
-                        file,
-                        meta,
-                        content,
-                    } if looking.get(&file).is_some_and(|p| r.seq >= p.seq) => {
-                        looking.remove(&file);
-                        tree.pending.remove(&file);
-                        if let Some(f) = tree.files.get_mut(&file) {
-                            f.meta = meta;
-                            f.content = Some(content);
+                match &r.change {
+                    VChange::Content { file, .. } | VChange::Patch { file, .. } => {
+                        let Some(p) = looking.get(file) else { continue };
+                        let Some(f) = shadow.get_mut(file) else {
+                            continue;
+                        };
+                        let fits = crate::tree::apply_contents(f, &r.change);
+                        if r.seq >= p.seq {
+                            looking.remove(file);
+                            if fits {
+                                tree.pending.remove(file);
+                                if let Some(t) = tree.files.get_mut(file) {
+                                    t.meta = f.meta;
+                                    t.content = f.content.clone();
+                                }
+                            }
                         }
                     }
                     VChange::Create { file, .. }
                     | VChange::Mkdir { file, .. }
                     | VChange::Symlink { file, .. } => {
-                        looking.remove(&file);
+                        looking.remove(file);
                     }
                     _ => {}
                 }

@@ -192,28 +192,61 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
     let mut affected: HashMap<usize, BTreeSet<String>> = HashMap::new();
     let mut seen_versions: HashSet<(u64, ChunkId)> = HashSet::new();
     let mut objects = 0u64;
+    let mut broken: HashSet<u64> = HashSet::new();
     // Only what each object adds is checked (a checkpoint's files, a segment's content
     // records): every version is looked at once, not once per point after it.
     let replay = vault.replay_all(&mut |tree, point, obj| {
         objects += 1;
         let when = crate::vault::format_time(point.time_ns);
-        let added: Vec<(u64, &crate::format::Content)> = match obj {
+        use crate::format::{ChunkRef, Run, VChange};
+        let added: Vec<(u64, Vec<&ChunkRef>)> = match obj {
             crate::vault::LogObject::Checkpoint(c) => c
                 .files
                 .iter()
-                .filter_map(|f| f.content.as_ref().map(|c| (f.id, c)))
+                .filter_map(|f| {
+                    let c = f.content.as_ref()?;
+                    Some((f.id, c.extents.iter().flat_map(|e| &e.chunks).collect()))
+                })
                 .collect(),
             crate::vault::LogObject::Segment(s) => s
                 .records
                 .iter()
                 .filter_map(|r| match &r.change {
-                    crate::format::VChange::Content { file, content, .. } => Some((*file, content)),
+                    VChange::Content { file, content, .. } => Some((
+                        *file,
+                        content.extents.iter().flat_map(|e| &e.chunks).collect(),
+                    )),
+                    // What a patch keeps was checked with the version it comes from.
+                    VChange::Patch { file, extents, .. } => Some((
+                        *file,
+                        extents
+                            .iter()
+                            .flat_map(|e| &e.runs)
+                            .flat_map(|r| match r {
+                                Run::New(v) => v.as_slice(),
+                                Run::Keep { .. } => &[],
+                            })
+                            .collect(),
+                    )),
                     _ => None,
                 })
                 .collect(),
         };
-        for (file, c) in added {
-            for ch in c.extents.iter().flat_map(|e| &e.chunks) {
+        for &file in &tree.broken {
+            if broken.insert(file) {
+                let path = tree
+                    .path_of(file)
+                    .map(|p| String::from_utf8_lossy(&p).into_owned())
+                    .unwrap_or_else(|| format!("file {file}"));
+                damage.push(Damage {
+                    object: format!("log object {}", point.gen),
+                    detail: "a patch in it does not fit the version before it".into(),
+                    affects: vec![format!("{path} (version of {when})")],
+                });
+            }
+        }
+        for (file, chunks) in added {
+            for ch in chunks {
                 let bad = bad_chunks.get(&ch.id);
                 let lost = !known.contains(&ch.id);
                 if (bad.is_some() || lost) && seen_versions.insert((file, ch.id)) {

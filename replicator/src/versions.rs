@@ -250,7 +250,8 @@ impl Walk {
         if let VChange::SetAttr { file, .. }
         | VChange::SetXattr { file, .. }
         | VChange::RemoveXattr { file, .. }
-        | VChange::Content { file, .. } = c
+        | VChange::Content { file, .. }
+        | VChange::Patch { file, .. } = c
         {
             touched.extend(self.paths_of(*file));
         }

@@ -1315,3 +1315,76 @@ fn a_small_change_is_protected_while_a_large_file_uploads() {
     let report = replicator::verify(&v, true, &Progress::default()).unwrap();
     assert!(report.damage.is_empty(), "{:?}", report.damage);
 }
+
+#[test]
+fn versions_stored_as_patches_restore_exactly_and_survive_forget_and_prune() {
+    use std::os::unix::fs::FileExt;
+    let f = Fixture::new();
+    let p = &f.pocket;
+    // 2 MiB (small chunks) and 20 MiB (the middle size): overwrites in place, an append, a
+    // truncation, each drained as its own version.
+    write(&p.join("doc.bin"), &pseudo_random(2 << 20, 1));
+    write(&p.join("image.bin"), &pseudo_random(20 << 20, 2));
+    f.sync();
+    let mut states = Vec::new();
+    for round in 0..6u64 {
+        let name = if round % 2 == 0 {
+            "doc.bin"
+        } else {
+            "image.bin"
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p.join(name))
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        match round {
+            4 => file.set_len(len - 100_000).unwrap(),
+            5 => file.write_all_at(&pseudo_random(70_000, 77), len).unwrap(),
+            _ => file
+                .write_all_at(&pseudo_random(40_000, 10 + round), len / 3 + round * 9000)
+                .unwrap(),
+        }
+        drop(file);
+        f.sync();
+        let (_rt, v) = f.open_vault();
+        states.push((v.points().unwrap().last().unwrap().time_ns, snapshot(p)));
+    }
+    // The log grew by what changed: far less than the chunk lists (about 1,600 chunks).
+    let log_bytes = dir_size(&f.vault_dir.join("log"));
+    assert!(log_bytes < 120_000, "log {log_bytes} bytes");
+    for (i, (t, want)) in states.iter().enumerate() {
+        let out = f._tmp.path().join(format!("at-{i}"));
+        let r = f.restore(&out, Some(*t));
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        assert_eq!(&snapshot(&out), want, "point {i}");
+    }
+    // Forget drops the bases some patches were made against: the kept points stay exact.
+    let (_rt, mut v) = f.open_vault();
+    let policy = replicator::KeepPolicy {
+        last: 2,
+        ..Default::default()
+    };
+    replicator::forget(&v, &policy, false).unwrap();
+    replicator::prune(&mut v, std::time::Duration::ZERO, &Progress::default()).unwrap();
+    let rep = replicator::verify(&v, true, &Progress::default()).unwrap();
+    assert!(rep.damage.is_empty(), "{:?}", rep.damage);
+    for (i, (t, want)) in states.iter().enumerate().skip(4) {
+        let out = f._tmp.path().join(format!("kept-{i}"));
+        let r = f.restore(&out, Some(*t));
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        assert_eq!(&snapshot(&out), want, "kept point {i}");
+    }
+    // And new versions go on as patches of what forget left.
+    drop(v);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.join("image.bin"))
+        .unwrap();
+    file.write_all_at(b"after forget", 5).unwrap();
+    drop(file);
+    f.sync();
+    let out = f._tmp.path().join("after");
+    f.restore(&out, None);
+    assert_eq!(snapshot(p), snapshot(&out));
+}

@@ -4,10 +4,11 @@
 //! bytes, and the time of what a user does with it: `sync` of one new file (opening the vault
 //! included), `log FILE`, `verify` without data, a whole restore (against `cp -a`).
 //!
-//! BENCH_DRAINS (default 100000) drains per contender, a rest every BENCH_DAY (default 500)
-//! drains in which the mount (1 s idle here, 60 s in use) maintains its vault; BENCH_ROUNDS
-//! (default 3) timings of each command, alternating contenders, medians with min-max. Every
-//! timing ends durable. The drain phase's times include the rests.
+//! BENCH_DRAINS (default 100000) drains per contender (BENCH_OFF=0: maintenance on only), a
+//! rest every BENCH_DAY (default 500) drains in which the mount (1 s idle here, 60 s in use)
+//! maintains its vault; BENCH_ROUNDS (default 3) timings of each command, alternating
+//! contenders, medians with min-max. Every timing ends durable. The drain phase's times
+//! include the rests.
 
 mod common;
 
@@ -232,6 +233,8 @@ fn main() {
     let s3_drains = env("BENCH_S3_DRAINS", drains / 5);
     let rounds = env("BENCH_ROUNDS", 3);
     let day = env("BENCH_DAY", 500);
+    // BENCH_OFF=0 leaves out the vaults without maintenance (for long runs: they only grow).
+    let off = env("BENCH_OFF", 1) != 0;
     let base =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or("/var/tmp".into())).unwrap();
     let garage =
@@ -270,6 +273,9 @@ fn main() {
             s3_drains,
             false,
         ));
+    }
+    if !off {
+        contenders.retain(|c| c.3);
     }
     // Read by the replicator threads this process starts (no other thread reads the
     // environment meanwhile).

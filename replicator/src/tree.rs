@@ -187,6 +187,8 @@ impl Tree {
     }
 
     fn new_file(&mut self, file: u64, meta: VMeta, target: Option<Vec<u8>>) {
+        // A number used again: nothing of the old file's contents applies.
+        self.broken.remove(&file);
         self.files.insert(
             file,
             FileState {
@@ -471,5 +473,63 @@ mod tests {
             exchange: false,
         });
         assert!(t.alive(5));
+    }
+
+    #[test]
+    fn a_patch_that_does_not_fit_leaves_the_file_broken_until_whole_contents_come() {
+        use crate::format::{ChunkRef, Extent, PatchExtent, Run};
+        let mut t = Tree::new(1);
+        let create = VChange::Create {
+            parent: 1,
+            name: b"f".to_vec(),
+            file: 2,
+            meta: meta(crate::format::KIND_FILE),
+        };
+        t.apply(&create);
+        let chunk = ChunkRef {
+            id: [7; 32],
+            len: 10,
+        };
+        let whole = VChange::Content {
+            file: 2,
+            meta: meta(crate::format::KIND_FILE),
+            content: Content {
+                size: 10,
+                extents: vec![Extent {
+                    offset: 0,
+                    chunks: vec![chunk.clone()],
+                }],
+            },
+        };
+        t.apply(&whole);
+        let patch = |from| VChange::Patch {
+            file: 2,
+            meta: meta(crate::format::KIND_FILE),
+            size: 20,
+            extents: vec![PatchExtent {
+                offset: 0,
+                runs: vec![Run::Keep { from, count: 1 }, Run::New(vec![chunk.clone()])],
+            }],
+        };
+        t.apply(&patch(0));
+        assert!(t.broken.is_empty());
+        assert_eq!(
+            t.files[&2].content.as_ref().unwrap().extents[0]
+                .chunks
+                .len(),
+            2
+        );
+        t.apply(&patch(5));
+        assert!(t.broken.contains(&2) && t.files[&2].content.is_none());
+        t.apply(&whole);
+        assert!(t.broken.is_empty());
+        t.apply(&patch(9));
+        t.apply(&VChange::Unlink {
+            parent: 1,
+            name: b"f".to_vec(),
+            file: 2,
+        });
+        t.apply(&create);
+        assert!(t.broken.is_empty(), "a new file under the number is whole");
     }
 }

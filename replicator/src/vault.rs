@@ -28,6 +28,95 @@ pub struct Loc {
     pub blob: BlobEntry,
 }
 
+/// The chunk index in memory. Small chunks mean many (a GiB of files under 16 MiB is about
+/// 65,000 of them), so an entry is the chunk's id and 20 bytes: its pack by number and its
+/// place there. A `Loc` is made when asked for.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkIndex {
+    packs: Vec<Arc<str>>,
+    numbers: HashMap<Arc<str>, u32>,
+    slots: HashMap<ChunkId, Slot>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    pack: u32,
+    offset: u32,
+    len: u32,
+    raw_len: u32,
+    zstd: bool,
+}
+
+impl ChunkIndex {
+    /// Adds a pack's blobs (a later pack holding a chunk again takes its place).
+    fn add_pack(&mut self, pack: &str, blobs: impl IntoIterator<Item = BlobEntry>) {
+        let n = match self.numbers.get(pack) {
+            Some(&n) => n,
+            None => {
+                let name: Arc<str> = Arc::from(pack);
+                let n = self.packs.len() as u32;
+                self.packs.push(name.clone());
+                self.numbers.insert(name, n);
+                n
+            }
+        };
+        for b in blobs {
+            // Packs are far below 4 GiB; a blob said to lie beyond is not believed (its
+            // chunk is then sent again).
+            let Ok(offset) = u32::try_from(b.offset) else {
+                continue;
+            };
+            self.slots.insert(
+                b.id,
+                Slot {
+                    pack: n,
+                    offset,
+                    len: b.len,
+                    raw_len: b.raw_len,
+                    zstd: b.zstd,
+                },
+            );
+        }
+    }
+
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.slots.contains_key(id)
+    }
+
+    fn get(&self, id: &ChunkId) -> Option<Loc> {
+        let s = self.slots.get(id)?;
+        Some(Loc {
+            pack: self.packs[s.pack as usize].clone(),
+            blob: BlobEntry {
+                id: *id,
+                offset: u64::from(s.offset),
+                len: s.len,
+                raw_len: s.raw_len,
+                zstd: s.zstd,
+            },
+        })
+    }
+
+    fn from_map(map: HashMap<ChunkId, Loc>) -> ChunkIndex {
+        let mut by_pack: HashMap<Arc<str>, Vec<BlobEntry>> = HashMap::new();
+        for (_, loc) in map {
+            by_pack.entry(loc.pack).or_default().push(loc.blob);
+        }
+        let mut ix = ChunkIndex::default();
+        for (pack, blobs) in by_pack {
+            ix.add_pack(&pack, blobs);
+        }
+        ix
+    }
+
+    fn to_map(&self) -> HashMap<ChunkId, Loc> {
+        self.slots
+            .keys()
+            .filter_map(|id| self.get(id).map(|l| (*id, l)))
+            .collect()
+    }
+}
+
 struct Keys {
     blob: Key,
     objects: Key,
@@ -41,7 +130,7 @@ pub struct Vault {
     pub store: Store,
     pub config: VaultConfig,
     keys: Keys,
-    index: Mutex<HashMap<ChunkId, Loc>>,
+    index: Mutex<ChunkIndex>,
     /// Chunks being packed by some worker right now (so two workers never pack one twice).
     in_flight: Mutex<HashSet<ChunkId>>,
     /// Where index objects of a remote vault are kept on the drive once read, so that
@@ -198,7 +287,7 @@ impl Vault {
                 pack_name: master.derive("backpocket vault 1 pack name"),
                 gear_seed: u64::from_le_bytes(seed),
             },
-            index: Mutex::new(HashMap::new()),
+            index: Mutex::new(ChunkIndex::default()),
             in_flight: Mutex::new(HashSet::new()),
             cache: None,
             cache_root: None,
@@ -239,27 +328,18 @@ impl Vault {
         let trashed = self.trashed()?;
         let objects = self.read_index_objects(&trashed.keys)?;
         let mut damaged = Vec::new();
-        let mut map = HashMap::new();
+        let mut ix = ChunkIndex::default();
         for o in objects {
             let Some(packs) = o.packs else {
                 damaged.push(o.key);
                 continue;
             };
             for idx in packs {
-                let pack: Arc<str> = Arc::from(idx.pack.as_str());
-                for blob in idx.blobs {
-                    map.insert(
-                        blob.id,
-                        Loc {
-                            pack: pack.clone(),
-                            blob,
-                        },
-                    );
-                }
+                ix.add_pack(&idx.pack, idx.blobs);
             }
         }
-        debug!(chunks = map.len(), "vault index loaded");
-        *self.index.lock() = map;
+        debug!(chunks = ix.slots.len(), "vault index loaded");
+        *self.index.lock() = ix;
         Ok(damaged)
     }
 
@@ -365,24 +445,27 @@ impl Vault {
     }
 
     pub fn locate(&self, id: &ChunkId) -> Option<Loc> {
-        self.index.lock().get(id).cloned()
+        self.index.lock().get(id)
     }
 
     pub fn index_len(&self) -> usize {
-        self.index.lock().len()
+        self.index.lock().slots.len()
     }
 
     /// Forgets the chunks held in these packs (damaged ones, for repair): whatever still has
     /// their data sends them again.
     pub(crate) fn forget_packs(&self, packs: &HashSet<&str>) {
-        self.index
-            .lock()
-            .retain(|_, loc| !packs.contains(loc.pack.as_ref()));
+        let mut ix = self.index.lock();
+        let gone: HashSet<u32> = packs
+            .iter()
+            .filter_map(|p| ix.numbers.get(*p).copied())
+            .collect();
+        ix.slots.retain(|_, s| !gone.contains(&s.pack));
     }
 
     /// All the index knows, for verify and prune.
     pub fn index_snapshot(&self) -> HashMap<ChunkId, Loc> {
-        self.index.lock().clone()
+        self.index.lock().to_map()
     }
 
     /// The store key of a pack.
@@ -1015,7 +1098,7 @@ impl Vault {
 
     /// Replaces the in-memory index (maintenance moved chunks).
     pub(crate) fn set_index(&self, map: HashMap<ChunkId, Loc>) {
-        *self.index.lock() = map;
+        *self.index.lock() = ChunkIndex::from_map(map);
     }
 
     /// Stores the pocket's config in the vault (sealed), so that a new drive made from the
@@ -1213,7 +1296,7 @@ impl Packer<'_> {
             id,
             len: data.len() as u32,
         };
-        if self.vault.index.lock().contains_key(&id) {
+        if self.vault.index.lock().contains(&id) {
             // Held already: nothing to send.
             if let Some(l) = &self.landed {
                 l.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -1307,18 +1390,9 @@ impl Packer<'_> {
             }
         };
         self.uploaded_bytes += bytes;
-        let pack: Arc<str> = Arc::from(index.pack.as_str());
         let mut map = self.vault.index.lock();
         self.forget_flight(index.blobs.iter().map(|b| &b.id));
-        for blob in index.blobs {
-            map.insert(
-                blob.id,
-                Loc {
-                    pack: pack.clone(),
-                    blob,
-                },
-            );
-        }
+        map.add_pack(&index.pack, index.blobs);
         Ok(())
     }
 
@@ -1509,5 +1583,60 @@ mod tests {
         // Point 2 keeps what the destination held before, and says so.
         assert_eq!(size_at(&vault, 2), (Some(1), true));
         assert_eq!(size_at(&vault, 4), (Some(9), false));
+    }
+}
+/// The memory the chunk index takes per chunk, against the layout it replaced (a map of ids to
+/// `Loc`): `cargo test -p replicator --lib index_memory -- --ignored --nocapture` (a
+/// measurement for BENCHMARKS.md, not a test).
+#[cfg(test)]
+mod index_memory {
+    use super::*;
+
+    fn rss() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/statm").unwrap();
+        s.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+    }
+    #[test]
+    #[ignore = "a measurement: run by hand with --ignored --nocapture"]
+    fn measure() {
+        let n = 1_000_000u64;
+        let blob = |i: u64| {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&blake3::hash(&i.to_le_bytes()).as_bytes()[..8]);
+            BlobEntry {
+                id,
+                offset: i * 100,
+                len: 16000,
+                raw_len: 16384,
+                zstd: true,
+            }
+        };
+        let a = rss();
+        let mut ix = ChunkIndex::default();
+        for p in 0..n / 1000 {
+            ix.add_pack(&format!("{p:064x}"), (0..1000).map(|j| blob(p * 1000 + j)));
+        }
+        let b = rss();
+        let mut old: HashMap<ChunkId, Loc> = HashMap::new();
+        for p in 0..n / 1000 {
+            let pack: Arc<str> = Arc::from(format!("{p:064x}").as_str());
+            for j in 0..1000 {
+                let bl = blob(p * 1000 + j);
+                old.insert(
+                    bl.id,
+                    Loc {
+                        pack: pack.clone(),
+                        blob: bl,
+                    },
+                );
+            }
+        }
+        let c = rss();
+        eprintln!(
+            "index memory for {n} chunks: {} B a chunk (the map of Loc it replaced: {} B)",
+            (b - a) / n,
+            (c - b) / n
+        );
+        assert_eq!((ix.slots.len(), old.len()), (n as usize, n as usize));
     }
 }

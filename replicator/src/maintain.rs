@@ -258,7 +258,11 @@ pub fn maintain(
     if vault.config.backpocket_vault < crate::format::VAULT_FORMAT {
         vault.upgrade_config()?;
         report.upgraded = true;
-        info!(vault = vault.store.url(), "vault upgraded to format 2");
+        info!(
+            vault = vault.store.url(),
+            "vault upgraded to format {}",
+            crate::format::VAULT_FORMAT
+        );
     }
     let vault: &Vault = vault;
     let mut lease = take_lease(vault, "maintain", own_write)?;
@@ -764,7 +768,38 @@ fn repack(
     progress
         .bytes_total
         .store(total.min(opts.max_repack_bytes), Ordering::Relaxed);
+    // The newest point's chunks go first and in the order of its files, the others after
+    // them: a restore of the newest point (the one people make) then reads long runs of few
+    // packs instead of a chunk here and there among older versions.
+    let wanted: HashSet<ChunkId> = candidates
+        .iter()
+        .flat_map(|p| p.blobs.iter().map(|b| b.id))
+        .collect();
+    let rank = newest_order(vault, &wanted)?;
+    let first_rank = |p: &PackIndex| {
+        p.blobs
+            .iter()
+            .filter_map(|b| rank.get(&b.id))
+            .min()
+            .copied()
+            .unwrap_or(u32::MAX)
+    };
+    candidates.sort_by_cached_key(|p| (first_rank(p), p.pack.clone()));
     let mut writer = RawPacker::new(vault);
+    // Blobs copied, held in memory up to REPACK_BATCH bytes so that they can be written in
+    // that order across the packs they come from.
+    let mut batch: Vec<(u32, Vec<u8>, BlobEntry)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let write_batch = |batch: &mut Vec<(u32, Vec<u8>, BlobEntry)>,
+                       writer: &mut RawPacker<'_>,
+                       written: &mut Vec<PackIndex>|
+     -> Result<()> {
+        batch.sort_by_key(|(r, _, _)| *r);
+        for (_, sealed, b) in batch.drain(..) {
+            writer.add(&sealed, &b, written)?;
+        }
+        Ok(())
+    };
     for p in candidates {
         if interrupt()
             || report.bytes_repacked + p.size > opts.max_repack_bytes && report.bytes_repacked > 0
@@ -792,14 +827,24 @@ fn repack(
                     })?;
                 // Checked before it is copied: a damaged chunk is not spread to a new pack.
                 vault.open_blob(&bytes, b)?;
-                writer.add(sealed, b, &mut out.written)?;
+                batch_bytes += sealed.len();
+                batch.push((
+                    rank.get(&b.id).copied().unwrap_or(u32::MAX),
+                    sealed.to_vec(),
+                    b.clone(),
+                ));
                 held.insert(b.id);
+            }
+            if batch_bytes >= REPACK_BATCH {
+                write_batch(&mut batch, &mut writer, &mut out.written)?;
+                batch_bytes = 0;
             }
         }
         report.chunks_dropped += p.blobs.iter().filter(|b| !is_used(&b.id)).count() as u64;
         report.packs_repacked += 1;
         out.removed.push(p.pack.clone());
     }
+    write_batch(&mut batch, &mut writer, &mut out.written)?;
     for (key, size) in &orphans {
         if interrupt() {
             report.interrupted = true;
@@ -836,6 +881,37 @@ fn repack(
 }
 
 /// Writes packs of sealed blobs copied from other packs.
+/// How many bytes of blobs a repack holds in memory to put them in order.
+const REPACK_BATCH: usize = 128 << 20;
+
+/// The place of each of `wanted` among the chunks of the newest point, in the order of its
+/// paths and of each file's data (chunks it does not use have none).
+fn newest_order(vault: &Vault, wanted: &HashSet<ChunkId>) -> Result<HashMap<ChunkId, u32>> {
+    let mut rank = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(rank);
+    }
+    let Some((tree, _)) = vault.load_tree(None)? else {
+        return Ok(rank);
+    };
+    let mut seen = HashSet::new();
+    for (_, id) in tree.paths() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(c) = tree.files.get(&id).and_then(|f| f.content.as_ref()) else {
+            continue;
+        };
+        for ch in c.extents.iter().flat_map(|e| &e.chunks) {
+            if wanted.contains(&ch.id) {
+                let n = rank.len() as u32;
+                rank.entry(ch.id).or_insert(n);
+            }
+        }
+    }
+    Ok(rank)
+}
+
 struct RawPacker<'v> {
     vault: &'v Vault,
     buf: Vec<u8>,
@@ -1023,6 +1099,97 @@ mod tests {
         assert_eq!(vault.read_chunk(&a.id).unwrap(), a_data);
         let v = crate::verify::verify(&vault, true, &Default::default()).unwrap();
         assert!(v.damage.is_empty(), "{:?}", v.damage);
+        rt.shutdown_background();
+    }
+
+    /// Small packs written in any order are folded with the newest point's chunks first, in
+    /// the order of its paths and data, and chunks no longer in it after them.
+    #[test]
+    fn repacking_puts_the_newest_point_in_file_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rt, mut vault) = crate::vault::test_vault(tmp.path());
+        // Twelve chunks, each in its own small pack, written in a shuffled order.
+        let data: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 3000 + i as usize]).collect();
+        let mut refs = vec![None; data.len()];
+        for i in [7usize, 2, 11, 0, 5, 9, 1, 10, 3, 8, 6, 4] {
+            let mut packer = vault.packer();
+            refs[i] = Some(packer.add(&data[i]).unwrap());
+            packer.finish().unwrap();
+        }
+        let refs: Vec<_> = refs.into_iter().map(Option::unwrap).collect();
+        let meta = |size: u64| VMeta {
+            kind: KIND_FILE,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            rdev: 0,
+        };
+        // The newest point: "a" holds chunks 4, 5; "b" holds 0..4; chunks 6.. were older
+        // versions (in an earlier point only).
+        let mut tree = Tree::new(1);
+        let files = [(b"b".to_vec(), 2u64, 0..4usize), (b"a".to_vec(), 3, 4..6)];
+        for (name, id, range) in files.iter().cloned() {
+            tree.apply(&VChange::Create {
+                parent: 1,
+                name,
+                file: id,
+                meta: meta(0),
+            });
+            tree.apply(&VChange::Content {
+                file: id,
+                meta: meta(0),
+                content: content_of(refs[range].to_vec()),
+            });
+        }
+        let mut old = tree.clone();
+        old.apply(&VChange::Content {
+            file: 2,
+            meta: meta(0),
+            content: content_of(refs[6..].to_vec()),
+        });
+        let pos = |gen: u64, prev: [u8; 32]| Position {
+            gen,
+            prev,
+            journal_id: 1,
+            seq: gen,
+            time_ns: gen as i64,
+            written_ns: 0,
+        };
+        let head = vault
+            .append_log(
+                &Head::default(),
+                &LogObject::Checkpoint(old.to_checkpoint(pos(1, [0; 32]))),
+            )
+            .unwrap();
+        vault
+            .append_log(
+                &head,
+                &LogObject::Checkpoint(tree.to_checkpoint(pos(2, head.hash))),
+            )
+            .unwrap();
+        let opts = MaintainOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        };
+        let r = maintain(&mut vault, &opts, None, &|| false, &Default::default()).unwrap();
+        assert_eq!((r.packs_repacked, r.packs_written), (12, 1), "{r:?}");
+        let index = vault.read_index_objects(&HashSet::new()).unwrap();
+        let packs: Vec<&PackIndex> = index
+            .iter()
+            .flat_map(|o| o.packs.iter().flatten())
+            .collect();
+        assert_eq!(packs.len(), 1);
+        let mut blobs = packs[0].blobs.clone();
+        blobs.sort_by_key(|b| b.offset);
+        let order: Vec<usize> = blobs
+            .iter()
+            .map(|b| refs.iter().position(|r| r.id == b.id).unwrap())
+            .collect();
+        // "a" (4, 5) before "b" (0..4), then the rest.
+        assert_eq!(&order[..6], &[4, 5, 0, 1, 2, 3], "{order:?}");
         rt.shutdown_background();
     }
 }

@@ -49,6 +49,21 @@ pub struct DrainReport {
     pub in_flight: u64,
 }
 
+impl DrainReport {
+    /// Adds what a later drain did (the cursor and the files in flight are its).
+    pub fn absorb(&mut self, r: &DrainReport) {
+        self.records += r.records;
+        self.files += r.files;
+        self.bytes_read += r.bytes_read;
+        self.bytes_uploaded += r.bytes_uploaded;
+        self.new_chunks += r.new_chunks;
+        self.checkpoint |= r.checkpoint;
+        self.late_files += r.late_files;
+        self.cursor = r.cursor;
+        self.in_flight = r.in_flight;
+    }
+}
+
 /// Live counters for a progress bar.
 #[derive(Debug, Default)]
 pub struct Progress {

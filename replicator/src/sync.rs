@@ -114,13 +114,7 @@ fn sync_one(
         let mut d = DestDrain::open(spec, setup, rt, Arc::default())?;
         let mut total = DrainReport::default();
         while let Some(r) = d.drain_once(&src)? {
-            total.records += r.records;
-            total.files += r.files;
-            total.bytes_read += r.bytes_read;
-            total.bytes_uploaded += r.bytes_uploaded;
-            total.new_chunks += r.new_chunks;
-            total.checkpoint |= r.checkpoint;
-            total.cursor = r.cursor;
+            total.absorb(&r);
             if r.cursor >= target && !d.settling() {
                 break;
             }
@@ -132,11 +126,7 @@ fn sync_one(
                 return Err(Error::Cancelled);
             }
             match d.drain_once(&src)? {
-                Some(r) => {
-                    total.records += r.records;
-                    total.cursor = r.cursor;
-                    total.late_files += r.late_files;
-                }
+                Some(r) => total.absorb(&r),
                 None => std::thread::sleep(Duration::from_millis(20)),
             }
         }

@@ -30,8 +30,23 @@ pub fn sync(p: &Pocket, watch: bool, json: bool, args: &KeyArgs) -> Result<()> {
     let cancel = stop.flag.clone();
     loop {
         let mounted = scan_unless_mounted(p)?;
-        let target = journal::Reader::open(&p.journal_path())?.status()?.last_seq;
+        let status = journal::Reader::open(&p.journal_path())?.status()?;
+        let target = status.last_seq;
         let progress = Progress::default();
+        // The bar's total: what each destination lacks (all that is recorded, for one that
+        // never drained), as the drains count what lands at every destination.
+        let total: u64 = config
+            .destinations
+            .iter()
+            .map(|d| {
+                status
+                    .destinations
+                    .iter()
+                    .find(|c| c.name == d.name)
+                    .map_or(status.all_pending.1, |c| c.pending_bytes)
+            })
+            .sum();
+        progress.bytes_total.store(total, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let outcomes = with_progress(&progress, "backing up", || {
             replicator::sync(&setup, target, &progress, &cancel)

@@ -238,23 +238,15 @@ impl VaultDrain {
         self.state.as_ref().and_then(|s| s.as_ref()).map(|(_, h)| h)
     }
 
-    /// The files whose contents at the newest point are still on their way (read by the lane
-    /// for large files), oldest record first.
-    pub fn in_flight(&self) -> Vec<Pending> {
-        let mut v = self
-            .state
-            .as_ref()
-            .and_then(|s| s.as_ref())
-            .map(|(t, _)| t.pending_list())
-            .unwrap_or_default();
-        v.sort_by_key(|p| p.seq);
-        v
-    }
-
     /// Whether a drain has more to do without a new journal record: large files uploading, or
     /// their contents ready to be written.
     pub fn settling(&self) -> bool {
-        self.lane.busy() || !self.in_flight().is_empty()
+        self.lane.busy()
+            || self
+                .state
+                .as_ref()
+                .and_then(|s| s.as_ref())
+                .is_some_and(|(t, _)| !t.pending.is_empty())
     }
 
     /// Drains what is pending, one segment's worth. Ok(None) when nothing was pending.

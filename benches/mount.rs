@@ -14,47 +14,21 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 
 fn seq_write(dir: &Path, mb: usize) -> Duration {
-    let buf = vec![0x5au8; 1 << 20];
     let path = dir.join("big");
     let _ = fs::remove_file(&path);
     drop_caches();
-    time(|| {
-        let mut f = File::create(&path).unwrap();
-        for _ in 0..mb {
-            f.write_all(&buf).unwrap();
-        }
-        f.sync_all().unwrap();
-    })
+    write_big(&path, mb)
 }
 
 fn seq_read(dir: &Path, mb: usize) -> Duration {
-    let path = dir.join("big");
-    drop_caches();
-    time(|| {
-        let mut f = File::open(&path).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0usize;
-        loop {
-            let n = f.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        assert_eq!(total, mb << 20);
-    })
-}
-
-fn syncfs(dir: &Path) {
-    let d = File::open(dir).unwrap();
-    rustix::fs::syncfs(&d).unwrap();
+    read_big(&dir.join("big"), mb)
 }
 
 fn create_files(dir: &Path, n: usize) -> Duration {
@@ -142,6 +116,7 @@ fn main() {
     let n = env("BENCH_FILES", 10_000);
     let rounds = env("BENCH_ROUNDS", 3).max(1);
     let base = workdir("mount");
+    set_drive(base.path());
     eprintln!(
         "backpocket mount benchmark: {mb} MiB file, {n} small files, {rounds} rounds, in {}{}",
         base.path().display(),

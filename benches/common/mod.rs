@@ -58,21 +58,42 @@ pub struct Mount {
 
 impl Mount {
     pub fn new(base: &Path, name: &str, args: &[&str]) -> Mount {
+        Mount::prepare(base, name).mount(name, args)
+    }
+
+    /// A new pocket, not yet mounted, so destinations can be added first.
+    pub fn prepare(base: &Path, name: &str) -> Unmounted {
         let root = base.join(format!("{name}-pocket"));
         let mnt = base.join(format!("{name}-mnt"));
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&mnt).unwrap();
         run(&["init", root.to_str().unwrap()]);
+        Unmounted { root, mnt }
+    }
+}
+
+/// A pocket made by [`Mount::prepare`].
+#[derive(Debug)]
+pub struct Unmounted {
+    pub root: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Unmounted {
+    pub fn mount(self, name: &str, args: &[&str]) -> Mount {
         let mut a = vec![
             "mount",
             "--daemon",
-            root.to_str().unwrap(),
-            mnt.to_str().unwrap(),
+            self.root.to_str().unwrap(),
+            self.mnt.to_str().unwrap(),
         ];
         a.extend_from_slice(args);
         let line = run(&a);
         eprintln!("  {name}: {}", line.trim());
-        Mount { root, mnt }
+        Mount {
+            root: self.root,
+            mnt: self.mnt,
+        }
     }
 }
 
@@ -101,4 +122,53 @@ pub fn workdir(tag: &str) -> tempfile::TempDir {
         .prefix(&format!("bp-bench-{tag}"))
         .tempdir_in(base)
         .unwrap()
+}
+
+/// Writes `mb` MiB to `path` and fsyncs it: the sequential-write workload.
+pub fn write_big(path: &Path, mb: usize) -> Duration {
+    use std::io::Write;
+    let buf = vec![0x5au8; 1 << 20];
+    time(|| {
+        let mut f = std::fs::File::create(path).unwrap();
+        for _ in 0..mb {
+            f.write_all(&buf).unwrap();
+        }
+        f.sync_all().unwrap();
+    })
+}
+
+/// Reads `path` (of `mb` MiB) from the drive, the page cache dropped first.
+pub fn read_big(path: &Path, mb: usize) -> Duration {
+    use std::io::Read;
+    drop_caches();
+    time(|| {
+        let mut f = std::fs::File::open(path).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0usize;
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert_eq!(total, mb << 20);
+    })
+}
+
+static DRIVE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Names the filesystem that holds every contender's backing folder, for [`syncfs`].
+pub fn set_drive(dir: &Path) {
+    DRIVE.set(dir.to_path_buf()).expect("the drive is set once");
+}
+
+/// Ends a timing with the data durable. `syncfs` on a FUSE mount does not reach the drive (the
+/// kernel sends it to no daemon but virtiofs'), so the filesystem holding every contender's
+/// backing folder is synced as well: the plain folder pays for that just the same.
+pub fn syncfs(dir: &Path) {
+    let d = std::fs::File::open(dir).unwrap();
+    rustix::fs::syncfs(&d).unwrap();
+    let drive = std::fs::File::open(DRIVE.get().expect("set_drive first")).unwrap();
+    rustix::fs::syncfs(&drive).unwrap();
 }

@@ -420,8 +420,9 @@ pub struct MountArgs {
     /// Serve reads and writes through the daemon even where kernel passthrough is offered.
     #[arg(long)]
     no_passthrough: bool,
-    /// Seconds the kernel may cache names and attributes.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds the kernel may cache names and attributes. Every change goes through the
+    /// mount, which tells the kernel what it changed, so this can be long.
+    #[arg(long, default_value_t = 3600.0)]
     ttl: f64,
     /// Threads serving requests.
     #[arg(long, default_value_t = 4)]

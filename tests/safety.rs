@@ -463,8 +463,13 @@ fn backed_on_xfs(tmp: &std::path::Path) -> (Drive, common::backed::Backed) {
 }
 
 /// The power goes while `m` is mounted (the log not flushed), then the drive comes back.
-fn cut_power(drive: &mut Drive, mut m: Mounted) {
+fn cut_power(drive: &mut Drive, m: Mounted) {
     drive.shutdown();
+    power_back(drive, m);
+}
+
+/// The drive shut down already: the mount goes, then the drive comes back.
+fn power_back(drive: &mut Drive, mut m: Mounted) {
     let _ = run(&["unmount", m.mnt.to_str().unwrap()], None);
     if let Some(mut c) = m.child.take() {
         let _ = c.wait();
@@ -529,6 +534,20 @@ fn a_power_cut_never_leaves_a_destination_ahead_of_the_journal() {
 /// good. The next mount must read such a file again.
 #[test]
 fn a_power_cut_after_an_overwrite_in_place_is_backed_up_as_the_drive_holds_it() {
+    overwrite_in_place_then_cut_power(false);
+}
+
+/// The same with the bytes reaching the drive at once: an `O_DIRECT` write goes to the drive
+/// before it returns, without the new mtime (nothing forces the filesystem's log for it, and no
+/// fsync reaches the mount), and the power goes right after, with no time for a journal commit
+/// that an ordinary open does not wait for. Such an open waits until the file's mark is durable.
+/// (An `O_SYNC` or `O_DSYNC` write syncs through the mount, which records the file durably.)
+#[test]
+fn a_power_cut_right_after_an_o_direct_overwrite_is_backed_up_as_the_drive_holds_it() {
+    overwrite_in_place_then_cut_power(true);
+}
+
+fn overwrite_in_place_then_cut_power(direct: bool) {
     require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let (mut drive, b) = backed_on_xfs(tmp.path());
@@ -556,7 +575,14 @@ fn a_power_cut_after_an_overwrite_in_place_is_backed_up_as_the_drive_holds_it() 
         b.pf(),
     ]);
     drop(listener);
-    for mode in [&[][..], &["--no-passthrough"][..]] {
+    // Through the daemon an O_DIRECT write is not direct on the drive (see `backing_flags`):
+    // it is the ordinary case there.
+    let modes: &[&[&str]] = if direct {
+        &[&[]]
+    } else {
+        &[&[], &["--no-passthrough"]]
+    };
+    for &mode in modes {
         let name = format!("doc-{}", mode.len());
         let mut args = vec!["--passphrase-file", b.pf()];
         args.extend_from_slice(mode);
@@ -582,24 +608,46 @@ fn a_power_cut_after_an_overwrite_in_place_is_backed_up_as_the_drive_holds_it() 
         let m = b.pocket.mount(&args);
         let new = common::backed::pseudo_random(256 << 10, 2);
         {
-            use std::os::unix::fs::FileExt;
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
             let f = fs::OpenOptions::new()
                 .write(true)
+                .custom_flags(if direct { libc::O_DIRECT } else { 0 })
                 .open(m.mnt.join(&name))
                 .unwrap();
-            f.write_all_at(&new, 0).unwrap();
+            if direct {
+                // One block, so that it is on the drive within the journal's gathering pause
+                // (an open that did not wait would lose the race); O_DIRECT wants a buffer
+                // aligned to the drive's blocks.
+                let mut buf = vec![0u8; 2 * 4096];
+                let at = buf.as_ptr().align_offset(4096);
+                buf[at..at + 4096].copy_from_slice(&new[..4096]);
+                f.write_all_at(&buf[at..at + 4096], 0).unwrap();
+            } else {
+                // Written a moment after the open, as an editor saves: the file's mark is
+                // committed by then (an open does not wait for it). Were it committed after the
+                // write, its sync would also force the drive's log with the new mtime, and the
+                // case under test could not arise.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                f.write_all_at(&new, 0).unwrap();
+            }
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        // The dirty pages written back, as the kernel does by itself: fdatasync of the backing
-        // file (not through the mount) writes the data, and on XFS does not force the log for
-        // a change of times alone.
-        let wb = Command::new("xfs_io")
-            .args(["-c", "fdatasync"])
-            .arg(root.join(&name))
-            .output()
-            .unwrap();
-        assert!(wb.status.success(), "xfs_io fdatasync: {}", stderr(&wb));
-        cut_power(&mut drive, m);
+        if direct {
+            // The drive as the write left it, this instant.
+            drive.shutdown_now();
+            power_back(&mut drive, m);
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            // The dirty pages written back, as the kernel does by itself: fdatasync of the
+            // backing file (not through the mount) writes the data, and on XFS does not force
+            // the log for a change of times alone.
+            let wb = Command::new("xfs_io")
+                .args(["-c", "fdatasync"])
+                .arg(root.join(&name))
+                .output()
+                .unwrap();
+            assert!(wb.status.success(), "xfs_io fdatasync: {}", stderr(&wb));
+            cut_power(&mut drive, m);
+        }
         let after = fs::metadata(root.join(&name)).unwrap();
         let on_drive = fs::read(root.join(&name)).unwrap();
         // What the cut left: the new bytes under the old metadata (else this test tests nothing).
@@ -613,8 +661,9 @@ fn a_power_cut_after_an_overwrite_in_place_is_backed_up_as_the_drive_holds_it() 
             ),
             "the power cut kept the overwrite's metadata; the case under test did not arise"
         );
+        let written = if direct { &new[..4096] } else { &new[..] };
         assert!(
-            on_drive == new,
+            on_drive[..written.len()] == *written,
             "the overwrite's bytes did not reach the drive; the case under test did not arise"
         );
         let listener = plugged();

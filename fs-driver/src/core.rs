@@ -194,6 +194,61 @@ pub struct PocketFs {
     /// Files this session has marked unsynced in the journal, and whether the mark is known
     /// durable (a mark lasts until the journal is closed cleanly, so once per file is enough).
     unsynced: Mutex<HashMap<u64, bool>>,
+    writeback: Writeback,
+}
+
+/// Whether the kernel is writing dirty pages back on its own right now (or about to), read
+/// from `/proc/meminfo` at most every 50 ms. Unknown counts as yes.
+#[derive(Debug, Default)]
+struct Writeback {
+    /// When it was last read, in ms since `start`, plus one; 0 = never.
+    read_at_ms: AtomicU64,
+    pressing: std::sync::atomic::AtomicBool,
+    start: std::sync::OnceLock<Instant>,
+}
+
+impl Writeback {
+    const EVERY_MS: u64 = 50;
+
+    fn pressing(&self) -> bool {
+        let start = *self.start.get_or_init(Instant::now);
+        let now = start.elapsed().as_millis() as u64 + 1;
+        let at = self.read_at_ms.load(Ordering::Relaxed);
+        if at == 0 || now.saturating_sub(at) >= Self::EVERY_MS {
+            let p = dirty_pressure().unwrap_or(true);
+            self.pressing.store(p, Ordering::Relaxed);
+            self.read_at_ms.store(now, Ordering::Relaxed);
+            return p;
+        }
+        self.pressing.load(Ordering::Relaxed)
+    }
+}
+
+/// Dirty and in-writeback pages at half the background writeback threshold or more: the
+/// flusher may be writing any file's pages back (the kernel's threshold is a share of the
+/// memory that may hold dirty pages: free plus file pages, roughly).
+fn dirty_pressure() -> Option<bool> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = |key: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].split_whitespace().next()?.parse().ok()
+    };
+    let dirty = kb("Dirty:")? + kb("Writeback:")?;
+    let sysctl = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/vm/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let threshold_kb = match sysctl("dirty_background_bytes")? {
+        0 => {
+            let dirtyable = kb("MemFree:")? + kb("Active(file):")? + kb("Inactive(file):")?;
+            dirtyable * sysctl("dirty_background_ratio")? / 100
+        }
+        bytes => bytes / 1024,
+    };
+    Some(dirty * 2 >= threshold_kb)
 }
 
 fn mtime_ns(st: &Stat) -> i64 {
@@ -295,6 +350,7 @@ impl PocketFs {
             budget,
             held: std::sync::atomic::AtomicUsize::new(1),
             unsynced: Mutex::new(HashMap::new()),
+            writeback: Writeback::default(),
         })
     }
 
@@ -1070,6 +1126,21 @@ impl PocketFs {
         Ok(())
     }
 
+    /// Whether an open for writing in place must wait until the file's unsynced mark is
+    /// durable. The mark is committed a few milliseconds after it is queued; the bytes
+    /// written through this open reach the drive before that only if something writes them
+    /// back at once: the open asks for it (`O_SYNC`, `O_DSYNC`, `O_DIRECT`), or the kernel
+    /// is writing dirty pages back already because too many are waiting. `fsync` waits for
+    /// the mark before it syncs the data. Otherwise the kernel keeps new pages for
+    /// `dirty_expire_centisecs` (30 s by default) first, so the open need not wait.
+    fn must_wait_for_mark(&self, oflags: OFlags) -> bool {
+        if oflags.contains(OFlags::TRUNC) {
+            return false;
+        }
+        oflags.intersects(OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT)
+            || self.writeback.pressing()
+    }
+
     fn begin_write(&self, inode: &Inode, st: &Stat) {
         let mut w = inode.write.lock();
         if w.recorded.is_none() {
@@ -1100,7 +1171,7 @@ impl PocketFs {
             // the middle of its rewriting); an empty file's first writes need new blocks,
             // which the filesystem's log orders with its metadata.
             if st.st_size > 0 {
-                self.mark_unsynced(inode.ino, !oflags.contains(OFlags::TRUNC))?;
+                self.mark_unsynced(inode.ino, self.must_wait_for_mark(oflags))?;
             }
         }
         let fd = self.reopen(&inode, oflags)?;
@@ -1243,6 +1314,12 @@ impl PocketFs {
     /// fsync: the data on the drive, the new name in its folder, the record committed.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let h = self.open_file(fh)?;
+        if h.writable {
+            // The data reaches the drive now: its mark must be there first. From here on it
+            // is also on the drive with a record a drain may read it by, while it stays open
+            // for writing over that data.
+            self.mark_unsynced(h.inode.ino, true)?;
+        }
         if datasync {
             rustix::fs::fdatasync(&h.file)?;
         } else {
@@ -1256,9 +1333,6 @@ impl PocketFs {
         if h.writable {
             let st = rustix::fs::fstat(&h.file)?;
             self.note_content(&h.inode, &st);
-            // From here its data is on the drive with a record a drain may read it by, and
-            // it is still open for writing over that data.
-            self.mark_unsynced(h.inode.ino, true)?;
         }
         if let Some(j) = &self.journal {
             j.sync()?;

@@ -42,7 +42,7 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
-            ttl: Duration::from_secs(5),
+            ttl: Duration::from_secs(3600),
             passthrough: true,
             threads: 4,
         }
@@ -137,6 +137,17 @@ impl FuseFs {
         Some(id)
     }
 
+    /// The flags the backing file is opened with. Through the daemon, `O_DIRECT` is left to
+    /// the kernel's side of the mount: the daemon's buffers are not aligned to the drive's
+    /// blocks, so a direct backing file would refuse every write (EINVAL).
+    fn backing_flags(&self, flags: i32) -> i32 {
+        if self.passthrough_active() {
+            flags
+        } else {
+            flags & !libc::O_DIRECT
+        }
+    }
+
     fn drop_backing(&self, fh: u64) {
         let mut b = self.backing.lock();
         if let Some((ino, id)) = b.by_handle.remove(&fh) {
@@ -206,6 +217,27 @@ pub fn attr_of(ino: u64, st: &Stat) -> FileAttr {
         gid: st.st_gid,
         rdev: st.st_rdev as u32,
         blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+/// What a negative entry carries: inode 0, nothing else the kernel reads.
+fn absent() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
         flags: 0,
     }
 }
@@ -357,6 +389,10 @@ impl Filesystem for FuseFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match guard("lookup", || self.core.lookup(parent.0, name)) {
             Ok(e) => reply.entry(&self.opts.ttl, &self.attr(&e.stat), Generation(0)),
+            // A name that is not there is remembered by the kernel too (an entry with inode
+            // 0): builds and `git status` ask for the same missing files again and again.
+            // Only the mount creates names, and the kernel forgets the negative entry then.
+            Err(Errno::ENOENT) => reply.entry(&self.opts.ttl, &absent(), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -519,7 +555,8 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match guard("open", || self.core.open(ino.0, flags.0)) {
+        let flags = self.backing_flags(flags.0);
+        match guard("open", || self.core.open(ino.0, flags)) {
             Ok(fh) => match self.backing_for(fh, |f| reply.open_backing(f)) {
                 Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
                 None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -806,6 +843,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let flags = self.backing_flags(flags);
         match guard("create", || {
             self.core
                 .create(caller(req), parent.0, name, mode, umask, flags)

@@ -623,11 +623,19 @@ fn overwrite_in_place_then_cut_power(direct: bool) {
                 buf[at..at + 4096].copy_from_slice(&new[..4096]);
                 f.write_all_at(&buf[at..at + 4096], 0).unwrap();
             } else {
-                // Written a moment after the open, as an editor saves: the file's mark is
-                // committed by then (an open does not wait for it). Were it committed after the
-                // write, its sync would also force the drive's log with the new mtime, and the
+                // Written once the file's mark is committed (an open does not wait for it), as
+                // an editor saves a moment after opening. Were the mark committed after the
+                // write, its sync would force the drive's log with the new mtime too, and the
                 // case under test could not arise.
-                std::thread::sleep(std::time::Duration::from_millis(100));
+                let journal = journal::Reader::open(&root.join(".backpocket/journal.db")).unwrap();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while !journal.unsynced().unwrap().contains(&before.ino()) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the open's unsynced mark was not committed within 30 s"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
                 f.write_all_at(&new, 0).unwrap();
             }
         }

@@ -233,9 +233,11 @@ impl Reader {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The files marked unsynced (see [`crate::JournalHandle::mark_unsynced`]).
+    /// The files marked unsynced (see [`crate::JournalHandle::mark_unsynced`]): what the next
+    /// scan reads again if the journal is not closed cleanly. A committed mark is durable (its
+    /// commit is a full sync), so a reader that sees one may rely on it.
     #[cfg(unix)]
-    pub(crate) fn unsynced(&self) -> Result<Vec<u64>> {
+    pub fn unsynced(&self) -> Result<Vec<u64>> {
         db::unsynced(&self.conn)
     }
 

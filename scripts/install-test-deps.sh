@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine (run as root): FUSE, xfs tools
-# for the power-cut tests, attr, acl and rsync (the journal's truth test), the `tests` user
+# for the power-cut tests, exFAT tools and its FUSE driver, attr, acl and rsync (the journal's truth test), the `tests` user
 # pjdfstest wants, and pjdfstest itself;
 # OpenSSH and Garage (an S3 server) for the remote-destination tests; cargo-deb for the package
 # check; mingw-w64, wine and the Windows target for the Windows cross-check.
@@ -16,6 +16,11 @@ command -v setfacl >/dev/null || need+=(acl)
 command -v rsync >/dev/null || need+=(rsync)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+# Pockets on the drives users carry: real exFAT images, mounted through exfat-fuse (the
+# kernel here has no exfat module), and losetup to attach them.
+command -v mkfs.exfat >/dev/null || need+=(exfatprogs)
+command -v mount.exfat-fuse >/dev/null || need+=(exfat-fuse)
+command -v losetup >/dev/null || need+=(mount)
 # The backup tests mount tmpfs and bind mounts as destinations that fill up and get unplugged.
 command -v mount >/dev/null || need+=(mount)
 command -v mkfifo >/dev/null || need+=(coreutils)

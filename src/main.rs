@@ -790,6 +790,7 @@ pub fn init_with(dir: &Path, config: pocket::Config) -> Result<()> {
     }
     let report = report?;
     journal.close()?;
+    p.probe_drive();
     // The config last: a folder with a config is a complete pocket.
     pocket::write_durably(&p.config_path(), text.as_bytes())?;
     println!(

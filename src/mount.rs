@@ -60,6 +60,7 @@ pub fn run(args: MountArgs, key_args: &crate::keys::KeyArgs) -> Result<()> {
     }
     let mut lock = platform::PocketLock::acquire(&pocket.lock_path(), &pocket.root)?;
     let cleaned_stale = platform::prepare_mountpoint(&mountpoint, &pocket.root)?;
+    pocket.probe_drive();
 
     let mut detached = if args.daemon {
         let d = platform::detach()?;

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{ExitCode, Failure};
+use platform::drive::DriveTraits;
 
 /// The pocket's own folder name.
 pub const DIR: &str = journal::POCKET_DIR;
@@ -197,6 +198,61 @@ impl WarningsConfig {
 }
 
 impl Pocket {
+    pub fn drive_path(&self) -> PathBuf {
+        self.meta_dir().join("drive.toml")
+    }
+
+    /// What the drive can keep, as last found (`.backpocket/drive.toml`, beside the config
+    /// so that older versions still read the config); None before the first probe.
+    pub fn drive(&self) -> Option<DriveTraits> {
+        let text = std::fs::read_to_string(self.drive_path()).ok()?;
+        toml::from_str(&text).ok()
+    }
+
+    /// Tries what the drive can keep and records it (when it changed). Says, once per drive,
+    /// what the pocket loses there; a probe that fails is logged and changes nothing.
+    pub fn probe_drive(&self) -> Option<DriveTraits> {
+        let scratch = self
+            .meta_dir()
+            .join(format!("probe-{}", std::process::id()));
+        let now = match platform::drive::probe(&scratch) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot try what the drive can keep ({e}); assuming it keeps what it did"
+                );
+                return self.drive();
+            }
+        };
+        let before = self.drive();
+        if before.as_ref() != Some(&now) {
+            let limits = now.limits();
+            if !limits.is_empty() {
+                eprintln!(
+                    "backpocket: this drive ({}) cannot keep {}. Files and folders work; what \
+                     the drive cannot keep is not kept in the pocket or its backups either{}. \
+                     A drive formatted ext4, XFS or btrfs keeps everything (Linux only).",
+                    now.fs,
+                    limits.join(", "),
+                    if now.stable_inodes {
+                        ""
+                    } else {
+                        ", and each scan after a plug-in reads every file again"
+                    }
+                );
+            }
+            match toml::to_string(&now) {
+                Ok(text) => {
+                    if let Err(e) = write_durably(&self.drive_path(), text.as_bytes()) {
+                        tracing::warn!("cannot record what the drive can keep: {e:#}");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot record what the drive can keep: {e}"),
+            }
+        }
+        Some(now)
+    }
+
     pub fn meta_dir(&self) -> PathBuf {
         self.root.join(DIR)
     }

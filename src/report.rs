@@ -177,11 +177,25 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                 "last_scan": s.last_scan_ns.map(rfc3339),
             },
             "destinations": destinations,
+            "drive": p.drive().map(|d| {
+                let limits = d.limits();
+                let mut v = serde_json::to_value(d).unwrap_or_default();
+                v["limits"] = json!(limits);
+                v
+            }),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!("pocket   {}", p.root.display());
+    if let Some(d) = p.drive() {
+        let limits = d.limits();
+        if limits.is_empty() {
+            println!("drive    {}", d.fs);
+        } else {
+            println!("drive    {}: cannot keep {}", d.fs, limits.join(", "));
+        }
+    }
     if pending_records == 0 {
         println!("pending  nothing: every recorded change is protected");
     } else {

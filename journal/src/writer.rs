@@ -276,9 +276,14 @@ fn ensure_reserve(path: &Path) {
         .and_then(|f| {
             // Blocks really allocated: a sparse file would free nothing when removed.
             #[cfg(unix)]
-            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)?;
+            match rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES) {
+                Ok(()) => {}
+                // exFAT and FAT cannot preallocate: the blocks are taken by writing them.
+                Err(rustix::io::Errno::OPNOTSUPP) => write_zeros(&f, RESERVE_BYTES)?,
+                Err(e) => return Err(e.into()),
+            }
             #[cfg(not(unix))]
-            f.set_len(RESERVE_BYTES)?;
+            write_zeros(&f, RESERVE_BYTES)?;
             f.sync_all()
         });
     if let Err(e) = res {
@@ -289,6 +294,20 @@ fn ensure_reserve(path: &Path) {
         );
         let _ = std::fs::remove_file(path);
     }
+}
+
+fn write_zeros(f: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let mut f = f;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    let block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// What the writer holds until it commits.

@@ -6,6 +6,8 @@
 //! `fault-injection` builds only, the crash points the endurance tests aim kill -9 with.
 
 mod crash;
+#[cfg(unix)]
+pub mod drive;
 mod durable;
 mod keystore;
 #[cfg(target_os = "linux")]

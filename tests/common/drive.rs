@@ -8,11 +8,15 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A loop-mounted filesystem image, unmounted and detached on drop.
+/// A loop-mounted filesystem image, unmounted and detached on drop. exFAT is mounted through
+/// exfat-fuse (this kernel has no exfat module; a user's kernel driver behaves the same for
+/// what the tests look at).
 pub struct Drive {
     pub image: PathBuf,
     pub dir: PathBuf,
     mounted: bool,
+    /// The loop device a FUSE driver reads (the kernel's own drivers attach theirs).
+    loop_dev: Option<PathBuf>,
 }
 
 impl Drive {
@@ -23,16 +27,26 @@ impl Drive {
         let f = std::fs::File::create(&image).unwrap();
         f.set_len(size_mb << 20).unwrap();
         drop(f);
-        let mkfs = Command::new(format!("mkfs.{fs_type}"))
-            .arg("-q")
-            .arg(&image)
-            .output()
-            .unwrap();
+        let mut mkfs = Command::new(format!("mkfs.{fs_type}"));
+        if fs_type != "exfat" {
+            mkfs.arg("-q");
+        }
+        let mkfs = mkfs.arg(&image).output().unwrap();
         assert!(mkfs.status.success(), "{}", stderr(&mkfs));
+        let loop_dev = (fs_type == "exfat").then(|| {
+            let out = Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(&image)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "losetup: {}", stderr(&out));
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        });
         let mut d = Drive {
             image,
             dir,
             mounted: false,
+            loop_dev,
         };
         d.mount();
         d
@@ -60,6 +74,9 @@ impl Drive {
     }
 
     fn mount_args(&self) -> Vec<PathBuf> {
+        if let Some(dev) = &self.loop_dev {
+            return vec!["mount.exfat-fuse".into(), dev.clone(), self.dir.clone()];
+        }
         vec![
             "mount".into(),
             "-o".into(),
@@ -102,6 +119,9 @@ impl Drop for Drive {
     fn drop(&mut self) {
         if self.mounted {
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        if let Some(dev) = &self.loop_dev {
+            let _ = Command::new("losetup").arg("-d").arg(dev).status();
         }
     }
 }

@@ -210,11 +210,12 @@ impl Pocket {
     }
 
     /// Tries what the drive can keep and records it (when it changed). Says, once per drive,
-    /// what the pocket loses there; a probe that fails is logged and changes nothing.
+    /// what the pocket loses there; a probe that fails is logged and changes nothing. Call it
+    /// with the pocket's lock held.
     pub fn probe_drive(&self) -> Option<DriveTraits> {
-        let scratch = self
-            .meta_dir()
-            .join(format!("probe-{}", std::process::id()));
+        // Under the pocket's lock: no other probe runs; one killed midway left its folder.
+        let scratch = self.meta_dir().join("probe");
+        let _ = std::fs::remove_dir_all(&scratch);
         let now = match platform::drive::probe(&scratch) {
             Ok(t) => t,
             Err(e) => {

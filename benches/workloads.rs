@@ -6,12 +6,13 @@
 //!     cargo bench --bench workloads            # BENCH_ROUNDS=3 BENCH_FILE_MB=512
 //!     BENCH_ONLY=mount,plain BENCH_ROUNDS=5 cargo bench --bench workloads
 //!
-//! As root, the "drive" is a fresh ext4 image on a loop device (BENCH_IMAGE=0: the work
-//! folder's own filesystem): the plain folder, the pockets and bindfs's folder live on it, and
-//! the mounts' vault destinations on the machine's disk. Each timing starts once the previous
-//! contender's journal has drained, so that no contender pays for another's replication. "journal off" is the mount without journal or
-//! destination: it shows what the journal and the replicator cost. The daemon's memory (RSS)
-//! is reported after the extract. Speed = plain folder's time / contender's time.
+//! As root, the "drive" is a fresh ext4 image on a loop device (BENCH_FS=exfat: exFAT through
+//! exfat-fuse, as USB drives come; BENCH_IMAGE=0: the work folder's own filesystem): the plain
+//! folder, the pockets and bindfs's folder live on it, and the mounts' vault destinations on
+//! the machine's disk. Each timing starts once the previous contender's journal has drained,
+//! so that no contender pays for another's replication. "journal off" is the mount without
+//! journal or destination: it shows what the journal and the replicator cost. The daemon's
+//! memory (RSS) is reported after the extract. Speed = plain folder's time / contender's time.
 
 mod common;
 
@@ -32,27 +33,56 @@ const PASS: &str = "benchmark passphrase";
 struct Drive {
     dir: PathBuf,
     mounted: bool,
+    /// exFAT: the loop device exfat-fuse reads.
+    loop_dev: Option<String>,
+    /// The filesystem: "ext4" (default) or "exfat" (`BENCH_FS`).
+    fs: String,
 }
 
 impl Drive {
     fn new(base: &Path) -> Drive {
         let dir = base.join("drive");
         fs::create_dir(&dir).unwrap();
+        let fs_type = std::env::var("BENCH_FS").unwrap_or_else(|_| "ext4".into());
         if !is_root() || std::env::var("BENCH_IMAGE").is_ok_and(|v| v == "0") {
             return Drive {
                 dir,
                 mounted: false,
+                loop_dev: None,
+                fs: "the work folder's".into(),
             };
         }
         let img = base.join("drive.img");
         let gib = env("BENCH_IMAGE_GB", 12);
         sh(Command::new("truncate").arg(format!("-s{gib}G")).arg(&img));
+        if fs_type == "exfat" {
+            // A USB drive as it comes: exFAT, here through exfat-fuse (no kernel module).
+            sh(Command::new("mkfs.exfat").arg(&img));
+            let out = Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(&img)
+                .output()
+                .unwrap();
+            let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+            sh(Command::new("mount.exfat-fuse").arg(&dev).arg(&dir));
+            return Drive {
+                dir,
+                mounted: true,
+                loop_dev: Some(dev),
+                fs: fs_type,
+            };
+        }
         sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
         sh(Command::new("mount")
             .args(["-o", "loop"])
             .arg(&img)
             .arg(&dir));
-        Drive { dir, mounted: true }
+        Drive {
+            dir,
+            mounted: true,
+            loop_dev: None,
+            fs: fs_type,
+        }
     }
 }
 
@@ -60,6 +90,9 @@ impl Drop for Drive {
     fn drop(&mut self) {
         if self.mounted {
             let _ = Command::new("umount").arg(&self.dir).status();
+        }
+        if let Some(dev) = &self.loop_dev {
+            let _ = Command::new("losetup").arg("-d").arg(dev).status();
         }
     }
 }
@@ -81,12 +114,22 @@ struct Data {
     /// Regular files of the tree, relative to its top, for the rewrite.
     files: Vec<PathBuf>,
     entries: usize,
+    /// What `tar -x` is told beyond the archive: on exFAT, not to set owners or modes.
+    extract_args: Vec<&'static str>,
 }
 
-fn prepare(base: &Path) -> Data {
+/// `exfat`: the drive keeps no symlinks, owners or modes, so the archive holds what its
+/// symlinks point to, and extraction sets neither (what a user's tar on such a drive does).
+fn prepare(base: &Path, exfat: bool) -> Data {
     let tar = base.join("include.tar");
     sh(Command::new("tar")
-        .args(["-C", "/usr", "-cf"])
+        .args(["-C", "/usr"])
+        .args(if exfat {
+            &["--dereference", "--hard-dereference"][..]
+        } else {
+            &[]
+        })
+        .arg("-cf")
         .arg(&tar)
         .arg("include"));
     let mut files = Vec::new();
@@ -127,6 +170,11 @@ fn prepare(base: &Path) -> Data {
         krate: find_crate(base),
         files,
         entries,
+        extract_args: if exfat {
+            vec!["--no-same-owner", "--no-same-permissions"]
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -188,6 +236,7 @@ fn extract(dir: &Path, data: &Data) -> Duration {
     fs::create_dir(&x).unwrap();
     time(|| {
         sh(Command::new("tar")
+            .args(&data.extract_args)
             .arg("-xf")
             .arg(&data.tar)
             .arg("-C")
@@ -288,6 +337,15 @@ struct Contender {
     _mount: Option<Mount>,
 }
 
+impl Drop for Contender {
+    /// bindfs unmounted even when a timing panics, so that the drive can be unmounted.
+    fn drop(&mut self) {
+        if self.kind == Kind::Bindfs {
+            let _ = Command::new("umount").arg(&self.dir).status();
+        }
+    }
+}
+
 /// The process serving a FUSE mountpoint, found by its command line.
 fn daemon_pid(mnt: &Path) -> Option<u32> {
     let want = mnt.to_str()?;
@@ -357,14 +415,18 @@ fn main() {
     std::env::set_var("XDG_CONFIG_HOME", base.path().join("config"));
     std::env::set_var("BACKPOCKET_PASSPHRASE", PASS);
     std::env::set_var("BACKPOCKET_LOG", "warn");
-    let data = prepare(base.path());
+    let data = prepare(base.path(), drive.fs == "exfat");
     eprintln!(
         "backpocket workloads benchmark: /usr/include ({} entries), {} files rewritten, {} MiB file, {rounds} rounds, in {}{}",
         data.entries,
         data.files.len(),
         mb,
         drive.dir.display(),
-        if drive.mounted { " (a fresh ext4 image)" } else { "" }
+        if drive.mounted {
+            format!(" (a fresh {} image)", drive.fs)
+        } else {
+            String::new()
+        }
     );
     if data.krate.is_none() {
         eprintln!("  SKIPPED: cargo build (no regex-syntax 0.8 in cargo's registry cache)");
@@ -519,10 +581,5 @@ fn main() {
         let v: Vec<Duration> = v.iter().map(|m| Duration::from_secs_f64(*m)).collect();
         let (med, min, max) = stats(&v);
         println!("daemon RSS after the extract, {name}: {med:.0} MiB ({min:.0}-{max:.0})");
-    }
-    for c in &contenders {
-        if c.kind == Kind::Bindfs {
-            let _ = Command::new("umount").arg(&c.dir).status();
-        }
     }
 }

@@ -623,10 +623,10 @@ fn overwrite_in_place_then_cut_power(direct: bool) {
                 buf[at..at + 4096].copy_from_slice(&new[..4096]);
                 f.write_all_at(&buf[at..at + 4096], 0).unwrap();
             } else {
-                // Written once the file's mark is committed (an open does not wait for it), as
-                // an editor saves a moment after opening. Were the mark committed after the
-                // write, its sync would force the drive's log with the new mtime too, and the
-                // case under test could not arise.
+                // Written once the file's mark is durable (an open does not wait for it), as
+                // an editor saves a while after opening. Were the mark synced after the write,
+                // its sync would force the drive's log with the new mtime too, and the case
+                // under test could not arise.
                 let journal = journal::Reader::open(&root.join(".backpocket/journal.db")).unwrap();
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
                 while !journal.unsynced().unwrap().contains(&before.ino()) {
@@ -636,6 +636,9 @@ fn overwrite_in_place_then_cut_power(direct: bool) {
                     );
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
+                // Committed marks are durable within a second; the kernel's own write-back
+                // comes 30 s after the write.
+                std::thread::sleep(std::time::Duration::from_secs(2));
                 f.write_all_at(&new, 0).unwrap();
             }
         }

@@ -1097,7 +1097,7 @@ impl PocketFs {
     /// durably, before any such write can reach the drive (see
     /// [`JournalHandle::mark_unsynced`]): after a power cut the next scan reads it again.
     /// `wait`: return only once the mark is durable; otherwise the journal makes it durable
-    /// a few milliseconds later (for files whose old data is truncated away, not overwritten).
+    /// within a second (see `must_wait_for_mark` for when that is soon enough).
     fn mark_unsynced(&self, ino: u64, wait: bool) -> FsResult<()> {
         let Some(j) = &self.journal else {
             return Ok(());
@@ -1127,9 +1127,9 @@ impl PocketFs {
     }
 
     /// Whether an open for writing in place must wait until the file's unsynced mark is
-    /// durable. The mark is committed a few milliseconds after it is queued; the bytes
-    /// written through this open reach the drive before that only if something writes them
-    /// back at once: the open asks for it (`O_SYNC`, `O_DSYNC`, `O_DIRECT`), or the kernel
+    /// durable. The mark is made durable within a second of being queued; the bytes written
+    /// through this open reach the drive before that only if something writes them back at
+    /// once: the open asks for it (`O_SYNC`, `O_DSYNC`, `O_DIRECT`), or the kernel
     /// is writing dirty pages back already because too many are waiting. `fsync` waits for
     /// the mark before it syncs the data. Otherwise the kernel keeps new pages for
     /// `dirty_expire_centisecs` (30 s by default) first, so the open need not wait.

@@ -234,8 +234,8 @@ impl Reader {
     }
 
     /// The files marked unsynced (see [`crate::JournalHandle::mark_unsynced`]): what the next
-    /// scan reads again if the journal is not closed cleanly. A committed mark is durable (its
-    /// commit is a full sync), so a reader that sees one may rely on it.
+    /// scan reads again if the journal is not closed cleanly. A mark seen here is durable
+    /// within a second of its commit (at once if someone waited for it).
     #[cfg(unix)]
     pub fn unsynced(&self) -> Result<Vec<u64>> {
         db::unsynced(&self.conn)

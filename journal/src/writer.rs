@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rusqlite::Connection;
 use tracing::{debug, error, warn};
 
@@ -23,6 +23,18 @@ const MAX_BATCH: usize = 8192;
 /// commits at once). Records are not durable promises until fsync, so a short delay costs
 /// nothing and saves a transaction per change under a stream of small changes.
 const GATHER: Duration = Duration::from_millis(2);
+/// The longest gathering pause: on a slow drive (exFAT through FUSE, a USB stick) the writer
+/// gathers for four times as long as its last commit took, so that committing takes at most a
+/// fifth of its time and each commit carries more records (the fixed cost of a commit, the
+/// index pages every commit rewrites, is paid less often).
+const MAX_GATHER: Duration = Duration::from_millis(50);
+/// How long an unsynced mark may wait for its full sync when nobody waits for it. The kernel
+/// writes a file's new pages back on its own only after `dirty_expire_centisecs` (30 s by
+/// default), so a second is early enough; who writes through at once (fsync, `O_SYNC`,
+/// `O_DIRECT`, writeback under pressure) waits for the mark instead. Syncing each mark at once
+/// cost a full sync per gathering period while files are being written: 2,514 of them during
+/// one extract of a source tree onto an exFAT drive.
+const MARK_DELAY: Duration = Duration::from_secs(1);
 /// The queue between the filesystem and the writer. A full queue slows writers down rather
 /// than letting memory grow without bound.
 const QUEUE: usize = 65536;
@@ -229,10 +241,10 @@ impl JournalHandle {
         self.sync().map(|_| ())
     }
 
-    /// [`Self::mark_unsynced`] without waiting: the writer commits the mark with a full sync
-    /// at once (a group commit with whatever else is queued), a few milliseconds after the
-    /// call. For a file whose old data cannot be written over in place before then (opened
-    /// with `O_TRUNC`: what it writes goes to new blocks, which the filesystem's log orders).
+    /// [`Self::mark_unsynced`] without waiting: the writer commits the mark with the next group
+    /// commit, milliseconds after the call, and makes it durable with a full sync within a
+    /// second (`MARK_DELAY`), long before the kernel writes a file's new pages back on its own.
+    /// For opens whose bytes cannot reach the drive sooner.
     pub fn mark_unsynced_soon(&self, file: FileId) -> Result<()> {
         if !self.send(Msg::Unsynced(now_ns(), file)) {
             return Err(Error::WriterGone);
@@ -337,15 +349,18 @@ impl Writer {
         let mut queue: Vec<Queued> = Vec::new();
         let mut waiters: Vec<Sender<Result<u64, String>>> = Vec::new();
         let mut settlers: Vec<Sender<Result<(), String>>> = Vec::new();
-        // Unsynced marks are always committed with a full sync, waited on or not.
-        let mut marks = false;
+        // Unsynced marks not yet durable, since when: they are made durable (a full sync)
+        // within MARK_DELAY, waited on or not.
+        let mut marks: Option<std::time::Instant> = None;
         let mut backoff = Duration::from_millis(50);
         let mut shutdown = false;
         loop {
             while queue.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(msg) => {
-                        marks |= matches!(msg, Msg::Unsynced(..));
+                        if matches!(msg, Msg::Unsynced(..)) && marks.is_none() {
+                            marks = Some(std::time::Instant::now());
+                        }
                         shutdown |= self.take(msg, &mut queue, &mut waiters, &mut settlers)
                     }
                     Err(TryRecvError::Empty) => break,
@@ -355,24 +370,42 @@ impl Writer {
                     }
                 }
             }
-            let durable = !waiters.is_empty() || !settlers.is_empty() || shutdown || marks;
+            let marks_due = marks.is_some_and(|t| t.elapsed() >= MARK_DELAY);
+            let durable = !waiters.is_empty() || !settlers.is_empty() || shutdown || marks_due;
             if queue.is_empty() && (!durable || !self.undurable) {
                 self.answer(&mut waiters, &mut settlers);
                 if shutdown {
                     return;
                 }
-                // Idle: say so, look once more (a change may have come in between), sleep.
+                // Idle: say so, look once more (a change may have come in between), sleep
+                // (until marks fall due, if some wait).
                 idle.store(true, Ordering::SeqCst);
-                if rx.is_empty() && wake.recv().is_err() {
-                    shutdown = true;
+                if rx.is_empty() {
+                    match marks {
+                        Some(t) => {
+                            let left = MARK_DELAY.saturating_sub(t.elapsed());
+                            if let Err(RecvTimeoutError::Disconnected) = wake.recv_timeout(left) {
+                                shutdown = true;
+                            }
+                        }
+                        None => {
+                            if wake.recv().is_err() {
+                                shutdown = true;
+                            }
+                        }
+                    }
                 }
                 idle.store(false, Ordering::SeqCst);
                 continue;
             }
+            let started = std::time::Instant::now();
             match self.commit_with_reserve(&queue, durable) {
                 Ok(()) => {
+                    let took = started.elapsed();
                     queue.clear();
-                    marks = false;
+                    if durable {
+                        marks = None;
+                    }
                     backoff = Duration::from_millis(50);
                     self.answer(&mut waiters, &mut settlers);
                     let seq = self.tip.last_seq;
@@ -385,8 +418,17 @@ impl Writer {
                     if shutdown {
                         return;
                     }
-                    // Let the next changes gather; an fsync cuts this short.
-                    let _ = wake.recv_timeout(GATHER);
+                    // Let the next changes gather; an fsync cuts this short. A full sync is
+                    // not what makes a drive slow to commit to: only ordinary commits count.
+                    let mut gather = if durable {
+                        GATHER
+                    } else {
+                        (took * 4).clamp(GATHER, MAX_GATHER)
+                    };
+                    if let Some(t) = marks {
+                        gather = gather.min(MARK_DELAY.saturating_sub(t.elapsed()));
+                    }
+                    let _ = wake.recv_timeout(gather);
                 }
                 Err(e) => {
                     error!(

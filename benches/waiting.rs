@@ -55,6 +55,7 @@ fn setup(base: &Path, bw: u64) -> Setup {
             },
             when: Vec::new(),
         }],
+        ids: Default::default(),
     }
 }
 

@@ -94,6 +94,7 @@ fn make(base: &Path, name: &str, s3: Option<&servers::Garage>) -> Pocket {
             access,
             when: Vec::new(),
         }],
+        ids: Default::default(),
     };
     Pocket {
         root,

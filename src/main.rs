@@ -779,10 +779,14 @@ pub fn init_with(dir: &Path, config: pocket::Config) -> Result<()> {
     let _lock = platform::PocketLock::acquire(&p.lock_path(), &p.root)?;
     let text = config.to_text()?;
     let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&root)?);
+    // What the drive can keep, first: on one that numbers files afresh, the journal knows
+    // them by path from the start.
+    p.probe_drive();
     let journal = match journal::Journal::create(&p.journal_path(), ino) {
         Ok(j) => j,
         Err(e) => return Err(e).context("cannot create the journal"),
     };
+    p.adapt_journal(&journal)?;
     let spinner = spinner(&format!("adopting the files in {}", root.display()));
     let report = journal::scan(&p.root, &p.journal_path(), &journal.handle());
     if let Some(s) = spinner {
@@ -790,7 +794,6 @@ pub fn init_with(dir: &Path, config: pocket::Config) -> Result<()> {
     }
     let report = report?;
     journal.close()?;
-    p.probe_drive();
     // The config last: a folder with a config is a complete pocket.
     pocket::write_durably(&p.config_path(), text.as_bytes())?;
     println!(
@@ -865,7 +868,7 @@ fn scan(pocket: Option<&Path>, json: bool) -> Result<()> {
         .into(),
         other => anyhow::Error::from(other),
     })?;
-    let journal = journal::Journal::open(&p.journal_path())?;
+    let journal = p.open_journal()?;
     let spinner = if json {
         None
     } else {

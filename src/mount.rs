@@ -119,7 +119,7 @@ fn serve(
     mountpoint: &std::path::Path,
     detached: &mut Option<platform::Detached>,
 ) -> Result<()> {
-    let journal = journal::Journal::open(&pocket.journal_path()).map_err(|e| {
+    let journal = pocket.open_journal().map_err(|e| {
         let code = match e {
             journal::Error::Corrupt { .. } | journal::Error::TooNew { .. } => ExitCode::Damaged,
             _ => ExitCode::Error,
@@ -136,7 +136,9 @@ fn serve(
     let replicator = if args.no_journal {
         None
     } else {
-        let setup = crate::backup::setup(pocket, config, key)?;
+        let mut setup = crate::backup::setup(pocket, config, key)?;
+        // The writer's own map of the drive's numbers, kept current while mounted.
+        setup.ids = journal.handle().ids().clone();
         let p = pocket.clone();
         let reload: replicator::Reload = Box::new(move || {
             let config = p.config().ok()?;

@@ -231,15 +231,10 @@ impl Pocket {
             if !limits.is_empty() {
                 eprintln!(
                     "backpocket: this drive ({}) cannot keep {}. Files and folders work; what \
-                     the drive cannot keep is not kept in the pocket or its backups either{}. \
+                     the drive cannot keep is not kept in the pocket or its backups either. \
                      A drive formatted ext4, XFS or btrfs keeps everything (Linux only).",
                     now.fs,
                     limits.join(", "),
-                    if now.stable_inodes {
-                        ""
-                    } else {
-                        ", and each scan after a plug-in reads every file again"
-                    }
                 );
             }
             match toml::to_string(&now) {
@@ -252,6 +247,34 @@ impl Pocket {
             }
         }
         Some(now)
+    }
+
+    /// Opens the journal for writing. On a drive that numbers its files afresh at each mount
+    /// (as the last probe found: exFAT, FAT), the journal knows files by path from then on.
+    pub fn open_journal(&self) -> journal::Result<journal::Journal> {
+        let j = journal::Journal::open(&self.journal_path())?;
+        self.adapt_journal(&j)?;
+        Ok(j)
+    }
+
+    /// Tells the journal what the drive keeps (as the last probe found): how coarse its times
+    /// are (the scan trusts no time closer to a record than that), and whether it keeps file
+    /// numbers (where not, the journal knows files by path from now on).
+    pub fn adapt_journal(&self, j: &journal::Journal) -> journal::Result<()> {
+        let Some(d) = self.drive() else {
+            return Ok(());
+        };
+        j.handle().set_meta(
+            "time_granularity_ns",
+            i64::try_from(d.time_granularity_ns).unwrap_or(i64::MAX),
+        );
+        if !d.stable_inodes && !j.handle().ids().by_path() {
+            tracing::info!(
+                "this drive numbers its files afresh at each mount: the journal knows them by path from now on"
+            );
+            j.use_path_identity()?;
+        }
+        Ok(())
     }
 
     pub fn meta_dir(&self) -> PathBuf {

@@ -143,6 +143,8 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
         dests,
         pending: (pending_records, pending_bytes, oldest_ns),
     } = Protection::read(p)?;
+    // Whether the journal knows files by path (the drive renumbers them at each mount).
+    let by_path = journal::Reader::open(&p.journal_path())?.identity_by_path()?;
     tracing::debug!("status took {:?}", started.elapsed());
     if json {
         let destinations: Vec<_> = dests
@@ -175,6 +177,7 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                 "last_seq": s.last_seq,
                 "size_bytes": s.size_bytes,
                 "last_scan": s.last_scan_ns.map(rfc3339),
+                "files_known_by": if by_path { "path" } else { "inode" },
             },
             "destinations": destinations,
             "drive": p.drive().map(|d| {
@@ -194,6 +197,9 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
             println!("drive    {}", d.fs);
         } else {
             println!("drive    {}: cannot keep {}", d.fs, limits.join(", "));
+        }
+        if by_path {
+            println!("         files known by path: the drive numbers them afresh at each mount");
         }
     }
     if pending_records == 0 {

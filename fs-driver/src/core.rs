@@ -433,6 +433,11 @@ impl PocketFs {
                 std::collections::hash_map::Entry::Vacant(e) => {
                     self.held.fetch_add(1, Ordering::Relaxed);
                     let kind = FileType::from_raw_mode(st.st_mode as _);
+                    // Where the journal knows files by path, it learns which file this
+                    // number is (the catalog's file at this name).
+                    if let Some(j) = &self.journal {
+                        j.bind(st.st_ino as u64, parent.ino, name.to_bytes());
+                    }
                     e.insert(Arc::new(Inode {
                         nodeid,
                         ino: st.st_ino as u64,
@@ -497,8 +502,24 @@ impl PocketFs {
             FsError::Os(Errno::NOENT) => FsError::Stale(inode.nodeid),
             other => other,
         })?;
-        if rustix::fs::fstat(&fd)?.st_ino as u64 != inode.ino {
-            return Err(FsError::Stale(inode.nodeid));
+        let st = rustix::fs::fstat(&fd)?;
+        if st.st_ino as u64 != inode.ino {
+            // A drive that numbers files afresh (exFAT) may give an idle file a new number once
+            // it leaves the drive's cache. There the journal knows files by path, and only the
+            // mount changes names while it runs: the name still holds the file, if the kind
+            // agrees. Its records keep the number the journal knows it by.
+            let kind = FileType::from_raw_mode(st.st_mode as _);
+            let by_path = self.journal.as_ref().is_some_and(|j| j.ids().by_path());
+            if !by_path
+                || (kind == FileType::Directory) != inode.is_dir
+                || (kind == FileType::Symlink) != inode.is_symlink
+            {
+                return Err(FsError::Stale(inode.nodeid));
+            }
+            debug!(
+                "inode {} is numbered {} by the drive now; same name, same file",
+                inode.ino, st.st_ino
+            );
         }
         let mut slot = inode.fd.lock();
         if let Some(fd) = slot.as_ref() {

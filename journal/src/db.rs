@@ -17,8 +17,17 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use crate::error::{Error, Result};
 use crate::record::{Change, FileId, Kind, Meta, Op, Record};
 
-/// The journal format this code writes and reads.
-pub const FORMAT_VERSION: i64 = 2;
+/// The newest journal format this code writes and reads. Version 3 is version 2 whose files
+/// are known by path, with ids of the journal's own (`meta.ids` = 1, `meta.next_id`): the
+/// tables are the same, but a version that took the ids for inode numbers would corrupt it.
+/// A journal becomes version 3 when its drive is found to number files afresh at each mount;
+/// others stay version 2, readable by older versions.
+pub const FORMAT_VERSION: i64 = 3;
+
+/// The version of a new journal, and of one whose files are known by their inode numbers.
+const INODE_IDS_VERSION: i64 = 2;
+/// The version of a journal whose files are known by path.
+pub(crate) const PATH_IDS_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE records(
@@ -125,7 +134,7 @@ pub(crate) fn open_rw(path: &Path, create: bool) -> Result<Connection> {
             });
         }
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} PRAGMA user_version={FORMAT_VERSION}; COMMIT;"
+            "BEGIN; {SCHEMA} PRAGMA user_version={INODE_IDS_VERSION}; COMMIT;"
         ))?;
     } else if version > FORMAT_VERSION {
         return Err(Error::TooNew {
@@ -140,7 +149,7 @@ pub(crate) fn open_rw(path: &Path, create: bool) -> Result<Connection> {
         ))
         .map_err(|e| classify(path, e))?;
     }
-    check_integrity(&conn, path, FORMAT_VERSION)?;
+    check_integrity(&conn, path, version.max(INODE_IDS_VERSION))?;
     Ok(conn)
 }
 
@@ -476,7 +485,7 @@ fn forget_if_nameless(tx: &Transaction<'_>, file: i64) -> Result<()> {
     Ok(())
 }
 
-fn name_file(tx: &Transaction<'_>, parent: FileId, name: &[u8]) -> Result<Option<i64>> {
+pub(crate) fn name_file(tx: &Transaction<'_>, parent: FileId, name: &[u8]) -> Result<Option<i64>> {
     Ok(tx
         .prepare_cached("SELECT file FROM names WHERE parent=?1 AND name=?2")?
         .query_row(params![parent as i64, name], |r| r.get(0))
@@ -493,6 +502,17 @@ fn set_name(tx: &Transaction<'_>, parent: FileId, name: &[u8], file: FileId) -> 
     tx.prepare_cached("INSERT INTO names(parent, name, file) VALUES(?1, ?2, ?3)")?
         .execute(params![parent as i64, name, file as i64])?;
     Ok(())
+}
+
+/// Every file id the catalog holds, and the largest.
+pub(crate) fn file_ids(conn: &Connection) -> Result<(Vec<FileId>, FileId)> {
+    let mut stmt = conn.prepare("SELECT id FROM files")?;
+    let ids: Vec<FileId> = stmt
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .map(|r| r.map(|v| v as FileId))
+        .collect::<rusqlite::Result<_>>()?;
+    let max = ids.iter().copied().max().unwrap_or(0);
+    Ok((ids, max))
 }
 
 /// Keeps the catalog equal to "the pocket after every record so far".

@@ -8,6 +8,7 @@
 
 mod db;
 mod error;
+mod ids;
 mod record;
 #[cfg(unix)]
 mod scan;
@@ -17,6 +18,7 @@ pub mod wtf8;
 
 pub use db::FORMAT_VERSION;
 pub use error::{Error, Result};
+pub use ids::DriveIds;
 pub use record::{
     filetime_to_unix_ns, unix_ns_to_filetime, Change, FileId, Kind, Meta, Op, Record,
 };

@@ -26,7 +26,9 @@ use crate::status::Reader;
 use crate::writer::{now_ns, JournalHandle};
 use crate::POCKET_DIR;
 
-/// Timestamps closer than this to the moment a record was taken are not trusted.
+/// Timestamps closer than this to the moment a record was taken are not trusted; on a drive
+/// that keeps times more coarsely (exFAT through FUSE: to the second), closer than its
+/// granularity (`meta.time_granularity_ns`): a second change within it leaves the same times.
 const RACY_WINDOW_NS: i64 = 20_000_000;
 
 /// What a scan found and recorded.
@@ -67,6 +69,8 @@ type Key = (FileId, Vec<u8>);
 
 struct DiskFile {
     meta: Meta,
+    /// The drive's number for it (its inode number now).
+    number: u64,
     path: PathBuf,
     depth: usize,
 }
@@ -79,12 +83,18 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     journal.sync()?;
     let reader = Reader::open(journal_path)?;
     let cat_root = reader.root()?;
+    let by_path = reader.identity_by_path()?;
+    let racy = RACY_WINDOW_NS.max(reader.time_granularity_ns()?);
     let mut report = ScanReport::default();
 
     // The drive as it is, and the catalog as the records left it, read side by side.
     let (walked, catalog) = std::thread::scope(|s| {
         let loader = s.spawn(|| load_catalog(journal_path));
-        let walked = walk(root, cat_root, &mut report);
+        let walked = walk(
+            root,
+            if by_path { DRIVE_ROOT } else { cat_root },
+            &mut report,
+        );
         let catalog = loader.join().unwrap_or_else(|_| {
             Err(Error::io(
                 "scan",
@@ -95,6 +105,9 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     });
     let mut walked = walked?;
     let (cat_names, cat_files) = catalog?;
+    if by_path {
+        walked = identify(walked, &cat_names, &cat_files, cat_root, journal)?;
+    }
     let kept = keep_unseen(&mut walked, &cat_names, &cat_files);
     let Walked {
         names: disk_names,
@@ -105,7 +118,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     // Entries changed within the timestamp granularity of our look at them could change again
     // without their timestamps moving. Wait until that window has passed and look again, so
     // that what we record (and the time we record it at) is safely past their last change.
-    settle(&mut disk_files);
+    settle(&mut disk_files, racy);
 
     // A file is "the same" on both sides when its id exists on both with the same kind.
     let same = |id: FileId| -> bool {
@@ -222,7 +235,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
             && (m.size != c.size
                 || m.mtime_ns != c.mtime_ns
                 || m.ctime_ns != c.ctime_ns
-                || m.ctime_ns >= recorded_ns - RACY_WINDOW_NS);
+                || m.ctime_ns >= recorded_ns - racy);
         let reread = !data && m.kind == Kind::File && unsynced.contains(&id);
         if data || reread {
             plan.emit(Change::Content { file: id, meta: m });
@@ -273,6 +286,8 @@ struct Walked {
     incomplete: HashSet<FileId>,
     /// Entries listed but not readable.
     unsure: HashSet<Key>,
+    /// The drive's number for the pocket's root.
+    root_number: u64,
 }
 
 fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<Walked> {
@@ -331,6 +346,7 @@ fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<Walked
             }
             disk_files.entry(ino).or_insert(DiskFile {
                 meta,
+                number: md.ino(),
                 path,
                 depth: depth + 1,
             });
@@ -341,6 +357,115 @@ fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<Walked
         files: disk_files,
         incomplete,
         unsure,
+        root_number: disk_root,
+    })
+}
+
+/// The walk's key for the pocket's root where files are known by path (no drive number is
+/// this large).
+const DRIVE_ROOT: u64 = u64::MAX;
+
+/// Where files are known by path: which file of the catalog each file on the drive is, so that
+/// a drive that numbers its files afresh at each mount looks unchanged when it is. A file is
+/// the catalog's file at the same path, of the same kind (found top-down: a folder must match
+/// for its entries to); failing that, a file of the same size and modification time that the
+/// catalog holds at a path no longer on the drive (a move made elsewhere; only where both sides
+/// have one such file, of some bytes). Every other file is new and gets a new id. The journal
+/// takes the map for the session; the walk comes back in the journal's ids.
+fn identify(
+    walked: Walked,
+    cat_names: &CatNames,
+    cat_files: &CatFiles,
+    cat_root: FileId,
+    journal: &JournalHandle,
+) -> Result<Walked> {
+    let mut children: HashMap<u64, Vec<(&Vec<u8>, u64)>> = HashMap::new();
+    for ((parent, name), number) in &walked.names {
+        children.entry(*parent).or_default().push((name, *number));
+    }
+    for list in children.values_mut() {
+        list.sort();
+    }
+    let mut assign: HashMap<u64, FileId> = HashMap::from([(DRIVE_ROOT, cat_root)]);
+    let mut used: HashSet<FileId> = HashSet::from([cat_root]);
+    // 1. By path, top-down.
+    let mut todo = vec![DRIVE_ROOT];
+    while let Some(dir) = todo.pop() {
+        let dir_id = assign[&dir];
+        for (name, number) in children.get(&dir).into_iter().flatten() {
+            if assign.contains_key(number) {
+                continue; // another name of a file already matched
+            }
+            let Some(&file) = cat_names.get(&(dir_id, (*name).clone())) else {
+                continue;
+            };
+            let kind = walked.files[number].meta.kind;
+            if used.contains(&file) || cat_files.get(&file).map(|(m, _)| m.kind) != Some(kind) {
+                continue;
+            }
+            assign.insert(*number, file);
+            used.insert(file);
+            if kind == Kind::Dir {
+                todo.push(*number);
+            }
+        }
+    }
+    // 2. Moves made elsewhere: one file of that size and time on each side.
+    type Sig = (u64, i64);
+    fn single<T: Copy>(m: &mut HashMap<Sig, Option<T>>, k: Sig, v: T) {
+        m.entry(k).and_modify(|e| *e = None).or_insert(Some(v));
+    }
+    let mut disk_left: HashMap<Sig, Option<u64>> = HashMap::new();
+    for (number, d) in &walked.files {
+        if !assign.contains_key(number) && d.meta.kind == Kind::File && d.meta.size > 0 {
+            single(&mut disk_left, (d.meta.size, d.meta.mtime_ns), *number);
+        }
+    }
+    if !disk_left.is_empty() {
+        let mut cat_left: HashMap<Sig, Option<FileId>> = HashMap::new();
+        for (file, (m, _)) in cat_files {
+            if !used.contains(file) && m.kind == Kind::File && m.size > 0 {
+                single(&mut cat_left, (m.size, m.mtime_ns), *file);
+            }
+        }
+        for (sig, number) in disk_left {
+            if let (Some(number), Some(Some(file))) = (number, cat_left.get(&sig)) {
+                assign.insert(number, *file);
+            }
+        }
+    }
+    // 3. New files.
+    let mut fresh: Vec<u64> = walked
+        .files
+        .keys()
+        .filter(|n| !assign.contains_key(n))
+        .copied()
+        .collect();
+    fresh.sort_unstable();
+    let mut known: Vec<(u64, FileId)> = assign
+        .iter()
+        .filter(|(n, _)| **n != DRIVE_ROOT)
+        .map(|(n, f)| (*n, *f))
+        .collect();
+    known.push((walked.root_number, cat_root));
+    let ids = journal.rebind(known, fresh.clone())?;
+    assign.extend(fresh.into_iter().zip(ids));
+
+    let id = |n: &u64| assign[n];
+    Ok(Walked {
+        names: walked
+            .names
+            .into_iter()
+            .map(|((p, name), n)| ((id(&p), name), id(&n)))
+            .collect(),
+        files: walked.files.into_iter().map(|(n, d)| (id(&n), d)).collect(),
+        incomplete: walked.incomplete.iter().map(id).collect(),
+        unsure: walked
+            .unsure
+            .into_iter()
+            .filter_map(|(p, name)| assign.get(&p).map(|p| (*p, name)))
+            .collect(),
+        root_number: walked.root_number,
     })
 }
 
@@ -366,6 +491,7 @@ fn keep_unseen(walked: &mut Walked, cat_names: &CatNames, cat_files: &CatFiles) 
         walked.names.insert(k.clone(), f);
         walked.files.entry(f).or_insert(DiskFile {
             meta: *meta,
+            number: 0,
             path: PathBuf::new(),
             depth: 0,
         });
@@ -400,22 +526,22 @@ fn load_catalog(journal_path: &Path) -> Result<(CatNames, CatFiles)> {
     Ok((names, files))
 }
 
-fn settle(disk_files: &mut HashMap<FileId, DiskFile>) {
+fn settle(disk_files: &mut HashMap<FileId, DiskFile>, racy: i64) {
     let looked = now_ns();
     let newest = disk_files
         .values()
         .map(|d| d.meta.ctime_ns)
-        .filter(|&c| c >= looked - RACY_WINDOW_NS)
+        .filter(|&c| c >= looked - racy)
         .max();
     let Some(newest) = newest else { return };
-    let wait = newest + RACY_WINDOW_NS - now_ns();
+    let wait = newest + racy - now_ns();
     if wait > 0 {
         std::thread::sleep(Duration::from_nanos(wait as u64));
     }
-    for (id, d) in disk_files.iter_mut() {
-        if d.meta.ctime_ns >= looked - RACY_WINDOW_NS {
+    for d in disk_files.values_mut() {
+        if d.meta.ctime_ns >= looked - racy {
             if let Ok(md) = std::fs::symlink_metadata(&d.path) {
-                if md.ino() == *id {
+                if md.ino() == d.number {
                     if let Some(meta) = Meta::from_std(&md) {
                         d.meta = meta;
                     }
@@ -559,7 +685,7 @@ impl<'a> Plan<'a> {
 
     fn emit(&mut self, change: Change) {
         self.emitted += 1;
-        self.journal.record(change);
+        self.journal.record_ids(change);
     }
 
     fn kind_of(&self, file: FileId) -> Option<Kind> {
@@ -594,6 +720,7 @@ impl<'a> Plan<'a> {
         self.drop_conflicting(file);
         let d = DiskFile {
             meta,
+            number: 0,
             path,
             depth: 0,
         };

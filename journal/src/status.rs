@@ -135,6 +135,17 @@ impl Reader {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Whether the journal knows files by path, with ids of its own, because the drive numbers
+    /// its files afresh at each mount (see [`crate::DriveIds`]).
+    pub fn identity_by_path(&self) -> Result<bool> {
+        Ok(db::meta_get(&self.conn, "ids")? == Some(1))
+    }
+
+    /// How coarsely the drive keeps times, as its probe found (0 when unknown or fine).
+    pub fn time_granularity_ns(&self) -> Result<i64> {
+        Ok(db::meta_get(&self.conn, "time_granularity_ns")?.unwrap_or(0))
+    }
+
     /// The root directory's file id.
     pub fn root(&self) -> Result<u64> {
         Ok(db::meta_get(&self.conn, "root")?.unwrap_or(0) as u64)

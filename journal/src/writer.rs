@@ -15,6 +15,7 @@ use tracing::{debug, error, warn};
 
 use crate::db::{self, Tip};
 use crate::error::{Error, Result};
+use crate::ids::{DriveIds, Pending};
 use crate::record::{Change, FileId};
 
 /// How many changes one transaction takes at most; bounds the latency of a group commit.
@@ -43,7 +44,20 @@ const RESERVE_BYTES: u64 = 8 << 20;
 const RESERVE_NAME: &str = "journal.reserve";
 
 enum Msg {
-    Change(i64, Change),
+    /// A change; true when it names files by the drive's numbers (the filesystem), false when
+    /// by the journal's ids (the scan).
+    Change(i64, Change, bool),
+    /// The drive's number of a file the filesystem found by name (parent's number, name).
+    Bind(u64, u64, Vec<u8>),
+    /// The scan's map of the drive: numbers with their ids, and numbers that need new ids.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Rebind(
+        Vec<(u64, FileId)>,
+        Vec<u64>,
+        Sender<Result<Vec<FileId>, String>>,
+    ),
+    /// From now on the journal allocates ids (the drive does not keep its numbers).
+    PathIdentity(Sender<Result<(), String>>),
     /// Reply once every change sent before is committed and durable.
     Sync(Sender<Result<u64, String>>),
     Subscribe(Sender<u64>),
@@ -69,12 +83,16 @@ pub struct JournalHandle {
     wake: Sender<()>,
     /// Set by the writer while it sleeps with nothing to do.
     idle: Arc<AtomicBool>,
+    ids: DriveIds,
 }
 
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Msg::Change(_, c) => write!(f, "Change({:?})", c.op()),
+            Msg::Change(_, c, _) => write!(f, "Change({:?})", c.op()),
+            Msg::Bind(n, ..) => write!(f, "Bind({n})"),
+            Msg::Rebind(..) => f.write_str("Rebind"),
+            Msg::PathIdentity(_) => f.write_str("PathIdentity"),
             Msg::Sync(_) => f.write_str("Sync"),
             Msg::Subscribe(_) => f.write_str("Subscribe"),
             Msg::Meta(k, _) => write!(f, "Meta({k})"),
@@ -121,6 +139,9 @@ impl Journal {
 
     fn start(path: &Path, conn: Connection) -> Result<Journal> {
         let tip = db::read_tip(&conn)?;
+        let ids = DriveIds::default();
+        ids.set_by_path(db::meta_get(&conn, "ids")? == Some(1));
+        let next_id = db::meta_get(&conn, "next_id")?.unwrap_or(0) as FileId;
         let reserve = path.with_file_name(RESERVE_NAME);
         ensure_reserve(&reserve);
         let (tx, rx) = bounded(QUEUE);
@@ -135,6 +156,8 @@ impl Journal {
             undurable: true,
             reserve,
             subscribers: Vec::new(),
+            ids: ids.clone(),
+            next_id,
         };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -145,6 +168,7 @@ impl Journal {
                 tx,
                 wake: wake_tx,
                 idle,
+                ids,
             },
             thread: Some(thread),
         })
@@ -153,6 +177,19 @@ impl Journal {
     /// A handle for appending from other threads.
     pub fn handle(&self) -> JournalHandle {
         self.handle.clone()
+    }
+
+    /// From now on, files are known by their paths and the journal allocates their ids: for a
+    /// drive that numbers its files afresh at each mount (exFAT, FAT). The files the catalog
+    /// holds keep their ids; the next scan matches them to the drive by path. Cannot be undone
+    /// (ids must stay what the destinations know). Returns once durable.
+    pub fn use_path_identity(&self) -> Result<()> {
+        let (tx, rx) = bounded(1);
+        if !self.handle.send(Msg::PathIdentity(tx)) {
+            return Err(Error::WriterGone);
+        }
+        answer(rx.recv(), "the journal could not switch to ids of its own")?;
+        self.handle.sync().map(|_| ())
     }
 
     /// A channel that receives the last committed seq after each commit; it is how the
@@ -194,11 +231,46 @@ impl Drop for Journal {
 }
 
 impl JournalHandle {
-    /// Queues a change. Never waits on SQLite; waits only if the queue is full.
+    /// Queues a change, its files named by the drive's numbers (the backing inode numbers).
+    /// Never waits on SQLite; waits only if the queue is full.
     pub fn record(&self, change: Change) {
-        if !self.send(Msg::Change(now_ns(), change)) {
+        if !self.send(Msg::Change(now_ns(), change, true)) {
             error!("journal: the writer has stopped; a change could not be recorded (the next scan will find it)");
         }
+    }
+
+    /// Queues a change whose files are named by the journal's own ids (the scan's).
+    #[cfg(unix)]
+    pub(crate) fn record_ids(&self, change: Change) {
+        if !self.send(Msg::Change(now_ns(), change, false)) {
+            error!("journal: the writer has stopped; a change could not be recorded (the next scan will find it)");
+        }
+    }
+
+    /// How the journal knows files: by the drive's numbers, or by path with ids of its own.
+    pub fn ids(&self) -> &DriveIds {
+        &self.ids
+    }
+
+    /// Tells the journal which file the drive's `number` is: the one named `name` in the folder
+    /// numbered `parent`. The filesystem calls it for each file it looks up afresh, where files
+    /// are known by path; elsewhere it costs nothing.
+    pub fn bind(&self, number: u64, parent: u64, name: &[u8]) {
+        if self.ids.by_path() {
+            self.send(Msg::Bind(number, parent, name.to_vec()));
+        }
+    }
+
+    /// Replaces the session's map of the drive: `known` numbers with their ids, and new ids
+    /// for `fresh` numbers, returned in order. Once everything queued before is committed.
+    #[cfg(unix)]
+    pub(crate) fn rebind(&self, known: Vec<(u64, FileId)>, fresh: Vec<u64>) -> Result<Vec<FileId>> {
+        let (tx, rx) = bounded(1);
+        if !self.send(Msg::Rebind(known, fresh, tx)) {
+            return Err(Error::WriterGone);
+        }
+        let _ = self.wake.try_send(());
+        answer(rx.recv(), "the journal could not map the drive's files")
     }
 
     /// Sends, and wakes the writer if it sleeps idle.
@@ -324,9 +396,16 @@ fn write_zeros(f: &std::fs::File, len: u64) -> std::io::Result<()> {
 
 /// What the writer holds until it commits.
 enum Queued {
-    Change(i64, Change),
+    Change(i64, Change, bool),
     Meta(&'static str, i64),
     Unsynced(i64, FileId),
+    Bind(u64, u64, Vec<u8>),
+    Rebind(
+        Vec<(u64, FileId)>,
+        Vec<u64>,
+        Sender<Result<Vec<FileId>, String>>,
+    ),
+    PathIdentity(Sender<Result<(), String>>),
 }
 
 struct Writer {
@@ -338,6 +417,9 @@ struct Writer {
     undurable: bool,
     reserve: PathBuf,
     subscribers: Vec<Sender<u64>>,
+    ids: DriveIds,
+    /// The next id to allocate, where the journal allocates them.
+    next_id: FileId,
 }
 
 impl Writer {
@@ -441,6 +523,17 @@ impl Writer {
                     for w in settlers.drain(..) {
                         let _ = w.send(Err(e.to_string()));
                     }
+                    for item in &queue {
+                        match item {
+                            Queued::Rebind(_, _, w) => {
+                                let _ = w.try_send(Err(e.to_string()));
+                            }
+                            Queued::PathIdentity(w) => {
+                                let _ = w.try_send(Err(e.to_string()));
+                            }
+                            _ => {}
+                        }
+                    }
                     if shutdown {
                         error!(
                             "journal: {} changes could not be written before stopping; the next scan records them",
@@ -490,7 +583,10 @@ impl Writer {
         settlers: &mut Vec<Sender<Result<(), String>>>,
     ) -> bool {
         match msg {
-            Msg::Change(t, c) => queue.push(Queued::Change(t, c)),
+            Msg::Change(t, c, drive) => queue.push(Queued::Change(t, c, drive)),
+            Msg::Bind(n, p, name) => queue.push(Queued::Bind(n, p, name)),
+            Msg::Rebind(k, f, w) => queue.push(Queued::Rebind(k, f, w)),
+            Msg::PathIdentity(w) => queue.push(Queued::PathIdentity(w)),
             Msg::Meta(k, v) => queue.push(Queued::Meta(k, v)),
             Msg::Unsynced(t, f) => queue.push(Queued::Unsynced(t, f)),
             Msg::Settle(w) => settlers.push(w),
@@ -529,18 +625,68 @@ impl Writer {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| db::classify(&path, e))?;
         let mut dropped = 0usize;
+        let ids = self.ids.clone();
+        let mut pending = Pending::new(&ids, self.next_id);
+        let mut allocated: Vec<Vec<FileId>> = Vec::new();
         for item in queue {
             match item {
-                Queued::Change(t, change) => {
-                    if !db::append(&tx, &mut tip, *t, change).map_err(|e| lift(&path, e))? {
+                Queued::Change(t, change, drive) => {
+                    let change = if *drive {
+                        pending.translate(change)
+                    } else {
+                        change.clone()
+                    };
+                    if !db::append(&tx, &mut tip, *t, &change).map_err(|e| lift(&path, e))? {
                         dropped += 1;
                     }
                 }
                 Queued::Meta(k, v) => db::meta_set(&tx, k, *v).map_err(|e| lift(&path, e))?,
                 Queued::Unsynced(t, f) => {
-                    db::mark_unsynced(&tx, *f, *t).map_err(|e| lift(&path, e))?
+                    let f = pending.file(*f);
+                    db::mark_unsynced(&tx, f, *t).map_err(|e| lift(&path, e))?
+                }
+                Queued::Bind(number, parent, name) => {
+                    if let Some(parent) = pending.by_path.then(|| pending.get(*parent)).flatten() {
+                        if let Some(file) =
+                            db::name_file(&tx, parent, name).map_err(|e| lift(&path, e))?
+                        {
+                            pending.set(*number, file as FileId);
+                        }
+                    }
+                }
+                Queued::Rebind(known, fresh, _) => {
+                    pending.replace();
+                    for (number, file) in known {
+                        pending.set(*number, *file);
+                    }
+                    let mut out = Vec::with_capacity(fresh.len());
+                    for number in fresh {
+                        let file = pending.fresh();
+                        pending.set(*number, file);
+                        out.push(file);
+                    }
+                    allocated.push(out);
+                }
+                Queued::PathIdentity(_) => {
+                    if !pending.by_path {
+                        pending.by_path = true;
+                        let (files, max) = db::file_ids(&tx).map_err(|e| lift(&path, e))?;
+                        let root = db::meta_get(&tx, "root").map_err(|e| lift(&path, e))?;
+                        pending.next = pending.next.max(max.max(root.unwrap_or(0) as FileId) + 1);
+                        // This session's numbers are the ids the catalog holds (the scan
+                        // that starts every session maps them afresh).
+                        for f in files.into_iter().chain(root.map(|r| r as FileId)) {
+                            pending.set(f, f);
+                        }
+                        db::meta_set(&tx, "ids", 1).map_err(|e| lift(&path, e))?;
+                        tx.execute_batch(&format!("PRAGMA user_version={}", db::PATH_IDS_VERSION))
+                            .map_err(|e| db::classify(&path, e))?;
+                    }
                 }
             }
+        }
+        if pending.next != self.next_id {
+            db::meta_set(&tx, "next_id", pending.next as i64).map_err(|e| lift(&path, e))?;
         }
         if durable {
             db::meta_set(&tx, "synced_ns", now_ns()).map_err(|e| lift(&path, e))?;
@@ -548,6 +694,20 @@ impl Writer {
         db::write_tip(&tx, tip).map_err(|e| lift(&path, e))?;
         platform::crash_point("journal-commit");
         tx.commit().map_err(|e| db::classify(&path, e))?;
+        self.next_id = pending.next;
+        pending.merge();
+        let mut allocated = allocated.into_iter();
+        for item in queue {
+            match item {
+                Queued::Rebind(_, _, w) => {
+                    let _ = w.try_send(Ok(allocated.next().unwrap_or_default()));
+                }
+                Queued::PathIdentity(w) => {
+                    let _ = w.try_send(Ok(()));
+                }
+                _ => {}
+            }
+        }
         if dropped > 0 {
             debug!("journal: dropped {dropped} changes to files that no longer exist");
         }

@@ -127,7 +127,48 @@ fn write_fixtures_when_asked() {
     // Version 2: a file open for writing when the session ended without a clean close
     // (dropped, not closed, so the mark stays).
     j.handle().mark_unsynced(11).unwrap();
+    // Version 3: files known by path; a file the mount made, numbered 500 by the drive, gets
+    // the journal's next id.
+    j.use_path_identity().unwrap();
+    j.handle().record(Change::Create {
+        parent: 2,
+        name: b"from the stick".to_vec(),
+        file: 500,
+        meta: meta(Kind::File, 0),
+    });
+    j.handle().sync().unwrap();
     drop(j);
+}
+
+#[test]
+fn version_3_journal_knows_files_by_path_and_goes_on_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("journal.db");
+    std::fs::copy(fixture(3), &db).unwrap();
+    assert_eq!(user_version(&db), 3);
+    let r = Reader::open(&db).unwrap();
+    assert!(r.identity_by_path().unwrap());
+    let made = r.records_after(14, 10).unwrap();
+    assert_eq!(made.len(), 1);
+    assert_eq!(
+        made[0].change.file(),
+        13,
+        "the next id after the catalog's largest"
+    );
+    drop(r);
+    // The writer goes on from there (the scan that starts a session maps the drive's numbers
+    // afresh; the next id is kept in the journal).
+    let j = Journal::open(&db).unwrap();
+    assert!(j.handle().ids().by_path());
+    j.close().unwrap();
+    let next: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT value FROM meta WHERE key='next_id'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(next, 14);
+    assert_eq!(user_version(&db), 3);
 }
 
 fn user_version(db: &Path) -> i64 {
@@ -209,7 +250,8 @@ fn version_1_journal_reads() {
     });
     j.close().unwrap();
     assert_eq!(Reader::open(&db).unwrap().status().unwrap().last_seq, 15);
-    assert_eq!(user_version(&db), journal::FORMAT_VERSION);
+    // Upgraded to version 2; version 3 only for a drive that numbers its files afresh.
+    assert_eq!(user_version(&db), 2);
     let j = Journal::open(&db).unwrap();
     j.handle().mark_unsynced(11).unwrap();
     j.close().unwrap();

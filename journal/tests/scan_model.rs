@@ -403,3 +403,152 @@ fn unsynced_files_are_read_again_until_a_clean_close() {
     assert_eq!(contents(&db, last + 1), Vec::<u64>::new());
     j.close().unwrap();
 }
+
+/// The pocket as paths: kind, size, mtime, perm, target, xattrs (no ids), and which paths are
+/// one file (hard links), as groups of paths.
+fn shape(t: &Tree) -> (BTreeMap<Vec<u8>, Tree2>, Vec<LinkGroup>) {
+    let mut groups: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (p, (kind, id, size, mtime, perm, target, x)) in t {
+        groups.entry(*id).or_default().push(p.clone());
+        out.insert(
+            p.clone(),
+            (*kind, *size, *mtime, *perm, target.clone(), x.clone()),
+        );
+    }
+    let mut groups: Vec<LinkGroup> = groups.into_values().collect();
+    groups.sort();
+    (out, groups)
+}
+
+type Tree2 = (u8, u64, i64, u32, Option<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>);
+/// The paths of one file.
+type LinkGroup = Vec<Vec<u8>>;
+
+/// Gives every file in the pocket a new inode number, keeping paths, contents, times, modes,
+/// xattrs and hard links: what a drive that numbers files afresh at each mount shows after a
+/// replug. (The change times move: a copy cannot keep them.)
+fn renumber(root: &Path) {
+    let tmp = root.join(".backpocket/renumber");
+    fs::create_dir_all(&tmp).unwrap();
+    let top: Vec<PathBuf> = fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != ".backpocket")
+        .collect();
+    if top.is_empty() {
+        return;
+    }
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .args(&top)
+        .arg(&tmp)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a failed");
+    for p in &top {
+        if fs::symlink_metadata(p).unwrap().is_dir() {
+            fs::remove_dir_all(p).unwrap();
+        } else {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    for e in fs::read_dir(&tmp).unwrap() {
+        let e = e.unwrap();
+        fs::rename(e.path(), root.join(e.file_name())).unwrap();
+    }
+    fs::remove_dir(&tmp).unwrap();
+}
+
+/// The path of each file id in the catalog.
+fn ids_by_path(db: &Path) -> BTreeMap<Vec<u8>, u64> {
+    let r = Reader::open(db).unwrap();
+    r.tree()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path, e.file))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12),
+        .. ProptestConfig::default()
+    })]
+
+    /// Where files are known by path (a drive that renumbers them, as exFAT does): random
+    /// changes, a scan, then every file renumbered; the scan after it records no file as new,
+    /// removed or moved, every path keeps its id, and the catalog still describes the folder.
+    #[test]
+    fn by_path_a_renumbered_pocket_keeps_every_file(rounds in prop::collection::vec(prop::collection::vec(step(), 1..25), 1..4)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pocket");
+        fs::create_dir_all(root.join(".backpocket")).unwrap();
+        let db = root.join(".backpocket/journal.db");
+        let j = Journal::create(&db, fs::metadata(&root).unwrap().ino()).unwrap();
+        journal::scan(&root, &db, &j.handle()).unwrap();
+        j.use_path_identity().unwrap();
+        let mut counter = 0;
+        for steps in &rounds {
+            for s in steps {
+                apply(&root, s, &mut counter);
+            }
+            journal::scan(&root, &db, &j.handle()).unwrap();
+            prop_assert_eq!(shape(&disk(&root)), shape(&catalog(&db)), "after {:?}", steps);
+            let ids = ids_by_path(&db);
+            renumber(&root);
+            let r = journal::scan(&root, &db, &j.handle()).unwrap();
+            prop_assert_eq!((r.created, r.removed, r.renamed, r.linked), (0, 0, 0, 0), "{:?} after {:?}", r, steps);
+            prop_assert_eq!(&ids, &ids_by_path(&db));
+            prop_assert_eq!(shape(&disk(&root)), shape(&catalog(&db)), "after renumbering, after {:?}", steps);
+        }
+        j.close().unwrap();
+    }
+}
+
+/// Where files are known by path: a file moved while the pocket was elsewhere (same size and
+/// time, a path the catalog no longer finds) is a move and keeps its id; a file with new bytes
+/// at an old path is that file, modified; new files get ids never used before.
+#[test]
+fn by_path_moves_made_elsewhere_are_moves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pocket");
+    fs::create_dir_all(root.join(".backpocket")).unwrap();
+    fs::create_dir_all(root.join("docs")).unwrap();
+    fs::write(root.join("docs/report.txt"), b"quarterly figures").unwrap();
+    fs::write(root.join("notes.txt"), b"a note").unwrap();
+    let db = root.join(".backpocket/journal.db");
+    let j = Journal::create(&db, fs::metadata(&root).unwrap().ino()).unwrap();
+    journal::scan(&root, &db, &j.handle()).unwrap();
+    j.use_path_identity().unwrap();
+    let before = ids_by_path(&db);
+
+    renumber(&root);
+    fs::create_dir(root.join("archive")).unwrap();
+    fs::rename(
+        root.join("docs/report.txt"),
+        root.join("archive/report-2026.txt"),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    fs::write(root.join("notes.txt"), b"a longer note").unwrap();
+    fs::write(root.join("new.txt"), b"new").unwrap();
+    let r = journal::scan(&root, &db, &j.handle()).unwrap();
+    // (The copy that renumbers moves every change time, so every file reads as modified.)
+    assert_eq!((r.created, r.removed, r.renamed), (2, 0, 1), "{r:?}");
+    let after = ids_by_path(&db);
+    assert_eq!(
+        after[b"archive/report-2026.txt".as_slice()],
+        before[b"docs/report.txt".as_slice()]
+    );
+    assert_eq!(
+        after[b"notes.txt".as_slice()],
+        before[b"notes.txt".as_slice()]
+    );
+    let old: std::collections::HashSet<u64> = before.values().copied().collect();
+    assert!(!old.contains(&after[b"new.txt".as_slice()]));
+    assert!(!old.contains(&after[b"archive".as_slice()]));
+    assert_eq!(shape(&disk(&root)), shape(&catalog(&db)));
+    j.close().unwrap();
+}

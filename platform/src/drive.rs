@@ -36,10 +36,8 @@ pub struct DriveTraits {
 impl DriveTraits {
     /// What this drive cannot keep, in words for a user; empty for a POSIX filesystem.
     pub fn limits(&self) -> Vec<String> {
+        // Unstable inode numbers are not a limit: the journal then knows files by path.
         let mut out = Vec::new();
-        if !self.stable_inodes {
-            out.push("file identity across plug-ins (each file gets a new number)".to_owned());
-        }
         for (kept, what) in [
             (self.modes, "file modes"),
             (self.symlinks, "symbolic links"),
@@ -301,6 +299,7 @@ mod tests {
         );
         assert!(l.contains("exact times (kept to 2 s)"), "{l}");
         assert!(l.contains("files over 4 GiB"), "{l}");
-        assert!(l.contains("identity across plug-ins"), "{l}");
+        // The journal knows files by path there: identity is kept, so not a limit.
+        assert!(!l.contains("identity"), "{l}");
     }
 }

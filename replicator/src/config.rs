@@ -41,4 +41,7 @@ pub struct Setup {
     /// The pocket key, when this machine has it; vaults wait for it otherwise.
     pub key: Option<Key>,
     pub dests: Vec<DestSpec>,
+    /// Which file of the journal a number of the drive is: a file read by path is checked to
+    /// be the one the journal means.
+    pub ids: journal::DriveIds,
 }

@@ -81,6 +81,8 @@ pub struct Source<'a> {
     pub pocket: &'a Path,
     pub journal: &'a Path,
     pub dest: &'a str,
+    /// Which file of the journal a number of the drive is.
+    pub ids: &'a journal::DriveIds,
     pub cancel: &'a AtomicBool,
     pub progress: &'a Progress,
 }
@@ -779,8 +781,14 @@ impl VaultDrain {
                                 let i = next.fetch_add(1, Ordering::Relaxed);
                                 let Some((id, path)) = jobs.get(i) else { break };
                                 src.check_cancel()?;
-                                let outcome =
-                                    read_one(path, *id, &chunker, &mut packer, src.cancel)?;
+                                let outcome = read_one(
+                                    path,
+                                    *id,
+                                    src.ids,
+                                    &chunker,
+                                    &mut packer,
+                                    src.cancel,
+                                )?;
                                 if let Outcome::Done(c, _) = &outcome {
                                     bytes_read.fetch_add(c.data_bytes(), Ordering::Relaxed);
                                 }
@@ -851,6 +859,7 @@ pub(crate) enum Outcome {
 pub(crate) fn read_one(
     path: &Path,
     id: u64,
+    ids: &journal::DriveIds,
     chunker: &crate::source::Chunker,
     packer: &mut crate::vault::Packer<'_>,
     cancel: &AtomicBool,
@@ -863,7 +872,7 @@ pub(crate) fn read_one(
             }
             packer.add(c)
         };
-        match read_file(path, id, chunker, &mut sink)? {
+        match read_file(path, id, ids, chunker, &mut sink)? {
             ReadOutcome::Done(c, m) => return Ok(Outcome::Done(c, m)),
             ReadOutcome::Gone => return Ok(Outcome::Gone),
             ReadOutcome::Torn => {

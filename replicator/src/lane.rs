@@ -67,6 +67,7 @@ pub(crate) struct Lane {
     thread: Option<std::thread::JoinHandle<()>>,
     pocket: PathBuf,
     journal: PathBuf,
+    ids: journal::DriveIds,
 }
 
 impl Lane {
@@ -77,6 +78,7 @@ impl Lane {
             thread: None,
             pocket: PathBuf::new(),
             journal: PathBuf::new(),
+            ids: journal::DriveIds::default(),
         }
     }
 
@@ -101,16 +103,17 @@ impl Lane {
         }
         self.pocket = src.pocket.to_owned();
         self.journal = src.journal.to_owned();
+        self.ids = src.ids.clone();
         let (shared, cancel, vault, landed) = (
             self.shared.clone(),
             self.cancel.clone(),
             vault.clone(),
             src.progress.bytes_done.clone(),
         );
-        let (pocket, journal) = (self.pocket.clone(), self.journal.clone());
+        let (pocket, journal, ids) = (self.pocket.clone(), self.journal.clone(), self.ids.clone());
         let spawned = std::thread::Builder::new()
             .name("large-files".into())
-            .spawn(move || work(&shared, &cancel, &vault, &pocket, &journal, &landed));
+            .spawn(move || work(&shared, &cancel, &vault, (&pocket, &journal, &ids), &landed));
         match spawned {
             Ok(t) => self.thread = Some(t),
             Err(e) => {
@@ -181,8 +184,7 @@ fn work(
     shared: &Mutex<Shared>,
     cancel: &AtomicBool,
     vault: &Vault,
-    pocket: &std::path::Path,
-    journal: &std::path::Path,
+    (pocket, journal, ids): (&std::path::Path, &std::path::Path, &journal::DriveIds),
     landed: &Arc<AtomicU64>,
 ) {
     let chunker = vault.chunker();
@@ -210,7 +212,7 @@ fn work(
             };
             drop(reader);
             let path = crate::os::join(pocket, &rel);
-            read_one(&path, job.file, &chunker, &mut packer, cancel)
+            read_one(&path, job.file, ids, &chunker, &mut packer, cancel)
                 .and_then(|o| packer.finish().map(|()| o))
         })();
         if outcome.is_err() {

@@ -539,7 +539,7 @@ impl MirrorDrain {
             let before = f
                 .metadata()
                 .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
-            if before.ino() != id {
+            if !src.ids.may_be(before.ino(), id) {
                 return Ok(None);
             }
             let tmp = self

@@ -63,6 +63,7 @@ pub fn repair(
             pocket: &setup.pocket,
             journal: &setup.journal,
             dest: &spec.name,
+            ids: &setup.ids,
             cancel,
             progress,
         };

@@ -381,6 +381,7 @@ fn run_dest_loop(
         pocket: &setup.pocket,
         journal: &setup.journal,
         dest: &spec.name,
+        ids: &setup.ids,
         cancel: ctl.cancel,
         progress,
     };

@@ -33,10 +33,12 @@ pub struct Chunker {
     pub seed: u64,
 }
 
-/// Reads `path` (which should be file `id`) and hands each chunk to `sink`.
+/// Reads `path` (which should be the journal's file `id`, as `ids` tell) and hands each chunk
+/// to `sink`.
 pub fn read_file(
     path: &Path,
     id: u64,
+    ids: &journal::DriveIds,
     chunker: &Chunker,
     sink: &mut dyn FnMut(&[u8]) -> Result<ChunkRef>,
 ) -> Result<ReadOutcome> {
@@ -51,8 +53,8 @@ pub fn read_file(
         }
     };
     let before = file.metadata().map_err(|e| src_err(path, e))?;
-    if crate::os::file_id(&file, &before).map_err(|e| src_err(path, e))? != id || !before.is_file()
-    {
+    let number = crate::os::file_id(&file, &before).map_err(|e| src_err(path, e))?;
+    if !ids.may_be(number, id) || !before.is_file() {
         return Ok(ReadOutcome::Gone);
     }
     let size = before.len();
@@ -219,7 +221,15 @@ mod tests {
                         len: c.len() as u32,
                     })
                 };
-                match read_file(&path, id, &chunker, &mut sink).unwrap() {
+                match read_file(
+                    &path,
+                    id,
+                    &journal::DriveIds::default(),
+                    &chunker,
+                    &mut sink,
+                )
+                .unwrap()
+                {
                     ReadOutcome::Torn => torn += 1,
                     ReadOutcome::Done(c, m) => {
                         done += 1;

@@ -82,6 +82,7 @@ fn sync_one(
         pocket: &setup.pocket,
         journal: &setup.journal,
         dest: &spec.name,
+        ids: &setup.ids,
         cancel,
         progress,
     };

@@ -320,6 +320,7 @@ fn write_fixtures_when_asked() {
             access: Default::default(),
             when: Vec::new(),
         }],
+        ids: Default::default(),
     };
     let sync_all = || {
         let target = journal::Reader::open(&db)

@@ -81,6 +81,7 @@ impl Fixture {
                 access: Default::default(),
                 when: Vec::new(),
             }],
+            ids: Default::default(),
         }
     }
 

@@ -272,5 +272,7 @@ pub fn setup(
         pocket_id: config.id.clone(),
         key,
         dests: config.destinations.iter().map(|d| d.spec()).collect(),
+        ids: journal::DriveIds::of_journal(&p.journal_path())
+            .context("cannot read how the journal knows files")?,
     })
 }

@@ -137,7 +137,7 @@ pub(super) fn scan_unless_mounted(p: &Pocket) -> Result<bool> {
         Err(platform::Error::Locked { .. }) => return Ok(true),
         Err(e) => return Err(e.into()),
     };
-    let j = journal::Journal::open(&p.journal_path())?;
+    let j = p.open_journal()?;
     journal::scan(&p.root, &p.journal_path(), &j.handle())
         .context("the scan before syncing failed")?;
     j.close()?;

@@ -170,15 +170,26 @@ fn serve(
         quiet_period: Duration::from_secs(config.journal.quiet_period_secs.max(1)),
     };
     let handle = (!args.no_journal).then(|| journal.handle());
-    let core = Arc::new(
-        fs_driver::PocketFs::new(&pocket.root, handle, options).map_err(|e| {
-            anyhow::anyhow!("cannot open the pocket {}: {e}", pocket.root.display())
-        })?,
-    );
+    let mut core = fs_driver::PocketFs::new(&pocket.root, handle, options)
+        .map_err(|e| anyhow::anyhow!("cannot open the pocket {}: {e}", pocket.root.display()))?;
+    // A drive without modes and owners (exFAT, FAT): the mount keeps them, from the catalog
+    // on, and the kernel checks permissions against them (the drive lets anyone do anything).
+    let keeps = pocket.drive().is_some_and(|d| !d.modes);
+    if keeps {
+        let d = pocket.drive().expect("checked above");
+        let files = journal::Reader::open(&pocket.journal_path())
+            .and_then(|r| r.all_files())
+            .context("cannot read the modes and owners the journal keeps for this drive")?;
+        core.keep_metadata(
+            i64::try_from(d.time_granularity_ns).unwrap_or(i64::MAX),
+            files.into_iter().map(|(id, meta, _)| (id, meta)),
+        );
+    }
+    let core = Arc::new(core);
     let cfg = fs_driver::fuse::MountConfig {
         fsname: pocket.root.to_string_lossy().into_owned(),
         allow_other: args.allow_other,
-        default_permissions: args.default_permissions,
+        default_permissions: args.default_permissions || keeps,
         opts: fs_driver::fuse::MountOptions {
             ttl: Duration::from_secs_f64(args.ttl.max(0.0)),
             passthrough: !args.no_passthrough,

@@ -237,6 +237,14 @@ impl Pocket {
                     limits.join(", "),
                 );
             }
+            let kept = now.kept_by_the_journal();
+            if !kept.is_empty() {
+                eprintln!(
+                    "backpocket: the pocket's journal keeps {} for this drive: the mount shows \
+                     them and backups restore them; other programs see the drive's own.",
+                    kept.join(" and ")
+                );
+            }
             match toml::to_string(&now) {
                 Ok(text) => {
                     if let Err(e) = write_durably(&self.drive_path(), text.as_bytes()) {
@@ -258,8 +266,9 @@ impl Pocket {
     }
 
     /// Tells the journal what the drive keeps (as the last probe found): how coarse its times
-    /// are (the scan trusts no time closer to a record than that), and whether it keeps file
-    /// numbers (where not, the journal knows files by path from now on).
+    /// are (the scan trusts no time closer to a record than that), whether it keeps modes and
+    /// owners (where not, the catalog keeps them), and whether it keeps file numbers (where
+    /// not, the journal knows files by path from now on).
     pub fn adapt_journal(&self, j: &journal::Journal) -> journal::Result<()> {
         let Some(d) = self.drive() else {
             return Ok(());
@@ -268,6 +277,7 @@ impl Pocket {
             "time_granularity_ns",
             i64::try_from(d.time_granularity_ns).unwrap_or(i64::MAX),
         );
+        j.handle().set_meta("modes_kept", i64::from(d.modes));
         if !d.stable_inodes && !j.handle().ids().by_path() {
             tracing::info!(
                 "this drive numbers its files afresh at each mount: the journal knows them by path from now on"

@@ -182,8 +182,10 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
             "destinations": destinations,
             "drive": p.drive().map(|d| {
                 let limits = d.limits();
+                let kept = d.kept_by_the_journal();
                 let mut v = serde_json::to_value(d).unwrap_or_default();
                 v["limits"] = json!(limits);
+                v["kept_by_the_journal"] = json!(kept);
                 v
             }),
         });
@@ -197,6 +199,10 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
             println!("drive    {}", d.fs);
         } else {
             println!("drive    {}: cannot keep {}", d.fs, limits.join(", "));
+        }
+        let kept = d.kept_by_the_journal();
+        if !kept.is_empty() {
+            println!("         the journal keeps {}", kept.join(" and "));
         }
         if by_path {
             println!("         files known by path: the drive numbers them afresh at each mount");

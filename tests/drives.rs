@@ -45,8 +45,12 @@ fn a_pocket_on_exfat_says_what_the_drive_cannot_keep_and_keeps_its_reserve() {
     let tmp = tempfile::tempdir().unwrap();
     let (_drive, root, said) = pocket_on(tmp.path(), "exfat", 128);
     assert!(
-        said.contains("this drive (exfat") && said.contains("file modes"),
+        said.contains("this drive (exfat") && said.contains("symbolic links"),
         "init must say what the drive cannot keep: {said}"
+    );
+    assert!(
+        said.contains("journal keeps file modes and owners and exact times"),
+        "and what the journal keeps for it: {said}"
     );
     let d = drive_status(&root);
     assert!(d["fs"].as_str().unwrap().starts_with("exfat"), "{d}");
@@ -397,18 +401,26 @@ fn kept_tree(root: &std::path::Path) -> std::collections::BTreeMap<String, Strin
     out
 }
 
-/// The catalog as paths: kind and size (and mtime for files), to set beside the drive's.
+/// The catalog as paths: kind and size (and mtime for files, in whole seconds: the catalog
+/// keeps exact times the drive rounds), to set beside the drive's.
 fn catalog_paths(root: &std::path::Path) -> std::collections::BTreeMap<String, (u8, u64, i64)> {
     catalog_tree(&root.join(".backpocket/journal.db"))
         .into_iter()
-        .map(|(p, (kind, _, size, mtime, ..))| (String::from_utf8(p).unwrap(), (kind, size, mtime)))
+        .map(|(p, (kind, _, size, mtime, ..))| {
+            let secs = mtime.div_euclid(1_000_000_000);
+            (String::from_utf8(p).unwrap(), (kind, size, secs))
+        })
         .collect()
 }
 
+/// The drive as paths: kind, size, and mtime for files in whole seconds.
 fn drive_paths(root: &std::path::Path) -> std::collections::BTreeMap<String, (u8, u64, i64)> {
     disk_tree(root)
         .into_iter()
-        .map(|(p, (kind, _, size, mtime, ..))| (String::from_utf8(p).unwrap(), (kind, size, mtime)))
+        .map(|(p, (kind, _, size, mtime, ..))| {
+            let secs = mtime.div_euclid(1_000_000_000);
+            (String::from_utf8(p).unwrap(), (kind, size, secs))
+        })
         .collect()
 }
 
@@ -457,7 +469,15 @@ fn on_exfat_random_work_with_kills_and_replugs_is_backed_up_exactly() {
             let fresh = dir.join(format!("n{counter}.txt"));
             let file = rng.pick(&files).cloned();
             let size = rng.size().min(200_000);
-            let res = match (rng.below(10), file) {
+            let mode = *rng
+                .pick(&[0o600, 0o640, 0o644, 0o700, 0o750, 0o755])
+                .unwrap();
+            let when = std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    1_500_000_000 + rng.below(1 << 28),
+                    rng.below(1_000_000_000) as u32,
+                );
+            let res = match (rng.below(12), file) {
                 (0..=2, _) | (_, None) => fs::write(&fresh, rng.bytes(size)),
                 (3, Some(f)) => fs::write(&f, rng.bytes(size)),
                 (4, Some(f)) => fs::OpenOptions::new()
@@ -474,6 +494,15 @@ fn on_exfat_random_work_with_kills_and_replugs_is_backed_up_exactly() {
                 },
                 (7, Some(f)) => fs::remove_file(&f),
                 (8, _) => fs::create_dir(dir.join(format!("d{counter}"))),
+                (10, Some(f)) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    let target = if rng.chance(0.3) { dir.clone() } else { f };
+                    fs::set_permissions(target, fs::Permissions::from_mode(mode))
+                }
+                (11, Some(f)) => fs::File::options()
+                    .write(true)
+                    .open(&f)
+                    .and_then(|h| h.set_modified(when)),
                 (_, _) => {
                     let d = rng.pick(&dirs).unwrap().clone();
                     if d == mnt {
@@ -517,4 +546,119 @@ fn on_exfat_random_work_with_kills_and_replugs_is_backed_up_exactly() {
     assert_eq!(catalog_paths(&root), drive_paths(&root), "seed {seed}");
     let restored = sync_and_restore(&root, &dest, tmp.path());
     assert_eq!(kept_tree(&restored), kept_tree(&root), "seed {seed}");
+    // Modes and exact times, which the drive does not keep: the backup has what the mount
+    // shows.
+    let m = p.mount(&[]);
+    assert_eq!(
+        modes_and_times(&restored),
+        modes_and_times(&m.mnt),
+        "seed {seed}"
+    );
+    m.unmount();
+}
+
+/// Every path's mode, and a file's modification time to the nanosecond.
+fn modes_and_times(root: &std::path::Path) -> std::collections::BTreeMap<String, (u32, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    disk_tree(root)
+        .into_keys()
+        .map(|p| {
+            let p = String::from_utf8(p).unwrap();
+            let md = fs::symlink_metadata(root.join(&p)).unwrap();
+            let mtime = if md.is_dir() {
+                0
+            } else {
+                md.mtime() * 1_000_000_000 + md.mtime_nsec()
+            };
+            (p, (md.mode() & 0o7777, mtime))
+        })
+        .collect()
+}
+
+/// exFAT keeps no modes and no owners, and times to the second only. The mount keeps them for
+/// the pocket: files adopted at `init` get 0644 (folders 0755), a chmod, a chown and a time set
+/// to the nanosecond show through the mount, last across an unmount and a replug (the scan
+/// then records nothing), and the backup restores them onto a drive that can hold them.
+#[test]
+fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (drive, root, _) = pocket_on(tmp.path(), "exfat", 128);
+    let dest = add_vault(&root, tmp.path());
+    let p = mountable(&root, tmp.path());
+    let exact = std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789);
+    let shown = |mnt: &std::path::Path| -> Vec<(String, u32, u32, i64)> {
+        ["notes.txt", "secret.txt", "bin", "bin/run.sh"]
+            .iter()
+            .map(|name| {
+                let md = fs::symlink_metadata(mnt.join(name)).unwrap();
+                (
+                    name.to_string(),
+                    md.mode() & 0o7777,
+                    md.uid(),
+                    md.mtime_nsec(),
+                )
+            })
+            .collect()
+    };
+    let m = p.mount(&[]);
+    let adopted = fs::metadata(m.mnt.join("notes.txt")).unwrap();
+    assert_eq!(adopted.mode() & 0o7777, 0o644, "a file adopted at init");
+    fs::write(m.mnt.join("secret.txt"), b"pin 1234").unwrap();
+    fs::set_permissions(m.mnt.join("secret.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(m.mnt.join("bin")).unwrap();
+    fs::write(m.mnt.join("bin/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(m.mnt.join("bin/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(m.mnt.join("bin"), fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(m.mnt.join("notes.txt"), Some(1000), Some(1000)).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(m.mnt.join("secret.txt"))
+        .unwrap()
+        .set_modified(exact)
+        .unwrap();
+    let want = vec![
+        ("notes.txt".to_string(), 0o644, 1000, adopted.mtime_nsec()),
+        ("secret.txt".to_string(), 0o600, 0, 123_456_789),
+        (
+            "bin".to_string(),
+            0o700,
+            0,
+            fs::metadata(m.mnt.join("bin")).unwrap().mtime_nsec(),
+        ),
+        ("bin/run.sh".to_string(), 0o755, 0, 0),
+    ];
+    assert_eq!(shown(&m.mnt), want, "as the mount shows them");
+    m.unmount();
+    assert_eq!(
+        fs::metadata(root.join("secret.txt")).unwrap().mode() & 0o777,
+        0o777,
+        "the drive itself keeps no mode (else this test tries nothing)"
+    );
+
+    // (Files the mount recorded within the drive's second of their last change are read
+    // again by the next scan: their times cannot tell a later change.)
+    drive.replug();
+    let r = scan_report(&root);
+    let [created, removed, renamed, _, _, attrs] = counts(&r);
+    assert_eq!(
+        [created, removed, renamed, attrs],
+        [0; 4],
+        "what the mount keeps is not a change: {r}"
+    );
+    drive.replug();
+    let r = scan_report(&root);
+    assert_eq!(counts(&r), [0; 6], "a second replug: {r}");
+    let m = p.mount(&[]);
+    assert_eq!(shown(&m.mnt), want, "after an unmount and a replug");
+    m.unmount();
+
+    let restored = sync_and_restore(&root, &dest, tmp.path());
+    let md = |name: &str| fs::symlink_metadata(restored.join(name)).unwrap();
+    assert_eq!(md("secret.txt").mode() & 0o7777, 0o600);
+    assert_eq!(md("secret.txt").modified().unwrap(), exact);
+    assert_eq!(md("bin").mode() & 0o7777, 0o700);
+    assert_eq!(md("bin/run.sh").mode() & 0o7777, 0o755);
+    assert_eq!((md("notes.txt").uid(), md("notes.txt").gid()), (1000, 1000));
 }

@@ -195,6 +195,8 @@ pub struct PocketFs {
     /// durable (a mark lasts until the journal is closed cleanly, so once per file is enough).
     unsynced: Mutex<HashMap<u64, bool>>,
     writeback: Writeback,
+    /// Modes, owners and exact times, where the drive cannot keep them.
+    keeper: Option<crate::keep::Keeper>,
 }
 
 /// Whether the kernel is writing dirty pages back on its own right now (or about to), read
@@ -251,7 +253,14 @@ fn dirty_pressure() -> Option<bool> {
     Some(dirty * 2 >= threshold_kb)
 }
 
-fn mtime_ns(st: &Stat) -> i64 {
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn mtime_ns(st: &Stat) -> i64 {
     st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64
 }
 
@@ -351,7 +360,42 @@ impl PocketFs {
             held: std::sync::atomic::AtomicUsize::new(1),
             unsynced: Mutex::new(HashMap::new()),
             writeback: Writeback::default(),
+            keeper: None,
         })
+    }
+
+    /// For a drive that cannot keep modes, owners or exact times (exFAT, FAT): the mount keeps
+    /// them, starting from the catalog's (`files`: every file's id and recorded metadata), shows
+    /// them, and records them. `granularity_ns`: how the drive rounds times.
+    pub fn keep_metadata(
+        &mut self,
+        granularity_ns: i64,
+        files: impl IntoIterator<Item = (journal::FileId, Meta)>,
+    ) {
+        let ids = self
+            .journal
+            .as_ref()
+            .map(|j| j.ids().clone())
+            .unwrap_or_default();
+        let owner = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        self.keeper = Some(crate::keep::Keeper::new(ids, granularity_ns, files, owner));
+    }
+
+    /// A stat of a backing file as the pocket shows it (with what the mount keeps).
+    pub fn shown(&self, st: &Stat) -> Stat {
+        let mut st = *st;
+        if let Some(k) = &self.keeper {
+            k.show(&mut st);
+        }
+        st
+    }
+
+    /// The metadata a record carries: what the mount shows.
+    fn meta(&self, st: &Stat) -> Meta {
+        meta_of(&self.shown(st))
     }
 
     /// Backing inode number -> the kernel's inode number (the root and 1 trade places).
@@ -686,7 +730,25 @@ impl PocketFs {
         // Whether its bytes changed since their last record is told by the times before this
         // call, which may set them.
         let before = rustix::fs::fstat(&*inode_fd)?;
-        if let Some(mode) = attr.mode {
+        if let Some(keeper) = &self.keeper {
+            // The drive keeps none of these: the mount does (the kernel checked who may).
+            if attr.mode.is_some() || attr.uid.is_some() || attr.gid.is_some() {
+                if attr.mode.is_some() && inode.is_symlink {
+                    return Err(FsError::Unsupported);
+                }
+                keeper.change(&before, |k| {
+                    if let Some(mode) = attr.mode {
+                        k.perm = mode & 0o7777;
+                    }
+                    if let Some(uid) = attr.uid {
+                        k.uid = uid;
+                    }
+                    if let Some(gid) = attr.gid {
+                        k.gid = gid;
+                    }
+                });
+            }
+        } else if let Some(mode) = attr.mode {
             if inode.is_symlink {
                 return Err(FsError::Unsupported);
             }
@@ -697,7 +759,7 @@ impl PocketFs {
                 AtFlags::empty(),
             )?;
         }
-        if attr.uid.is_some() || attr.gid.is_some() {
+        if self.keeper.is_none() && (attr.uid.is_some() || attr.gid.is_some()) {
             rustix::fs::chownat(
                 &*inode_fd,
                 c"",
@@ -716,8 +778,17 @@ impl PocketFs {
             }
         }
         if attr.atime.is_some() || attr.mtime.is_some() {
+            // exFAT's FUSE driver ignores a new mtime that comes with the access time left as
+            // it is (UTIME_OMIT): on such drives the access time is given, as it is.
+            let atime = match attr.atime {
+                None if self.keeper.is_some() => Some(SetTime::At(
+                    before.st_atime as i64,
+                    before.st_atime_nsec as u32,
+                )),
+                a => a,
+            };
             let times = Timestamps {
-                last_access: timestamp(attr.atime),
+                last_access: timestamp(atime),
                 last_modification: timestamp(attr.mtime),
             };
             if inode.is_symlink {
@@ -737,6 +808,14 @@ impl PocketFs {
             }
         }
         let st = rustix::fs::fstat(&*inode_fd)?;
+        if let (Some(keeper), Some(t)) = (&self.keeper, attr.mtime) {
+            // The time asked for, exact; the drive keeps it rounded.
+            let exact = match t {
+                SetTime::At(s, ns) => s * 1_000_000_000 + i64::from(ns),
+                SetTime::Now => now_ns(),
+            };
+            keeper.change(&st, |k| k.mtime_ns = exact);
+        }
         if attr.size.is_some() {
             // A new size is new contents.
             let mut w = inode.write.lock();
@@ -744,13 +823,13 @@ impl PocketFs {
             w.dirty = false;
             self.record(Change::Content {
                 file: inode.ino,
-                meta: meta_of(&st),
+                meta: self.meta(&st),
             });
         } else {
             // Even a change of access time alone moves ctime, which the scan compares.
             self.record_attrs(&inode, &before, &st);
         }
-        if attr.mode.is_some() && !inode.is_symlink {
+        if attr.mode.is_some() && !inode.is_symlink && self.keeper.is_none() {
             // chmod rewrites the mask entry of an extended ACL.
             if let Err(e) = self.record_drive_xattr(&inode, c"system.posix_acl_access", false) {
                 warn!(
@@ -767,6 +846,33 @@ impl PocketFs {
         let inode_fd = self.path_fd(&inode)?;
         let target = rustix::fs::readlinkat(&*inode_fd, c"", Vec::new())?;
         Ok(target.into_bytes())
+    }
+
+    /// A new file's owner and mode: given on the drive, or kept by the mount where the drive
+    /// cannot keep them (the mode asked for, the creator as owner). Returns its stat.
+    fn own_new(
+        &self,
+        fd: BorrowedFd<'_>,
+        parent: &Inode,
+        caller: Caller,
+        mode: u32,
+    ) -> FsResult<Stat> {
+        let Some(keeper) = &self.keeper else {
+            self.give_to_caller(fd, parent, caller, mode)?;
+            return Ok(rustix::fs::fstat(fd)?);
+        };
+        let st = rustix::fs::fstat(fd)?;
+        let (uid, gid) = if self.euid == 0 {
+            (caller.uid, caller.gid)
+        } else {
+            (self.euid, rustix::process::getegid().as_raw())
+        };
+        keeper.change(&st, |k| {
+            k.perm = mode & 0o7777;
+            k.uid = uid;
+            k.gid = gid;
+        });
+        Ok(st)
     }
 
     /// Gives a new file to its creator, as the kernel would have: the caller's uid, and the
@@ -824,9 +930,8 @@ impl PocketFs {
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        self.give_to_caller(fd.as_fd(), parent, caller, mode)?;
-        let st = rustix::fs::fstat(&fd)?;
-        self.record(make_change(st.st_ino as u64, meta_of(&st)));
+        let st = self.own_new(fd.as_fd(), parent, caller, mode)?;
+        self.record(make_change(st.st_ino as u64, self.meta(&st)));
         if FileType::from_raw_mode(st.st_mode as _) != FileType::Symlink {
             self.record_inherited_xattrs(st.st_ino as u64, fd.as_fd(), false);
         }
@@ -1060,7 +1165,7 @@ impl PocketFs {
     /// the catalog take the new size and times while no drain reads the bytes behind them
     /// (kill -9 before the release that would have recorded them).
     fn record_attrs(&self, inode: &Inode, before: &Stat, after: &Stat) {
-        let meta = meta_of(after);
+        let meta = self.meta(after);
         let mut w = inode.write.lock();
         let content = meta.kind == Kind::File
             && (w.dirty || w.recorded.is_some_and(|r| r != Snap::of(before)));
@@ -1232,13 +1337,12 @@ impl PocketFs {
             oflags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(perm as _),
         )?;
-        self.give_to_caller(fd.as_fd(), &p, caller, perm)?;
-        let st = rustix::fs::fstat(&fd)?;
+        let st = self.own_new(fd.as_fd(), &p, caller, perm)?;
         self.record(Change::Create {
             parent: p.ino,
             name: name.as_bytes().to_vec(),
             file: st.st_ino as u64,
-            meta: meta_of(&st),
+            meta: self.meta(&st),
         });
         self.record_inherited_xattrs(st.st_ino as u64, fd.as_fd(), true);
         let entry = self.remember(&st, None, &p, &c)?;
@@ -1295,7 +1399,7 @@ impl PocketFs {
             w.recorded = Some(snap);
             self.record(Change::Content {
                 file: inode.ino,
-                meta: meta_of(st),
+                meta: self.meta(st),
             });
             true
         } else {

@@ -88,7 +88,7 @@ impl FuseFs {
     }
 
     fn attr(&self, st: &Stat) -> FileAttr {
-        attr_of(self.core.visible_ino(st), st)
+        attr_of(self.core.visible_ino(st), &self.core.shown(st))
     }
 
     fn invalidate(&self, inos: &[u64]) {

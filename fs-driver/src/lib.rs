@@ -10,6 +10,8 @@ mod core;
 mod error;
 #[cfg(unix)]
 pub mod fuse;
+#[cfg(unix)]
+mod keep;
 pub mod win;
 #[cfg(all(windows, feature = "winfsp"))]
 pub mod winfsp;

@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use tracing::warn;
 
-use crate::record::{Change, FileId};
+use crate::record::{Change, FileId, Meta};
 
 /// The map from the drive's numbers to the journal's file ids, shared by the journal's writer
 /// (which keeps it) and the readers of the drive (the replicator checks that the file it opened
@@ -68,6 +68,44 @@ impl DriveIds {
 
     pub(crate) fn set_by_path(&self, on: bool) {
         self.inner.by_path.store(on, Ordering::Release);
+    }
+}
+
+/// A drive that cannot keep modes, owners or exact times (exFAT, FAT): the journal keeps them
+/// (the mount records what it shows, and the catalog holds it). Whoever reads a file's
+/// metadata from such a drive (the scan, a drain) takes them from the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keeping {
+    /// How the drive rounds times (down, to a multiple of this).
+    pub granularity_ns: i64,
+}
+
+impl Keeping {
+    /// What the journal says of the drive at `path`: None where the drive keeps everything.
+    pub fn of(reader: &crate::Reader) -> crate::Result<Option<Keeping>> {
+        Ok((!reader.keeps_modes()?).then(|| Keeping {
+            granularity_ns: reader.time_granularity_ns().unwrap_or(0).max(1),
+        }))
+    }
+
+    /// A file's metadata as the pocket has it: `drive` as the drive shows it now, with the
+    /// mode and owner the journal keeps (`kept`), and its exact modification time while the
+    /// drive's is that time rounded.
+    pub fn merge(&self, drive: Meta, kept: &Meta) -> Meta {
+        let mut m = drive;
+        (m.perm, m.uid, m.gid) = (kept.perm, kept.uid, kept.gid);
+        m.mtime_ns = self.mtime(kept.mtime_ns, drive.mtime_ns);
+        m
+    }
+
+    /// The modification time to show: the kept exact one while the drive's is it rounded.
+    pub fn mtime(&self, kept_ns: i64, drive_ns: i64) -> i64 {
+        let g = self.granularity_ns;
+        if kept_ns.div_euclid(g) * g == drive_ns {
+            kept_ns
+        } else {
+            drive_ns
+        }
     }
 }
 

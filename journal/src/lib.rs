@@ -18,7 +18,7 @@ pub mod wtf8;
 
 pub use db::FORMAT_VERSION;
 pub use error::{Error, Result};
-pub use ids::DriveIds;
+pub use ids::{DriveIds, Keeping};
 pub use record::{
     filetime_to_unix_ns, unix_ns_to_filetime, Change, FileId, Kind, Meta, Op, Record,
 };

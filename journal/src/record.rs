@@ -289,6 +289,18 @@ impl Change {
         }
     }
 
+    /// The metadata the change carries, for those that carry it.
+    pub fn meta(&self) -> Option<&Meta> {
+        match self {
+            Change::Create { meta, .. }
+            | Change::Mkdir { meta, .. }
+            | Change::Symlink { meta, .. }
+            | Change::SetAttr { meta, .. }
+            | Change::Content { meta, .. } => Some(meta),
+            _ => None,
+        }
+    }
+
     /// Bytes a destination will have to take in for this change: file contents for a content
     /// record, the target of a symlink, an xattr's value. Metadata-only changes count 0.
     pub fn payload_bytes(&self) -> u64 {

@@ -119,6 +119,9 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     // without their timestamps moving. Wait until that window has passed and look again, so
     // that what we record (and the time we record it at) is safely past their last change.
     settle(&mut disk_files, racy);
+    if let Some(keeping) = crate::Keeping::of(&reader)? {
+        keep_what_the_drive_cannot(&mut disk_files, &cat_files, keeping);
+    }
 
     // A file is "the same" on both sides when its id exists on both with the same kind.
     let same = |id: FileId| -> bool {
@@ -546,6 +549,32 @@ fn settle(disk_files: &mut HashMap<FileId, DiskFile>, racy: i64) {
                         d.meta = meta;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// On a drive without modes and owners, whose times are rounded (exFAT, FAT): a file's mode
+/// and owner are what the catalog keeps (the mount keeps them there), and so is its exact
+/// modification time while the drive's is that time rounded. A file the catalog does not know
+/// gets a folder's 0755 or a file's 0644, and this process's owner (the mount's, as the mount
+/// shows files it knows nothing of).
+fn keep_what_the_drive_cannot(
+    disk_files: &mut DiskFiles,
+    cat_files: &CatFiles,
+    keeping: crate::Keeping,
+) {
+    let owner = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    for (id, d) in disk_files.iter_mut() {
+        let m = &mut d.meta;
+        match cat_files.get(id) {
+            Some((c, _)) if c.kind == m.kind => *m = keeping.merge(*m, c),
+            _ => {
+                m.perm = if m.kind == Kind::Dir { 0o755 } else { 0o644 };
+                (m.uid, m.gid) = owner;
             }
         }
     }

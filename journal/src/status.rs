@@ -141,6 +141,12 @@ impl Reader {
         Ok(db::meta_get(&self.conn, "ids")? == Some(1))
     }
 
+    /// Whether the drive keeps modes and owners (as its probe found; assumed so when unknown).
+    /// Where it does not, the catalog keeps them and the scan takes the catalog's word.
+    pub fn keeps_modes(&self) -> Result<bool> {
+        Ok(db::meta_get(&self.conn, "modes_kept")? != Some(0))
+    }
+
     /// How coarsely the drive keeps times, as its probe found (0 when unknown or fine).
     pub fn time_granularity_ns(&self) -> Result<i64> {
         Ok(db::meta_get(&self.conn, "time_granularity_ns")?.unwrap_or(0))
@@ -254,7 +260,9 @@ impl Reader {
 
     /// Every file in the catalog with its metadata, symlink target and when it was recorded.
     #[cfg(unix)]
-    pub(crate) fn all_files(&self) -> Result<Vec<(u64, crate::record::Meta, i64)>> {
+    /// Every file of the catalog: id, metadata, when it was recorded. For passes over the
+    /// whole catalog (the scan; the mount that keeps modes a drive cannot).
+    pub fn all_files(&self) -> Result<Vec<(u64, crate::record::Meta, i64)>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, kind, perm, uid, gid, size, mtime_ns, ctime_ns, rdev, recorded_ns FROM files",
         )?;

@@ -34,12 +34,13 @@ pub struct DriveTraits {
 }
 
 impl DriveTraits {
-    /// What this drive cannot keep, in words for a user; empty for a POSIX filesystem.
+    /// What a pocket on this drive cannot keep, in words for a user; empty for a POSIX
+    /// filesystem. Unstable inode numbers are not a limit (the journal then knows files by
+    /// path), nor are modes, owners and times where the journal keeps them
+    /// ([`Self::kept_by_the_journal`]).
     pub fn limits(&self) -> Vec<String> {
-        // Unstable inode numbers are not a limit: the journal then knows files by path.
         let mut out = Vec::new();
         for (kept, what) in [
-            (self.modes, "file modes"),
             (self.symlinks, "symbolic links"),
             (self.hard_links, "hard links"),
             (self.xattrs, "extended attributes and ACLs"),
@@ -49,7 +50,7 @@ impl DriveTraits {
                 out.push(what.to_owned());
             }
         }
-        if self.time_granularity_ns > 1_000 {
+        if self.modes && self.time_granularity_ns > 1_000 {
             out.push(format!(
                 "exact times (kept to {})",
                 granularity_words(self.time_granularity_ns)
@@ -59,6 +60,24 @@ impl DriveTraits {
             out.push(format!(
                 "files over {} GiB",
                 (max + 1) as f64 / (1u64 << 30) as f64
+            ));
+        }
+        out
+    }
+}
+
+impl DriveTraits {
+    /// What the drive itself cannot keep but the pocket's journal keeps for it (a drive
+    /// without modes: exFAT, FAT), in words for a user.
+    pub fn kept_by_the_journal(&self) -> Vec<String> {
+        if self.modes {
+            return Vec::new();
+        }
+        let mut out = vec!["file modes and owners".to_owned()];
+        if self.time_granularity_ns > 1_000 {
+            out.push(format!(
+                "exact times (the drive keeps them to {})",
+                granularity_words(self.time_granularity_ns)
             ));
         }
         out
@@ -293,11 +312,15 @@ mod tests {
             max_file_size: Some((4u64 << 30) - 1),
         };
         let l = fat.limits().join(", ");
+        assert!(l.contains("symbolic links"), "{l}");
+        // Modes, owners and times: the journal keeps them.
+        assert!(!l.contains("modes") && !l.contains("times"), "{l}");
+        let k = fat.kept_by_the_journal().join(", ");
         assert!(
-            l.contains("file modes") && l.contains("symbolic links"),
-            "{l}"
+            k.contains("file modes and owners")
+                && k.contains("exact times (the drive keeps them to 2 s)"),
+            "{k}"
         );
-        assert!(l.contains("exact times (kept to 2 s)"), "{l}");
         assert!(l.contains("files over 4 GiB"), "{l}");
         // The journal knows files by path there: identity is kept, so not a limit.
         assert!(!l.contains("identity"), "{l}");

@@ -266,6 +266,8 @@ impl VaultDrain {
         self.send_config()?;
         let reader = journal::Reader::open(src.journal)?;
         let jid = reader.journal_id()?;
+        // On exFAT and FAT the journal keeps modes, owners and exact times, not the drive.
+        let keeping = journal::Keeping::of(&reader)?;
         match &mut self.lease {
             Some(l) => l.renew(&self.vault)?,
             None => self.lease = Some(WriteLease::take(&self.vault)?),
@@ -346,6 +348,10 @@ impl VaultDrain {
                         report.files += 1;
                         report.bytes_read += content.data_bytes();
                         let p = tree.pending.remove(&d.job.file).expect("checked above");
+                        let meta = match tree.files.get(&p.file) {
+                            Some(f) => meta.kept(keeping, &f.meta),
+                            None => meta,
+                        };
                         // First in the segment: applied now, before the batch's records.
                         let change = self.contents_record(&tree, p.file, meta, content);
                         tree.apply(&change);
@@ -484,6 +490,10 @@ impl VaultDrain {
             let Some((content, meta)) = done.remove(&file) else {
                 continue;
             };
+            let meta = match r.change.meta() {
+                Some(m) => meta.kept(keeping, &VMeta::from(*m)),
+                None => meta,
+            };
             tree.pending.remove(&file);
             out.push(VRecord {
                 seq: r.seq,
@@ -508,9 +518,14 @@ impl VaultDrain {
             };
             let Some(rel) = rel else { continue };
             if let Some(meta) = lstat_meta(
+                src,
                 &src.abs(&rel),
                 if dir == tree.root { None } else { Some(dir) },
             ) {
+                let meta = match tree.files.get(&dir) {
+                    Some(f) => meta.kept(keeping, &f.meta),
+                    None => meta,
+                };
                 out.push(VRecord {
                     seq: end_seq,
                     time_ns: end_time,
@@ -697,7 +712,7 @@ impl VaultDrain {
         loop {
             let snap = reader.snapshot()?;
             let mut tree = Tree::from_snapshot(&snap);
-            refresh_metadata(&mut tree, src);
+            refresh_metadata(&mut tree, src, journal::Keeping::of(reader)?);
             let wanted: Vec<u64> = tree
                 .files
                 .values()
@@ -716,7 +731,12 @@ impl VaultDrain {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
+            let keeping = journal::Keeping::of(reader)?;
             for (id, (content, meta)) in outcome.done {
+                let meta = match tree.files.get(&id) {
+                    Some(f) => meta.kept(keeping, &f.meta),
+                    None => meta,
+                };
                 tree.apply(&VChange::Content {
                     file: id,
                     meta,
@@ -945,27 +965,39 @@ fn note_dirs(c: &journal::Change, dirs: &mut BTreeSet<u64>) {
 
 /// Takes the metadata of the root and of everything but regular files as it is on the drive
 /// now: folder times move with their entries, which the journal does not record.
-pub(crate) fn refresh_metadata(tree: &mut Tree, src: &Source<'_>) {
+/// `keeping`: what the journal keeps for the drive (modes, owners, exact times on exFAT).
+pub(crate) fn refresh_metadata(
+    tree: &mut Tree,
+    src: &Source<'_>,
+    keeping: Option<journal::Keeping>,
+) {
     let root = tree.root;
-    if let (Some(meta), Some(r)) = (lstat_meta(src.pocket, None), tree.files.get_mut(&root)) {
-        r.meta = meta;
+    if let (Some(meta), Some(r)) = (
+        lstat_meta(src, src.pocket, None),
+        tree.files.get_mut(&root),
+    ) {
+        r.meta = meta.kept(keeping, &r.meta);
     }
     for (rel, id) in tree.paths() {
         let Some(f) = tree.files.get_mut(&id) else {
             continue;
         };
         if f.meta.kind != KIND_FILE {
-            if let Some(meta) = lstat_meta(&src.abs(&rel), Some(id)) {
-                f.meta = meta;
+            if let Some(meta) = lstat_meta(src, &src.abs(&rel), Some(id)) {
+                f.meta = meta.kept(keeping, &f.meta);
             }
         }
     }
 }
 
 /// An entry's metadata now, if it still is file `expect` (None: do not check, for the root).
-pub(crate) fn lstat_meta(path: &Path, expect: Option<u64>) -> Option<VMeta> {
+pub(crate) fn lstat_meta(src: &Source<'_>, path: &Path, expect: Option<u64>) -> Option<VMeta> {
     let m = std::fs::symlink_metadata(path).ok()?;
-    if expect.is_some_and(|id| crate::os::path_id(path).ok() != Some(id)) {
+    if expect.is_some_and(|id| {
+        crate::os::path_id(path)
+            .ok()
+            .is_none_or(|number| !src.ids.may_be(number, id))
+    }) {
         return None;
     }
     let meta = journal::Meta::from_std(&m)?;

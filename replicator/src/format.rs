@@ -217,6 +217,21 @@ pub struct VMeta {
     pub rdev: u64,
 }
 
+impl VMeta {
+    /// On a drive that cannot keep modes, owners or exact times: this metadata, read from the
+    /// drive, with what the journal keeps of them (`kept`).
+    pub fn kept(self, keeping: Option<journal::Keeping>, kept: &VMeta) -> VMeta {
+        let Some(k) = keeping else { return self };
+        VMeta {
+            perm: kept.perm,
+            uid: kept.uid,
+            gid: kept.gid,
+            mtime_ns: k.mtime(kept.mtime_ns, self.mtime_ns),
+            ..self
+        }
+    }
+}
+
 pub const KIND_FILE: u8 = 1;
 pub const KIND_DIR: u8 = 2;
 pub const KIND_SYMLINK: u8 = 3;

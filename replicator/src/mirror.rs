@@ -202,7 +202,7 @@ impl MirrorDrain {
             (t, last.seq, last.time_ns, changed)
         };
         let mut new_tree = new_tree;
-        refresh_metadata(&mut new_tree, src);
+        refresh_metadata(&mut new_tree, src, journal::Keeping::of(&reader)?);
         let paths = new_tree.paths();
         let old_tree = old.map(|(t, _)| t).unwrap_or_default();
         self.apply(
@@ -461,7 +461,8 @@ impl MirrorDrain {
                         .ok_or(Error::Retry)?;
                     let f = new.files.get_mut(id).expect("listed");
                     f.content = Some(c);
-                    f.meta = m;
+                    // On exFAT and FAT the journal keeps modes, owners and exact times.
+                    f.meta = m.kept(journal::Keeping::of(reader)?, &f.meta);
                     at.insert(*id, d.clone());
                 }
                 KIND_SYMLINK => {

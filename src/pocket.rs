@@ -267,8 +267,9 @@ impl Pocket {
 
     /// Tells the journal what the drive keeps (as the last probe found): how coarse its times
     /// are (the scan trusts no time closer to a record than that), whether it keeps modes and
-    /// owners (where not, the catalog keeps them), and whether it keeps file numbers (where
-    /// not, the journal knows files by path from now on).
+    /// owners (where not, the catalog keeps them), whether it can spell every name (where not,
+    /// names are stored under look-alikes), and whether it keeps file numbers (where not, the
+    /// journal knows files by path from now on).
     pub fn adapt_journal(&self, j: &journal::Journal) -> journal::Result<()> {
         let Some(d) = self.drive() else {
             return Ok(());
@@ -278,6 +279,9 @@ impl Pocket {
             i64::try_from(d.time_granularity_ns).unwrap_or(i64::MAX),
         );
         j.handle().set_meta("modes_kept", i64::from(d.modes));
+        // Names the drive refuses are stored under look-alikes (journal::spelling).
+        j.handle().set_meta("names_encoded", i64::from(!d.any_name));
+        j.handle().ids().set_names_encoded(!d.any_name);
         if !d.stable_inodes && !j.handle().ids().by_path() {
             tracing::info!(
                 "this drive numbers its files afresh at each mount: the journal knows them by path from now on"

@@ -359,7 +359,8 @@ fn on_exfat_a_same_size_rewrite_within_the_second_is_not_missed() {
     }
 }
 
-/// What exFAT keeps of a tree: path -> kind, size and, for files, mtime and a hash of the bytes.
+/// What exFAT keeps of a tree: path (the pocket's names) -> kind, size and, for files, mtime and
+/// a hash of the bytes.
 fn kept_tree(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![root.to_owned()];
@@ -369,12 +370,16 @@ fn kept_tree(root: &std::path::Path) -> std::collections::BTreeMap<String, Strin
             if e.file_name() == ".backpocket" {
                 continue;
             }
+            // The pocket's names (a drive's look-alikes read back; real names unchanged).
             let rel = e
                 .path()
                 .strip_prefix(root)
                 .unwrap()
-                .to_string_lossy()
-                .into_owned();
+                .as_os_str()
+                .as_encoded_bytes()
+                .to_vec();
+            let rel =
+                String::from_utf8_lossy(&journal::spelling::path_from_drive(&rel)).into_owned();
             let md = fs::symlink_metadata(e.path()).unwrap();
             if md.is_dir() {
                 stack.push(e.path());
@@ -413,12 +418,14 @@ fn catalog_paths(root: &std::path::Path) -> std::collections::BTreeMap<String, (
         .collect()
 }
 
-/// The drive as paths: kind, size, and mtime for files in whole seconds.
+/// The drive as paths (the pocket's names): kind, size, and mtime for files in whole seconds.
 fn drive_paths(root: &std::path::Path) -> std::collections::BTreeMap<String, (u8, u64, i64)> {
     disk_tree(root)
         .into_iter()
         .map(|(p, (kind, _, size, mtime, ..))| {
             let secs = mtime.div_euclid(1_000_000_000);
+            // The pocket's names, from the look-alikes the drive stores.
+            let p = journal::spelling::from_drive(&p).into_owned();
             (String::from_utf8(p).unwrap(), (kind, size, secs))
         })
         .collect()
@@ -466,7 +473,12 @@ fn on_exfat_random_work_with_kills_and_replugs_is_backed_up_exactly() {
             files.sort();
             counter += 1;
             let dir = rng.pick(&dirs).unwrap().clone();
-            let fresh = dir.join(format!("n{counter}.txt"));
+            // Some names exFAT cannot spell: the pocket keeps them under look-alikes.
+            let fresh = if counter % 3 == 0 {
+                dir.join(format!("n{counter}: \"why?\".txt"))
+            } else {
+                dir.join(format!("n{counter}.txt"))
+            };
             let file = rng.pick(&files).cloned();
             let size = rng.size().min(200_000);
             let mode = *rng
@@ -661,4 +673,56 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
     assert_eq!(md("bin").mode() & 0o7777, 0o700);
     assert_eq!(md("bin/run.sh").mode() & 0o7777, 0o755);
     assert_eq!((md("notes.txt").uid(), md("notes.txt").gid()), (1000, 1000));
+}
+
+/// exFAT refuses `" * : < > ? \ |`, control characters and names that are not UTF-8. The pocket
+/// keeps such names: the drive stores look-alikes (Apple's and Samba's mapping), the mount,
+/// the scan and the backups see the real names, and a replug changes nothing.
+#[test]
+fn on_exfat_names_the_drive_cannot_spell_are_kept() {
+    use std::os::unix::ffi::OsStrExt;
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (drive, root, said) = pocket_on(tmp.path(), "exfat", 128);
+    assert!(said.contains("names with"), "{said}");
+    let dest = add_vault(&root, tmp.path());
+    let p = mountable(&root, tmp.path());
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9 (latin-1).txt");
+    let names = |dir: &std::path::Path| -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = disk_tree(dir).into_keys().collect();
+        out.sort();
+        out
+    };
+    let m = p.mount(&[]);
+    fs::write(m.mnt.join("12:30 meeting.txt"), b"agenda").unwrap();
+    fs::write(m.mnt.join("what?"), b"a question").unwrap();
+    fs::create_dir(m.mnt.join("a|b")).unwrap();
+    fs::write(m.mnt.join("a|b/\"quoted\" <x>.txt"), b"inside").unwrap();
+    fs::write(m.mnt.join(odd), b"not UTF-8").unwrap();
+    fs::rename(m.mnt.join("what?"), m.mnt.join("a|b/why*")).unwrap();
+    let want: Vec<Vec<u8>> = vec![
+        b"12:30 meeting.txt".to_vec(),
+        b"a|b".to_vec(),
+        b"a|b/\"quoted\" <x>.txt".to_vec(),
+        b"a|b/why*".to_vec(),
+        b"caf\xe9 (latin-1).txt".to_vec(),
+        b"notes.txt".to_vec(),
+    ];
+    assert_eq!(names(&m.mnt), want, "as the mount shows them");
+    assert_eq!(fs::read(m.mnt.join("a|b/why*")).unwrap(), b"a question");
+    m.unmount();
+    // On the drive: look-alikes, which Windows and macOS can open.
+    assert!(root.join("12\u{F022}30 meeting.txt").exists());
+    assert!(root.join("a\u{F027}b/why\u{F021}").exists());
+
+    drive.replug();
+    let r = scan_report(&root);
+    let [created, removed, renamed, ..] = counts(&r);
+    assert_eq!([created, removed, renamed], [0; 3], "a replug: {r}");
+    let m = p.mount(&[]);
+    assert_eq!(names(&m.mnt), want, "after a replug");
+    m.unmount();
+    let restored = sync_and_restore(&root, &dest, tmp.path());
+    assert_eq!(names(&restored), want, "the backup has the real names");
+    assert_eq!(fs::read(restored.join(odd)).unwrap(), b"not UTF-8");
 }

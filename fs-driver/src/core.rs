@@ -197,6 +197,8 @@ pub struct PocketFs {
     writeback: Writeback,
     /// Modes, owners and exact times, where the drive cannot keep them.
     keeper: Option<crate::keep::Keeper>,
+    /// Names the drive cannot spell are stored under look-alikes (`journal::spelling`).
+    names_encoded: bool,
 }
 
 /// Whether the kernel is writing dirty pages back on its own right now (or about to), read
@@ -282,6 +284,7 @@ pub fn meta_of(st: &Stat) -> Meta {
     }
 }
 
+/// An xattr's name as a C string.
 fn cname(name: &OsStr) -> FsResult<CString> {
     CString::new(name.as_bytes()).map_err(|_| FsError::Os(Errno::INVAL))
 }
@@ -346,6 +349,7 @@ impl PocketFs {
         let budget = (limit as usize / 4 * 3).max(64);
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, root_inode);
+        let names_encoded = journal.as_ref().is_some_and(|j| j.ids().names_encoded());
         Ok(PocketFs {
             root_ino: st.st_ino as u64,
             proc_fd,
@@ -361,6 +365,7 @@ impl PocketFs {
             unsynced: Mutex::new(HashMap::new()),
             writeback: Writeback::default(),
             keeper: None,
+            names_encoded,
         })
     }
 
@@ -382,6 +387,26 @@ impl PocketFs {
             rustix::process::getegid().as_raw(),
         );
         self.keeper = Some(crate::keep::Keeper::new(ids, granularity_ns, files, owner));
+    }
+
+    /// A file's name as the drive stores it (names it cannot spell under look-alikes:
+    /// `journal::spelling`).
+    fn drive_name(&self, name: &OsStr) -> FsResult<CString> {
+        let bytes = if self.names_encoded {
+            journal::spelling::to_drive(name.as_bytes())
+        } else {
+            std::borrow::Cow::Borrowed(name.as_bytes())
+        };
+        CString::new(bytes.into_owned()).map_err(|_| FsError::Os(Errno::INVAL))
+    }
+
+    /// A name the drive stores, as the pocket has it.
+    fn pocket_name<'a>(&self, name: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if self.names_encoded {
+            journal::spelling::from_drive(name)
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        }
     }
 
     /// A stat of a backing file as the pocket shows it (with what the mount keeps).
@@ -480,7 +505,11 @@ impl PocketFs {
                     // Where the journal knows files by path, it learns which file this
                     // number is (the catalog's file at this name).
                     if let Some(j) = &self.journal {
-                        j.bind(st.st_ino as u64, parent.ino, name.to_bytes());
+                        j.bind(
+                            st.st_ino as u64,
+                            parent.ino,
+                            &self.pocket_name(name.to_bytes()),
+                        );
                     }
                     e.insert(Arc::new(Inode {
                         nodeid,
@@ -642,7 +671,7 @@ impl PocketFs {
         let parent = self.inode(parent)?;
         let parent_fd = self.path_fd(&parent)?;
         self.check_name(&parent, name)?;
-        let c = cname(name)?;
+        let c = self.drive_name(name)?;
         let st = rustix::fs::statat(&*parent_fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
         self.remember(&st, None, &parent, &c)
     }
@@ -923,7 +952,7 @@ impl PocketFs {
         make_change: impl FnOnce(u64, Meta) -> Change,
     ) -> FsResult<Entry> {
         let parent_fd = self.path_fd(parent)?;
-        let c = cname(name)?;
+        let c = self.drive_name(name)?;
         let fd = rustix::fs::openat(
             &*parent_fd,
             &c,
@@ -954,7 +983,7 @@ impl PocketFs {
         let p = self.inode(parent)?;
         let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
-        let c = cname(name)?;
+        let c = self.drive_name(name)?;
         let ftype = FileType::from_raw_mode(mode as _);
         let perm = Mode::from_raw_mode((mode & !umask & 0o7777) as _);
         rustix::fs::mknodat(&*p_fd, &c, ftype, perm, rdev as _)?;
@@ -981,7 +1010,7 @@ impl PocketFs {
         let p = self.inode(parent)?;
         let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
-        let c = cname(name)?;
+        let c = self.drive_name(name)?;
         rustix::fs::mkdirat(
             &*p_fd,
             &c,
@@ -1009,7 +1038,7 @@ impl PocketFs {
         let p = self.inode(parent)?;
         let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
-        let c = cname(name)?;
+        let c = self.drive_name(name)?;
         rustix::fs::symlinkat(target.as_os_str().as_bytes(), &*p_fd, &c)?;
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
@@ -1037,7 +1066,7 @@ impl PocketFs {
         let p = self.inode(parent)?;
         let p_fd = self.path_fd(&p)?;
         self.check_name(&p, name)?;
-        let c = cname(name)?;
+        let c = self.drive_name(name)?;
         let st = rustix::fs::statat(&*p_fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
         let flags = if dir {
             AtFlags::REMOVEDIR
@@ -1075,8 +1104,8 @@ impl PocketFs {
         let np_fd = self.path_fd(&np)?;
         self.check_name(&p, name)?;
         self.check_new_name(&np, new_name)?;
-        let c = cname(name)?;
-        let nc = cname(new_name)?;
+        let c = self.drive_name(name)?;
+        let nc = self.drive_name(new_name)?;
         let st = rustix::fs::statat(&*p_fd, &c, AtFlags::SYMLINK_NOFOLLOW)?;
         let target = rustix::fs::statat(&*np_fd, &nc, AtFlags::SYMLINK_NOFOLLOW).ok();
         let rflags = RenameFlags::from_bits(flags).ok_or(FsError::Os(Errno::INVAL))?;
@@ -1104,7 +1133,7 @@ impl PocketFs {
         });
         if let Ok(inode) = self.inode(self.nodeid_of(file)) {
             inode.write.lock().new_name_in(&np);
-            *inode.name.lock() = (np.nodeid, new_name.as_bytes().to_vec());
+            *inode.name.lock() = (np.nodeid, nc.to_bytes().to_vec());
         }
         // A rename gives the moved file a new ctime; a replaced file that lives on under
         // other names loses a link.
@@ -1113,7 +1142,7 @@ impl PocketFs {
             let other = t.st_ino as u64;
             if rflags.contains(RenameFlags::EXCHANGE) {
                 if let Ok(o) = self.inode(self.nodeid_of(other)) {
-                    *o.name.lock() = (p.nodeid, name.as_bytes().to_vec());
+                    *o.name.lock() = (p.nodeid, c.to_bytes().to_vec());
                 }
                 self.record_attrs_of(other);
             } else if t.st_nlink > 1
@@ -1131,7 +1160,7 @@ impl PocketFs {
         let np = self.inode(new_parent)?;
         let np_fd = self.path_fd(&np)?;
         self.check_new_name(&np, new_name)?;
-        let nc = cname(new_name)?;
+        let nc = self.drive_name(new_name)?;
         // linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for anyone.
         let mut path = b"/proc/self/fd/".to_vec();
         path.extend_from_slice(proc_name(&inode_fd).as_bytes());
@@ -1328,7 +1357,7 @@ impl PocketFs {
         let p = self.inode(parent)?;
         let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
-        let c = cname(name)?;
+        let c = self.drive_name(name)?;
         let (oflags, writable) = Self::open_flags(flags);
         let perm = mode & !umask & 0o7777;
         let fd = rustix::fs::openat(
@@ -1512,7 +1541,7 @@ impl PocketFs {
             out.push(DirEntry {
                 ino,
                 kind: entry.file_type(),
-                name: name.to_vec(),
+                name: self.pocket_name(name).into_owned(),
             });
         }
         Ok(out)

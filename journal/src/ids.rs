@@ -29,6 +29,8 @@ pub struct DriveIds {
 #[derive(Debug, Default)]
 struct Shared {
     by_path: AtomicBool,
+    /// The drive cannot spell every name: see [`crate::spelling`].
+    names_encoded: AtomicBool,
     map: RwLock<HashMap<u64, FileId>>,
 }
 
@@ -37,8 +39,29 @@ impl DriveIds {
     /// of this journal runs in it: by path, every number is taken on its path's word.
     pub fn of_journal(path: &std::path::Path) -> crate::Result<DriveIds> {
         let ids = DriveIds::default();
-        ids.set_by_path(crate::Reader::open(path)?.identity_by_path()?);
+        let reader = crate::Reader::open(path)?;
+        ids.set_by_path(reader.identity_by_path()?);
+        ids.set_names_encoded(reader.names_encoded()?);
         Ok(ids)
+    }
+
+    /// Whether names the drive cannot spell are stored under look-alikes
+    /// ([`crate::spelling`]).
+    pub fn names_encoded(&self) -> bool {
+        self.inner.names_encoded.load(Ordering::Acquire)
+    }
+
+    pub fn set_names_encoded(&self, on: bool) {
+        self.inner.names_encoded.store(on, Ordering::Release);
+    }
+
+    /// A path of the pocket ('/'-separated) as the drive has it.
+    pub fn path_to_drive<'a>(&self, path: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if self.names_encoded() {
+            crate::spelling::path_to_drive(path)
+        } else {
+            std::borrow::Cow::Borrowed(path)
+        }
     }
 
     /// Whether the journal's ids are its own (matched by path), not the drive's numbers.

@@ -12,6 +12,7 @@ mod ids;
 mod record;
 #[cfg(unix)]
 mod scan;
+pub mod spelling;
 mod status;
 mod writer;
 pub mod wtf8;

@@ -84,6 +84,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     let reader = Reader::open(journal_path)?;
     let cat_root = reader.root()?;
     let by_path = reader.identity_by_path()?;
+    let names_encoded = reader.names_encoded()?;
     let racy = RACY_WINDOW_NS.max(reader.time_granularity_ns()?);
     let mut report = ScanReport::default();
 
@@ -93,6 +94,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
         let walked = walk(
             root,
             if by_path { DRIVE_ROOT } else { cat_root },
+            names_encoded,
             &mut report,
         );
         let catalog = loader.join().unwrap_or_else(|_| {
@@ -293,7 +295,14 @@ struct Walked {
     root_number: u64,
 }
 
-fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<Walked> {
+/// `names_encoded`: the drive stores names it cannot spell under look-alikes
+/// ([`crate::spelling`]); the walk gives the pocket's names.
+fn walk(
+    root: &Path,
+    cat_root: FileId,
+    names_encoded: bool,
+    report: &mut ScanReport,
+) -> Result<Walked> {
     let root_meta = std::fs::symlink_metadata(root)
         .map_err(|e| Error::io(format!("cannot read the pocket {}", root.display()), e))?;
     let disk_root = root_meta.ino();
@@ -320,17 +329,22 @@ fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<Walked
                     continue;
                 }
             };
-            let name = entry.file_name();
-            if depth == 0 && name == OsStr::new(POCKET_DIR) {
+            let drive_name = entry.file_name();
+            if depth == 0 && drive_name == OsStr::new(POCKET_DIR) {
                 continue;
             }
+            let name = if names_encoded {
+                crate::spelling::from_drive(drive_name.as_bytes())
+            } else {
+                std::borrow::Cow::Borrowed(drive_name.as_bytes())
+            };
             let md = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) => {
                     report
                         .unreadable
                         .push(format!("{}: {e}", entry.path().display()));
-                    unsure.insert((dir_id, name.as_bytes().to_vec()));
+                    unsure.insert((dir_id, name.to_vec()));
                     continue;
                 }
             };
@@ -342,7 +356,7 @@ fn walk(root: &Path, cat_root: FileId, report: &mut ScanReport) -> Result<Walked
             if ino == disk_root {
                 ino = cat_root;
             }
-            disk_names.insert((dir_id, name.as_bytes().to_vec()), ino);
+            disk_names.insert((dir_id, name.to_vec()), ino);
             let path = entry.path();
             if meta.kind == Kind::Dir {
                 stack.push((path.clone(), ino, depth + 1));

@@ -147,6 +147,12 @@ impl Reader {
         Ok(db::meta_get(&self.conn, "modes_kept")? != Some(0))
     }
 
+    /// Whether names the drive cannot spell are stored under look-alikes
+    /// ([`crate::spelling`]).
+    pub fn names_encoded(&self) -> Result<bool> {
+        Ok(db::meta_get(&self.conn, "names_encoded")? == Some(1))
+    }
+
     /// How coarsely the drive keeps times, as its probe found (0 when unknown or fine).
     pub fn time_granularity_ns(&self) -> Result<i64> {
         Ok(db::meta_get(&self.conn, "time_granularity_ns")?.unwrap_or(0))

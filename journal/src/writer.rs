@@ -141,6 +141,7 @@ impl Journal {
         let tip = db::read_tip(&conn)?;
         let ids = DriveIds::default();
         ids.set_by_path(db::meta_get(&conn, "ids")? == Some(1));
+        ids.set_names_encoded(db::meta_get(&conn, "names_encoded")? == Some(1));
         let next_id = db::meta_get(&conn, "next_id")?.unwrap_or(0) as FileId;
         let reserve = path.with_file_name(RESERVE_NAME);
         ensure_reserve(&reserve);

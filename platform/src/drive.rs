@@ -31,6 +31,14 @@ pub struct DriveTraits {
     /// less a byte).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_file_size: Option<u64>,
+    /// Any name Linux allows can be made (exFAT and FAT refuse `" * : < > ? \ |`, control
+    /// characters and names that are not UTF-8).
+    #[serde(default = "yes")]
+    pub any_name: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl DriveTraits {
@@ -70,15 +78,18 @@ impl DriveTraits {
     /// What the drive itself cannot keep but the pocket's journal keeps for it (a drive
     /// without modes: exFAT, FAT), in words for a user.
     pub fn kept_by_the_journal(&self) -> Vec<String> {
-        if self.modes {
-            return Vec::new();
+        let mut out = Vec::new();
+        if !self.modes {
+            out.push("file modes and owners".to_owned());
+            if self.time_granularity_ns > 1_000 {
+                out.push(format!(
+                    "exact times (the drive keeps them to {})",
+                    granularity_words(self.time_granularity_ns)
+                ));
+            }
         }
-        let mut out = vec!["file modes and owners".to_owned()];
-        if self.time_granularity_ns > 1_000 {
-            out.push(format!(
-                "exact times (the drive keeps them to {})",
-                granularity_words(self.time_granularity_ns)
-            ));
+        if !self.any_name {
+            out.push("names with \" * : < > ? \\ | or control characters".to_owned());
         }
         out
     }
@@ -113,6 +124,7 @@ fn probe_in(dir: &Path) -> io::Result<DriveTraits> {
             .file_type()
             .is_symlink();
     let hard_links = std::fs::hard_link(&file, dir.join("hard")).is_ok();
+    let any_name = std::fs::write(dir.join("12:30 \"a|b\"?"), b"").is_ok();
     let xattrs = rustix::fs::setxattr(
         &file,
         "user.backpocket-probe",
@@ -153,6 +165,7 @@ fn probe_in(dir: &Path) -> io::Result<DriveTraits> {
         time_granularity_ns,
         preallocate,
         max_file_size,
+        any_name,
     })
 }
 
@@ -310,6 +323,7 @@ mod tests {
             time_granularity_ns: 2_000_000_000,
             preallocate: false,
             max_file_size: Some((4u64 << 30) - 1),
+            any_name: false,
         };
         let l = fat.limits().join(", ");
         assert!(l.contains("symbolic links"), "{l}");

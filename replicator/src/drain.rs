@@ -88,8 +88,10 @@ pub struct Source<'a> {
 }
 
 impl Source<'_> {
+    /// Where a path of the pocket is on the drive (names the drive cannot spell are stored
+    /// under look-alikes there).
     pub(crate) fn abs(&self, rel: &[u8]) -> PathBuf {
-        crate::os::join(self.pocket, rel)
+        crate::os::join(self.pocket, &self.ids.path_to_drive(rel))
     }
 
     pub(crate) fn check_cancel(&self) -> Result<()> {
@@ -972,10 +974,7 @@ pub(crate) fn refresh_metadata(
     keeping: Option<journal::Keeping>,
 ) {
     let root = tree.root;
-    if let (Some(meta), Some(r)) = (
-        lstat_meta(src, src.pocket, None),
-        tree.files.get_mut(&root),
-    ) {
+    if let (Some(meta), Some(r)) = (lstat_meta(src, src.pocket, None), tree.files.get_mut(&root)) {
         r.meta = meta.kept(keeping, &r.meta);
     }
     for (rel, id) in tree.paths() {

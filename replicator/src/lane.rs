@@ -211,7 +211,7 @@ fn work(
                 return Ok(Outcome::Gone);
             };
             drop(reader);
-            let path = crate::os::join(pocket, &rel);
+            let path = crate::os::join(pocket, &ids.path_to_drive(&rel));
             read_one(&path, job.file, ids, &chunker, &mut packer, cancel)
                 .and_then(|o| packer.finish().map(|()| o))
         })();

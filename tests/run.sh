@@ -29,10 +29,11 @@ stage "build the tests" "${build[@]}" --no-run
 # Every test program, the endurance harness's short profile among them: rounds of random work
 # through a real mount with every kind of fault injected at least once, each round restored
 # and compared (its seed is fixed here so that CI is repeatable: run it with --minutes N for
-# new schedules). The end-to-end tests mount many filesystems at once; two test threads keep
-# the machine's two cores busy without starving the FUSE daemons.
+# new schedules; so is the seed of the random work on an exFAT pocket in tests/drives.rs).
+# The end-to-end tests mount many filesystems at once; two test threads keep the machine's
+# two cores busy without starving the FUSE daemons.
 all_tests() {
-    BACKPOCKET_ENDURANCE_SEED=1 "${build[@]}" --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
+    BACKPOCKET_ENDURANCE_SEED=1 BACKPOCKET_EXFAT_SEED=1 "${build[@]}" --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 }
 stage "unit, end-to-end and endurance tests" all_tests
 cargo_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')

@@ -414,7 +414,8 @@ pub struct MountArgs {
     /// needs `user_allow_other` in /etc/fuse.conf).
     #[arg(long)]
     allow_other: bool,
-    /// Let the kernel check permissions against file modes.
+    /// Let the kernel check permissions against file modes (always so on a drive that keeps
+    /// no modes, such as exFAT: the modes the journal keeps are then checked by the kernel).
     #[arg(long)]
     default_permissions: bool,
     /// Serve reads and writes through the daemon even where kernel passthrough is offered.

@@ -174,9 +174,8 @@ fn serve(
         .map_err(|e| anyhow::anyhow!("cannot open the pocket {}: {e}", pocket.root.display()))?;
     // A drive without modes and owners (exFAT, FAT): the mount keeps them, from the catalog
     // on, and the kernel checks permissions against them (the drive lets anyone do anything).
-    let keeps = pocket.drive().is_some_and(|d| !d.modes);
-    if keeps {
-        let d = pocket.drive().expect("checked above");
+    let keeps = pocket.drive().filter(|d| !d.modes);
+    if let Some(d) = &keeps {
         let files = journal::Reader::open(&pocket.journal_path())
             .and_then(|r| r.all_files())
             .context("cannot read the modes and owners the journal keeps for this drive")?;
@@ -189,7 +188,7 @@ fn serve(
     let cfg = fs_driver::fuse::MountConfig {
         fsname: pocket.root.to_string_lossy().into_owned(),
         allow_other: args.allow_other,
-        default_permissions: args.default_permissions || keeps,
+        default_permissions: args.default_permissions || keeps.is_some(),
         opts: fs_driver::fuse::MountOptions {
             ttl: Duration::from_secs_f64(args.ttl.max(0.0)),
             passthrough: !args.no_passthrough,

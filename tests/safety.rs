@@ -278,7 +278,19 @@ fn a_pulled_drive_gives_eio_and_unmount_works() {
 #[test]
 fn a_full_drive_gives_enospc_and_keeps_records() {
     require_root!();
-    let d = PocketOnDrive::new("ext4", 48);
+    full_drive("ext4");
+}
+
+/// The same on exFAT, whose journal reserve is written rather than preallocated (no
+/// fallocate there) and whose files are known by path.
+#[test]
+fn a_full_exfat_drive_gives_enospc_and_keeps_records() {
+    require_root!();
+    full_drive("exfat");
+}
+
+fn full_drive(fs_type: &str) {
+    let d = PocketOnDrive::new(fs_type, 48);
     let m = Mounted::start(&d.root, &d.mnt, &[]);
     let mnt = &d.mnt;
     let mut f = fs::File::create(mnt.join("filler")).unwrap();

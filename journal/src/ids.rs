@@ -18,9 +18,10 @@ use tracing::warn;
 
 use crate::record::{Change, FileId, Meta};
 
-/// The map from the drive's numbers to the journal's file ids, shared by the journal's writer
-/// (which keeps it) and the readers of the drive (the replicator checks that the file it opened
-/// by path is the one it means). Cheap to clone.
+/// Where the journal's view of files meets the drive's: the map from the drive's numbers to the
+/// journal's file ids, and whether names are stored under look-alikes ([`crate::spelling`]).
+/// Shared by the journal's writer (which keeps it) and the readers of the drive (the replicator
+/// finds a file by its path there and checks that it is the one it means). Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct DriveIds {
     inner: Arc<Shared>,

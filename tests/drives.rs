@@ -591,6 +591,7 @@ fn modes_and_times(root: &std::path::Path) -> std::collections::BTreeMap<String,
 /// the pocket: files adopted at `init` get 0644 (folders 0755), a chmod, a chown and a time set
 /// to the nanosecond show through the mount, last across an unmount and a replug (the scan
 /// then records nothing), and the backup restores them onto a drive that can hold them.
+/// Symlinks and fifos, which exFAT cannot hold, are refused with EPERM.
 #[test]
 fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -642,6 +643,17 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
         ("bin/run.sh".to_string(), 0o755, 0, 0),
     ];
     assert_eq!(shown(&m.mnt), want, "as the mount shows them");
+    // What exFAT cannot hold is refused as Linux's vfat refuses it, not as a failing drive.
+    let err = std::os::unix::fs::symlink("notes.txt", m.mnt.join("link")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "symlink: {err}");
+    let fifo =
+        std::ffi::CString::new(m.mnt.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
     m.unmount();
     assert_eq!(
         fs::metadata(root.join("secret.txt")).unwrap().mode() & 0o777,

@@ -985,6 +985,11 @@ impl PocketFs {
         self.check_new_name(&p, name)?;
         let c = self.drive_name(name)?;
         let ftype = FileType::from_raw_mode(mode as _);
+        if self.keeper.is_some() && ftype != FileType::RegularFile {
+            // exFAT and FAT hold no fifos, sockets or devices (exFAT's FUSE driver answers
+            // EIO, which reads as a failing drive): refused as Linux's vfat refuses them.
+            return Err(FsError::Os(Errno::PERM));
+        }
         let perm = Mode::from_raw_mode((mode & !umask & 0o7777) as _);
         rustix::fs::mknodat(&*p_fd, &c, ftype, perm, rdev as _)?;
         let pid = p.ino;
@@ -1039,7 +1044,14 @@ impl PocketFs {
         let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
         let c = self.drive_name(name)?;
-        rustix::fs::symlinkat(target.as_os_str().as_bytes(), &*p_fd, &c)?;
+        rustix::fs::symlinkat(target.as_os_str().as_bytes(), &*p_fd, &c).map_err(|e| {
+            match e {
+                // A drive without symlinks (exFAT through FUSE says ENOSYS): refused as Linux's
+                // vfat refuses them.
+                Errno::NOSYS if self.keeper.is_some() => FsError::Os(Errno::PERM),
+                e => FsError::Os(e),
+            }
+        })?;
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
         let target_b = target.as_os_str().as_bytes().to_vec();

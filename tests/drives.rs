@@ -45,7 +45,7 @@ fn a_pocket_on_exfat_says_what_the_drive_cannot_keep_and_keeps_its_reserve() {
     let tmp = tempfile::tempdir().unwrap();
     let (_drive, root, said) = pocket_on(tmp.path(), "exfat", 128);
     assert!(
-        said.contains("this drive (exfat") && said.contains("symbolic links"),
+        said.contains("this drive (exfat") && said.contains("hard links"),
         "init must say what the drive cannot keep: {said}"
     );
     assert!(
@@ -70,7 +70,7 @@ fn a_pocket_on_exfat_says_what_the_drive_cannot_keep_and_keeps_its_reserve() {
         "{d}"
     );
     let limits = d["limits"].to_string();
-    assert!(limits.contains("symbolic links"), "{limits}");
+    assert!(limits.contains("hard links"), "{limits}");
     // The reserve, without fallocate: its blocks written.
     let reserve = root.join(".backpocket/journal.reserve");
     assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20);
@@ -591,7 +591,8 @@ fn modes_and_times(root: &std::path::Path) -> std::collections::BTreeMap<String,
 /// the pocket: files adopted at `init` get 0644 (folders 0755), a chmod, a chown and a time set
 /// to the nanosecond show through the mount, last across an unmount and a replug (the scan
 /// then records nothing), and the backup restores them onto a drive that can hold them.
-/// Symlinks and fifos, which exFAT cannot hold, are refused with EPERM.
+/// Symbolic links, which exFAT cannot hold, are held as small files of their targets and shown
+/// as links; fifos are refused with EPERM.
 #[test]
 fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -643,9 +644,20 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
         ("bin/run.sh".to_string(), 0o755, 0, 0),
     ];
     assert_eq!(shown(&m.mnt), want, "as the mount shows them");
-    // What exFAT cannot hold is refused as Linux's vfat refuses it, not as a failing drive.
-    let err = std::os::unix::fs::symlink("notes.txt", m.mnt.join("link")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "symlink: {err}");
+    // A symbolic link: the drive holds a file of its target, the mount shows a link.
+    std::os::unix::fs::symlink("notes.txt", m.mnt.join("link")).unwrap();
+    std::os::unix::fs::symlink("../notes.txt", m.mnt.join("bin/up")).unwrap();
+    assert!(fs::symlink_metadata(m.mnt.join("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        fs::read_link(m.mnt.join("link")).unwrap(),
+        std::path::Path::new("notes.txt")
+    );
+    assert_eq!(fs::read(m.mnt.join("bin/up")).unwrap(), b"carried around");
+    // A fifo, which exFAT cannot hold, is refused as Linux's vfat refuses it (not with EIO,
+    // which reads as a failing drive).
     let fifo =
         std::ffi::CString::new(m.mnt.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: a valid C string.
@@ -676,6 +688,21 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
     assert_eq!(counts(&r), [0; 6], "a second replug: {r}");
     let m = p.mount(&[]);
     assert_eq!(shown(&m.mnt), want, "after an unmount and a replug");
+    assert_eq!(
+        fs::read_link(m.mnt.join("link")).unwrap(),
+        std::path::Path::new("notes.txt")
+    );
+    let names: Vec<_> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_symlink())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("link")],
+        "readdir says link"
+    );
     m.unmount();
 
     let restored = sync_and_restore(&root, &dest, tmp.path());
@@ -685,6 +712,11 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
     assert_eq!(md("bin").mode() & 0o7777, 0o700);
     assert_eq!(md("bin/run.sh").mode() & 0o7777, 0o755);
     assert_eq!((md("notes.txt").uid(), md("notes.txt").gid()), (1000, 1000));
+    assert_eq!(
+        fs::read_link(restored.join("bin/up")).unwrap(),
+        std::path::Path::new("../notes.txt")
+    );
+    assert!(md("link").file_type().is_symlink());
 }
 
 /// exFAT refuses `" * : < > ? \ |`, control characters and names that are not UTF-8. The pocket

@@ -872,6 +872,17 @@ impl PocketFs {
 
     pub fn readlink(&self, nodeid: u64) -> FsResult<Vec<u8>> {
         let inode = self.inode(nodeid)?;
+        if self
+            .keeper
+            .as_ref()
+            .is_some_and(|k| k.is_symlink(inode.ino))
+        {
+            // A link the drive holds as a file of its target.
+            let fd = self.reopen(&inode, OFlags::RDONLY)?;
+            let mut target = Vec::new();
+            std::io::Read::read_to_end(&mut File::from(fd), &mut target)?;
+            return Ok(target);
+        }
         let inode_fd = self.path_fd(&inode)?;
         let target = rustix::fs::readlinkat(&*inode_fd, c"", Vec::new())?;
         Ok(target.into_bytes())
@@ -1044,14 +1055,31 @@ impl PocketFs {
         let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
         let c = self.drive_name(name)?;
-        rustix::fs::symlinkat(target.as_os_str().as_bytes(), &*p_fd, &c).map_err(|e| {
-            match e {
-                // A drive without symlinks (exFAT through FUSE says ENOSYS): refused as Linux's
-                // vfat refuses them.
-                Errno::NOSYS if self.keeper.is_some() => FsError::Os(Errno::PERM),
-                e => FsError::Os(e),
+        match (
+            rustix::fs::symlinkat(target.as_os_str().as_bytes(), &*p_fd, &c),
+            &self.keeper,
+        ) {
+            (Ok(()), _) => {}
+            // A drive without symlinks (exFAT through FUSE says ENOSYS): the link is held as a
+            // small file of its target, and the mount keeps that it is a link (as Git does
+            // where a checkout cannot make links).
+            (Err(Errno::NOSYS | Errno::PERM), Some(keeper)) => {
+                let fd = rustix::fs::openat(
+                    &*p_fd,
+                    &c,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o644),
+                )?;
+                let mut f = File::from(fd);
+                std::io::Write::write_all(&mut f, target.as_os_str().as_bytes())?;
+                let st = rustix::fs::fstat(&f)?;
+                keeper.change(&st, |k| {
+                    k.symlink = true;
+                    k.perm = 0o777;
+                });
             }
-        })?;
+            (Err(e), _) => return Err(e.into()),
+        }
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
         let target_b = target.as_os_str().as_bytes().to_vec();
@@ -1550,9 +1578,13 @@ impl PocketFs {
             } else {
                 self.nodeid_of(entry.ino())
             };
+            let kind = match &self.keeper {
+                Some(k) if k.is_symlink(entry.ino()) => FileType::Symlink,
+                _ => entry.file_type(),
+            };
             out.push(DirEntry {
                 ino,
-                kind: entry.file_type(),
+                kind,
                 name: self.pocket_name(name).into_owned(),
             });
         }

@@ -23,6 +23,9 @@ pub(crate) struct Kept {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
+    /// A symbolic link the drive holds as a small file of its target (the drive has no
+    /// symlinks).
+    pub symlink: bool,
 }
 
 /// The metadata the drive cannot keep, for every file of the pocket.
@@ -57,6 +60,7 @@ impl Keeper {
                         uid: m.uid,
                         gid: m.gid,
                         mtime_ns: m.mtime_ns,
+                        symlink: m.kind == Kind::Symlink,
                     },
                 )
             })
@@ -89,7 +93,13 @@ impl Keeper {
             uid: self.owner.0,
             gid: self.owner.1,
             mtime_ns: crate::core::mtime_ns(st),
+            symlink: false,
         }
+    }
+
+    /// Whether the file the drive numbers `number` is a symbolic link held as a file.
+    pub fn is_symlink(&self, number: u64) -> bool {
+        self.get(number).is_some_and(|k| k.symlink)
     }
 
     /// The stat as the pocket has it.
@@ -97,7 +107,12 @@ impl Keeper {
         let k = self
             .get(st.st_ino as u64)
             .unwrap_or_else(|| self.default_for(st));
-        st.st_mode = (st.st_mode & libc::S_IFMT as libc::mode_t) | k.perm as libc::mode_t;
+        let kind = if k.symlink && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            libc::S_IFLNK
+        } else {
+            st.st_mode & libc::S_IFMT
+        };
+        st.st_mode = kind as libc::mode_t | k.perm as libc::mode_t;
         st.st_uid = k.uid;
         st.st_gid = k.gid;
         let mtime = self.keeping.mtime(k.mtime_ns, crate::core::mtime_ns(st));
@@ -114,6 +129,8 @@ impl Keeper {
             uid: shown.st_uid,
             gid: shown.st_gid,
             mtime_ns: crate::core::mtime_ns(&shown),
+            symlink: shown.st_mode & libc::S_IFMT == libc::S_IFLNK
+                && st.st_mode & libc::S_IFMT == libc::S_IFREG,
         };
         f(&mut k);
         self.by_number.write().insert(st.st_ino as u64, k);

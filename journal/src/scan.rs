@@ -108,7 +108,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     let mut walked = walked?;
     let (cat_names, cat_files) = catalog?;
     if by_path {
-        walked = identify(walked, &cat_names, &cat_files, cat_root, journal)?;
+        walked = identify(walked, (&cat_names, &cat_files, cat_root), &reader, journal)?;
     }
     let kept = keep_unseen(&mut walked, &cat_names, &cat_files);
     let Walked {
@@ -391,11 +391,14 @@ const DRIVE_ROOT: u64 = u64::MAX;
 /// takes the map for the session; the walk comes back in the journal's ids.
 fn identify(
     walked: Walked,
-    cat_names: &CatNames,
-    cat_files: &CatFiles,
-    cat_root: FileId,
+    (cat_names, cat_files, cat_root): (&CatNames, &CatFiles, FileId),
+    reader: &Reader,
     journal: &JournalHandle,
 ) -> Result<Walked> {
+    // Where the journal keeps what the drive cannot, a symbolic link made in the mount is a
+    // small file of its target on the drive: still the link while it holds that target.
+    let stand_ins_kept = crate::Keeping::of(reader)?.is_some();
+    let mut stand_ins: HashSet<u64> = HashSet::new();
     let mut children: HashMap<u64, Vec<(&Vec<u8>, u64)>> = HashMap::new();
     for ((parent, name), number) in &walked.names {
         children.entry(*parent).or_default().push((name, *number));
@@ -416,8 +419,17 @@ fn identify(
             let Some(&file) = cat_names.get(&(dir_id, (*name).clone())) else {
                 continue;
             };
-            let kind = walked.files[number].meta.kind;
-            if used.contains(&file) || cat_files.get(&file).map(|(m, _)| m.kind) != Some(kind) {
+            let disk = &walked.files[number];
+            let mut kind = disk.meta.kind;
+            let cat_kind = cat_files.get(&file).map(|(m, _)| m.kind);
+            if stand_ins_kept && cat_kind == Some(Kind::Symlink) && kind == Kind::File {
+                let held = std::fs::read(&disk.path).ok();
+                if held.is_some() && held == reader.symlink_target(file)? {
+                    stand_ins.insert(*number);
+                    kind = Kind::Symlink;
+                }
+            }
+            if used.contains(&file) || cat_kind != Some(kind) {
                 continue;
             }
             assign.insert(*number, file);
@@ -475,7 +487,16 @@ fn identify(
             .into_iter()
             .map(|((p, name), n)| ((id(&p), name), id(&n)))
             .collect(),
-        files: walked.files.into_iter().map(|(n, d)| (id(&n), d)).collect(),
+        files: walked
+            .files
+            .into_iter()
+            .map(|(n, mut d)| {
+                if stand_ins.contains(&n) {
+                    d.meta.kind = Kind::Symlink;
+                }
+                (id(&n), d)
+            })
+            .collect(),
         incomplete: walked.incomplete.iter().map(id).collect(),
         unsure: walked
             .unsure
@@ -559,7 +580,11 @@ fn settle(disk_files: &mut HashMap<FileId, DiskFile>, racy: i64) {
         if d.meta.ctime_ns >= looked - racy {
             if let Ok(md) = std::fs::symlink_metadata(&d.path) {
                 if md.ino() == d.number {
-                    if let Some(meta) = Meta::from_std(&md) {
+                    if let Some(mut meta) = Meta::from_std(&md) {
+                        // A link held as a file of its target (identify) stays a link.
+                        if d.meta.kind == Kind::Symlink && meta.kind == Kind::File {
+                            meta.kind = Kind::Symlink;
+                        }
                         d.meta = meta;
                     }
                 }

@@ -141,6 +141,16 @@ impl Reader {
         Ok(db::meta_get(&self.conn, "ids")? == Some(1))
     }
 
+    /// A symbolic link's target, as the catalog has it.
+    pub fn symlink_target(&self, file: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT target FROM files WHERE id=?1")?
+            .query_row([file as i64], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()?
+            .flatten())
+    }
+
     /// Whether the drive keeps modes and owners (as its probe found; assumed so when unknown).
     /// Where it does not, the catalog keeps them and the scan takes the catalog's word.
     pub fn keeps_modes(&self) -> Result<bool> {

@@ -49,7 +49,8 @@ impl DriveTraits {
     pub fn limits(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (kept, what) in [
-            (self.symlinks, "symbolic links"),
+            // Where the journal keeps modes it keeps links too (as files of their targets).
+            (self.symlinks || !self.modes, "symbolic links"),
             (self.hard_links, "hard links"),
             (self.xattrs, "extended attributes and ACLs"),
             (!self.case_insensitive, "names that differ only in case"),
@@ -87,6 +88,9 @@ impl DriveTraits {
                     granularity_words(self.time_granularity_ns)
                 ));
             }
+        }
+        if !self.symlinks && !self.modes {
+            out.push("symbolic links (as small files of their targets)".to_owned());
         }
         if !self.any_name {
             out.push("names with \" * : < > ? \\ | or control characters".to_owned());
@@ -326,9 +330,12 @@ mod tests {
             any_name: false,
         };
         let l = fat.limits().join(", ");
-        assert!(l.contains("symbolic links"), "{l}");
-        // Modes, owners and times: the journal keeps them.
-        assert!(!l.contains("modes") && !l.contains("times"), "{l}");
+        assert!(l.contains("hard links"), "{l}");
+        // Modes, owners, times and links: the journal keeps them.
+        assert!(
+            !l.contains("modes") && !l.contains("times") && !l.contains("symbolic"),
+            "{l}"
+        );
         let k = fat.kept_by_the_journal().join(", ");
         assert!(
             k.contains("file modes and owners")

@@ -219,10 +219,13 @@ pub struct VMeta {
 
 impl VMeta {
     /// On a drive that cannot keep modes, owners or exact times: this metadata, read from the
-    /// drive, with what the journal keeps of them (`kept`).
+    /// drive, with what the journal keeps of them (`kept`). A symbolic link there is a file of
+    /// its target on the drive: it stays a link.
     pub fn kept(self, keeping: Option<journal::Keeping>, kept: &VMeta) -> VMeta {
         let Some(k) = keeping else { return self };
+        let link = kept.kind == KIND_SYMLINK && self.kind == KIND_FILE;
         VMeta {
+            kind: if link { KIND_SYMLINK } else { self.kind },
             perm: kept.perm,
             uid: kept.uid,
             gid: kept.gid,

@@ -202,12 +202,13 @@ impl<'a> Pending<'a> {
         f
     }
 
-    /// A change from the filesystem, in the drive's numbers, in the journal's ids.
-    pub fn translate(&mut self, change: &Change) -> Change {
+    /// A change from the filesystem, in the drive's numbers, in the journal's ids (the same
+    /// change where the ids are the numbers).
+    pub fn translate<'c>(&mut self, change: &'c Change) -> std::borrow::Cow<'c, Change> {
         if !self.by_path {
-            return change.clone();
+            return std::borrow::Cow::Borrowed(change);
         }
-        match change.clone() {
+        std::borrow::Cow::Owned(match change.clone() {
             Change::Create {
                 parent,
                 name,
@@ -290,7 +291,7 @@ impl<'a> Pending<'a> {
                 file: self.known(file),
                 meta,
             },
-        }
+        })
     }
 
     /// The id of a file the filesystem names by its drive number, for a mark.
@@ -348,12 +349,14 @@ mod tests {
         assert!(ids.may_be(40, 50) && !ids.may_be(40, 51) && ids.may_be(41, 51));
 
         let mut p = Pending::new(&ids, 100);
-        let c = p.translate(&Change::Create {
-            parent: 7,
-            name: b"a".to_vec(),
-            file: 40,
-            meta: meta(),
-        });
+        let c = p
+            .translate(&Change::Create {
+                parent: 7,
+                name: b"a".to_vec(),
+                file: 40,
+                meta: meta(),
+            })
+            .into_owned();
         assert_eq!(
             c,
             Change::Create {
@@ -363,10 +366,11 @@ mod tests {
                 meta: meta()
             }
         );
-        let c = p.translate(&Change::Content {
+        let content = Change::Content {
             file: 40,
             meta: meta(),
-        });
+        };
+        let c = p.translate(&content);
         assert_eq!(c.file(), 100);
         // Not committed yet: the shared map still says 50.
         assert_eq!(ids.file_of(40), Some(50));

@@ -635,7 +635,7 @@ impl Writer {
                     let change = if *drive {
                         pending.translate(change)
                     } else {
-                        change.clone()
+                        std::borrow::Cow::Borrowed(change)
                     };
                     if !db::append(&tx, &mut tip, *t, &change).map_err(|e| lift(&path, e))? {
                         dropped += 1;

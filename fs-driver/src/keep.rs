@@ -5,7 +5,8 @@
 //! backups restore them); at mount the keeper loads them from the catalog and shows them over
 //! what the drive says. A modification time is shown exact while the drive's rounded time is
 //! the exact one rounded: once the file is written (here or elsewhere) the drive's time is the
-//! truth again.
+//! truth again. A symbolic link, which such a drive cannot hold, is a small file of its target
+//! there, kept as a link here.
 
 // Field types of `struct stat` differ between targets; the casts are for the others.
 #![allow(clippy::unnecessary_cast)]

@@ -282,9 +282,14 @@ impl Pocket {
         // Names the drive refuses are stored under look-alikes (journal::spelling).
         j.handle().set_meta("names_encoded", i64::from(!d.any_name));
         j.handle().ids().set_names_encoded(!d.any_name);
-        if !d.stable_inodes && !j.handle().ids().by_path() {
+        // A journal that keeps anything for its drive is format version 3, which older
+        // versions refuse (they would take its ids for inode numbers, and the drive's modes and
+        // names for the pocket's): that is the switch to knowing files by path, which works on
+        // any drive.
+        let keeps = !d.stable_inodes || !d.modes || !d.any_name;
+        if keeps && !j.handle().ids().by_path() {
             tracing::info!(
-                "this drive numbers its files afresh at each mount: the journal knows them by path from now on"
+                "this drive keeps less than the pocket holds: the journal knows files by path from now on"
             );
             j.use_path_identity()?;
         }

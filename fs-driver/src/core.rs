@@ -255,13 +255,6 @@ fn dirty_pressure() -> Option<bool> {
     Some(dirty * 2 >= threshold_kb)
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 pub(crate) fn mtime_ns(st: &Stat) -> i64 {
     st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64
 }
@@ -838,12 +831,13 @@ impl PocketFs {
         }
         let st = rustix::fs::fstat(&*inode_fd)?;
         if let (Some(keeper), Some(t)) = (&self.keeper, attr.mtime) {
-            // The time asked for, exact; the drive keeps it rounded.
-            let exact = match t {
+            // A time given is kept exact (the drive keeps it rounded); "now" is what the drive
+            // took, the daemon's clock being a moment off its.
+            let kept = match t {
                 SetTime::At(s, ns) => s * 1_000_000_000 + i64::from(ns),
-                SetTime::Now => now_ns(),
+                SetTime::Now => mtime_ns(&st),
             };
-            keeper.change(&st, |k| k.mtime_ns = exact);
+            keeper.change(&st, |k| k.mtime_ns = kept);
         }
         if attr.size.is_some() {
             // A new size is new contents.

@@ -20,8 +20,9 @@ use crate::record::{Change, FileId, Kind, Meta, Op, Record};
 /// The newest journal format this code writes and reads. Version 3 is version 2 whose files
 /// are known by path, with ids of the journal's own (`meta.ids` = 1, `meta.next_id`): the
 /// tables are the same, but a version that took the ids for inode numbers would corrupt it.
-/// A journal becomes version 3 when its drive is found to number files afresh at each mount;
-/// others stay version 2, readable by older versions.
+/// A journal becomes version 3 when its drive is found to keep less than the pocket holds
+/// (file numbers, modes, names: the journal then keeps them); others stay version 2, readable
+/// by older versions.
 pub const FORMAT_VERSION: i64 = 3;
 
 /// The version of a new journal, and of one whose files are known by their inode numbers.

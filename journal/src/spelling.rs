@@ -86,22 +86,20 @@ pub fn from_drive(name: &[u8]) -> Cow<'_, [u8]> {
 
 /// A path of the pocket ('/'-separated names) as the drive stores it.
 pub fn path_to_drive(path: &[u8]) -> Cow<'_, [u8]> {
-    if path
-        .split(|&b| b == b'/')
-        .all(|n| matches!(to_drive(n), Cow::Borrowed(_)))
-    {
-        return Cow::Borrowed(path);
-    }
-    let parts: Vec<Cow<'_, [u8]>> = path.split(|&b| b == b'/').map(to_drive).collect();
-    Cow::Owned(parts.join(&b'/'))
+    map_path(path, to_drive)
 }
 
 /// A path the drive stores ('/'-separated), as the pocket has it.
 pub fn path_from_drive(path: &[u8]) -> Cow<'_, [u8]> {
-    if !path.contains(&0xEF) {
+    map_path(path, from_drive)
+}
+
+/// Each name of `path` through `f`; the path itself where no name changes.
+fn map_path<'a>(path: &'a [u8], f: fn(&[u8]) -> Cow<'_, [u8]>) -> Cow<'a, [u8]> {
+    let parts: Vec<Cow<'a, [u8]>> = path.split(|&b| b == b'/').map(f).collect();
+    if parts.iter().all(|p| matches!(p, Cow::Borrowed(_))) {
         return Cow::Borrowed(path);
     }
-    let parts: Vec<Cow<'_, [u8]>> = path.split(|&b| b == b'/').map(from_drive).collect();
     Cow::Owned(parts.join(&b'/'))
 }
 

@@ -319,6 +319,8 @@ impl MirrorDrain {
         // is, as moves proceed.
         let mut here: HashMap<PathBuf, (u64, Vec<u8>)> = HashMap::new();
         let mut at: HashMap<u64, PathBuf> = HashMap::new();
+        // On exFAT and FAT the journal keeps modes, owners and exact times.
+        let keeping = journal::Keeping::of(reader)?;
         for (op, id) in &old_paths {
             if kind_of(old, *id) == Some(KIND_DIR) {
                 continue;
@@ -461,8 +463,7 @@ impl MirrorDrain {
                         .ok_or(Error::Retry)?;
                     let f = new.files.get_mut(id).expect("listed");
                     f.content = Some(c);
-                    // On exFAT and FAT the journal keeps modes, owners and exact times.
-                    f.meta = m.kept(journal::Keeping::of(reader)?, &f.meta);
+                    f.meta = m.kept(keeping, &f.meta);
                     at.insert(*id, d.clone());
                 }
                 KIND_SYMLINK => {

@@ -208,90 +208,13 @@ impl<'a> Pending<'a> {
         if !self.by_path {
             return std::borrow::Cow::Borrowed(change);
         }
-        std::borrow::Cow::Owned(match change.clone() {
-            Change::Create {
-                parent,
-                name,
-                file,
-                meta,
-            } => Change::Create {
-                parent: self.known(parent),
-                name,
-                file: self.made(file),
-                meta,
-            },
-            Change::Mkdir {
-                parent,
-                name,
-                file,
-                meta,
-            } => Change::Mkdir {
-                parent: self.known(parent),
-                name,
-                file: self.made(file),
-                meta,
-            },
-            Change::Symlink {
-                parent,
-                name,
-                file,
-                meta,
-                target,
-            } => Change::Symlink {
-                parent: self.known(parent),
-                name,
-                file: self.made(file),
-                meta,
-                target,
-            },
-            Change::Link { parent, name, file } => Change::Link {
-                parent: self.known(parent),
-                name,
-                file: self.known(file),
-            },
-            Change::Rename {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                file,
-                exchange,
-            } => Change::Rename {
-                parent: self.known(parent),
-                name,
-                new_parent: self.known(new_parent),
-                new_name,
-                file: self.known(file),
-                exchange,
-            },
-            Change::Unlink { parent, name, file } => Change::Unlink {
-                parent: self.known(parent),
-                name,
-                file: self.known(file),
-            },
-            Change::Rmdir { parent, name, file } => Change::Rmdir {
-                parent: self.known(parent),
-                name,
-                file: self.known(file),
-            },
-            Change::SetAttr { file, meta } => Change::SetAttr {
-                file: self.known(file),
-                meta,
-            },
-            Change::SetXattr { file, name, value } => Change::SetXattr {
-                file: self.known(file),
-                name,
-                value,
-            },
-            Change::RemoveXattr { file, name } => Change::RemoveXattr {
-                file: self.known(file),
-                name,
-            },
-            Change::Content { file, meta } => Change::Content {
-                file: self.known(file),
-                meta,
-            },
-        })
+        std::borrow::Cow::Owned(change.map_files(|number, made| {
+            if made {
+                self.made(number)
+            } else {
+                self.known(number)
+            }
+        }))
     }
 
     /// The id of a file the filesystem names by its drive number, for a mark.

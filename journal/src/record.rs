@@ -289,6 +289,41 @@ impl Change {
         }
     }
 
+    /// The same change with each file id passed through `f`, which is told whether the id is
+    /// of a file the change makes (create, mkdir, symlink). Parents go first.
+    pub(crate) fn map_files(&self, mut f: impl FnMut(FileId, bool) -> FileId) -> Change {
+        let mut c = self.clone();
+        match &mut c {
+            Change::Create { parent, file, .. }
+            | Change::Mkdir { parent, file, .. }
+            | Change::Symlink { parent, file, .. } => {
+                *parent = f(*parent, false);
+                *file = f(*file, true);
+            }
+            Change::Link { parent, file, .. }
+            | Change::Unlink { parent, file, .. }
+            | Change::Rmdir { parent, file, .. } => {
+                *parent = f(*parent, false);
+                *file = f(*file, false);
+            }
+            Change::Rename {
+                parent,
+                new_parent,
+                file,
+                ..
+            } => {
+                *parent = f(*parent, false);
+                *new_parent = f(*new_parent, false);
+                *file = f(*file, false);
+            }
+            Change::SetAttr { file, .. }
+            | Change::SetXattr { file, .. }
+            | Change::RemoveXattr { file, .. }
+            | Change::Content { file, .. } => *file = f(*file, false),
+        }
+        c
+    }
+
     /// The metadata the change carries, for those that carry it.
     pub fn meta(&self) -> Option<&Meta> {
         match self {

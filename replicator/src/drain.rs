@@ -350,10 +350,7 @@ impl VaultDrain {
                         report.files += 1;
                         report.bytes_read += content.data_bytes();
                         let p = tree.pending.remove(&d.job.file).expect("checked above");
-                        let meta = match tree.files.get(&p.file) {
-                            Some(f) => meta.kept(keeping, &f.meta),
-                            None => meta,
-                        };
+                        let meta = tree.kept(p.file, meta, keeping);
                         // First in the segment: applied now, before the batch's records.
                         let change = self.contents_record(&tree, p.file, meta, content);
                         tree.apply(&change);
@@ -524,10 +521,7 @@ impl VaultDrain {
                 &src.abs(&rel),
                 if dir == tree.root { None } else { Some(dir) },
             ) {
-                let meta = match tree.files.get(&dir) {
-                    Some(f) => meta.kept(keeping, &f.meta),
-                    None => meta,
-                };
+                let meta = tree.kept(dir, meta, keeping);
                 out.push(VRecord {
                     seq: end_seq,
                     time_ns: end_time,
@@ -706,6 +700,8 @@ impl VaultDrain {
         head: Option<Head>,
     ) -> Result<DrainReport> {
         let jid = reader.journal_id()?;
+        // On exFAT and FAT the journal keeps modes, owners and exact times, not the drive.
+        let keeping = journal::Keeping::of(reader)?;
         let mut report = DrainReport {
             checkpoint: true,
             ..DrainReport::default()
@@ -714,7 +710,7 @@ impl VaultDrain {
         loop {
             let snap = reader.snapshot()?;
             let mut tree = Tree::from_snapshot(&snap);
-            refresh_metadata(&mut tree, src, journal::Keeping::of(reader)?);
+            refresh_metadata(&mut tree, src, keeping);
             let wanted: Vec<u64> = tree
                 .files
                 .values()
@@ -733,12 +729,8 @@ impl VaultDrain {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
-            let keeping = journal::Keeping::of(reader)?;
             for (id, (content, meta)) in outcome.done {
-                let meta = match tree.files.get(&id) {
-                    Some(f) => meta.kept(keeping, &f.meta),
-                    None => meta,
-                };
+                let meta = tree.kept(id, meta, keeping);
                 tree.apply(&VChange::Content {
                     file: id,
                     meta,

@@ -344,6 +344,15 @@ impl Tree {
         Some(cur)
     }
 
+    /// Metadata of `file` just read from the drive, with what the journal keeps for a drive that
+    /// cannot (`keeping`): mode, owner, exact time and being a link, as this tree has them.
+    pub fn kept(&self, file: u64, read: VMeta, keeping: Option<journal::Keeping>) -> VMeta {
+        match self.files.get(&file) {
+            Some(f) => read.kept(keeping, &f.meta),
+            None => read,
+        }
+    }
+
     /// One path of `file`, if it has a name.
     pub fn path_of(&self, file: u64) -> Option<Vec<u8>> {
         self.paths()

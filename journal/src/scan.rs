@@ -421,8 +421,15 @@ fn identify(
             };
             let disk = &walked.files[number];
             let mut kind = disk.meta.kind;
-            let cat_kind = cat_files.get(&file).map(|(m, _)| m.kind);
-            if stand_ins_kept && cat_kind == Some(Kind::Symlink) && kind == Kind::File {
+            let cat = cat_files.get(&file).map(|(m, _)| m);
+            let cat_kind = cat.map(|m| m.kind);
+            // (Only a file of the target's length is read: a big file put there elsewhere is
+            // not a link.)
+            if stand_ins_kept
+                && cat_kind == Some(Kind::Symlink)
+                && kind == Kind::File
+                && cat.map(|m| m.size) == Some(disk.meta.size)
+            {
                 let held = std::fs::read(&disk.path).ok();
                 if held.is_some() && held == reader.symlink_target(file)? {
                     stand_ins.insert(*number);

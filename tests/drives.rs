@@ -591,11 +591,12 @@ fn modes_and_times(root: &std::path::Path) -> std::collections::BTreeMap<String,
 /// the pocket: files adopted at `init` get 0644 (folders 0755), a chmod, a chown and a time set
 /// to the nanosecond show through the mount, last across an unmount and a replug (the scan
 /// then records nothing), and the backup restores them onto a drive that can hold them.
-/// Symbolic links, which exFAT cannot hold, are held as small files of their targets and shown
-/// as links; fifos are refused with EPERM.
+/// Symbolic links, fifos and devices, which exFAT cannot hold, are held as small files (a
+/// link's target, or nothing) and shown as what they are.
 #[test]
 fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::ffi::OsStringExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let (drive, root, _) = pocket_on(tmp.path(), "exfat", 128);
@@ -656,17 +657,49 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
         std::path::Path::new("notes.txt")
     );
     assert_eq!(fs::read(m.mnt.join("bin/up")).unwrap(), b"carried around");
-    // A fifo, which exFAT cannot hold, is refused as Linux's vfat refuses it (not with EIO,
-    // which reads as a failing drive).
-    let fifo =
-        std::ffi::CString::new(m.mnt.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EPERM)
-    );
+    // A fifo and a device, which exFAT cannot hold either: empty files on the drive, a fifo
+    // that works (the kernel's pipe, as on any drive) and a device with its number here.
+    let c_path =
+        |name: &str| std::ffi::CString::new(m.mnt.join(name).into_os_string().into_vec()).unwrap();
+    // SAFETY: valid C strings.
+    unsafe {
+        assert_eq!(libc::mkfifo(c_path("fifo").as_ptr(), 0o640), 0);
+        assert_eq!(
+            libc::mknod(
+                c_path("null").as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(1, 3)
+            ),
+            0
+        );
+    }
+    let specials = |dir: &std::path::Path| {
+        let (f, n) = (md_of(&dir.join("fifo")), md_of(&dir.join("null")));
+        (
+            f.file_type().is_fifo(),
+            f.mode() & 0o7777,
+            n.file_type().is_char_device(),
+            n.rdev(),
+        )
+    };
+    let want_specials = (true, 0o640, true, libc::makedev(1, 3));
+    assert_eq!(specials(&m.mnt), want_specials, "as the mount shows them");
+    let mut pipe = fs::File::options()
+        .read(true)
+        .write(true)
+        .open(m.mnt.join("fifo"))
+        .unwrap();
+    std::io::Write::write_all(&mut pipe, b"through the pipe").unwrap();
+    let mut got = [0u8; 16];
+    std::io::Read::read_exact(&mut pipe, &mut got).unwrap();
+    assert_eq!(&got, b"through the pipe");
+    drop(pipe);
     m.unmount();
+    assert_eq!(
+        fs::metadata(root.join("fifo")).unwrap().len(),
+        0,
+        "an empty file on the drive"
+    );
     assert_eq!(
         fs::metadata(root.join("secret.txt")).unwrap().mode() & 0o777,
         0o777,
@@ -703,6 +736,11 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
         vec![std::ffi::OsString::from("link")],
         "readdir says link"
     );
+    assert_eq!(
+        specials(&m.mnt),
+        want_specials,
+        "after an unmount and a replug"
+    );
     m.unmount();
 
     let restored = sync_and_restore(&root, &dest, tmp.path());
@@ -717,6 +755,11 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
         std::path::Path::new("../notes.txt")
     );
     assert!(md("link").file_type().is_symlink());
+    assert_eq!(specials(&restored), want_specials, "restored");
+}
+
+fn md_of(path: &std::path::Path) -> fs::Metadata {
+    fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// exFAT refuses `" * : < > ? \ |`, control characters and names that are not UTF-8. The pocket

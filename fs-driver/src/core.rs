@@ -411,9 +411,13 @@ impl PocketFs {
         st
     }
 
-    /// The metadata a record carries: what the mount shows.
+    /// The metadata a record carries: what the mount shows, but the drive's change time (the
+    /// scan compares records with the drive's).
     fn meta(&self, st: &Stat) -> Meta {
-        meta_of(&self.shown(st))
+        Meta {
+            ctime_ns: ctime_ns(st),
+            ..meta_of(&self.shown(st))
+        }
     }
 
     /// Backing inode number -> the kernel's inode number (the root and 1 trade places).
@@ -755,7 +759,7 @@ impl PocketFs {
         if let Some(keeper) = &self.keeper {
             // The drive keeps none of these: the mount does (the kernel checked who may).
             if attr.mode.is_some() || attr.uid.is_some() || attr.gid.is_some() {
-                if attr.mode.is_some() && inode.is_symlink {
+                if attr.mode.is_some() && (inode.is_symlink || keeper.is_symlink(inode.ino)) {
                     return Err(FsError::Unsupported);
                 }
                 keeper.change(&before, |k| {
@@ -799,19 +803,26 @@ impl PocketFs {
                 }
             }
         }
+        // The daemon's clock when "now" is asked: the drive keeps that moment rounded.
+        let asked_at = crate::keep::now_ns();
         if attr.atime.is_some() || attr.mtime.is_some() {
-            // exFAT's FUSE driver ignores a new mtime that comes with the access time left as
-            // it is (UTIME_OMIT): on such drives the access time is given, as it is.
-            let atime = match attr.atime {
-                None if self.keeper.is_some() => Some(SetTime::At(
-                    before.st_atime as i64,
-                    before.st_atime_nsec as u32,
-                )),
-                a => a,
-            };
+            // exFAT's FUSE driver ignores a new time that comes with the other left as it is
+            // (UTIME_OMIT): on such drives the other is given, as the pocket shows it.
+            let (mut atime, mut mtime) = (attr.atime, attr.mtime);
+            if self.keeper.is_some() {
+                let shown = self.shown(&before);
+                atime = atime.or(Some(SetTime::At(
+                    shown.st_atime as i64,
+                    shown.st_atime_nsec as u32,
+                )));
+                mtime = mtime.or(Some(SetTime::At(
+                    shown.st_mtime as i64,
+                    shown.st_mtime_nsec as u32,
+                )));
+            }
             let times = Timestamps {
                 last_access: timestamp(atime),
-                last_modification: timestamp(attr.mtime),
+                last_modification: timestamp(mtime),
             };
             if inode.is_symlink {
                 rustix::fs::utimensat(
@@ -830,14 +841,23 @@ impl PocketFs {
             }
         }
         let st = rustix::fs::fstat(&*inode_fd)?;
-        if let (Some(keeper), Some(t)) = (&self.keeper, attr.mtime) {
-            // A time given is kept exact (the drive keeps it rounded); "now" is what the drive
-            // took, the daemon's clock being a moment off its.
-            let kept = match t {
-                SetTime::At(s, ns) => s * 1_000_000_000 + i64::from(ns),
-                SetTime::Now => mtime_ns(&st),
-            };
-            keeper.change(&st, |k| k.mtime_ns = kept);
+        if let Some(keeper) = &self.keeper {
+            if attr.atime.is_some() || attr.mtime.is_some() {
+                // A time given is kept exact (the drive keeps it rounded), "now" as the moment
+                // it was asked: shown while the drive's time is it rounded.
+                let exact = |t: SetTime| match t {
+                    SetTime::At(s, ns) => s * 1_000_000_000 + i64::from(ns),
+                    SetTime::Now => asked_at,
+                };
+                keeper.change(&st, |k| {
+                    if let Some(t) = attr.mtime {
+                        k.mtime_ns = exact(t);
+                    }
+                    if let Some(t) = attr.atime {
+                        k.atime_ns = Some(exact(t));
+                    }
+                });
+            }
         }
         if attr.size.is_some() {
             // A new size is new contents.
@@ -884,28 +904,27 @@ impl PocketFs {
 
     /// A new file's owner and mode: given on the drive, or kept by the mount where the drive
     /// cannot keep them (the mode asked for, the creator as owner). Returns its stat.
+    /// `stand_in`: what a regular file made on a drive without links, fifos or devices stands
+    /// for (kind and device number).
     fn own_new(
         &self,
         fd: BorrowedFd<'_>,
         parent: &Inode,
         caller: Caller,
         mode: u32,
+        stand_in: Option<(Kind, u64)>,
     ) -> FsResult<Stat> {
         let Some(keeper) = &self.keeper else {
             self.give_to_caller(fd, parent, caller, mode)?;
             return Ok(rustix::fs::fstat(fd)?);
         };
         let st = rustix::fs::fstat(fd)?;
-        let (uid, gid) = if self.euid == 0 {
+        let owner = if self.euid == 0 {
             (caller.uid, caller.gid)
         } else {
             (self.euid, rustix::process::getegid().as_raw())
         };
-        keeper.change(&st, |k| {
-            k.perm = mode & 0o7777;
-            k.uid = uid;
-            k.gid = gid;
-        });
+        keeper.born(&st, stand_in, mode & 0o7777, owner);
         Ok(st)
     }
 
@@ -954,6 +973,7 @@ impl PocketFs {
         name: &OsStr,
         caller: Caller,
         mode: u32,
+        stand_in: Option<(Kind, u64)>,
         make_change: impl FnOnce(u64, Meta) -> Change,
     ) -> FsResult<Entry> {
         let parent_fd = self.path_fd(parent)?;
@@ -964,7 +984,7 @@ impl PocketFs {
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let st = self.own_new(fd.as_fd(), parent, caller, mode)?;
+        let st = self.own_new(fd.as_fd(), parent, caller, mode, stand_in)?;
         self.record(make_change(st.st_ino as u64, self.meta(&st)));
         if FileType::from_raw_mode(st.st_mode as _) != FileType::Symlink {
             self.record_inherited_xattrs(st.st_ino as u64, fd.as_fd(), false);
@@ -990,16 +1010,33 @@ impl PocketFs {
         self.check_new_name(&p, name)?;
         let c = self.drive_name(name)?;
         let ftype = FileType::from_raw_mode(mode as _);
-        if self.keeper.is_some() && ftype != FileType::RegularFile {
-            // exFAT and FAT hold no fifos, sockets or devices (exFAT's FUSE driver answers
-            // EIO, which reads as a failing drive): refused as Linux's vfat refuses them.
-            return Err(FsError::Os(Errno::PERM));
-        }
         let perm = Mode::from_raw_mode((mode & !umask & 0o7777) as _);
-        rustix::fs::mknodat(&*p_fd, &c, ftype, perm, rdev as _)?;
+        let kind = Kind::from_mode(mode).unwrap_or(Kind::File);
+        let stand_in = match &self.keeper {
+            // exFAT and FAT hold no fifos, sockets or devices (exFAT's FUSE driver answers
+            // EIO): an empty file stands in for one, and the mount keeps what it is.
+            Some(_) if kind.held_as_file() => {
+                rustix::fs::openat(
+                    &*p_fd,
+                    &c,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o644),
+                )?;
+                let rdev = if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+                    u64::from(rdev)
+                } else {
+                    0
+                };
+                Some((kind, rdev))
+            }
+            _ => {
+                rustix::fs::mknodat(&*p_fd, &c, ftype, perm, rdev as _)?;
+                None
+            }
+        };
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
-        self.finish_create(&p, name, caller, mode & !umask, |file, meta| {
+        self.finish_create(&p, name, caller, mode & !umask, stand_in, |file, meta| {
             Change::Create {
                 parent: pid,
                 name: name_b,
@@ -1028,7 +1065,7 @@ impl PocketFs {
         )?;
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
-        self.finish_create(&p, name, caller, mode & !umask, |file, meta| {
+        self.finish_create(&p, name, caller, mode & !umask, None, |file, meta| {
             Change::Mkdir {
                 parent: pid,
                 name: name_b,
@@ -1049,15 +1086,15 @@ impl PocketFs {
         let p_fd = self.path_fd(&p)?;
         self.check_new_name(&p, name)?;
         let c = self.drive_name(name)?;
-        match (
+        let stand_in = match (
             rustix::fs::symlinkat(target.as_os_str().as_bytes(), &*p_fd, &c),
             &self.keeper,
         ) {
-            (Ok(()), _) => {}
+            (Ok(()), _) => None,
             // A drive without symlinks (exFAT through FUSE says ENOSYS): the link is held as a
             // small file of its target, and the mount keeps that it is a link (as Git does
             // where a checkout cannot make links).
-            (Err(Errno::NOSYS | Errno::PERM), Some(keeper)) => {
+            (Err(Errno::NOSYS | Errno::PERM), Some(_)) => {
                 let fd = rustix::fs::openat(
                     &*p_fd,
                     &c,
@@ -1066,23 +1103,21 @@ impl PocketFs {
                 )?;
                 let mut f = File::from(fd);
                 std::io::Write::write_all(&mut f, target.as_os_str().as_bytes())?;
-                let st = rustix::fs::fstat(&f)?;
-                keeper.change(&st, |k| {
-                    k.symlink = true;
-                    k.perm = 0o777;
-                });
+                Some((Kind::Symlink, 0))
             }
             (Err(e), _) => return Err(e.into()),
-        }
+        };
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
         let target_b = target.as_os_str().as_bytes().to_vec();
-        self.finish_create(&p, name, caller, 0o777, |file, meta| Change::Symlink {
-            parent: pid,
-            name: name_b,
-            file,
-            meta,
-            target: target_b,
+        self.finish_create(&p, name, caller, 0o777, stand_in, |file, meta| {
+            Change::Symlink {
+                parent: pid,
+                name: name_b,
+                file,
+                meta,
+                target: target_b,
+            }
         })
     }
 
@@ -1169,8 +1204,13 @@ impl PocketFs {
             inode.write.lock().new_name_in(&np);
             *inode.name.lock() = (np.nodeid, nc.to_bytes().to_vec());
         }
-        // A rename gives the moved file a new ctime; a replaced file that lives on under
-        // other names loses a link.
+        // A rename gives the moved file a new ctime (the mount keeps it where the drive gives
+        // none); a replaced file that lives on under other names loses a link.
+        if let Some(keeper) = &self.keeper {
+            if let Ok(moved) = rustix::fs::statat(&*np_fd, &nc, AtFlags::SYMLINK_NOFOLLOW) {
+                keeper.change(&moved, |_| {});
+            }
+        }
         self.record_attrs_of(file);
         if let Some(t) = &target {
             let other = t.st_ino as u64;
@@ -1400,7 +1440,7 @@ impl PocketFs {
             oflags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(perm as _),
         )?;
-        let st = self.own_new(fd.as_fd(), &p, caller, perm)?;
+        let st = self.own_new(fd.as_fd(), &p, caller, perm, None)?;
         self.record(Change::Create {
             parent: p.ino,
             name: name.as_bytes().to_vec(),
@@ -1572,8 +1612,12 @@ impl PocketFs {
             } else {
                 self.nodeid_of(entry.ino())
             };
-            let kind = match &self.keeper {
-                Some(k) if k.is_symlink(entry.ino()) => FileType::Symlink,
+            let kind = match self.keeper.as_ref().and_then(|k| k.stand_in(entry.ino())) {
+                Some(Kind::Symlink) => FileType::Symlink,
+                Some(Kind::Fifo) => FileType::Fifo,
+                Some(Kind::Socket) => FileType::Socket,
+                Some(Kind::CharDev) => FileType::CharacterDevice,
+                Some(Kind::BlockDev) => FileType::BlockDevice,
                 _ => entry.file_type(),
             };
             out.push(DirEntry {

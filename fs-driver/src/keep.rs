@@ -3,10 +3,12 @@
 //! on FAT). The pocket still has them: every record the mount makes carries the mode, owner and
 //! exact modification time the mount shows, so the journal's catalog holds them (and the
 //! backups restore them); at mount the keeper loads them from the catalog and shows them over
-//! what the drive says. A modification time is shown exact while the drive's rounded time is
-//! the exact one rounded: once the file is written (here or elsewhere) the drive's time is the
-//! truth again. A symbolic link, which such a drive cannot hold, is a small file of its target
-//! there, kept as a link here.
+//! what the drive says. A time is shown exact while the drive's rounded time is the exact one
+//! rounded: once the file is written (here or elsewhere) the drive's time is the truth again.
+//! A change only the mount makes (chmod, chown, a rename the drive gives no new time) moves the
+//! change time the mount shows while it runs; access times given to `utimens` are kept exact
+//! as long. A symbolic link, fifo, socket or device, which such a drive
+//! cannot hold, is a small file there (a link's target, or nothing), kept as what it is here.
 
 // Field types of `struct stat` differ between targets; the casts are for the others.
 #![allow(clippy::unnecessary_cast)]
@@ -24,9 +26,14 @@ pub(crate) struct Kept {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
-    /// A symbolic link the drive holds as a small file of its target (the drive has no
-    /// symlinks).
-    pub symlink: bool,
+    /// Moved by what only the mount changes, for this session; shown when later than the
+    /// drive's (records carry the drive's, which the scan compares).
+    pub ctime_ns: i64,
+    /// An access time given to `utimens`, for this session (records carry none).
+    pub atime_ns: Option<i64>,
+    /// What the drive's regular file stands for: a link, fifo, socket or device.
+    pub kind: Option<Kind>,
+    pub rdev: u64,
 }
 
 /// The metadata the drive cannot keep, for every file of the pocket.
@@ -41,6 +48,32 @@ pub(crate) struct Keeper {
     by_number: RwLock<HashMap<u64, Kept>>,
     /// The owner of a file the catalog does not know: the mount's.
     owner: (u32, u32),
+}
+
+/// The `S_IFMT` bits of a kind.
+fn type_bits(kind: Kind) -> u32 {
+    (match kind {
+        Kind::File => libc::S_IFREG,
+        Kind::Dir => libc::S_IFDIR,
+        Kind::Symlink => libc::S_IFLNK,
+        Kind::Fifo => libc::S_IFIFO,
+        Kind::Socket => libc::S_IFSOCK,
+        Kind::CharDev => libc::S_IFCHR,
+        Kind::BlockDev => libc::S_IFBLK,
+    }) as u32
+}
+
+fn ns(s: i64, nsec: i64) -> i64 {
+    s * 1_000_000_000 + nsec
+}
+
+/// Sets a `struct stat` time (seconds and nanoseconds) to `t` nanoseconds.
+macro_rules! set_time {
+    ($s:expr, $nsec:expr, $t:expr) => {{
+        let t: i64 = $t;
+        $s = t.div_euclid(1_000_000_000) as _;
+        $nsec = t.rem_euclid(1_000_000_000) as _;
+    }};
 }
 
 impl Keeper {
@@ -61,7 +94,10 @@ impl Keeper {
                         uid: m.uid,
                         gid: m.gid,
                         mtime_ns: m.mtime_ns,
-                        symlink: m.kind == Kind::Symlink,
+                        ctime_ns: 0,
+                        atime_ns: None,
+                        kind: m.kind.held_as_file().then_some(m.kind),
+                        rdev: m.rdev,
                     },
                 )
             })
@@ -86,7 +122,7 @@ impl Keeper {
     }
 
     /// What a file the keeper knows nothing of gets: a folder 0755, a file 0644, the mount's
-    /// owner, the drive's time.
+    /// owner, the drive's times.
     fn default_for(&self, st: &Stat) -> Kept {
         let dir = Kind::from_mode(st.st_mode as u32) == Some(Kind::Dir);
         Kept {
@@ -94,13 +130,22 @@ impl Keeper {
             uid: self.owner.0,
             gid: self.owner.1,
             mtime_ns: crate::core::mtime_ns(st),
-            symlink: false,
+            ctime_ns: 0,
+            atime_ns: None,
+            kind: None,
+            rdev: 0,
         }
+    }
+
+    /// What the file the drive numbers `number` is where the drive holds a regular file
+    /// standing in for it (a link, fifo, socket or device).
+    pub fn stand_in(&self, number: u64) -> Option<Kind> {
+        self.get(number).and_then(|k| k.kind)
     }
 
     /// Whether the file the drive numbers `number` is a symbolic link held as a file.
     pub fn is_symlink(&self, number: u64) -> bool {
-        self.get(number).is_some_and(|k| k.symlink)
+        self.stand_in(number) == Some(Kind::Symlink)
     }
 
     /// The stat as the pocket has it.
@@ -108,34 +153,79 @@ impl Keeper {
         let k = self
             .get(st.st_ino as u64)
             .unwrap_or_else(|| self.default_for(st));
-        let kind = if k.symlink && st.st_mode & libc::S_IFMT == libc::S_IFREG {
-            libc::S_IFLNK
-        } else {
-            st.st_mode & libc::S_IFMT
-        };
-        st.st_mode = kind as libc::mode_t | k.perm as libc::mode_t;
+        let mut kind = st.st_mode as u32 & libc::S_IFMT as u32;
+        if let Some(stands_for) = k.kind.filter(|_| kind == libc::S_IFREG as u32) {
+            kind = type_bits(stands_for);
+            st.st_rdev = k.rdev as _;
+        }
+        st.st_mode = (kind | k.perm) as libc::mode_t;
         st.st_uid = k.uid;
         st.st_gid = k.gid;
         let mtime = self.keeping.mtime(k.mtime_ns, crate::core::mtime_ns(st));
-        st.st_mtime = mtime.div_euclid(1_000_000_000) as _;
-        st.st_mtime_nsec = mtime.rem_euclid(1_000_000_000) as _;
+        set_time!(st.st_mtime, st.st_mtime_nsec, mtime);
+        let ctime = ns(st.st_ctime as i64, st.st_ctime_nsec as i64).max(k.ctime_ns);
+        set_time!(st.st_ctime, st.st_ctime_nsec, ctime);
+        if let Some(a) = k.atime_ns {
+            // Access times: some drives round them coarser (exFAT's hold 2 seconds).
+            let drive = ns(st.st_atime as i64, st.st_atime_nsec as i64);
+            let two_s = Keeping {
+                granularity_ns: 2_000_000_000,
+            };
+            if self.keeping.mtime(a, drive) == a || two_s.mtime(a, drive) == a {
+                set_time!(st.st_atime, st.st_atime_nsec, a);
+            }
+        }
     }
 
-    /// Changes what is kept of the file the drive numbers `st.st_ino` (as it is shown now).
+    /// Changes what is kept of the file the drive numbers `st.st_ino` (as it is shown now);
+    /// its change time is now.
     pub fn change(&self, st: &Stat, f: impl FnOnce(&mut Kept)) {
         let mut shown = *st;
         self.show(&mut shown);
+        let drive_kind = st.st_mode as u32 & libc::S_IFMT as u32;
+        let shown_kind = shown.st_mode as u32 & libc::S_IFMT as u32;
+        let stand_in = (shown_kind != drive_kind)
+            .then(|| Kind::from_mode(shown_kind))
+            .flatten();
         let mut k = Kept {
             perm: shown.st_mode as u32 & 0o7777,
             uid: shown.st_uid,
             gid: shown.st_gid,
             mtime_ns: crate::core::mtime_ns(&shown),
-            symlink: shown.st_mode & libc::S_IFMT == libc::S_IFLNK
-                && st.st_mode & libc::S_IFMT == libc::S_IFREG,
+            ctime_ns: now_ns(),
+            atime_ns: self.get(st.st_ino as u64).and_then(|k| k.atime_ns),
+            kind: stand_in,
+            rdev: if stand_in.is_some() {
+                shown.st_rdev as u64
+            } else {
+                0
+            },
         };
         f(&mut k);
         self.by_number.write().insert(st.st_ino as u64, k);
     }
+
+    /// A file just made in the mount (`st` as the drive has it): nothing of what was kept
+    /// under its number before counts.
+    pub fn born(&self, st: &Stat, stand_in: Option<(Kind, u64)>, perm: u32, owner: (u32, u32)) {
+        let k = Kept {
+            perm,
+            uid: owner.0,
+            gid: owner.1,
+            mtime_ns: crate::core::mtime_ns(st),
+            ctime_ns: 0,
+            atime_ns: None,
+            kind: stand_in.map(|(k, _)| k),
+            rdev: stand_in.map_or(0, |(_, r)| r),
+        };
+        self.by_number.write().insert(st.st_ino as u64, k);
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 #[cfg(test)]
@@ -189,5 +279,51 @@ mod tests {
         k.show(&mut st);
         assert_eq!(st.st_mode, libc::S_IFREG | 0o640);
         assert_eq!(st.st_mtime_nsec, 123_456_789, "the rest is kept as it was");
+        assert!(
+            st.st_ctime > 1_700_000_000,
+            "a chmod the drive never saw moves the change time shown"
+        );
+    }
+
+    #[test]
+    fn a_fifo_or_device_is_an_empty_file_on_the_drive_and_shown_as_what_it_is() {
+        let k = Keeper::new(DriveIds::default(), 1_000_000_000, [], (0, 0));
+        let drive = stat(9, libc::S_IFREG | 0o777, 5);
+        k.born(&drive, Some((Kind::CharDev, 0x0103)), 0o666, (0, 0));
+        let mut st = drive;
+        k.show(&mut st);
+        assert_eq!(st.st_mode, libc::S_IFCHR | 0o666);
+        assert_eq!(st.st_rdev, 0x0103);
+        assert_eq!(k.stand_in(9), Some(Kind::CharDev));
+        // A chmod keeps what it is.
+        k.change(&drive, |k| k.perm = 0o600);
+        let mut st = drive;
+        k.show(&mut st);
+        assert_eq!((st.st_mode, st.st_rdev), (libc::S_IFCHR | 0o600, 0x0103));
+        // A new file under the number (the drive reused it): nothing of the old one counts.
+        k.born(&drive, None, 0o644, (0, 0));
+        let mut st = drive;
+        k.show(&mut st);
+        assert_eq!(st.st_mode, libc::S_IFREG | 0o644);
+        assert_eq!(k.stand_in(9), None);
+    }
+
+    #[test]
+    fn an_access_time_given_is_shown_exact_while_the_drive_agrees() {
+        let k = Keeper::new(DriveIds::default(), 1_000_000_000, [], (0, 0));
+        let mut drive = stat(3, libc::S_IFREG | 0o777, 5);
+        drive.st_atime = 1_900_000_000;
+        k.change(&drive, |k| k.atime_ns = Some(1_900_000_000_250_000_000));
+        let mut st = drive;
+        k.show(&mut st);
+        assert_eq!(
+            (st.st_atime, st.st_atime_nsec),
+            (1_900_000_000, 250_000_000)
+        );
+        // Read since (the drive moved it): the drive's.
+        drive.st_atime = 1_900_000_100;
+        let mut st = drive;
+        k.show(&mut st);
+        assert_eq!((st.st_atime, st.st_atime_nsec), (1_900_000_100, 0));
     }
 }

@@ -115,10 +115,14 @@ impl Keeping {
     /// A file's metadata as the pocket has it: `drive` as the drive shows it now, with the
     /// mode and owner the journal keeps (`kept`), and its exact modification time while the
     /// drive's is that time rounded.
+    /// A device keeps its number. (The change time stays the drive's: the scan compares it.)
     pub fn merge(&self, drive: Meta, kept: &Meta) -> Meta {
         let mut m = drive;
         (m.perm, m.uid, m.gid) = (kept.perm, kept.uid, kept.gid);
         m.mtime_ns = self.mtime(kept.mtime_ns, drive.mtime_ns);
+        if m.kind.held_as_file() {
+            m.rdev = kept.rdev;
+        }
         m
     }
 

@@ -33,6 +33,13 @@ impl Kind {
         })
     }
 
+    /// Kinds a drive without them (exFAT, FAT) holds as a small regular file standing in for
+    /// the real thing (a link's target; nothing for a fifo, socket or device), the journal
+    /// keeping what it is.
+    pub fn held_as_file(self) -> bool {
+        !matches!(self, Kind::File | Kind::Dir)
+    }
+
     pub(crate) fn from_i64(v: i64) -> Option<Kind> {
         Some(match v {
             1 => Kind::File,

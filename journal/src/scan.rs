@@ -396,9 +396,10 @@ fn identify(
     journal: &JournalHandle,
 ) -> Result<Walked> {
     // Where the journal keeps what the drive cannot, a symbolic link made in the mount is a
-    // small file of its target on the drive: still the link while it holds that target.
+    // small file of its target on the drive: still the link while it holds that target. A
+    // fifo, socket or device is an empty file: still that while it is empty.
     let stand_ins_kept = crate::Keeping::of(reader)?.is_some();
-    let mut stand_ins: HashSet<u64> = HashSet::new();
+    let mut stand_ins: HashMap<u64, Kind> = HashMap::new();
     let mut children: HashMap<u64, Vec<(&Vec<u8>, u64)>> = HashMap::new();
     for ((parent, name), number) in &walked.names {
         children.entry(*parent).or_default().push((name, *number));
@@ -425,16 +426,22 @@ fn identify(
             let cat_kind = cat.map(|m| m.kind);
             // (Only a file of the target's length is read: a big file put there elsewhere is
             // not a link.)
-            if stand_ins_kept
-                && cat_kind == Some(Kind::Symlink)
-                && kind == Kind::File
-                && cat.map(|m| m.size) == Some(disk.meta.size)
-            {
-                let held = std::fs::read(&disk.path).ok();
-                if held.is_some() && held == reader.symlink_target(file)? {
-                    stand_ins.insert(*number);
-                    kind = Kind::Symlink;
+            match cat_kind {
+                Some(k) if stand_ins_kept && k.held_as_file() && kind == Kind::File => {
+                    let stands = if k == Kind::Symlink {
+                        cat.map(|m| m.size) == Some(disk.meta.size) && {
+                            let held = std::fs::read(&disk.path).ok();
+                            held.is_some() && held == reader.symlink_target(file)?
+                        }
+                    } else {
+                        disk.meta.size == 0
+                    };
+                    if stands {
+                        stand_ins.insert(*number, k);
+                        kind = k;
+                    }
                 }
+                _ => {}
             }
             if used.contains(&file) || cat_kind != Some(kind) {
                 continue;
@@ -498,8 +505,8 @@ fn identify(
             .files
             .into_iter()
             .map(|(n, mut d)| {
-                if stand_ins.contains(&n) {
-                    d.meta.kind = Kind::Symlink;
+                if let Some(k) = stand_ins.get(&n) {
+                    d.meta.kind = *k;
                 }
                 (id(&n), d)
             })
@@ -588,9 +595,9 @@ fn settle(disk_files: &mut HashMap<FileId, DiskFile>, racy: i64) {
             if let Ok(md) = std::fs::symlink_metadata(&d.path) {
                 if md.ino() == d.number {
                     if let Some(mut meta) = Meta::from_std(&md) {
-                        // A link held as a file of its target (identify) stays a link.
-                        if d.meta.kind == Kind::Symlink && meta.kind == Kind::File {
-                            meta.kind = Kind::Symlink;
+                        // A link or a fifo held as a file (identify) stays what it is.
+                        if d.meta.kind.held_as_file() && meta.kind == Kind::File {
+                            meta.kind = d.meta.kind;
                         }
                         d.meta = meta;
                     }

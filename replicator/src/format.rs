@@ -219,13 +219,15 @@ pub struct VMeta {
 
 impl VMeta {
     /// On a drive that cannot keep modes, owners or exact times: this metadata, read from the
-    /// drive, with what the journal keeps of them (`kept`). A symbolic link there is a file of
-    /// its target on the drive: it stays a link.
+    /// drive, with what the journal keeps of them (`kept`). A symbolic link, fifo, socket or
+    /// device is a file on such a drive: it stays what it is.
     pub fn kept(self, keeping: Option<journal::Keeping>, kept: &VMeta) -> VMeta {
         let Some(k) = keeping else { return self };
-        let link = kept.kind == KIND_SYMLINK && self.kind == KIND_FILE;
+        // A link, fifo, socket or device the drive holds as a file.
+        let stand_in = self.kind == KIND_FILE && kept.kind > KIND_DIR;
         VMeta {
-            kind: if link { KIND_SYMLINK } else { self.kind },
+            kind: if stand_in { kept.kind } else { self.kind },
+            rdev: if stand_in { kept.rdev } else { self.rdev },
             perm: kept.perm,
             uid: kept.uid,
             gid: kept.gid,

@@ -176,12 +176,13 @@ fn serve(
     // on, and the kernel checks permissions against them (the drive lets anyone do anything).
     let keeps = pocket.drive().filter(|d| !d.modes);
     if let Some(d) = &keeps {
-        let files = journal::Reader::open(&pocket.journal_path())
-            .and_then(|r| r.all_files())
+        let (files, xattrs) = journal::Reader::open(&pocket.journal_path())
+            .and_then(|r| Ok((r.all_files()?, r.all_xattrs()?)))
             .context("cannot read the modes and owners the journal keeps for this drive")?;
         core.keep_metadata(
             i64::try_from(d.time_granularity_ns).unwrap_or(i64::MAX),
             files.into_iter().map(|(id, meta, _)| (id, meta)),
+            xattrs,
         );
     }
     let core = Arc::new(core);

@@ -592,7 +592,7 @@ fn modes_and_times(root: &std::path::Path) -> std::collections::BTreeMap<String,
 /// to the nanosecond show through the mount, last across an unmount and a replug (the scan
 /// then records nothing), and the backup restores them onto a drive that can hold them.
 /// Symbolic links, fifos and devices, which exFAT cannot hold, are held as small files (a
-/// link's target, or nothing) and shown as what they are.
+/// link's target, or nothing) and shown as what they are; extended attributes are kept too.
 #[test]
 fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
     use std::os::unix::ffi::OsStringExt;
@@ -683,6 +683,46 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
         )
     };
     let want_specials = (true, 0o640, true, libc::makedev(1, 3));
+    // Extended attributes, which exFAT has none of.
+    let xattrs = |path: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut names = vec![0u8; 1024];
+        let n = rustix::fs::llistxattr(path, &mut names[..]).unwrap();
+        names[..n]
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|name| {
+                let mut v = vec![0u8; 1024];
+                let len = rustix::fs::lgetxattr(path, name, &mut v[..]).unwrap();
+                v.truncate(len);
+                (String::from_utf8(name.to_vec()).unwrap(), v)
+            })
+            .collect()
+    };
+    let set = |name: &str, value: &[u8], how| {
+        rustix::fs::setxattr(m.mnt.join("secret.txt"), name, value, how)
+    };
+    use rustix::fs::XattrFlags as X;
+    set("user.origin", b"scanned", X::empty()).unwrap();
+    set("user.tag", b"draft", X::CREATE).unwrap();
+    assert_eq!(
+        set("user.tag", b"again", X::CREATE),
+        Err(rustix::io::Errno::EXIST)
+    );
+    set("user.tag", b"final", X::REPLACE).unwrap();
+    set("user.gone", b"", X::empty()).unwrap();
+    rustix::fs::removexattr(m.mnt.join("secret.txt"), "user.gone").unwrap();
+    assert_eq!(
+        rustix::fs::removexattr(m.mnt.join("secret.txt"), "user.gone"),
+        Err(rustix::io::Errno::NODATA)
+    );
+    let want_xattrs = vec![
+        ("user.origin".to_string(), b"scanned".to_vec()),
+        ("user.tag".to_string(), b"final".to_vec()),
+    ];
+    assert_eq!(xattrs(&m.mnt.join("secret.txt")), want_xattrs);
+    fs::write(m.mnt.join("tagged.txt"), b"v1").unwrap();
+    rustix::fs::setxattr(m.mnt.join("tagged.txt"), "user.k", b"v", X::empty()).unwrap();
+    let tagged = vec![("user.k".to_string(), b"v".to_vec())];
     assert_eq!(specials(&m.mnt), want_specials, "as the mount shows them");
     let mut pipe = fs::File::options()
         .read(true)
@@ -705,6 +745,10 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
         0o777,
         "the drive itself keeps no mode (else this test tries nothing)"
     );
+
+    // Written elsewhere (the drive has no xattrs to read): the journal's stay.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    fs::write(root.join("tagged.txt"), b"v2, written elsewhere").unwrap();
 
     // (Files the mount recorded within the drive's second of their last change are read
     // again by the next scan: their times cannot tell a later change.)
@@ -741,6 +785,16 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
         want_specials,
         "after an unmount and a replug"
     );
+    assert_eq!(
+        xattrs(&m.mnt.join("secret.txt")),
+        want_xattrs,
+        "after a replug"
+    );
+    assert_eq!(
+        xattrs(&m.mnt.join("tagged.txt")),
+        tagged,
+        "written elsewhere"
+    );
     m.unmount();
 
     let restored = sync_and_restore(&root, &dest, tmp.path());
@@ -756,6 +810,12 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
     );
     assert!(md("link").file_type().is_symlink());
     assert_eq!(specials(&restored), want_specials, "restored");
+    assert_eq!(
+        xattrs(&restored.join("secret.txt")),
+        want_xattrs,
+        "restored"
+    );
+    assert_eq!(xattrs(&restored.join("tagged.txt")), tagged, "restored");
 }
 
 fn md_of(path: &std::path::Path) -> fs::Metadata {

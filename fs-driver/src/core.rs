@@ -364,11 +364,13 @@ impl PocketFs {
 
     /// For a drive that cannot keep modes, owners or exact times (exFAT, FAT): the mount keeps
     /// them, starting from the catalog's (`files`: every file's id and recorded metadata), shows
-    /// them, and records them. `granularity_ns`: how the drive rounds times.
+    /// them, and records them; the same for extended attributes (`xattrs`: the catalog's).
+    /// `granularity_ns`: how the drive rounds times.
     pub fn keep_metadata(
         &mut self,
         granularity_ns: i64,
         files: impl IntoIterator<Item = (journal::FileId, Meta)>,
+        xattrs: impl IntoIterator<Item = (journal::FileId, Vec<u8>, Vec<u8>)>,
     ) {
         let ids = self
             .journal
@@ -379,7 +381,13 @@ impl PocketFs {
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         );
-        self.keeper = Some(crate::keep::Keeper::new(ids, granularity_ns, files, owner));
+        self.keeper = Some(crate::keep::Keeper::new(
+            ids,
+            granularity_ns,
+            files,
+            xattrs,
+            owner,
+        ));
     }
 
     /// A file's name as the drive stores it (names it cannot spell under look-alikes:
@@ -1668,8 +1676,47 @@ impl PocketFs {
         Ok((CString::new(p).expect("no NUL"), fd))
     }
 
+    /// The keeper, where it keeps the xattrs of `inode` (the drive has none): Err for a link,
+    /// as [`Self::xattr_path`].
+    fn xattr_keeper(&self, inode: &Inode, write: bool) -> FsResult<Option<&crate::keep::Keeper>> {
+        match &self.keeper {
+            Some(k) if k.is_symlink(inode.ino) => {
+                Err(FsError::Os(if write { Errno::PERM } else { Errno::NODATA }))
+            }
+            Some(k) => Ok(Some(k)),
+            None => Ok(None),
+        }
+    }
+
+    /// An xattr change the keeper made: recorded, with the change time it moves.
+    fn kept_xattr_changed(&self, inode: &Inode, change: Change) -> FsResult<()> {
+        self.record(change);
+        if let Some(keeper) = &self.keeper {
+            let fd = self.path_fd(inode)?;
+            keeper.change(&rustix::fs::fstat(&*fd)?, |_| {});
+        }
+        self.record_attrs_after_xattr(inode)
+    }
+
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let inode = self.inode(nodeid)?;
+        if let Some(keeper) = self.xattr_keeper(&inode, true)? {
+            let how = match flags {
+                libc::XATTR_CREATE => crate::keep::XattrSet::Create,
+                libc::XATTR_REPLACE => crate::keep::XattrSet::Replace,
+                0 => crate::keep::XattrSet::Any,
+                _ => return Err(FsError::Os(Errno::INVAL)),
+            };
+            keeper.set_xattr(inode.ino, name.as_bytes(), Some(value), how)?;
+            return self.kept_xattr_changed(
+                &inode,
+                Change::SetXattr {
+                    file: inode.ino,
+                    name: name.as_bytes().to_vec(),
+                    value: value.to_vec(),
+                },
+            );
+        }
         let (path, _fd) = self.xattr_path(&inode, true)?;
         let c = cname(name)?;
         rustix::fs::setxattr(
@@ -1696,8 +1743,42 @@ impl PocketFs {
     }
 
     /// The value, into a buffer of `size` bytes (ERANGE when too small).
+    /// A kept xattr's value (ENODATA where it is not set).
+    fn kept_xattr(
+        &self,
+        keeper: &crate::keep::Keeper,
+        inode: &Inode,
+        name: &OsStr,
+    ) -> FsResult<Vec<u8>> {
+        keeper
+            .xattrs(inode.ino)
+            .remove(name.as_bytes())
+            .ok_or(FsError::Os(Errno::NODATA))
+    }
+
+    /// A kept file's xattr names, as listxattr gives them.
+    fn kept_xattr_names(keeper: &crate::keep::Keeper, inode: &Inode) -> Vec<u8> {
+        let mut out = Vec::new();
+        for name in keeper.xattrs(inode.ino).into_keys() {
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        out
+    }
+
+    /// `buf` into a caller's buffer of `size` bytes: ERANGE when too small.
+    fn fits(buf: Vec<u8>, size: u32) -> FsResult<Vec<u8>> {
+        if buf.len() > size as usize {
+            return Err(FsError::Os(Errno::RANGE));
+        }
+        Ok(buf)
+    }
+
     pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
         let inode = self.inode(nodeid)?;
+        if let Some(keeper) = self.xattr_keeper(&inode, false)? {
+            return Self::fits(self.kept_xattr(keeper, &inode, name)?, size);
+        }
         let (path, _fd) = self.xattr_path(&inode, false)?;
         let c = cname(name)?;
         let mut buf = vec![0u8; size as usize];
@@ -1708,6 +1789,9 @@ impl PocketFs {
 
     pub fn getxattr_len(&self, nodeid: u64, name: &OsStr) -> FsResult<usize> {
         let inode = self.inode(nodeid)?;
+        if let Some(keeper) = self.xattr_keeper(&inode, false)? {
+            return Ok(self.kept_xattr(keeper, &inode, name)?.len());
+        }
         let (path, _fd) = self.xattr_path(&inode, false)?;
         let c = cname(name)?;
         Ok(rustix::fs::getxattr_query(path.as_c_str(), c.as_c_str())?)
@@ -1717,6 +1801,9 @@ impl PocketFs {
         let inode = self.inode(nodeid)?;
         if inode.is_symlink {
             return Ok(Vec::new());
+        }
+        if let Some(keeper) = self.xattr_keeper(&inode, false).unwrap_or(None) {
+            return Self::fits(Self::kept_xattr_names(keeper, &inode), size);
         }
         let (path, _fd) = self.xattr_path(&inode, false)?;
         let mut buf = vec![0u8; size as usize];
@@ -1730,12 +1817,25 @@ impl PocketFs {
         if inode.is_symlink {
             return Ok(0);
         }
+        if let Some(keeper) = self.xattr_keeper(&inode, false).unwrap_or(None) {
+            return Ok(Self::kept_xattr_names(keeper, &inode).len());
+        }
         let (path, _fd) = self.xattr_path(&inode, false)?;
         Ok(rustix::fs::listxattr_query(path.as_c_str())?)
     }
 
     pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> FsResult<()> {
         let inode = self.inode(nodeid)?;
+        if let Some(keeper) = self.xattr_keeper(&inode, true)? {
+            keeper.set_xattr(inode.ino, name.as_bytes(), None, crate::keep::XattrSet::Any)?;
+            return self.kept_xattr_changed(
+                &inode,
+                Change::RemoveXattr {
+                    file: inode.ino,
+                    name: name.as_bytes().to_vec(),
+                },
+            );
+        }
         let (path, _fd) = self.xattr_path(&inode, true)?;
         let c = cname(name)?;
         rustix::fs::removexattr(path.as_c_str(), c.as_c_str())?;

@@ -9,15 +9,18 @@
 //! change time the mount shows while it runs; access times given to `utimens` are kept exact
 //! as long. A symbolic link, fifo, socket or device, which such a drive
 //! cannot hold, is a small file there (a link's target, or nothing), kept as what it is here.
+//! So are extended attributes (user, trusted and security names; the system names, ACLs, are
+//! refused as on a drive without them: the kernel would not enforce them).
 
 // Field types of `struct stat` differ between targets; the casts are for the others.
 #![allow(clippy::unnecessary_cast)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use journal::{DriveIds, FileId, Keeping, Kind, Meta};
 use parking_lot::RwLock;
 use rustix::fs::Stat;
+use rustix::io::Errno;
 
 /// What the mount keeps of one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +51,22 @@ pub(crate) struct Keeper {
     by_number: RwLock<HashMap<u64, Kept>>,
     /// The owner of a file the catalog does not know: the mount's.
     owner: (u32, u32),
+    /// Extended attributes, from the catalog by id, and this session's by number.
+    xattrs_by_file: RwLock<HashMap<FileId, Xattrs>>,
+    xattrs_by_number: RwLock<HashMap<u64, Xattrs>>,
+}
+
+/// One file's extended attributes, by name.
+pub(crate) type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// What `setxattr` asks beside the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum XattrSet {
+    Any,
+    /// XATTR_CREATE: fails with EEXIST where the name is set.
+    Create,
+    /// XATTR_REPLACE: fails with ENODATA where it is not.
+    Replace,
 }
 
 /// The `S_IFMT` bits of a kind.
@@ -82,8 +101,13 @@ impl Keeper {
         ids: DriveIds,
         granularity_ns: i64,
         files: impl IntoIterator<Item = (FileId, Meta)>,
+        xattrs: impl IntoIterator<Item = (FileId, Vec<u8>, Vec<u8>)>,
         owner: (u32, u32),
     ) -> Keeper {
+        let mut xattrs_by_file: HashMap<FileId, Xattrs> = HashMap::new();
+        for (file, name, value) in xattrs {
+            xattrs_by_file.entry(file).or_default().insert(name, value);
+        }
         let by_file = files
             .into_iter()
             .map(|(id, m)| {
@@ -110,7 +134,48 @@ impl Keeper {
             by_file: RwLock::new(by_file),
             by_number: RwLock::new(HashMap::new()),
             owner,
+            xattrs_by_file: RwLock::new(xattrs_by_file),
+            xattrs_by_number: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The extended attributes of the file the drive numbers `number`.
+    pub fn xattrs(&self, number: u64) -> Xattrs {
+        if let Some(x) = self.xattrs_by_number.read().get(&number) {
+            return x.clone();
+        }
+        self.ids
+            .file_of(number)
+            .and_then(|id| self.xattrs_by_file.read().get(&id).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Sets (`value` Some) or removes an extended attribute, with the errors Linux gives.
+    pub fn set_xattr(
+        &self,
+        number: u64,
+        name: &[u8],
+        value: Option<&[u8]>,
+        how: XattrSet,
+    ) -> Result<(), Errno> {
+        let kept = [&b"user."[..], b"trusted.", b"security."];
+        if !kept.iter().any(|p| name.starts_with(p)) {
+            return Err(Errno::OPNOTSUPP);
+        }
+        let mut x = self.xattrs(number);
+        let had = x.contains_key(name);
+        match (value, how) {
+            (Some(_), XattrSet::Create) if had => return Err(Errno::EXIST),
+            (Some(_), XattrSet::Replace) | (None, _) if !had => return Err(Errno::NODATA),
+            (Some(v), _) => {
+                x.insert(name.to_vec(), v.to_vec());
+            }
+            (None, _) => {
+                x.remove(name);
+            }
+        }
+        self.xattrs_by_number.write().insert(number, x);
+        Ok(())
     }
 
     fn get(&self, number: u64) -> Option<Kept> {
@@ -219,6 +284,9 @@ impl Keeper {
             rdev: stand_in.map_or(0, |(_, r)| r),
         };
         self.by_number.write().insert(st.st_ino as u64, k);
+        self.xattrs_by_number
+            .write()
+            .insert(st.st_ino as u64, Xattrs::new());
     }
 }
 
@@ -254,7 +322,7 @@ mod tests {
             ctime_ns: 0,
             rdev: 0,
         };
-        let k = Keeper::new(ids, 1_000_000_000, [(7, meta)], (0, 0));
+        let k = Keeper::new(ids, 1_000_000_000, [(7, meta)], [], (0, 0));
         let mut st = stat(7, libc::S_IFREG | 0o777, 1_700_000_000);
         k.show(&mut st);
         assert_eq!(st.st_mode, libc::S_IFREG | 0o600);
@@ -287,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_fifo_or_device_is_an_empty_file_on_the_drive_and_shown_as_what_it_is() {
-        let k = Keeper::new(DriveIds::default(), 1_000_000_000, [], (0, 0));
+        let k = Keeper::new(DriveIds::default(), 1_000_000_000, [], [], (0, 0));
         let drive = stat(9, libc::S_IFREG | 0o777, 5);
         k.born(&drive, Some((Kind::CharDev, 0x0103)), 0o666, (0, 0));
         let mut st = drive;
@@ -310,7 +378,7 @@ mod tests {
 
     #[test]
     fn an_access_time_given_is_shown_exact_while_the_drive_agrees() {
-        let k = Keeper::new(DriveIds::default(), 1_000_000_000, [], (0, 0));
+        let k = Keeper::new(DriveIds::default(), 1_000_000_000, [], [], (0, 0));
         let mut drive = stat(3, libc::S_IFREG | 0o777, 5);
         drive.st_atime = 1_900_000_000;
         k.change(&drive, |k| k.atime_ns = Some(1_900_000_000_250_000_000));
@@ -325,5 +393,37 @@ mod tests {
         let mut st = drive;
         k.show(&mut st);
         assert_eq!((st.st_atime, st.st_atime_nsec), (1_900_000_100, 0));
+    }
+
+    #[test]
+    fn extended_attributes_are_kept_with_the_errors_linux_gives() {
+        let k = Keeper::new(
+            DriveIds::default(),
+            1,
+            [],
+            [(4, b"user.a".to_vec(), b"1".to_vec())],
+            (0, 0),
+        );
+        assert_eq!(k.xattrs(4).get(&b"user.a"[..]).unwrap(), b"1");
+        let set = |name: &[u8], v: Option<&[u8]>, how| k.set_xattr(4, name, v, how);
+        assert_eq!(
+            set(b"user.a", Some(b"2"), XattrSet::Create),
+            Err(Errno::EXIST)
+        );
+        assert_eq!(
+            set(b"user.b", Some(b"2"), XattrSet::Replace),
+            Err(Errno::NODATA)
+        );
+        assert_eq!(set(b"user.b", None, XattrSet::Any), Err(Errno::NODATA));
+        assert_eq!(
+            set(b"system.posix_acl_access", Some(b"x"), XattrSet::Any),
+            Err(Errno::OPNOTSUPP)
+        );
+        set(b"user.a", Some(b"3"), XattrSet::Replace).unwrap();
+        set(b"user.b", Some(b""), XattrSet::Create).unwrap();
+        set(b"user.a", None, XattrSet::Any).unwrap();
+        let want: Xattrs = [(b"user.b".to_vec(), Vec::new())].into_iter().collect();
+        assert_eq!(k.xattrs(4), want);
+        assert!(k.xattrs(5).is_empty(), "another file has none");
     }
 }

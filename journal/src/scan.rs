@@ -121,7 +121,8 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     // without their timestamps moving. Wait until that window has passed and look again, so
     // that what we record (and the time we record it at) is safely past their last change.
     settle(&mut disk_files, racy);
-    if let Some(keeping) = crate::Keeping::of(&reader)? {
+    let keeping = crate::Keeping::of(&reader)?;
+    if let Some(keeping) = keeping {
         keep_what_the_drive_cannot(&mut disk_files, &cat_files, keeping);
     }
 
@@ -253,7 +254,8 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
             plan.emit(Change::SetAttr { file: id, meta: m });
             report.attrs += 1;
         }
-        if m.ctime_ns != c.ctime_ns {
+        // (Where the journal keeps modes it keeps xattrs too: the drive has none to read.)
+        if m.ctime_ns != c.ctime_ns && keeping.is_none() {
             let old = reader.xattrs(id)?;
             let new = read_xattrs(&d.path).unwrap_or_else(|e| {
                 warn!("scan: cannot read xattrs of {}: {e}", d.path.display());

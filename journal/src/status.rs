@@ -52,6 +52,9 @@ pub struct Reader {
     path: PathBuf,
 }
 
+/// One extended attribute of one file: (file, name, value).
+pub type FileXattr = (u64, Vec<u8>, Vec<u8>);
+
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
         Ok(Reader {
@@ -250,6 +253,16 @@ impl Reader {
             .conn
             .prepare_cached("SELECT name, value FROM xattrs WHERE file=?1 ORDER BY name")?;
         let rows = stmt.query_map([file as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every extended attribute in the catalog: (file, name, value). (What a mount keeps for
+    /// a drive without them.)
+    pub fn all_xattrs(&self) -> Result<Vec<FileXattr>> {
+        let mut stmt = self.conn.prepare("SELECT file, name, value FROM xattrs")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

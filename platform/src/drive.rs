@@ -52,7 +52,15 @@ impl DriveTraits {
             // Where the journal keeps modes it keeps links too (as files of their targets).
             (self.symlinks || !self.modes, "symbolic links"),
             (self.hard_links, "hard links"),
-            (self.xattrs, "extended attributes and ACLs"),
+            // Where the journal keeps modes it keeps xattrs too, not ACLs.
+            (
+                self.xattrs,
+                if self.modes {
+                    "extended attributes and ACLs"
+                } else {
+                    "ACLs"
+                },
+            ),
             (!self.case_insensitive, "names that differ only in case"),
         ] {
             if !kept {
@@ -91,6 +99,10 @@ impl DriveTraits {
         }
         if !self.symlinks && !self.modes {
             out.push("symbolic links (as small files of their targets)".to_owned());
+            out.push("fifos, sockets and devices (as empty files)".to_owned());
+        }
+        if !self.xattrs && !self.modes {
+            out.push("extended attributes".to_owned());
         }
         if !self.any_name {
             out.push("names with \" * : < > ? \\ | or control characters".to_owned());

@@ -720,6 +720,7 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
         ("user.tag".to_string(), b"final".to_vec()),
     ];
     assert_eq!(xattrs(&m.mnt.join("secret.txt")), want_xattrs);
+    assert!(xattrs(&m.mnt.join("link")).is_empty(), "a link has none");
     fs::write(m.mnt.join("tagged.txt"), b"v1").unwrap();
     rustix::fs::setxattr(m.mnt.join("tagged.txt"), "user.k", b"v", X::empty()).unwrap();
     let tagged = vec![("user.k".to_string(), b"v".to_vec())];

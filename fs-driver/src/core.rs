@@ -1742,14 +1742,8 @@ impl PocketFs {
         self.record_attrs_after_xattr(&inode)
     }
 
-    /// The value, into a buffer of `size` bytes (ERANGE when too small).
     /// A kept xattr's value (ENODATA where it is not set).
-    fn kept_xattr(
-        &self,
-        keeper: &crate::keep::Keeper,
-        inode: &Inode,
-        name: &OsStr,
-    ) -> FsResult<Vec<u8>> {
+    fn kept_xattr(keeper: &crate::keep::Keeper, inode: &Inode, name: &OsStr) -> FsResult<Vec<u8>> {
         keeper
             .xattrs(inode.ino)
             .remove(name.as_bytes())
@@ -1774,10 +1768,11 @@ impl PocketFs {
         Ok(buf)
     }
 
+    /// The value, into a buffer of `size` bytes (ERANGE when too small).
     pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
         let inode = self.inode(nodeid)?;
         if let Some(keeper) = self.xattr_keeper(&inode, false)? {
-            return Self::fits(self.kept_xattr(keeper, &inode, name)?, size);
+            return Self::fits(Self::kept_xattr(keeper, &inode, name)?, size);
         }
         let (path, _fd) = self.xattr_path(&inode, false)?;
         let c = cname(name)?;
@@ -1790,7 +1785,7 @@ impl PocketFs {
     pub fn getxattr_len(&self, nodeid: u64, name: &OsStr) -> FsResult<usize> {
         let inode = self.inode(nodeid)?;
         if let Some(keeper) = self.xattr_keeper(&inode, false)? {
-            return Ok(self.kept_xattr(keeper, &inode, name)?.len());
+            return Ok(Self::kept_xattr(keeper, &inode, name)?.len());
         }
         let (path, _fd) = self.xattr_path(&inode, false)?;
         let c = cname(name)?;
@@ -1802,8 +1797,10 @@ impl PocketFs {
         if inode.is_symlink {
             return Ok(Vec::new());
         }
-        if let Some(keeper) = self.xattr_keeper(&inode, false).unwrap_or(None) {
-            return Self::fits(Self::kept_xattr_names(keeper, &inode), size);
+        match self.xattr_keeper(&inode, false) {
+            Ok(Some(keeper)) => return Self::fits(Self::kept_xattr_names(keeper, &inode), size),
+            Err(_) => return Ok(Vec::new()), // a link held as a file: none
+            Ok(None) => {}
         }
         let (path, _fd) = self.xattr_path(&inode, false)?;
         let mut buf = vec![0u8; size as usize];
@@ -1817,8 +1814,10 @@ impl PocketFs {
         if inode.is_symlink {
             return Ok(0);
         }
-        if let Some(keeper) = self.xattr_keeper(&inode, false).unwrap_or(None) {
-            return Ok(Self::kept_xattr_names(keeper, &inode).len());
+        match self.xattr_keeper(&inode, false) {
+            Ok(Some(keeper)) => return Ok(Self::kept_xattr_names(keeper, &inode).len()),
+            Err(_) => return Ok(0),
+            Ok(None) => {}
         }
         let (path, _fd) = self.xattr_path(&inode, false)?;
         Ok(rustix::fs::listxattr_query(path.as_c_str())?)

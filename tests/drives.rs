@@ -823,6 +823,54 @@ fn md_of(path: &std::path::Path) -> fs::Metadata {
     fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// What the mount keeps for exFAT is in the journal before the call returns: a chmod, a
+/// chown, an xattr and a link survive a kill -9 of the daemon right after, as they would on a
+/// drive that holds them (the journal commits every few milliseconds; without the wait these
+/// were lost).
+#[test]
+fn on_exfat_what_the_mount_keeps_survives_a_kill_9_right_after() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_drive, root, _) = pocket_on(tmp.path(), "exfat", 128);
+    let p = mountable(&root, tmp.path());
+    for round in 0..5u32 {
+        let m = p.mount(&[]);
+        let mode = 0o600 + round;
+        let file = m.mnt.join("notes.txt");
+        fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&file, Some(1000 + round), None).unwrap();
+        rustix::fs::setxattr(
+            &file,
+            "user.round",
+            &[round as u8],
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let link = format!("link{round}");
+        std::os::unix::fs::symlink("notes.txt", m.mnt.join(&link)).unwrap();
+        m.kill9();
+        let m = p.mount(&[]);
+        let md = fs::metadata(m.mnt.join("notes.txt")).unwrap();
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid()),
+            (mode, 1000 + round),
+            "round {round}"
+        );
+        let mut v = [0u8; 1];
+        rustix::fs::getxattr(m.mnt.join("notes.txt"), "user.round", &mut v).unwrap();
+        assert_eq!(v[0], round as u8, "round {round}");
+        assert!(
+            fs::symlink_metadata(m.mnt.join(&link))
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "round {round}: the link"
+        );
+        m.unmount();
+    }
+}
+
 /// exFAT refuses `" * : < > ? \ |`, control characters and names that are not UTF-8. The pocket
 /// keeps such names: the drive stores look-alikes (Apple's and Samba's mapping), the mount,
 /// the scan and the backups see the real names, and a replug changes nothing.

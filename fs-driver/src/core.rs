@@ -889,7 +889,20 @@ impl PocketFs {
                 );
             }
         }
+        if attr.mode.is_some() || attr.uid.is_some() || attr.gid.is_some() {
+            self.keep_committed()?;
+        }
         Ok(st)
+    }
+
+    /// Where the drive never sees a change (a mode, owner, xattr or file kind the mount
+    /// keeps), returns once the journal holds it: it then survives a kill -9 of the daemon as
+    /// the drive's own changes do. (Kept exact times do not wait: the drive has them rounded.)
+    fn keep_committed(&self) -> FsResult<()> {
+        if let (Some(_), Some(j)) = (&self.keeper, &self.journal) {
+            j.commit()?;
+        }
+        Ok(())
     }
 
     pub fn readlink(&self, nodeid: u64) -> FsResult<Vec<u8>> {
@@ -1044,14 +1057,19 @@ impl PocketFs {
         };
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
-        self.finish_create(&p, name, caller, mode & !umask, stand_in, |file, meta| {
-            Change::Create {
-                parent: pid,
-                name: name_b,
-                file,
-                meta,
-            }
-        })
+        let entry =
+            self.finish_create(&p, name, caller, mode & !umask, stand_in, |file, meta| {
+                Change::Create {
+                    parent: pid,
+                    name: name_b,
+                    file,
+                    meta,
+                }
+            })?;
+        if stand_in.is_some() {
+            self.keep_committed()?;
+        }
+        Ok(entry)
     }
 
     pub fn mkdir(
@@ -1118,7 +1136,7 @@ impl PocketFs {
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
         let target_b = target.as_os_str().as_bytes().to_vec();
-        self.finish_create(&p, name, caller, 0o777, stand_in, |file, meta| {
+        let entry = self.finish_create(&p, name, caller, 0o777, stand_in, |file, meta| {
             Change::Symlink {
                 parent: pid,
                 name: name_b,
@@ -1126,7 +1144,11 @@ impl PocketFs {
                 meta,
                 target: target_b,
             }
-        })
+        })?;
+        if stand_in.is_some() {
+            self.keep_committed()?;
+        }
+        Ok(entry)
     }
 
     /// Removes a name; returns the kernel's inode number of what it named when that file lives
@@ -1695,7 +1717,8 @@ impl PocketFs {
             let fd = self.path_fd(inode)?;
             keeper.change(&rustix::fs::fstat(&*fd)?, |_| {});
         }
-        self.record_attrs_after_xattr(inode)
+        self.record_attrs_after_xattr(inode)?;
+        self.keep_committed()
     }
 
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
@@ -1744,6 +1767,7 @@ impl PocketFs {
 
     /// A kept xattr's value (ENODATA where it is not set).
     fn kept_xattr(keeper: &crate::keep::Keeper, inode: &Inode, name: &OsStr) -> FsResult<Vec<u8>> {
+        crate::keep::Keeper::kept_name(name.as_bytes())?;
         keeper
             .xattrs(inode.ino)
             .remove(name.as_bytes())

@@ -150,6 +150,17 @@ impl Keeper {
             .unwrap_or_default()
     }
 
+    /// Ok for the names kept (user, trusted, security); EOPNOTSUPP for the others, as a drive
+    /// without xattrs answers (so that `ls -l` stops asking for ACLs after the first file).
+    pub fn kept_name(name: &[u8]) -> Result<(), Errno> {
+        let kept = [&b"user."[..], b"trusted.", b"security."];
+        if kept.iter().any(|p| name.starts_with(p)) {
+            Ok(())
+        } else {
+            Err(Errno::OPNOTSUPP)
+        }
+    }
+
     /// Sets (`value` Some) or removes an extended attribute, with the errors Linux gives.
     pub fn set_xattr(
         &self,
@@ -158,10 +169,7 @@ impl Keeper {
         value: Option<&[u8]>,
         how: XattrSet,
     ) -> Result<(), Errno> {
-        let kept = [&b"user."[..], b"trusted.", b"security."];
-        if !kept.iter().any(|p| name.starts_with(p)) {
-            return Err(Errno::OPNOTSUPP);
-        }
+        Self::kept_name(name)?;
         let mut x = self.xattrs(number);
         let had = x.contains_key(name);
         match (value, how) {
@@ -418,6 +426,11 @@ mod tests {
         assert_eq!(
             set(b"system.posix_acl_access", Some(b"x"), XattrSet::Any),
             Err(Errno::OPNOTSUPP)
+        );
+        assert_eq!(
+            Keeper::kept_name(b"system.posix_acl_access"),
+            Err(Errno::OPNOTSUPP),
+            "asked for, as refused"
         );
         set(b"user.a", Some(b"3"), XattrSet::Replace).unwrap();
         set(b"user.b", Some(b""), XattrSet::Create).unwrap();

@@ -60,6 +60,9 @@ enum Msg {
     PathIdentity(Sender<Result<(), String>>),
     /// Reply once every change sent before is committed and durable.
     Sync(Sender<Result<u64, String>>),
+    /// Reply once every change sent before is committed (durable against a crash of this
+    /// process, not yet against a power cut).
+    Commit(Sender<Result<u64, String>>),
     Subscribe(Sender<u64>),
     Meta(&'static str, i64),
     Unsynced(i64, FileId),
@@ -94,6 +97,7 @@ impl std::fmt::Debug for Msg {
             Msg::Rebind(..) => f.write_str("Rebind"),
             Msg::PathIdentity(_) => f.write_str("PathIdentity"),
             Msg::Sync(_) => f.write_str("Sync"),
+            Msg::Commit(_) => f.write_str("Commit"),
             Msg::Subscribe(_) => f.write_str("Subscribe"),
             Msg::Meta(k, _) => write!(f, "Meta({k})"),
             Msg::Unsynced(_, file) => write!(f, "Unsynced({file})"),
@@ -291,6 +295,18 @@ impl JournalHandle {
         self.send(Msg::Meta(key, value));
     }
 
+    /// Returns once every change queued before this call is committed, without waiting for
+    /// the drive to make it durable: what a change the drive never sees (a mode kept for
+    /// exFAT) needs to survive a kill -9 of this process, as the drive's own would.
+    pub fn commit(&self) -> Result<u64> {
+        let (tx, rx) = bounded(1);
+        if !self.send(Msg::Commit(tx)) {
+            return Err(Error::WriterGone);
+        }
+        let _ = self.wake.try_send(());
+        answer(rx.recv(), "the journal could not commit")
+    }
+
     /// Returns once every change queued before this call is committed with a full sync:
     /// the fsync promise.
     pub fn sync(&self) -> Result<u64> {
@@ -430,7 +446,8 @@ impl Writer {
     /// never pay for a wake-up per change.
     fn run(&mut self, rx: Receiver<Msg>, wake: Receiver<()>, idle: Arc<AtomicBool>) {
         let mut queue: Vec<Queued> = Vec::new();
-        let mut waiters: Vec<Sender<Result<u64, String>>> = Vec::new();
+        // Who waits for the next commit, and whether durably (an fsync) or not.
+        let mut waiters: Vec<(Sender<Result<u64, String>>, bool)> = Vec::new();
         let mut settlers: Vec<Sender<Result<(), String>>> = Vec::new();
         // Unsynced marks not yet durable, since when: they are made durable (a full sync)
         // within MARK_DELAY, waited on or not.
@@ -454,7 +471,10 @@ impl Writer {
                 }
             }
             let marks_due = marks.is_some_and(|t| t.elapsed() >= MARK_DELAY);
-            let durable = !waiters.is_empty() || !settlers.is_empty() || shutdown || marks_due;
+            let durable = waiters.iter().any(|(_, full)| *full)
+                || !settlers.is_empty()
+                || shutdown
+                || marks_due;
             if queue.is_empty() && (!durable || !self.undurable) {
                 self.answer(&mut waiters, &mut settlers);
                 if shutdown {
@@ -518,7 +538,7 @@ impl Writer {
                         "journal: commit of {} changes failed: {e}; keeping them and retrying",
                         queue.len()
                     );
-                    for w in waiters.drain(..) {
+                    for (w, _) in waiters.drain(..) {
                         let _ = w.send(Err(e.to_string()));
                     }
                     for w in settlers.drain(..) {
@@ -552,10 +572,10 @@ impl Writer {
     /// Everything is committed (durably, when anyone waits): tells those who wait.
     fn answer(
         &mut self,
-        waiters: &mut Vec<Sender<Result<u64, String>>>,
+        waiters: &mut Vec<(Sender<Result<u64, String>>, bool)>,
         settlers: &mut Vec<Sender<Result<(), String>>>,
     ) {
-        for w in waiters.drain(..) {
+        for (w, _) in waiters.drain(..) {
             let _ = w.send(Ok(self.tip.last_seq));
         }
         for w in settlers.drain(..) {
@@ -580,7 +600,7 @@ impl Writer {
         &mut self,
         msg: Msg,
         queue: &mut Vec<Queued>,
-        waiters: &mut Vec<Sender<Result<u64, String>>>,
+        waiters: &mut Vec<(Sender<Result<u64, String>>, bool)>,
         settlers: &mut Vec<Sender<Result<(), String>>>,
     ) -> bool {
         match msg {
@@ -591,7 +611,8 @@ impl Writer {
             Msg::Meta(k, v) => queue.push(Queued::Meta(k, v)),
             Msg::Unsynced(t, f) => queue.push(Queued::Unsynced(t, f)),
             Msg::Settle(w) => settlers.push(w),
-            Msg::Sync(w) => waiters.push(w),
+            Msg::Sync(w) => waiters.push((w, true)),
+            Msg::Commit(w) => waiters.push((w, false)),
             Msg::Subscribe(s) => self.subscribers.push(s),
             Msg::Shutdown => return true,
         }

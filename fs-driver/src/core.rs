@@ -43,6 +43,10 @@ use crate::error::{FsError, FsResult};
 /// The inode number the kernel uses for the root.
 pub const ROOT: u64 = 1;
 
+/// The least time a record must be taken after a file's modification time for its times to
+/// tell a later write, on a drive whose times are coarse (the scan's racy window is the same).
+const MIN_TIME_GRANULARITY_NS: i64 = 20_000_000;
+
 /// Who asks: the caller's ids, for ownership of what they create.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
@@ -115,6 +119,20 @@ impl Snap {
 }
 
 impl WriteState {
+    fn set_recorded(&mut self, snap: Snap) {
+        self.recorded = Some(snap);
+        self.recorded_at = crate::keep::now_ns();
+    }
+
+    /// Whether `snap` shows the contents as last recorded. On a drive with coarse times
+    /// (`granularity_ns`; 0 where they are exact), not when the record was taken within that
+    /// of its modification time: a write since then of as many bytes leaves size and time as
+    /// they were (exFAT keeps times to the second through its FUSE driver).
+    fn as_recorded(&self, snap: Snap, granularity_ns: i64) -> bool {
+        self.recorded == Some(snap)
+            && (granularity_ns == 0 || self.recorded_at - snap.mtime_ns >= granularity_ns)
+    }
+
     /// Remembers a folder that got a new entry for this file, once.
     fn new_name_in(&mut self, parent: &Arc<Inode>) {
         if !self.unsynced_parents.iter().any(|p| Arc::ptr_eq(p, parent)) {
@@ -127,6 +145,8 @@ impl WriteState {
 struct WriteState {
     /// The contents last recorded (or found at first open).
     recorded: Option<Snap>,
+    /// When `recorded` was taken (the daemon's clock).
+    recorded_at: i64,
     /// Written through the daemon, or its size or times set, since the last record.
     dirty: bool,
     /// Directories whose entry for this file is not yet known to be on the drive.
@@ -197,6 +217,8 @@ pub struct PocketFs {
     writeback: Writeback,
     /// Modes, owners and exact times, where the drive cannot keep them.
     keeper: Option<crate::keep::Keeper>,
+    /// How coarse the drive's file times are, where they are (0: exact).
+    time_granularity_ns: i64,
     /// Names the drive cannot spell are stored under look-alikes (`journal::spelling`).
     names_encoded: bool,
 }
@@ -358,6 +380,7 @@ impl PocketFs {
             unsynced: Mutex::new(HashMap::new()),
             writeback: Writeback::default(),
             keeper: None,
+            time_granularity_ns: 0,
             names_encoded,
         })
     }
@@ -381,6 +404,7 @@ impl PocketFs {
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         );
+        self.time_granularity_ns = granularity_ns.max(MIN_TIME_GRANULARITY_NS);
         self.keeper = Some(crate::keep::Keeper::new(
             ids,
             granularity_ns,
@@ -870,7 +894,7 @@ impl PocketFs {
         if attr.size.is_some() {
             // A new size is new contents.
             let mut w = inode.write.lock();
-            w.recorded = Some(Snap::of(&st));
+            w.set_recorded(Snap::of(&st));
             w.dirty = false;
             self.record(Change::Content {
                 file: inode.ino,
@@ -1301,10 +1325,12 @@ impl PocketFs {
         let meta = self.meta(after);
         let mut w = inode.write.lock();
         let content = meta.kind == Kind::File
-            && (w.dirty || w.recorded.is_some_and(|r| r != Snap::of(before)));
+            && (w.dirty
+                || (w.recorded.is_some()
+                    && !w.as_recorded(Snap::of(before), self.time_granularity_ns)));
         if content {
             w.dirty = false;
-            w.recorded = Some(Snap::of(after));
+            w.set_recorded(Snap::of(after));
             let open_for_writing = w.writers > 0;
             drop(w);
             self.record(Change::Content {
@@ -1320,7 +1346,7 @@ impl PocketFs {
         } else {
             if w.recorded.is_some() {
                 // The contents recorded last are still the contents; only times it set moved.
-                w.recorded = Some(Snap::of(after));
+                w.set_recorded(Snap::of(after));
             }
             drop(w);
             self.record(Change::SetAttr {
@@ -1403,7 +1429,7 @@ impl PocketFs {
     fn begin_write(&self, inode: &Inode, st: &Stat) {
         let mut w = inode.write.lock();
         if w.recorded.is_none() {
-            w.recorded = Some(Snap::of(st));
+            w.set_recorded(Snap::of(st));
         }
     }
 
@@ -1484,7 +1510,7 @@ impl PocketFs {
             let mut w = inode.write.lock();
             w.new_name_in(&p);
             if w.recorded.is_none() {
-                w.recorded = Some(Snap::of(&st));
+                w.set_recorded(Snap::of(&st));
             }
             if writable {
                 w.writers += 1;
@@ -1527,9 +1553,9 @@ impl PocketFs {
     fn note_content(&self, inode: &Inode, st: &Stat) -> bool {
         let snap = Snap::of(st);
         let mut w = inode.write.lock();
-        if w.dirty || w.recorded != Some(snap) {
+        if w.dirty || !w.as_recorded(snap, self.time_granularity_ns) {
             w.dirty = false;
-            w.recorded = Some(snap);
+            w.set_recorded(snap);
             self.record(Change::Content {
                 file: inode.ino,
                 meta: self.meta(st),

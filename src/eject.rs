@@ -92,6 +92,18 @@ pub fn unmount_and_wait(
             Err(platform::Error::Locked { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50))
             }
+            // The drive went away (pulled, or its FUSE driver gone: ENOTCONN): the daemon
+            // cannot close its journal there; the next mount scans and records the rest.
+            Err(platform::Error::Io { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(
+                        libc::EIO | libc::ENOTCONN | libc::ENODEV | libc::ENXIO | libc::ENOENT
+                    )
+                ) =>
+            {
+                return Ok(None)
+            }
             Err(platform::Error::Locked { pid, .. }) => {
                 return Err(Failure::new(
                     ExitCode::Busy,

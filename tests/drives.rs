@@ -872,6 +872,62 @@ fn md_of(path: &std::path::Path) -> fs::Metadata {
     fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// An exFAT drive pulled out while mounted (its FUSE driver gone: every call says ENOTCONN):
+/// `backpocket unmount` still takes the mount away and says the drive cannot be read (it
+/// failed on the pocket's lock, leaving the mountpoint to a daemon with no drive), and after
+/// the drive is plugged back in the pocket mounts and holds what was fsynced.
+#[test]
+fn on_exfat_a_pulled_drive_can_be_unmounted_and_mounted_again() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (drive, root, _) = pocket_on(tmp.path(), "exfat", 64);
+    let p = mountable(&root, tmp.path());
+    let m = p.mount(&[]);
+    let f = fs::File::create(m.mnt.join("kept.txt")).unwrap();
+    std::io::Write::write_all(&mut &f, b"fsynced").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // What the kernel still has cached of the drive answers for a moment after it is gone
+    // (the unmount command found the pocket by it, then failed on its lock).
+    let _ = fs::metadata(root.join(".backpocket/config.toml"));
+    let _ = fs::metadata(root.join(".backpocket/lock"));
+    drive.pull();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // (The daemon cannot close its journal there: how it exits is not the point.)
+    let _ = m.unmount_status();
+    assert!(fs::read_dir(&root).is_err(), "the drive was gone");
+    drive.replug();
+    let m = p.mount(&[]);
+    assert_eq!(fs::read(m.mnt.join("kept.txt")).unwrap(), b"fsynced");
+    m.unmount();
+}
+
+/// A file moved out of a folder that is then removed can still be fsynced (its editor saves
+/// it): the mount made the old folder durable too, and exFAT's driver refuses to open a
+/// removed folder (the fsync failed with ENOENT; found by the endurance rounds).
+#[test]
+fn on_exfat_a_file_moved_out_of_a_removed_folder_can_be_fsynced() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_drive, root, _) = pocket_on(tmp.path(), "exfat", 64);
+    let p = mountable(&root, tmp.path());
+    let m = p.mount(&[]);
+    fs::create_dir_all(m.mnt.join("old")).unwrap();
+    fs::create_dir_all(m.mnt.join("new")).unwrap();
+    fs::write(m.mnt.join("old/draft.txt"), b"text").unwrap();
+    fs::rename(m.mnt.join("old/draft.txt"), m.mnt.join("new/draft.txt")).unwrap();
+    fs::remove_dir(m.mnt.join("old")).unwrap();
+    let f = fs::File::options()
+        .append(true)
+        .open(m.mnt.join("new/draft.txt"))
+        .unwrap();
+    std::io::Write::write_all(&mut &f, b", saved").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    m.unmount();
+    assert_eq!(fs::read(root.join("new/draft.txt")).unwrap(), b"text, saved");
+}
+
 /// What the mount keeps for exFAT is in the journal before the call returns: a chmod, a
 /// chown, an xattr and a link survive a kill -9 of the daemon right after, as they would on a
 /// drive that holds them (the journal commits every few milliseconds; without the wait these

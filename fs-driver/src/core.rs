@@ -1611,8 +1611,14 @@ impl PocketFs {
         }
         let parents = std::mem::take(&mut h.inode.write.lock().unsynced_parents);
         for parent in &parents {
-            let fd = self.reopen(parent, OFlags::RDONLY | OFlags::DIRECTORY)?;
-            rustix::fs::fsync(&fd)?;
+            match self.reopen(parent, OFlags::RDONLY | OFlags::DIRECTORY) {
+                Ok(fd) => rustix::fs::fsync(&fd)?,
+                // A folder the file was given a name in and that is gone since (moved out,
+                // then removed): no entry of it to make durable there. (A drive read through
+                // FUSE, exFAT's, refuses to open a removed folder; ext4 opens it.)
+                Err(FsError::Os(Errno::NOENT) | FsError::Stale(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         if h.writable {
             let st = rustix::fs::fstat(&h.file)?;

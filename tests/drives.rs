@@ -902,6 +902,38 @@ fn on_exfat_a_pulled_drive_can_be_unmounted_and_mounted_again() {
     m.unmount();
 }
 
+/// exFAT's FUSE driver keeps a file unlinked while open under a hidden name in its folder and
+/// removes it at the last close, which moves the folder's times: the backup must follow (it
+/// kept the folder's time from before; found by the endurance rounds on exFAT).
+#[test]
+fn on_exfat_a_file_unlinked_while_open_leaves_its_folder_times_backed_up() {
+    use std::os::unix::fs::MetadataExt;
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_drive, root, _) = pocket_on(tmp.path(), "exfat", 64);
+    let dest = add_vault(&root, tmp.path());
+    let p = mountable(&root, tmp.path());
+    let m = p.mount(&[]);
+    fs::create_dir(m.mnt.join("tmp")).unwrap();
+    let mut f = fs::File::create(m.mnt.join("tmp/scratch")).unwrap();
+    std::io::Write::write_all(&mut f, b"1").unwrap();
+    fs::remove_file(m.mnt.join("tmp/scratch")).unwrap();
+    // The folder's time moves at the close, a second later (the drive's times are seconds).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::io::Write::write_all(&mut f, b"2").unwrap();
+    drop(f);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let shown = fs::metadata(m.mnt.join("tmp")).unwrap();
+    let restored = sync_and_restore(&root, &dest, tmp.path());
+    m.unmount();
+    let got = fs::metadata(restored.join("tmp")).unwrap();
+    assert_eq!(
+        (got.mtime(), got.mtime_nsec()),
+        (shown.mtime(), shown.mtime_nsec()),
+        "the folder's time"
+    );
+}
+
 /// A file moved out of a folder that is then removed can still be fsynced (its editor saves
 /// it): the mount made the old folder durable too, and exFAT's driver refuses to open a
 /// removed folder (the fsync failed with ENOENT; found by the endurance rounds).
@@ -925,7 +957,10 @@ fn on_exfat_a_file_moved_out_of_a_removed_folder_can_be_fsynced() {
     f.sync_all().unwrap();
     drop(f);
     m.unmount();
-    assert_eq!(fs::read(root.join("new/draft.txt")).unwrap(), b"text, saved");
+    assert_eq!(
+        fs::read(root.join("new/draft.txt")).unwrap(),
+        b"text, saved"
+    );
 }
 
 /// What the mount keeps for exFAT is in the journal before the call returns: a chmod, a

@@ -1592,6 +1592,27 @@ impl PocketFs {
                 ),
             }
         }
+        // A FUSE driver (exFAT's) keeps a file unlinked while open under a hidden name and
+        // removes it at its last close, which moves the folder's times with no record of
+        // ours: the folder is recorded again, and a drain reads its times afresh.
+        let hidden_in = match &self.keeper {
+            Some(_) => {
+                let (parent, name) = h.inode.name.lock().clone();
+                // Its last name is gone: it was unlinked while open.
+                self.inode(parent).ok().filter(|p| {
+                    let named = self.path_fd(p).ok().and_then(|pfd| {
+                        let c = CString::new(name).ok()?;
+                        rustix::fs::statat(&*pfd, &c, AtFlags::SYMLINK_NOFOLLOW).ok()
+                    });
+                    named.is_none()
+                })
+            }
+            None => None,
+        };
+        drop(h);
+        if let Some(parent) = hidden_in {
+            self.record_attrs_of(parent.ino);
+        }
         Ok(())
     }
 

@@ -350,7 +350,13 @@ impl VaultDrain {
                         report.files += 1;
                         report.bytes_read += content.data_bytes();
                         let p = tree.pending.remove(&d.job.file).expect("checked above");
-                        let meta = tree.kept(p.file, meta, keeping);
+                        // Where the journal keeps what the drive cannot (a mode changed while
+                        // the file was in flight), its catalog has it now, as a POSIX drive
+                        // would have it beside the bytes just read: the tree's is older.
+                        let meta = match keeping.map(|_| reader.file(p.file)).transpose()? {
+                            Some(Some(now)) => meta.kept(keeping, &VMeta::from(now)),
+                            _ => tree.kept(p.file, meta, keeping),
+                        };
                         // First in the segment: applied now, before the batch's records.
                         let change = self.contents_record(&tree, p.file, meta, content);
                         tree.apply(&change);
@@ -952,6 +958,10 @@ fn note_dirs(c: &journal::Change, dirs: &mut BTreeSet<u64>) {
         } => {
             dirs.insert(*parent);
             dirs.insert(*new_parent);
+        }
+        // A folder recorded again (its times moved by something the journal cannot name).
+        C::SetAttr { file, meta } if meta.kind == journal::Kind::Dir => {
+            dirs.insert(*file);
         }
         _ => {}
     }

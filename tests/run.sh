@@ -28,8 +28,9 @@ stage "build the tests" "${build[@]}" --no-run
 
 # Every test program, the endurance harness's short profile among them: rounds of random work
 # through a real mount with every kind of fault injected at least once, each round restored
-# and compared (its seed is fixed here so that CI is repeatable: run it with --minutes N for
-# new schedules; so is the seed of the random work on an exFAT pocket in tests/drives.rs).
+# and compared, on a pocket on XFS and then on exFAT (its seed is fixed here so that CI is
+# repeatable: run it with --minutes N for new schedules; so is the seed of the random work on
+# an exFAT pocket in tests/drives.rs).
 # The end-to-end tests mount many filesystems at once; two test threads keep the machine's
 # two cores busy without starving the FUSE daemons.
 all_tests() {

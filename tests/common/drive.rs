@@ -17,6 +17,8 @@ pub struct Drive {
     mounted: bool,
     /// The loop device a FUSE driver reads (the kernel's own drivers attach theirs).
     loop_dev: Option<PathBuf>,
+    /// Pulled out ([`Self::pull`]) and not yet plugged back in.
+    pulled: std::cell::Cell<bool>,
 }
 
 impl Drive {
@@ -47,6 +49,7 @@ impl Drive {
             dir,
             mounted: false,
             loop_dev,
+            pulled: std::cell::Cell::new(false),
         };
         d.mount();
         d
@@ -67,10 +70,55 @@ impl Drive {
 
     /// Pulled out and plugged back in: unmounted (the log replays at the next mount).
     pub fn replug(&self) {
-        for args in [vec!["umount".into(), self.dir.clone()], self.mount_args()] {
-            let out = Command::new(&args[0]).args(&args[1..]).output().unwrap();
-            assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let out = Command::new("umount").arg(&self.dir).output().unwrap();
+        if !out.status.success() {
+            // A FUSE driver that was killed ([`Self::pull`]) leaves a mount that only a lazy
+            // unmount takes away.
+            let lazy = Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .output()
+                .unwrap();
+            assert!(lazy.status.success(), "umount: {}", stderr(&out));
         }
+        if let (Some(dev), true) = (&self.loop_dev, self.pulled.replace(false)) {
+            // exFAT has no journal: a drive pulled mid-write is repaired when plugged in again,
+            // as Windows and macOS offer to (exfat-fuse mounts it as it is and may fail later).
+            let fsck = Command::new("fsck.exfat")
+                .arg("-y")
+                .arg(dev)
+                .output()
+                .unwrap();
+            assert!(
+                matches!(fsck.status.code(), Some(0 | 1)),
+                "fsck.exfat: {}{}",
+                String::from_utf8_lossy(&fsck.stdout),
+                stderr(&fsck)
+            );
+        }
+        let args = self.mount_args();
+        let out = Command::new(&args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+
+    /// The drive pulled out: every I/O fails from now on. XFS is shut down without flushing
+    /// its log (a power cut); a drive read through a FUSE driver (exFAT) loses its driver to
+    /// kill -9, with whatever the driver had not written to the device yet.
+    pub fn pull(&self) {
+        let Some(dev) = &self.loop_dev else {
+            return self.shutdown();
+        };
+        self.pulled.set(true);
+        let pattern = format!(
+            "^mount.exfat-fuse {} {}$",
+            dev.display(),
+            self.dir.display()
+        );
+        let out = Command::new("pkill")
+            .args(["-9", "-f", &pattern])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pkill {pattern}: {}", stderr(&out));
     }
 
     fn mount_args(&self) -> Vec<PathBuf> {

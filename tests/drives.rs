@@ -934,6 +934,28 @@ fn on_exfat_a_file_unlinked_while_open_leaves_its_folder_times_backed_up() {
     );
 }
 
+/// A folder whose last file was unlinked while open can be removed right after the close, and
+/// no listing shows the hidden name exFAT's FUSE driver keeps such a file under until then.
+#[test]
+fn on_exfat_a_folder_emptied_while_a_file_was_open_can_be_removed() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_drive, root, _) = pocket_on(tmp.path(), "exfat", 64);
+    let p = mountable(&root, tmp.path());
+    let m = p.mount(&[]);
+    for i in 0..20 {
+        let dir = m.mnt.join(format!("tmp{i}"));
+        fs::create_dir(&dir).unwrap();
+        let mut f = fs::File::create(dir.join("scratch")).unwrap();
+        fs::remove_file(dir.join("scratch")).unwrap();
+        std::io::Write::write_all(&mut f, b"still open").unwrap();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "round {i}: listed");
+        drop(f);
+        fs::remove_dir(&dir).unwrap_or_else(|e| panic!("round {i}: rmdir: {e}"));
+    }
+    m.unmount();
+}
+
 /// A file moved out of a folder that is then removed can still be fsynced (its editor saves
 /// it): the mount made the old folder durable too, and exFAT's driver refuses to open a
 /// removed folder (the fsync failed with ENOENT; found by the endurance rounds).

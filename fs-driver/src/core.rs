@@ -171,6 +171,8 @@ struct Inode {
     name: Mutex<(u64, Vec<u8>)>,
     /// When the kernel last looked it up (a tick of [`PocketFs::tick`]).
     used: AtomicU64,
+    /// Its last name was removed (it may still be open).
+    unlinked: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -299,6 +301,11 @@ pub fn meta_of(st: &Stat) -> Meta {
     }
 }
 
+/// A name a FUSE driver gives a file unlinked while it is open, until its last close.
+fn is_fuse_hidden(name: &[u8]) -> bool {
+    name.starts_with(b".fuse_hidden")
+}
+
 /// An xattr's name as a C string.
 fn cname(name: &OsStr) -> FsResult<CString> {
     CString::new(name.as_bytes()).map_err(|_| FsError::Os(Errno::INVAL))
@@ -355,6 +362,7 @@ impl PocketFs {
             write: Mutex::new(WriteState::default()),
             name: Mutex::new((ROOT, Vec::new())),
             used: AtomicU64::new(0),
+            unlinked: std::sync::atomic::AtomicBool::new(false),
         });
         // Three quarters of the descriptors we may hold; the rest is for open files, the
         // journal and everything else.
@@ -550,6 +558,7 @@ impl PocketFs {
                         write: Mutex::new(WriteState::default()),
                         name: Mutex::new((parent.nodeid, name.to_bytes().to_vec())),
                         used: AtomicU64::new(tick),
+                        unlinked: std::sync::atomic::AtomicBool::new(false),
                     }))
                 }
             };
@@ -1185,6 +1194,38 @@ impl PocketFs {
         self.remove(parent, name, true)
     }
 
+    /// A FUSE driver (exFAT's) keeps a file unlinked while open under a hidden name
+    /// (`.fuse_hidden…`) until its last close, which reaches it a moment after ours: a folder
+    /// left with nothing else is removed once they are gone (within a second), as it would be
+    /// on a drive that has no such names.
+    fn rmdir_after_hidden(&self, p_fd: &OwnedFd, c: &CStr) -> FsResult<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let dir = rustix::fs::openat(
+                p_fd,
+                c,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let mut only_hidden = true;
+            for entry in rustix::fs::Dir::new(dir)? {
+                let name = entry?.file_name().to_bytes().to_vec();
+                if name != b"." && name != b".." && !is_fuse_hidden(&name) {
+                    only_hidden = false;
+                    break;
+                }
+            }
+            if !only_hidden || std::time::Instant::now() >= deadline {
+                return Err(FsError::Os(Errno::NOTEMPTY));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            match rustix::fs::unlinkat(p_fd, c, AtFlags::REMOVEDIR) {
+                Err(Errno::NOTEMPTY) => continue,
+                other => return Ok(other?),
+            }
+        }
+    }
+
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> FsResult<Option<u64>> {
         let p = self.inode(parent)?;
         let p_fd = self.path_fd(&p)?;
@@ -1197,8 +1238,18 @@ impl PocketFs {
             AtFlags::empty()
         };
         self.pin(&st, &p_fd, &c);
-        rustix::fs::unlinkat(&*p_fd, &c, flags)?;
+        match rustix::fs::unlinkat(&*p_fd, &c, flags) {
+            Err(Errno::NOTEMPTY) if dir && self.keeper.is_some() => {
+                self.rmdir_after_hidden(&p_fd, &c)?
+            }
+            other => other?,
+        }
         let (parent, name, file) = (p.ino, name.as_bytes().to_vec(), st.st_ino as u64);
+        if !dir && st.st_nlink <= 1 {
+            if let Ok(gone) = self.inode(self.nodeid_of(file)) {
+                gone.unlinked.store(true, Ordering::Relaxed);
+            }
+        }
         self.record(if dir {
             Change::Rmdir { parent, name, file }
         } else {
@@ -1277,6 +1328,8 @@ impl PocketFs {
                 && FileType::from_raw_mode(t.st_mode as _) != FileType::Directory
             {
                 self.record_attrs_of(other);
+            } else if let Ok(gone) = self.inode(self.nodeid_of(other)) {
+                gone.unlinked.store(true, Ordering::Relaxed);
             }
         }
         Ok(stale)
@@ -1595,20 +1648,9 @@ impl PocketFs {
         // A FUSE driver (exFAT's) keeps a file unlinked while open under a hidden name and
         // removes it at its last close, which moves the folder's times with no record of
         // ours: the folder is recorded again, and a drain reads its times afresh.
-        let hidden_in = match &self.keeper {
-            Some(_) => {
-                let (parent, name) = h.inode.name.lock().clone();
-                // Its last name is gone: it was unlinked while open.
-                self.inode(parent).ok().filter(|p| {
-                    let named = self.path_fd(p).ok().and_then(|pfd| {
-                        let c = CString::new(name).ok()?;
-                        rustix::fs::statat(&*pfd, &c, AtFlags::SYMLINK_NOFOLLOW).ok()
-                    });
-                    named.is_none()
-                })
-            }
-            None => None,
-        };
+        let hidden_in = (self.keeper.is_some() && h.inode.unlinked.load(Ordering::Relaxed))
+            .then(|| h.inode.name.lock().0)
+            .and_then(|parent| self.inode(parent).ok());
         drop(h);
         if let Some(parent) = hidden_in {
             self.record_attrs_of(parent.ino);
@@ -1688,6 +1730,10 @@ impl PocketFs {
             let entry = entry?;
             let name = entry.file_name().to_bytes();
             if inode.nodeid == ROOT && name == journal::POCKET_DIR.as_bytes() {
+                continue;
+            }
+            if self.keeper.is_some() && is_fuse_hidden(name) {
+                // A file unlinked while open, kept by the drive's FUSE driver until closed.
                 continue;
             }
             let ino = if inode.nodeid == ROOT && name == b".." {

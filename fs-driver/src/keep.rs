@@ -7,9 +7,9 @@
 //! rounded: once the file is written (here or elsewhere) the drive's time is the truth again.
 //! A change only the mount makes (chmod, chown, a rename the drive gives no new time) moves the
 //! change time the mount shows while it runs; access times given to `utimens` are kept exact
-//! as long. A symbolic link, fifo, socket or device, which such a drive
-//! cannot hold, is a small file there (a link's target, or nothing), kept as what it is here.
-//! So are extended attributes (user, trusted and security names; the system names, ACLs, are
+//! as long. A symbolic link, fifo, socket or device, which such a drive cannot hold, is a
+//! small file there (a link's target, or nothing), kept as what it is here. Extended
+//! attributes are kept too (user, trusted and security names; the system names, ACLs, are
 //! refused as on a drive without them: the kernel would not enforce them).
 
 // Field types of `struct stat` differ between targets; the casts are for the others.

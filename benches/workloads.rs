@@ -89,7 +89,18 @@ impl Drive {
 impl Drop for Drive {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = Command::new("umount").arg(&self.dir).status();
+            // The last mount's daemon may still be letting go of the drive (busy for a moment).
+            for _ in 0..50 {
+                let done = Command::new("umount")
+                    .arg(&self.dir)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if done {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
         if let Some(dev) = &self.loop_dev {
             let _ = Command::new("losetup").arg("-d").arg(dev).status();

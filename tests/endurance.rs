@@ -1133,7 +1133,9 @@ fn round(
         std::thread::sleep(strike_at);
         if faults.contains(&Kind::Kill9Writes) {
             tally.count("kill9-writes");
-            m.take().unwrap().kill9();
+            let dying = m.take().unwrap();
+            let _ = std::fs::write(b.tmp.join(format!("daemon-round{r}.log")), dying.log());
+            dying.kill9();
             b.after_kill();
         } else if faults.contains(&Kind::DriveFull) {
             tally.count("drive-full");
@@ -1237,6 +1239,8 @@ fn round(
         } else {
             "crash-point-not-reached"
         });
+        // Kept beside a drive image left for inspection.
+        let _ = std::fs::write(b.tmp.join(format!("daemon-round{r}.log")), dying.log());
         dying.kill9();
         b.after_kill();
     } else if faults.contains(&Kind::Kill9Drain) && m.is_some() {

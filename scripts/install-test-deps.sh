@@ -19,7 +19,10 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 # Pockets on the drives users carry: real exFAT images, mounted through exfat-fuse (the
 # kernel here has no exfat module), and losetup to attach them.
 command -v mkfs.exfat >/dev/null || need+=(exfatprogs)
+command -v fsck.exfat >/dev/null || need+=(exfatprogs)
 command -v mount.exfat-fuse >/dev/null || need+=(exfat-fuse)
+# A pulled exFAT drive is its FUSE driver killed (pkill) and repaired when plugged back in.
+command -v pkill >/dev/null || need+=(procps)
 command -v losetup >/dev/null || need+=(mount)
 # The backup tests mount tmpfs and bind mounts as destinations that fill up and get unplugged.
 command -v mount >/dev/null || need+=(mount)

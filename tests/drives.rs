@@ -114,6 +114,15 @@ fn mountable(root: &std::path::Path, tmp: &std::path::Path) -> Pocket {
 }
 
 /// A vault destination "home" for the pocket at `root`: (passphrase file, vault folder).
+/// A pocket on a fresh exFAT image of `size_mb` MiB, ready to mount: the temporary folder
+/// (keep it alive), the drive, the pocket's root, the mountable pocket.
+fn exfat_pocket(size_mb: u64) -> (tempfile::TempDir, Drive, std::path::PathBuf, Pocket) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (drive, root, _) = pocket_on(tmp.path(), "exfat", size_mb);
+    let p = mountable(&root, tmp.path());
+    (tmp, drive, root, p)
+}
+
 fn add_vault(
     root: &std::path::Path,
     tmp: &std::path::Path,
@@ -367,10 +376,8 @@ fn on_exfat_a_same_size_rewrite_within_the_second_is_not_missed() {
 fn on_exfat_a_same_size_rewrite_through_the_mount_within_the_second_is_backed_up() {
     require_root!();
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
-    let tmp = tempfile::tempdir().unwrap();
-    let (_drive, root, _) = pocket_on(tmp.path(), "exfat", 64);
+    let (tmp, _drive, root, p) = exfat_pocket(64);
     let dest = add_vault(&root, tmp.path());
-    let p = mountable(&root, tmp.path());
     let m = p.mount(&[]);
     let restored = tmp.path().join("restored");
     // The case needs the first write, its backup and the rewrite within one second of the
@@ -647,10 +654,8 @@ fn on_exfat_the_mount_keeps_modes_owners_and_exact_times() {
     use std::os::unix::ffi::OsStringExt;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let (drive, root, _) = pocket_on(tmp.path(), "exfat", 128);
+    let (tmp, drive, root, p) = exfat_pocket(128);
     let dest = add_vault(&root, tmp.path());
-    let p = mountable(&root, tmp.path());
     let exact = std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789);
     let shown = |mnt: &std::path::Path| -> Vec<(String, u32, u32, i64)> {
         ["notes.txt", "secret.txt", "bin", "bin/run.sh"]
@@ -879,9 +884,7 @@ fn md_of(path: &std::path::Path) -> fs::Metadata {
 #[test]
 fn on_exfat_a_pulled_drive_can_be_unmounted_and_mounted_again() {
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let (drive, root, _) = pocket_on(tmp.path(), "exfat", 64);
-    let p = mountable(&root, tmp.path());
+    let (_tmp, drive, root, p) = exfat_pocket(64);
     let m = p.mount(&[]);
     let f = fs::File::create(m.mnt.join("kept.txt")).unwrap();
     std::io::Write::write_all(&mut &f, b"fsynced").unwrap();
@@ -909,10 +912,8 @@ fn on_exfat_a_pulled_drive_can_be_unmounted_and_mounted_again() {
 fn on_exfat_a_file_unlinked_while_open_leaves_its_folder_times_backed_up() {
     use std::os::unix::fs::MetadataExt;
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let (_drive, root, _) = pocket_on(tmp.path(), "exfat", 64);
+    let (tmp, _drive, root, p) = exfat_pocket(64);
     let dest = add_vault(&root, tmp.path());
-    let p = mountable(&root, tmp.path());
     let m = p.mount(&[]);
     fs::create_dir(m.mnt.join("tmp")).unwrap();
     let mut f = fs::File::create(m.mnt.join("tmp/scratch")).unwrap();
@@ -939,9 +940,7 @@ fn on_exfat_a_file_unlinked_while_open_leaves_its_folder_times_backed_up() {
 #[test]
 fn on_exfat_a_folder_emptied_while_a_file_was_open_can_be_removed() {
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let (_drive, root, _) = pocket_on(tmp.path(), "exfat", 64);
-    let p = mountable(&root, tmp.path());
+    let (_tmp, _drive, _root, p) = exfat_pocket(64);
     let m = p.mount(&[]);
     for i in 0..20 {
         let dir = m.mnt.join(format!("tmp{i}"));
@@ -962,9 +961,7 @@ fn on_exfat_a_folder_emptied_while_a_file_was_open_can_be_removed() {
 #[test]
 fn on_exfat_a_file_moved_out_of_a_removed_folder_can_be_fsynced() {
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let (_drive, root, _) = pocket_on(tmp.path(), "exfat", 64);
-    let p = mountable(&root, tmp.path());
+    let (_tmp, _drive, root, p) = exfat_pocket(64);
     let m = p.mount(&[]);
     fs::create_dir_all(m.mnt.join("old")).unwrap();
     fs::create_dir_all(m.mnt.join("new")).unwrap();
@@ -993,9 +990,7 @@ fn on_exfat_a_file_moved_out_of_a_removed_folder_can_be_fsynced() {
 fn on_exfat_what_the_mount_keeps_survives_a_kill_9_right_after() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let (_drive, root, _) = pocket_on(tmp.path(), "exfat", 128);
-    let p = mountable(&root, tmp.path());
+    let (_tmp, _drive, _root, p) = exfat_pocket(128);
     for round in 0..5u32 {
         let m = p.mount(&[]);
         let mode = 0o600 + round;

@@ -1810,13 +1810,16 @@ impl PocketFs {
     }
 
     /// An xattr change the keeper made: recorded, with the change time it moves.
-    fn kept_xattr_changed(&self, inode: &Inode, change: Change) -> FsResult<()> {
+    fn kept_xattr_changed(
+        &self,
+        keeper: &crate::keep::Keeper,
+        inode: &Inode,
+        change: Change,
+    ) -> FsResult<()> {
         self.record(change);
-        if let Some(keeper) = &self.keeper {
-            let fd = self.path_fd(inode)?;
-            keeper.change(&rustix::fs::fstat(&*fd)?, |_| {});
-        }
-        self.record_attrs_after_xattr(inode)?;
+        let st = rustix::fs::fstat(&*self.path_fd(inode)?)?;
+        keeper.change(&st, |_| {});
+        self.record_attrs(inode, &st, &st);
         self.keep_committed()
     }
 
@@ -1831,6 +1834,7 @@ impl PocketFs {
             };
             keeper.set_xattr(inode.ino, name.as_bytes(), Some(value), how)?;
             return self.kept_xattr_changed(
+                keeper,
                 &inode,
                 Change::SetXattr {
                     file: inode.ino,
@@ -1951,6 +1955,7 @@ impl PocketFs {
         if let Some(keeper) = self.xattr_keeper(&inode, true)? {
             keeper.set_xattr(inode.ino, name.as_bytes(), None, crate::keep::XattrSet::Any)?;
             return self.kept_xattr_changed(
+                keeper,
                 &inode,
                 Change::RemoveXattr {
                     file: inode.ino,

@@ -189,11 +189,10 @@ impl Journal {
     /// holds keep their ids; the next scan matches them to the drive by path. Cannot be undone
     /// (ids must stay what the destinations know). Returns once durable.
     pub fn use_path_identity(&self) -> Result<()> {
-        let (tx, rx) = bounded(1);
-        if !self.handle.send(Msg::PathIdentity(tx)) {
-            return Err(Error::WriterGone);
-        }
-        answer(rx.recv(), "the journal could not switch to ids of its own")?;
+        self.handle.ask(
+            Msg::PathIdentity,
+            "the journal could not switch to ids of its own",
+        )?;
         self.handle.sync().map(|_| ())
     }
 
@@ -270,12 +269,10 @@ impl JournalHandle {
     /// for `fresh` numbers, returned in order. Once everything queued before is committed.
     #[cfg(unix)]
     pub(crate) fn rebind(&self, known: Vec<(u64, FileId)>, fresh: Vec<u64>) -> Result<Vec<FileId>> {
-        let (tx, rx) = bounded(1);
-        if !self.send(Msg::Rebind(known, fresh, tx)) {
-            return Err(Error::WriterGone);
-        }
-        let _ = self.wake.try_send(());
-        answer(rx.recv(), "the journal could not map the drive's files")
+        self.ask(
+            |tx| Msg::Rebind(known, fresh, tx),
+            "the journal could not map the drive's files",
+        )
     }
 
     /// Sends, and wakes the writer if it sleeps idle.
@@ -299,24 +296,24 @@ impl JournalHandle {
     /// the drive to make it durable: what a change the drive never sees (a mode kept for
     /// exFAT) needs to survive a kill -9 of this process, as the drive's own would.
     pub fn commit(&self) -> Result<u64> {
+        self.ask(Msg::Commit, "the journal could not commit")
+    }
+
+    /// Sends the writer a message carrying where to answer, and waits for the answer. The
+    /// writer's gathering pause is cut short: someone waits.
+    fn ask<T>(&self, msg: impl FnOnce(Sender<Result<T, String>>) -> Msg, what: &str) -> Result<T> {
         let (tx, rx) = bounded(1);
-        if !self.send(Msg::Commit(tx)) {
+        if !self.send(msg(tx)) {
             return Err(Error::WriterGone);
         }
         let _ = self.wake.try_send(());
-        answer(rx.recv(), "the journal could not commit")
+        answer(rx.recv(), what)
     }
 
     /// Returns once every change queued before this call is committed with a full sync:
     /// the fsync promise.
     pub fn sync(&self) -> Result<u64> {
-        let (tx, rx) = bounded(1);
-        if !self.send(Msg::Sync(tx)) {
-            return Err(Error::WriterGone);
-        }
-        // Cut a gathering pause short: someone waits.
-        let _ = self.wake.try_send(());
-        answer(rx.recv(), "the journal could not commit")
+        self.ask(Msg::Sync, "the journal could not commit")
     }
 
     /// Remembers, durably before it returns, that `file` is open for writing and holds data.
@@ -342,12 +339,7 @@ impl JournalHandle {
     }
 
     fn settle(&self) -> Result<()> {
-        let (tx, rx) = bounded(1);
-        if !self.send(Msg::Settle(tx)) {
-            return Err(Error::WriterGone);
-        }
-        let _ = self.wake.try_send(());
-        answer(rx.recv(), "the journal could not settle the drive")
+        self.ask(Msg::Settle, "the journal could not settle the drive")
     }
 }
 

@@ -178,7 +178,7 @@ fn serve(
     if let Some(d) = &keeps {
         let (files, xattrs) = journal::Reader::open(&pocket.journal_path())
             .and_then(|r| Ok((r.all_files()?, r.all_xattrs()?)))
-            .context("cannot read the modes and owners the journal keeps for this drive")?;
+            .context("cannot read the modes, owners and xattrs the journal keeps for this drive; check that the drive is present (`backpocket journal status` says whether the journal can be read)")?;
         core.keep_metadata(
             i64::try_from(d.time_granularity_ns).unwrap_or(i64::MAX),
             files.into_iter().map(|(id, meta, _)| (id, meta)),

@@ -107,8 +107,15 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     });
     let mut walked = walked?;
     let (cat_names, cat_files) = catalog?;
+    let keeping = crate::Keeping::of(&reader)?;
     if by_path {
-        walked = identify(walked, (&cat_names, &cat_files, cat_root), &reader, journal)?;
+        walked = identify(
+            walked,
+            (&cat_names, &cat_files, cat_root),
+            keeping.is_some(),
+            &reader,
+            journal,
+        )?;
     }
     let kept = keep_unseen(&mut walked, &cat_names, &cat_files);
     let Walked {
@@ -121,7 +128,6 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     // without their timestamps moving. Wait until that window has passed and look again, so
     // that what we record (and the time we record it at) is safely past their last change.
     settle(&mut disk_files, racy);
-    let keeping = crate::Keeping::of(&reader)?;
     if let Some(keeping) = keeping {
         keep_what_the_drive_cannot(&mut disk_files, &cat_files, keeping);
     }
@@ -394,13 +400,13 @@ const DRIVE_ROOT: u64 = u64::MAX;
 fn identify(
     walked: Walked,
     (cat_names, cat_files, cat_root): (&CatNames, &CatFiles, FileId),
+    stand_ins_kept: bool,
     reader: &Reader,
     journal: &JournalHandle,
 ) -> Result<Walked> {
     // Where the journal keeps what the drive cannot, a symbolic link made in the mount is a
     // small file of its target on the drive: still the link while it holds that target. A
     // fifo, socket or device is an empty file: still that while it is empty.
-    let stand_ins_kept = crate::Keeping::of(reader)?.is_some();
     let mut stand_ins: HashMap<u64, Kind> = HashMap::new();
     let mut children: HashMap<u64, Vec<(&Vec<u8>, u64)>> = HashMap::new();
     for ((parent, name), number) in &walked.names {

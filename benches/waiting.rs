@@ -54,6 +54,7 @@ fn setup(base: &Path, bw: u64) -> Setup {
                 ..Access::default()
             },
             when: Vec::new(),
+            group: None,
         }],
         ids: Default::default(),
     }

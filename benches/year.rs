@@ -93,6 +93,7 @@ fn make(base: &Path, name: &str, s3: Option<&servers::Garage>) -> Pocket {
             keep_versions: Duration::ZERO,
             access,
             when: Vec::new(),
+            group: None,
         }],
         ids: Default::default(),
     };

@@ -287,6 +287,21 @@ enum DestCommand {
         #[command(flatten)]
         pocket: PocketArg,
     },
+    /// Spread one vault over destinations already added (a disk, the office server, a
+    /// bucket): any K of them restore it, and none holds a whole chunk of a file. The members
+    /// become the group's; each keeps its shards in a folder named after the group.
+    AddGroup {
+        /// A short name for the group.
+        name: String,
+        /// How many members a restore needs; the group survives the loss of the others.
+        #[arg(long)]
+        k: usize,
+        /// The member destinations (at least 2).
+        #[arg(required = true, num_args = 2..)]
+        members: Vec<String>,
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
     /// Replace a destination's stored credentials (S3 keys from the environment or
     /// --profile; an SSH key with --identity).
     Credentials {
@@ -509,6 +524,18 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                 };
                 backup::dest_add(&p, &name, &url, mode, keep_versions_days, &remote, key)
             }
+            DestCommand::AddGroup {
+                name,
+                k,
+                members,
+                pocket,
+            } => backup::dest_add_group(
+                &Pocket::find(pocket.pocket.as_deref())?,
+                &name,
+                k,
+                &members,
+                key,
+            ),
             DestCommand::Credentials {
                 name,
                 creds,

@@ -85,6 +85,13 @@ pub struct DestConfig {
     /// `[warnings] unprotected_after`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warn_after: Option<String>,
+    /// A group (`dest add-group`): any `k` of its members restore the vault spread over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    /// A group's members: each a destination of its own kind, holding the group's shards in a
+    /// folder named after the group.
+    #[serde(default, rename = "member", skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<DestConfig>,
 }
 
 fn default_mode() -> replicator::Mode {
@@ -113,6 +120,8 @@ impl DestConfig {
             bandwidth_limit: None,
             credentials: None,
             warn_after: None,
+            k: None,
+            members: Vec::new(),
         }
     }
 
@@ -135,6 +144,10 @@ impl DestConfig {
                 sealed_secrets: self.credentials.clone(),
             },
             when: self.when.clone(),
+            group: self.k.map(|k| replicator::GroupSpec {
+                k,
+                members: self.members.iter().map(DestConfig::spec).collect(),
+            }),
         }
     }
 }

@@ -164,6 +164,20 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                     "last_success": d.state.last_success_ns.map(rfc3339),
                     "last_error": d.state.last_error,
                     "uploading": d.state.in_flight.iter().map(|f| json!({"path": f.path, "bytes": f.bytes})).collect::<Vec<_>>(),
+                    "group": d.state.group_k.map(|k| json!({
+                        "k": k,
+                        "n": d.state.members.len(),
+                        "survives_losses": survives(k, &d.state.members),
+                        "members": d.state.members.iter().map(|m| json!({
+                            "name": m.name,
+                            "reachable": m.reachable,
+                            "holds_everything": !m.behind,
+                            "objects_waiting": m.missing,
+                            "last_complete": m.complete_ns.map(rfc3339),
+                            "last_verified": m.checked_ns.map(rfc3339),
+                            "last_error": m.last_error,
+                        })).collect::<Vec<_>>(),
+                    })),
                 })
             })
             .collect();
@@ -254,6 +268,9 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
         if let Some(e) = &d.state.last_error {
             println!("               last error: {e}");
         }
+        if let Some(k) = d.state.group_k {
+            print_group(k, &d.state.members);
+        }
     }
     println!(
         "journal  {} records, {}, last scan {}",
@@ -262,6 +279,54 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
         s.last_scan_ns.map(ago).unwrap_or_else(|| "never".into())
     );
     Ok(())
+}
+
+/// How many member losses a group survives now: members holding everything, beyond the `k`
+/// a restore needs (None while fewer than k hold everything).
+fn survives(k: usize, members: &[replicator::MemberState]) -> Option<usize> {
+    let whole = members
+        .iter()
+        .filter(|m| !m.behind && m.reachable != Some(false))
+        .count();
+    whole.checked_sub(k)
+}
+
+fn print_group(k: usize, members: &[replicator::MemberState]) {
+    let n = members.len();
+    match survives(k, members) {
+        Some(0) => {
+            println!("               any {k} of {n} restore it; it survives NO member loss now")
+        }
+        Some(s) => println!(
+            "               any {k} of {n} restore it; it survives the loss of any {s} now"
+        ),
+        None => println!(
+            "               any {k} of {n} restore it; FEWER THAN {k} members hold everything now"
+        ),
+    }
+    for m in members {
+        let state = match (m.reachable, m.behind) {
+            (Some(false), _) => format!(
+                "AWAY{}",
+                if m.missing > 0 {
+                    format!(", {} objects waiting for it", m.missing)
+                } else {
+                    ", may miss what was written since".into()
+                }
+            ),
+            (_, true) if m.missing > 0 => format!("behind: {} objects to bring there", m.missing),
+            (_, true) => "not looked at yet in this session".into(),
+            (_, false) => "holds everything".into(),
+        };
+        let checked = m
+            .checked_ns
+            .map(|t| format!("; verified {}", ago(t)))
+            .unwrap_or_else(|| "; never verified".into());
+        println!("                 {:<12} {state}{checked}", m.name);
+        if let (Some(false), Some(e)) = (m.reachable, &m.last_error) {
+            println!("                              {e}");
+        }
+    }
 }
 
 fn show(b: &[u8]) -> String {

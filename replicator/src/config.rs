@@ -29,6 +29,17 @@ pub struct DestSpec {
     pub access: Access,
     /// `--when` conditions (checked by [`crate::Policy::parse`] when the destination is added).
     pub when: Vec<String>,
+    /// A group: the vault is spread over these members, any `k` of which restore it.
+    pub group: Option<GroupSpec>,
+}
+
+/// How a group destination spreads its vault (`dest add-group`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSpec {
+    pub k: usize,
+    /// Each member's own destination; the group's objects live in a folder named after the
+    /// group inside it.
+    pub members: Vec<DestSpec>,
 }
 
 /// Everything the replicator needs to know about the pocket.

@@ -12,23 +12,45 @@ use crate::config::{DestSpec, Mode, Setup};
 use crate::crypto::Key;
 use crate::drain::{DrainReport, Source, VaultDrain};
 use crate::error::{Error, Result};
+use crate::group::{Group, Member};
 #[cfg(unix)]
 use crate::mirror::MirrorDrain;
 use crate::state::DestState;
-use crate::store::Store;
+use crate::store::{Single, Store};
 use crate::vault::Vault;
 
 impl DestSpec {
     /// The destination's storage, its credentials opened with the pocket key.
     pub fn store(&self, key: Option<&Key>, rt: Handle, create: bool) -> Result<Store> {
-        let secrets = match &self.access.sealed_secrets {
+        if let Some(g) = &self.group {
+            let mut members = Vec::with_capacity(g.members.len());
+            for m in &g.members {
+                let secrets = m.secrets(key)?;
+                let url = format!("{}/{}", m.url.trim_end_matches('/'), self.name);
+                let (access, rt) = (m.access.clone(), rt.clone());
+                members.push(Member::new(
+                    m.name.clone(),
+                    crate::store::local_path(&m.url).is_some(),
+                    Box::new(move || Single::connect(&url, &access, &secrets, rt.clone(), create)),
+                ));
+            }
+            return Ok(Store::of_group(Group::new(
+                self.name.clone(),
+                g.k,
+                members,
+            )?));
+        }
+        Store::connect(&self.url, &self.access, &self.secrets(key)?, rt, create)
+    }
+
+    fn secrets(&self, key: Option<&Key>) -> Result<Secrets> {
+        match &self.access.sealed_secrets {
             Some(sealed) => {
                 let key = key.ok_or(Error::NeedPassphrase)?;
-                open_secrets(key, &self.name, sealed)?
+                open_secrets(key, &self.name, sealed)
             }
-            None => Secrets::default(),
-        };
-        Store::connect(&self.url, &self.access, &secrets, rt, create)
+            None => Ok(Secrets::default()),
+        }
     }
 }
 
@@ -110,7 +132,13 @@ impl DestDrain {
 
     pub fn drain_once(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
         match self {
-            DestDrain::Vault(v) => v.drain_once(src),
+            DestDrain::Vault(v) => {
+                // A group's members that missed writes get them from the others first.
+                if let Some(g) = v.vault.store.group() {
+                    g.catch_up()?;
+                }
+                v.drain_once(src)
+            }
             #[cfg(unix)]
             DestDrain::Mirror(m) => m.drain_once(src),
         }
@@ -144,10 +172,22 @@ impl DestDrain {
         }
     }
 
+    /// A group: records each member as last seen in the pocket's state.
+    #[allow(irrefutable_let_patterns)]
+    pub(crate) fn note_members(&self, st: &mut DestState) {
+        if let DestDrain::Vault(v) = self {
+            if let Some((k, members)) = v.vault.store.group_state() {
+                st.group_k = Some(k);
+                st.members = members;
+            }
+        }
+    }
+
     /// Records the destination's newest log object in the pocket's state.
     // Irrefutable where mirrors are not built (Windows).
     #[allow(irrefutable_let_patterns)]
     pub(crate) fn note_head(&self, st: &mut DestState) {
+        self.note_members(st);
         if let DestDrain::Vault(v) = self {
             if let Some(h) = v.head() {
                 st.vault_id = Some(v.vault.config.id.clone());
@@ -162,6 +202,7 @@ impl DestDrain {
 pub fn is_unreachable(e: &Error) -> bool {
     match e {
         Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        Error::Group { source, .. } => is_unreachable(source),
         Error::Store { source, .. } => {
             source.is_temporary()
                 || source.kind() == opendal::ErrorKind::NotFound

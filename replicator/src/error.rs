@@ -15,6 +15,13 @@ pub enum Error {
     /// The destination has no room left.
     #[error("the destination is full ({context}); free space there or add another destination")]
     StoreFull { context: String },
+    /// A group destination could not do something on enough of its members.
+    #[error("{context}: {source}")]
+    Group {
+        context: String,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

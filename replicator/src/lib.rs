@@ -9,6 +9,7 @@ mod drain;
 mod error;
 mod faults;
 pub mod format;
+mod group;
 mod lane;
 mod maintain;
 #[cfg(unix)]
@@ -31,7 +32,7 @@ mod verify;
 mod versions;
 
 pub use access::{parse_bandwidth, seal_secrets, Access, Secrets};
-pub use config::{DestSpec, Mode, Setup};
+pub use config::{DestSpec, GroupSpec, Mode, Setup};
 pub use crypto::{KdfParams, Key};
 pub use dest::{is_unreachable, runtime};
 pub use drain::{DrainReport, Progress};
@@ -46,8 +47,8 @@ pub use repair::{repair, RepairReport};
 pub use restore::{restore, versions, RestoreOptions, RestoreReport, Version};
 pub use retention::{forget, prune, unused, ForgetReport, KeepPolicy};
 pub use service::{Reload, Replicator};
-pub use state::{DestLock, DestState, InFlight, Live};
+pub use state::{DestLock, DestState, InFlight, Live, MemberState};
 pub use store::{local_path, requests, Requests, Store, Target};
 pub use sync::{sync, SyncOutcome, SyncReport};
 pub use vault::{Head, LogObject, Point, Vault};
-pub use verify::{verify, Damage, VerifyReport};
+pub use verify::{verify, Damage, MemberCheck, VerifyReport};

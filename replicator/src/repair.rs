@@ -38,6 +38,8 @@ pub struct RepairReport {
     pub objects_removed: Vec<String>,
     /// The journal record the new checkpoint holds (the destination's cursor now).
     pub checkpoint_seq: u64,
+    /// A group: members' objects (shards, copies) rebuilt from the other members.
+    pub member_objects_rebuilt: u64,
 }
 
 /// Repairs the vault of `spec` after `found` (a `verify` with read_data of the same vault).
@@ -68,6 +70,24 @@ pub fn repair(
             progress,
         };
         let mut report = RepairReport::default();
+        if let Some(g) = d.vault.store.group() {
+            if found.found.members > 0 {
+                for f in g.check(true, true)? {
+                    report.member_objects_rebuilt += f.keys.len() as u64 - f.left;
+                    if f.left > 0 {
+                        warn!(
+                            dest = spec.name,
+                            member = f.member,
+                            "{} objects could not be rebuilt there (is it reachable?)",
+                            f.left
+                        );
+                    }
+                }
+            }
+            if found.found.packs.is_empty() && found.found.index.is_empty() {
+                return Ok(report);
+            }
+        }
         let vault = &d.vault;
         vault.load_index()?;
         let damaged: HashSet<&str> = found.found.packs.iter().map(String::as_str).collect();

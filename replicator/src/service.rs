@@ -533,6 +533,9 @@ fn run_dest_loop(
             }
             Err(e) => {
                 warn!(dest = spec.name, "{e}");
+                if let Some(d) = &drain {
+                    d.note_members(&mut st);
+                }
                 st.reachable = Some(!is_unreachable(&e));
                 st.last_error = Some(e.explain());
                 st.last_error_ns = Some(now_ns());
@@ -554,7 +557,8 @@ fn run_dest_loop(
             || st.reachable != before.reachable
             || st.last_error != before.last_error
             || st.waiting_for != before.waiting_for
-            || st.head_gen != before.head_gen;
+            || st.head_gen != before.head_gen
+            || st.members != before.members;
         if changed {
             if let Err(e) = st.save(&setup.meta_dir, &spec.name) {
                 warn!(dest = spec.name, "{e}");

@@ -29,6 +29,29 @@ pub struct DestState {
     /// protected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_flight: Vec<InFlight>,
+    /// A group destination: how many members restore it, and each member as last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_k: Option<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberState>,
+}
+
+/// One member of a group destination, as the last drain, catch-up or verify saw it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberState {
+    pub name: String,
+    pub reachable: Option<bool>,
+    /// It may lack objects the others hold (away during a write, or damaged).
+    #[serde(default)]
+    pub behind: bool,
+    /// Objects it lacked at the last look (what is queued for it).
+    #[serde(default)]
+    pub missing: u64,
+    pub last_error: Option<String>,
+    /// When it last held everything the others did.
+    pub complete_ns: Option<i64>,
+    /// When every object it holds was last read and checked (`verify --read-data`).
+    pub checked_ns: Option<i64>,
 }
 
 /// A file whose new contents a destination does not hold yet.

@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 use crate::access::{Access, Secrets};
 use crate::error::{Error, Result};
 use crate::faults::{self, Fault};
+use crate::group::Group;
 
 /// Where temporary files live inside a local or SFTP destination (same filesystem, so rename
 /// is atomic); leftovers of a killed write are removed at the next open.
@@ -62,9 +63,225 @@ pub fn requests() -> Requests {
 /// Uploads of one pack go in parts of this size (S3 multipart: at least 5 MiB).
 const PART_SIZE: usize = 8 << 20;
 
-/// One destination's storage.
+/// One destination's storage: one place, or a group of places that together hold a vault
+/// k of n (see [`crate::group`]). The vault reads and writes keys the same way on both.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub struct Store(Backend);
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Single(Single),
+    Group(Arc<Group>),
+}
+
+impl Store {
+    /// Opens the storage that `url` names, with no settings beyond the URL (a local folder
+    /// needs none). See [`Store::connect`].
+    pub fn open(url: &str, rt: Handle, create: bool) -> Result<Store> {
+        Store::connect(url, &Access::default(), &Secrets::default(), rt, create)
+    }
+
+    /// Opens the storage that `url` names. A local folder: `create` makes it (its parent must
+    /// exist); otherwise a missing folder means the destination is not reachable (an external
+    /// disk not plugged in), and we never create a folder on the machine's own disk in its
+    /// place. A remote store is reached lazily, by the first request.
+    pub fn connect(
+        url: &str,
+        access: &Access,
+        secrets: &Secrets,
+        rt: Handle,
+        create: bool,
+    ) -> Result<Store> {
+        Single::connect(url, access, secrets, rt, create).map(|s| Store(Backend::Single(s)))
+    }
+
+    pub(crate) fn of_group(g: Group) -> Store {
+        Store(Backend::Group(Arc::new(g)))
+    }
+
+    /// A group destination: how many members restore it, and each member as last seen (for
+    /// status). None for one place.
+    pub fn group_state(&self) -> Option<(usize, Vec<crate::state::MemberState>)> {
+        self.group().map(|g| (g.k, g.report()))
+    }
+
+    pub(crate) fn group(&self) -> Option<&Group> {
+        match &self.0 {
+            Backend::Group(g) => Some(g),
+            Backend::Single(_) => None,
+        }
+    }
+
+    /// Makes `flag` abandon this store's transfers when set (see [`Error::Paused`]).
+    pub fn with_pause(self, flag: Arc<AtomicBool>) -> Store {
+        match self.0 {
+            Backend::Single(s) => Store(Backend::Single(s.with_pause(flag))),
+            Backend::Group(g) => {
+                g.set_pause(flag);
+                Store(Backend::Group(g))
+            }
+        }
+    }
+
+    /// Fails with [`Error::Paused`] once the pause flag is set: work that only leads to
+    /// transfers (chunking, sealing) stops too.
+    pub fn check_paused(&self) -> Result<()> {
+        match &self.0 {
+            Backend::Single(s) => s.check_paused(),
+            Backend::Group(g) if g.paused() => Err(Error::Paused),
+            Backend::Group(_) => Ok(()),
+        }
+    }
+
+    /// How many uploads a drain keeps in flight.
+    pub fn parallel(&self) -> usize {
+        match &self.0 {
+            Backend::Single(s) => s.parallel(),
+            // Each upload goes to every member at once.
+            Backend::Group(_) => 2,
+        }
+    }
+
+    /// Whether this is a local folder (mirrors need one).
+    pub fn is_local(&self) -> bool {
+        matches!(&self.0, Backend::Single(s) if s.is_local())
+    }
+
+    /// Fails (as "not there") when the local folder is no longer the one opened; a group,
+    /// when fewer than k of its members are there.
+    pub fn check_present(&self) -> Result<()> {
+        match &self.0 {
+            Backend::Single(s) => s.check_present(),
+            Backend::Group(g) => g.check_present(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match &self.0 {
+            Backend::Single(s) => s.url(),
+            Backend::Group(g) => &g.name,
+        }
+    }
+
+    /// Whether the destination can be used now.
+    pub fn reachable(&self) -> bool {
+        self.check_present().is_ok()
+    }
+
+    /// Writes `key` atomically, and durably where the store lets us ask for it.
+    pub fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        match &self.0 {
+            Backend::Single(s) => s.put(key, data),
+            Backend::Group(g) => g.put(key, data),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Result<Vec<u8>> {
+        match &self.0 {
+            Backend::Single(s) => s.get(key),
+            Backend::Group(g) => g.get(key),
+        }
+    }
+
+    /// `len` bytes of `key` from `offset`.
+    pub fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        match &self.0 {
+            Backend::Single(s) => s.get_range(key, offset, len),
+            Backend::Group(g) => g.get_range(key, offset, len),
+        }
+    }
+
+    /// The objects under `prefix` (a folder, ending in `/`), with their sizes, sorted.
+    pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        match &self.0 {
+            Backend::Single(s) => s.list(prefix),
+            Backend::Group(g) => g.list(prefix),
+        }
+    }
+
+    /// The size a listing shows for an object of `len` bytes (a group lists a pack's shards).
+    pub fn listed_size(&self, key: &str, len: u64) -> u64 {
+        match &self.0 {
+            Backend::Group(g) if key.starts_with("data/") => g.listed_size(len),
+            _ => len,
+        }
+    }
+
+    /// Removes what killed writes left in the temporary folder of an SFTP destination (a
+    /// local one is cleaned when opened; S3 keeps no temporary objects).
+    pub fn remove_leftovers(&self) {
+        match &self.0 {
+            Backend::Single(s) => s.remove_leftovers(),
+            Backend::Group(g) => {
+                let _ = g.each_member(|s| {
+                    s.remove_leftovers();
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    /// Whether the destination holds nothing yet (ignoring our own temporary folder).
+    pub fn is_empty(&self) -> Result<bool> {
+        match &self.0 {
+            Backend::Single(s) => s.is_empty(),
+            Backend::Group(g) => g.is_empty(),
+        }
+    }
+
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        match &self.0 {
+            Backend::Single(s) => s.exists(key),
+            Backend::Group(g) => g.exists(key),
+        }
+    }
+
+    pub fn delete(&self, key: &str) -> Result<()> {
+        match &self.0 {
+            Backend::Single(s) => s.delete(key),
+            Backend::Group(g) => g.delete(key),
+        }
+    }
+
+    /// Deletes `key` if that takes at most `limit` and the store is not paused: for
+    /// housekeeping (a lease given back) that must never hold up its caller when the
+    /// destination has gone away. Whatever is not deleted expires on its own.
+    pub fn delete_briefly(&self, key: &str, limit: Duration) -> Result<()> {
+        match &self.0 {
+            Backend::Single(s) => s.delete_briefly(key, limit),
+            Backend::Group(g) => g.delete_briefly(key, limit),
+        }
+    }
+
+    /// Makes sure the folders in `dirs` exist and are durable (so that later writes need to
+    /// sync only the folder they write into).
+    pub fn make_dirs(&self, dirs: &[String]) -> Result<()> {
+        match &self.0 {
+            Backend::Single(s) => s.make_dirs(dirs),
+            Backend::Group(g) => g.each_member(|s| s.make_dirs(dirs)),
+        }
+    }
+
+    /// Makes the destination's own folder private (a vault: nobody else has any business in it).
+    pub fn make_private(&self) -> Result<()> {
+        match &self.0 {
+            Backend::Single(s) => s.make_private(),
+            Backend::Group(g) => g.each_member(Single::make_private),
+        }
+    }
+
+    /// The local folder, when the destination is one.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &self.0 {
+            Backend::Single(s) => s.local_root(),
+            Backend::Group(_) => None,
+        }
+    }
+}
+
+/// One place's storage.
+#[derive(Clone, Debug)]
+pub(crate) struct Single {
     op: Operator,
     rt: Handle,
     kind: Kind,
@@ -173,24 +390,15 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-impl Store {
-    /// Opens the storage that `url` names, with no settings beyond the URL (a local folder
-    /// needs none). See [`Store::connect`].
-    pub fn open(url: &str, rt: Handle, create: bool) -> Result<Store> {
-        Store::connect(url, &Access::default(), &Secrets::default(), rt, create)
-    }
-
-    /// Opens the storage that `url` names. A local folder: `create` makes it (its parent must
-    /// exist); otherwise a missing folder means the destination is not reachable (an external
-    /// disk not plugged in), and we never create a folder on the machine's own disk in its
-    /// place. A remote store is reached lazily, by the first request.
+impl Single {
+    /// See [`Store::connect`].
     pub fn connect(
         url: &str,
         access: &Access,
         secrets: &Secrets,
         rt: Handle,
         create: bool,
-    ) -> Result<Store> {
+    ) -> Result<Single> {
         let target = Target::parse(url)?;
         let path = match target {
             Target::Local(p) => p,
@@ -222,7 +430,13 @@ impl Store {
                 }
                 let op =
                     Operator::new(b).map_err(|e| Error::store(format!("cannot use {url}"), e))?;
-                return Ok(Store::remote(op, access, rt, Kind::Sftp { _key: key }, url));
+                return Ok(Single::remote(
+                    op,
+                    access,
+                    rt,
+                    Kind::Sftp { _key: key },
+                    url,
+                ));
             }
             #[cfg(not(unix))]
             Target::Sftp { .. } => {
@@ -272,7 +486,7 @@ impl Store {
                 }
                 let op =
                     Operator::new(b).map_err(|e| Error::store(format!("cannot use {url}"), e))?;
-                return Ok(Store::remote(op, access, rt, Kind::S3, url));
+                return Ok(Single::remote(op, access, rt, Kind::S3, url));
             }
         };
         if create {
@@ -312,7 +526,7 @@ impl Store {
         if let Some(bw) = access.bandwidth {
             op = op.layer(throttle(bw));
         }
-        Ok(Store {
+        Ok(Single {
             op,
             rt,
             kind: Kind::Local {
@@ -325,7 +539,7 @@ impl Store {
         })
     }
 
-    fn remote(op: Operator, access: &Access, rt: Handle, kind: Kind, url: &str) -> Store {
+    fn remote(op: Operator, access: &Access, rt: Handle, kind: Kind, url: &str) -> Single {
         let parallel = access.connections.unwrap_or(4).max(1);
         // Bounded connections; a stalled request (a link gone without a reset) fails after a
         // while instead of hanging the drain; brief outages are retried here, longer ones by
@@ -349,7 +563,7 @@ impl Store {
         if let Some(bw) = access.bandwidth {
             op = op.layer(throttle(bw));
         }
-        Store {
+        Single {
             op,
             rt,
             kind,
@@ -360,7 +574,7 @@ impl Store {
     }
 
     /// Makes `flag` abandon this store's transfers when set (see [`Error::Paused`]).
-    pub fn with_pause(mut self, flag: Arc<AtomicBool>) -> Store {
+    pub fn with_pause(mut self, flag: Arc<AtomicBool>) -> Single {
         self.pause = flag;
         self
     }
@@ -422,11 +636,6 @@ impl Store {
 
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    /// Whether the destination can be used now.
-    pub fn reachable(&self) -> bool {
-        self.check_present().is_ok()
     }
 
     /// Writes `key` atomically, and durably where the store lets us ask for it.

@@ -20,6 +20,17 @@ pub struct Damage {
     pub affects: Vec<String>,
 }
 
+/// One member of a group, as verify found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberCheck {
+    pub member: String,
+    /// Objects it lacks, or (reading every byte) holds damaged, that the others hold:
+    /// `--repair` rebuilds them there from the others.
+    pub lacking: Vec<String>,
+    /// It did not answer (so was not checked): why.
+    pub away: Option<String>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct VerifyReport {
     pub packs: u64,
@@ -29,6 +40,8 @@ pub struct VerifyReport {
     /// Packs no index refers to (left by an interrupted drain; prune removes them).
     pub unreferenced_packs: u64,
     pub damage: Vec<Damage>,
+    /// A group: each member against the others.
+    pub members: Vec<MemberCheck>,
     /// What `repair` acts on.
     pub(crate) found: Found,
 }
@@ -40,6 +53,8 @@ pub(crate) struct Found {
     pub packs: BTreeSet<String>,
     /// Keys of index objects that do not open.
     pub index: Vec<String>,
+    /// A group: objects its members lack or hold damaged (the others hold them).
+    pub members: u64,
 }
 
 pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<VerifyReport> {
@@ -125,9 +140,13 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
                 );
                 continue;
             }
-            Some(size) if *size != idx.size => {
+            Some(size) if *size != vault.store.listed_size(&key, idx.size) => {
                 blame(
-                    format!("{size} bytes, but its index says {}", idx.size),
+                    format!(
+                        "{size} bytes, but its index says {} (stored as {})",
+                        idx.size,
+                        vault.store.listed_size(&key, idx.size)
+                    ),
                     &mut idx.blobs.iter().map(|b| b.id),
                     &mut damage,
                 );
@@ -293,6 +312,18 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
             detail: "referenced by the log, but no pack holds it".into(),
             affects: labels.into_iter().collect(),
         });
+    }
+    // A group: what each member lacks (or, reading, holds damaged) of what the others hold.
+    // The vault reads around it, but the group survives fewer losses until it is rebuilt.
+    if let Some(g) = vault.store.group() {
+        for f in g.check(read_data, false)? {
+            found.members += f.keys.len() as u64;
+            report.members.push(MemberCheck {
+                member: f.member,
+                lacking: f.keys,
+                away: f.away,
+            });
+        }
     }
     damage.sort_by(|a, b| a.object.cmp(&b.object));
     report.damage = damage;

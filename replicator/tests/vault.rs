@@ -80,6 +80,7 @@ impl Fixture {
                 keep_versions: std::time::Duration::from_secs(0),
                 access: Default::default(),
                 when: Vec::new(),
+                group: None,
             }],
             ids: Default::default(),
         }
@@ -115,6 +116,7 @@ impl Fixture {
             keep_versions: std::time::Duration::from_secs(3600),
             access: Default::default(),
             when: Vec::new(),
+            group: None,
         }];
         (mirror, setup)
     }

@@ -110,6 +110,8 @@ pub fn dest_add(
         bandwidth_limit: remote.bandwidth_limit.clone(),
         credentials: None,
         warn_after: remote.warn_after.clone(),
+        k: None,
+        members: Vec::new(),
     };
     let key = match mode {
         Mode::Vault => Some(keys::pocket_key_or_new(p, &mut config, args)?),
@@ -179,6 +181,108 @@ pub fn dest_add(
     Ok(())
 }
 
+/// `dest add-group`: one vault spread over destinations already added, any `k` of which
+/// restore it and none of which holds a whole chunk. The members leave the list of
+/// destinations drained on their own (what they hold stays as it is) and become the group's.
+pub fn dest_add_group(
+    p: &Pocket,
+    name: &str,
+    k: usize,
+    members: &[String],
+    args: &KeyArgs,
+) -> Result<()> {
+    let usage = |e: anyhow::Error| -> anyhow::Error { Failure::new(ExitCode::Usage, e).into() };
+    if !valid_name(name) {
+        return Err(usage(anyhow!(
+            "{name:?} is not a usable destination name: use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    let n = members.len();
+    if n < 2 || k == 0 || k > n {
+        return Err(usage(anyhow!(
+            "a group needs at least 2 members and a --k from 1 to their number ({n} given)"
+        )));
+    }
+    let mut config = p.config()?;
+    if config.destination(name).is_some() {
+        bail!("a destination named {name} exists already (`backpocket dest remove {name}` first)");
+    }
+    let mut taken: Vec<DestConfig> = Vec::new();
+    for m in members {
+        if taken.iter().any(|t| &t.name == m) {
+            return Err(usage(anyhow!(
+                "{m} is named twice; each member holds one shard"
+            )));
+        }
+        let Some(d) = config.destination(m) else {
+            bail!("no destination named {m}: add each member first with `backpocket dest add {m} URL`, then group them");
+        };
+        if d.mode != Mode::Vault {
+            bail!(
+                "{m} is a mirror; a group spreads a vault, so its members are vault destinations"
+            );
+        }
+        if d.k.is_some() {
+            bail!("{m} is a group itself; give the places it spreads over instead");
+        }
+        taken.push(d.clone());
+    }
+    let key = keys::pocket_key_or_new(p, &mut config, args)?;
+    let group = DestConfig {
+        name: name.to_owned(),
+        url: format!("group:{}", members.join(",")),
+        mode: Mode::Vault,
+        keep_versions_days: 0,
+        when: Vec::new(),
+        endpoint: None,
+        region: None,
+        virtual_host_style: false,
+        connections: None,
+        bandwidth_limit: None,
+        credentials: None,
+        warn_after: None,
+        k: Some(k),
+        members: taken,
+    };
+    let rt = replicator::runtime()?;
+    let store = group
+        .spec()
+        .store(Some(&key), rt.handle().clone(), true)
+        .with_context(|| format!("cannot use the members of {name}"))?;
+    match Vault::read_config(&store) {
+        Ok(vc) if vc.pocket_id == config.id => {
+            Vault::open(store, &key)?;
+            println!("the members already hold group {name} of this pocket; continuing it");
+        }
+        Ok(vc) => return Err(replicator::Error::OtherPocket(vc.pocket_id).into()),
+        Err(replicator::Error::NotAVault(_)) => {
+            if !store.is_empty()? {
+                bail!("the members' {name} folders are not empty and hold no vault; give members whose {name} folder is empty or new");
+            }
+            let kdf = config.key.as_ref().expect("made above").kdf.clone();
+            Vault::create(store, &config.id, kdf, &key).with_context(|| {
+                format!("cannot make group {name} on at least {k} of its members")
+            })?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    rt.shutdown_background();
+    config.destinations.retain(|d| !members.contains(&d.name));
+    config.destinations.push(group);
+    p.save_config(&config)?;
+    for m in members {
+        journal::remove_cursor(&p.journal_path(), m)?;
+        replicator::DestState::remove(&p.meta_dir(), m);
+    }
+    println!(
+        "added group {name}: any {k} of {n} ({}) restore it; it survives the loss of any {}",
+        members.join(", "),
+        n - k
+    );
+    println!("each member keeps the group's shards in a folder named {name}; what a member held before stays as it is");
+    Ok(())
+}
+
 /// `dest credentials`.
 pub fn dest_credentials(
     p: &Pocket,
@@ -221,6 +325,7 @@ pub fn dest_list(p: &Pocket, json: bool) -> Result<()> {
             .destinations
             .iter()
             .map(|d| json!({"name": d.name, "url": d.url, "mode": d.mode, "keep_versions_days": d.keep_versions_days,
+                "k": d.k, "members": d.members.iter().map(|m| json!({"name": m.name, "url": m.url})).collect::<Vec<_>>(),
                 "when": d.when, "endpoint": d.endpoint, "region": d.region, "connections": d.connections,
                 "bandwidth_limit": d.bandwidth_limit, "has_credentials": d.credentials.is_some()}))
             .collect();
@@ -231,6 +336,24 @@ pub fn dest_list(p: &Pocket, json: bool) -> Result<()> {
         println!("no destinations; add one with `backpocket dest add NAME FOLDER`");
     }
     for d in &config.destinations {
+        if let Some(k) = d.k {
+            let names: Vec<&str> = d.members.iter().map(|m| m.name.as_str()).collect();
+            println!(
+                "{:<16} group  any {k} of {}: {}",
+                d.name,
+                names.len(),
+                names.join(", ")
+            );
+            for m in &d.members {
+                println!(
+                    "  {:<14} member {}/{}",
+                    m.name,
+                    m.url.trim_end_matches('/'),
+                    d.name
+                );
+            }
+            continue;
+        }
         let mode = match d.mode {
             Mode::Vault => "vault ",
             Mode::Mirror => "mirror",

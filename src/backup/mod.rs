@@ -7,7 +7,9 @@ mod restore;
 mod sync;
 mod verify;
 
-pub use dest::{dest_add, dest_credentials, dest_list, dest_remove, setup, RemoteArgs};
+pub use dest::{
+    dest_add, dest_add_group, dest_credentials, dest_list, dest_remove, setup, RemoteArgs,
+};
 pub use history::{forget, log, maintain, prune};
 pub use restore::{init_from, restore};
 pub use sync::sync;

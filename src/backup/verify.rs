@@ -24,6 +24,7 @@ pub fn verify(
 ) -> Result<()> {
     let opened = open_vault(pocket, dest, args)?;
     let report = run_verify(&opened.vault, read_data)?;
+    note_members(pocket, dest, &opened.vault);
     if json {
         println!(
             "{}",
@@ -33,6 +34,24 @@ pub fn verify(
         print_verify(&report, read_data);
     }
     damage_verdict(pocket, dest, &report)
+}
+
+/// A group: what verify learnt of each member goes to the pocket's state (`journal status`).
+fn note_members(pocket: Option<&Path>, dest: &str, vault: &Vault) {
+    let Some((k, members)) = vault.store.group_state() else {
+        return;
+    };
+    let Ok(p) = Pocket::find(pocket) else {
+        return;
+    };
+    if p.config().is_ok_and(|c| c.destination(dest).is_some()) {
+        let mut st = replicator::DestState::load(&p.meta_dir(), dest);
+        st.group_k = Some(k);
+        st.members = members;
+        if let Err(e) = st.save(&p.meta_dir(), dest) {
+            tracing::warn!("cannot note what verify found of {dest}'s members: {e}");
+        }
+    }
 }
 
 fn run_verify(vault: &Vault, read_data: bool) -> Result<replicator::VerifyReport> {
@@ -48,6 +67,7 @@ fn verify_json(report: &replicator::VerifyReport, read_data: bool) -> serde_json
         "bytes_read": report.bytes_read, "unreferenced_packs": report.unreferenced_packs,
         "read_data": read_data,
         "damage": report.damage.iter().map(|d| json!({"object": d.object, "detail": d.detail, "affects": d.affects})).collect::<Vec<_>>(),
+        "members": report.members.iter().map(|m| json!({"member": m.member, "lacking": m.lacking, "away": m.away})).collect::<Vec<_>>(),
     })
 }
 
@@ -69,9 +89,42 @@ fn print_verify(report: &replicator::VerifyReport, read_data: bool) {
             println!("    affects {a}");
         }
     }
+    for m in &report.members {
+        if let Some(why) = &m.away {
+            println!("member {} not reachable, so not checked: {why}", m.member);
+        } else if !m.lacking.is_empty() {
+            println!(
+                "MEMBER {} lacks{} {} objects the other members hold (`--repair` rebuilds them there):",
+                m.member,
+                if read_data { " or holds damaged" } else { "" },
+                m.lacking.len()
+            );
+            for k in m.lacking.iter().take(10) {
+                println!("    {k}");
+            }
+            if m.lacking.len() > 10 {
+                println!("    and {} more", m.lacking.len() - 10);
+            }
+        } else {
+            println!(
+                "member {}: holds everything{}",
+                m.member,
+                if read_data {
+                    ", every byte checked"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     if report.damage.is_empty() {
         println!("no damage found");
     }
+}
+
+/// Objects a group's members lack that the others hold.
+fn members_lacking(report: &replicator::VerifyReport) -> usize {
+    report.members.iter().map(|m| m.lacking.len()).sum()
 }
 
 /// Damage is told (a desktop notification too, so a scheduled verify is not silent) and
@@ -104,6 +157,16 @@ fn damage_verdict(
         )
         .into());
     }
+    let lacking = members_lacking(report);
+    if lacking > 0 {
+        return Err(Failure::new(
+            ExitCode::Damaged,
+            anyhow!(
+                "the members of {dest} lack {lacking} objects the others hold, so it survives fewer losses than it should: run `backpocket verify {dest} --repair` to rebuild them"
+            ),
+        )
+        .into());
+    }
     Ok(())
 }
 
@@ -131,7 +194,7 @@ pub fn repair(pocket: Option<&Path>, dest: &str, json: bool, args: &KeyArgs) -> 
     if !json {
         print_verify(&before, true);
     }
-    if before.damage.is_empty() {
+    if before.damage.is_empty() && members_lacking(&before) == 0 {
         if json {
             println!(
                 "{}",
@@ -161,6 +224,7 @@ pub fn repair(pocket: Option<&Path>, dest: &str, json: bool, args: &KeyArgs) -> 
         remember_head(&p, dest, &h)?;
     }
     let after = run_verify(&opened.vault, true)?;
+    note_members(Some(&p.root), dest, &opened.vault);
     if json {
         println!(
             "{}",
@@ -170,12 +234,20 @@ pub fn repair(pocket: Option<&Path>, dest: &str, json: bool, args: &KeyArgs) -> 
                     "chunks_salvaged": done.chunks_salvaged, "chunks_resent": done.chunks_resent,
                     "files_read": done.files_read, "bytes_uploaded": done.bytes_uploaded,
                     "objects_removed": done.objects_removed, "checkpoint_seq": done.checkpoint_seq,
+                    "member_objects_rebuilt": done.member_objects_rebuilt,
                 },
                 "after": verify_json(&after, true),
             }))?
         );
     } else {
-        println!(
+        if done.member_objects_rebuilt > 0 {
+            println!(
+                "rebuilt {} objects at the group's members from the other members",
+                done.member_objects_rebuilt
+            );
+        }
+        if !before.damage.is_empty() {
+            println!(
             "repaired: {} good chunks of damaged packs packed again, {} chunks sent again from {} files of the pocket ({}), {} damaged objects removed; a new checkpoint holds record {}",
             done.chunks_salvaged,
             done.chunks_resent,
@@ -184,6 +256,7 @@ pub fn repair(pocket: Option<&Path>, dest: &str, json: bool, args: &KeyArgs) -> 
             done.objects_removed.len(),
             done.checkpoint_seq
         );
+        }
         println!("verifying again:");
         print_verify(&after, true);
         if !after.damage.is_empty() {

@@ -18,8 +18,8 @@ use std::sync::atomic::AtomicBool;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use replicator::{
-    format, restore, sync, DestSpec, KdfParams, Key, Mode, Progress, RestoreOptions, Setup, Store,
-    Vault,
+    format, restore, sync, DestSpec, GroupSpec, KdfParams, Key, Mode, Progress, RestoreOptions,
+    Setup, Store, Vault,
 };
 
 const PASSPHRASE: &[u8] = b"correct horse battery staple";
@@ -319,6 +319,7 @@ fn write_fixtures_when_asked() {
             keep_versions: std::time::Duration::from_secs(0),
             access: Default::default(),
             when: Vec::new(),
+            group: None,
         }],
         ids: Default::default(),
     };
@@ -394,6 +395,23 @@ fn write_fixtures_when_asked() {
     );
 }
 
+/// Restores the newest point of `vault` into `out`, every file.
+fn restore_whole(vault: &Vault, out: &Path) {
+    let report = restore(
+        vault,
+        &RestoreOptions {
+            target: out.to_owned(),
+            at: None,
+            paths: Vec::new(),
+            owners: is_root(),
+            workers: 2,
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+}
+
 /// Opens a copy of a stored vault fixture, restores it and checks it against the manifest.
 fn restore_fixture(name: &str, maintain_first: bool) -> replicator::VerifyReport {
     let tmp = tempfile::tempdir().unwrap();
@@ -418,19 +436,7 @@ fn restore_fixture(name: &str, maintain_first: bool) -> replicator::VerifyReport
         );
     }
     let out = tmp.path().join("out");
-    let report = restore(
-        &vault,
-        &RestoreOptions {
-            target: out.clone(),
-            at: None,
-            paths: Vec::new(),
-            owners: is_root(),
-            workers: 2,
-        },
-        &Progress::default(),
-    )
-    .unwrap();
-    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    restore_whole(&vault, &out);
     assert_restored(name, &out);
     replicator::verify(&vault, true, &Progress::default()).unwrap()
 }
@@ -501,6 +507,118 @@ fn a_vault_of_format_3_restores_exactly() {
         .unwrap();
     // The two edits (a scan may read the file once more as "racily clean": a third).
     assert!(patches >= 2, "{patches} patches");
+}
+
+/// A group of 2 of 3 members in `root` (`m0`, `m1`, `m2`; the group's folder `g` in each).
+fn group_spec(root: &Path) -> DestSpec {
+    let spec = |name: String, url: String, group: Option<GroupSpec>| DestSpec {
+        name,
+        url,
+        mode: Mode::Vault,
+        keep_versions: std::time::Duration::from_secs(0),
+        access: Default::default(),
+        when: Vec::new(),
+        group,
+    };
+    let members = (0..3)
+        .map(|i| {
+            let dir = root.join(format!("m{i}"));
+            spec(format!("m{i}"), dir.to_str().unwrap().into(), None)
+        })
+        .collect();
+    spec(
+        "g".into(),
+        "group:m0,m1,m2".into(),
+        Some(GroupSpec { k: 2, members }),
+    )
+}
+
+/// The group fixture: the format 3 vault fixture, every object written through a group of 2
+/// of 3 (so the shards pin the group layout `docs/vault-format.md` gives).
+#[test]
+#[ignore = "writes the fixtures; run by hand with BACKPOCKET_WRITE_FIXTURES=1 -- --ignored"]
+fn write_group_fixture_when_asked() {
+    assert!(
+        std::env::var_os("BACKPOCKET_WRITE_FIXTURES").is_some(),
+        "set BACKPOCKET_WRITE_FIXTURES=1 to overwrite the stored fixtures"
+    );
+    let dir = fixtures().join("group-v1");
+    let _ = std::fs::remove_dir_all(&dir);
+    for i in 0..3 {
+        std::fs::create_dir_all(dir.join(format!("m{i}"))).unwrap();
+    }
+    let rt = replicator::runtime().unwrap();
+    let from = fixtures().join("vault-v3");
+    let from = Store::open(from.to_str().unwrap(), rt.handle().clone(), false).unwrap();
+    let to = group_spec(&dir)
+        .store(None, rt.handle().clone(), true)
+        .unwrap();
+    for (key, _) in from.list("").unwrap() {
+        to.put(&key, from.get(&key).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn a_group_vault_restores_exactly_from_any_two_of_its_three_members() {
+    let key = kdf().derive(PASSPHRASE).unwrap();
+    for gone in [None, Some(0), Some(1), Some(2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("group");
+        copy_tree(&fixtures().join("group-v1"), &root);
+        if let Some(i) = gone {
+            std::fs::remove_dir_all(root.join(format!("m{i}"))).unwrap();
+        }
+        let rt = replicator::runtime().unwrap();
+        let store = group_spec(&root)
+            .store(None, rt.handle().clone(), false)
+            .unwrap();
+        let vault = Vault::open(store, &key).unwrap();
+        let out = tmp.path().join("out");
+        restore_whole(&vault, &out);
+        assert_restored("group-v1", &out);
+        let v = replicator::verify(&vault, true, &Progress::default()).unwrap();
+        assert!(v.damage.is_empty(), "{gone:?}: {:?}", v.damage);
+        for m in &v.members {
+            assert!(m.lacking.is_empty(), "{gone:?}: {m:?}");
+            assert_eq!(
+                m.away.is_some(),
+                Some(m.member.as_str()) == gone.map(|i| format!("m{i}")).as_deref(),
+                "{m:?}"
+            );
+        }
+        rt.shutdown_background();
+    }
+    // No member holds a whole object of the vault it spreads: each pack's bytes are in no
+    // member's shard, 32 bytes in a row.
+    let plain = fixtures().join("vault-v3/data");
+    let mut packs = Vec::new();
+    let mut stack = vec![plain];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                packs.push(std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    for i in 0..3 {
+        let mut stack = vec![fixtures().join(format!("group-v1/m{i}/g/data"))];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                    continue;
+                }
+                let shard = std::fs::read(e.path()).unwrap();
+                for p in &packs {
+                    for w in p.chunks(1024).filter(|w| w.len() >= 32) {
+                        assert!(!shard.windows(32).any(|x| x == &w[..32]));
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -1,0 +1,276 @@
+//! A vault spread 2 of 3 over a local folder, an SFTP server and an S3 store (servers the
+//! tests start themselves): restored exactly with each member gone in turn, a member away
+//! while the pocket is worked in caught up when it is back, no member holding a run of a
+//! file's bytes, shards flipped and deleted found by `verify` and rebuilt by `--repair`, and
+//! bad groups refused with words a user can act on.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::backed::{ok_out, pseudo_random, workload, Backed};
+use common::servers::{ssh_client, Garage, Sshd};
+use common::{exact_tree, ok, run};
+
+fn group_status(b: &Backed) -> serde_json::Value {
+    let s = b.pocket.status();
+    s["destinations"][0]["group"].clone()
+}
+
+/// Waits until status says every member holds everything.
+fn wait_members_whole(b: &Backed, m: &common::Mounted) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let g = group_status(b);
+        if g["members"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|m| m["holds_everything"] == true))
+        {
+            assert_eq!(g["survives_losses"], 1, "{g:#}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the members never caught up: {g:#}\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = run(args, None);
+    assert!(!out.status.success(), "should have failed: {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_vault_spread_over_a_folder_sftp_and_s3_restores_from_any_two() {
+    let b = Backed::new();
+    let tmp = b.pocket.tmp.path().to_owned();
+    let home = tmp.join("home-disk");
+    std::fs::create_dir(&home).unwrap();
+    let mut sshd = Sshd::start("127.0.0.1", None, false);
+    let mut garage = Garage::start("127.0.0.1", None);
+    let office_dir = tmp.join("office");
+    b.dest("home", &home, "vault");
+    let key = ssh_client().key.to_str().unwrap().to_owned();
+    b.dest_url("office", &sshd.url(&office_dir), &["--identity", &key], &[]);
+    b.dest_url(
+        "bucket",
+        "s3://pockets/spread",
+        &["--endpoint", &garage.endpoint(), "--region", "garage"],
+        &garage.env(),
+    );
+    let pocket = b.pocket.p().to_owned();
+    let add = |k: &str, members: &[&str]| {
+        let mut a = vec!["dest", "add-group", "spread", "--k", k];
+        a.extend_from_slice(members);
+        a.extend_from_slice(&["--pocket", &pocket, "--passphrase-file", b.pf()]);
+        run(&a, None)
+    };
+    // Bad groups first: nothing changes.
+    let e = String::from_utf8_lossy(&add("4", &["home", "office", "bucket"]).stderr).into_owned();
+    assert!(e.contains("--k from 1 to their number"), "{e}");
+    let e = String::from_utf8_lossy(&add("2", &["home", "nowhere"]).stderr).into_owned();
+    assert!(e.contains("no destination named nowhere"), "{e}");
+    let e = String::from_utf8_lossy(&add("1", &["home", "home"]).stderr).into_owned();
+    assert!(e.contains("named twice"), "{e}");
+    let out = add("2", &["home", "office", "bucket"]);
+    let said = ok_out(&out);
+    assert!(said.contains("survives the loss of any 1"), "{said}");
+    let list = ok(&["dest", "list", "--pocket", &pocket]);
+    assert!(
+        list.contains("group  any 2 of 3: home, office, bucket"),
+        "{list}"
+    );
+
+    // Work, with a known file no member may hold a run of.
+    let known = pseudo_random(400_000, 1234);
+    let m = b.mount();
+    workload(&b.pocket.mnt);
+    std::fs::write(b.pocket.mnt.join("known.bin"), &known).unwrap();
+    b.wait_drained(&m, Duration::from_secs(120));
+    wait_members_whole(&b, &m);
+    let local_members = [home.join("spread"), office_dir.join("spread")];
+    for dir in &local_members {
+        let objects = files_under(dir);
+        assert!(objects
+            .iter()
+            .any(|(p, _)| p.to_string_lossy().contains("/data/")));
+        for (p, bytes) in objects {
+            // 32 bytes of the file in a row anywhere would be a piece of it readable there.
+            for w in known.chunks(4096) {
+                assert!(
+                    !bytes.windows(32).any(|x| x == &w[..32]),
+                    "{} holds bytes of the file",
+                    p.display()
+                );
+            }
+        }
+    }
+
+    // The office server goes away while work goes on: 2 of 3 still take every change.
+    sshd.kill();
+    std::fs::write(
+        b.pocket.mnt.join("while-office-away.txt"),
+        b"written at home",
+    )
+    .unwrap();
+    std::fs::write(b.pocket.mnt.join("big-away"), pseudo_random(2_500_000, 9)).unwrap();
+    b.wait_drained(&m, Duration::from_secs(120));
+    let g = group_status(&b);
+    let office = &g["members"][1];
+    assert_eq!(office["name"], "office", "{g:#}");
+    assert_eq!(office["holds_everything"], false, "{g:#}");
+    assert_eq!(g["survives_losses"], 0, "{g:#}");
+    let text = ok(&["journal", "status", "--pocket", &pocket]);
+    assert!(text.contains("survives NO member loss"), "{text}");
+    // Back: the next drain brings it what it missed, from the others.
+    sshd.start_again();
+    std::fs::write(b.pocket.mnt.join("office-back.txt"), b"and again").unwrap();
+    b.wait_drained(&m, Duration::from_secs(120));
+    wait_members_whole(&b, &m);
+    let want = exact_tree(&b.pocket.mnt);
+    m.unmount();
+    b.assert_restores("spread", &want, "all-three");
+
+    // Each member gone in turn: any two restore everything, what office missed included.
+    let hidden = tmp.join("home-disk-unplugged");
+    std::fs::rename(&home, &hidden).unwrap();
+    b.assert_restores("spread", &want, "without-home");
+    std::fs::rename(&hidden, &home).unwrap();
+    sshd.kill();
+    b.assert_restores("spread", &want, "without-office");
+    sshd.start_again();
+    garage.kill_node(0);
+    b.assert_restores("spread", &want, "without-bucket");
+    // Two gone: refused, with a reason, never a wrong file.
+    std::fs::rename(&home, &hidden).unwrap();
+    let out = b.restore("spread", &tmp.join("without-two"));
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("members") && e.contains("2 are needed"), "{e}");
+    std::fs::rename(&hidden, &home).unwrap();
+    garage.restart_node(0);
+
+    // Damage at one member: a flipped byte in a shard, a deleted index copy. Restore reads
+    // around it; verify names both; --repair rebuilds them from the others.
+    let objects = files_under(&home.join("spread"));
+    let (shard, _) = objects
+        .iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("/data/"))
+        .max_by_key(|(_, b)| b.len())
+        .unwrap();
+    let mut bytes = std::fs::read(shard).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(shard, bytes).unwrap();
+    let (index, _) = objects
+        .iter()
+        .find(|(p, _)| p.to_string_lossy().contains("/index/"))
+        .unwrap();
+    std::fs::remove_file(index).unwrap();
+    let out = b.restore("spread", &tmp.join("around-damage"));
+    ok_out(&out);
+    common::assert_same_tree(&want, &exact_tree(&tmp.join("around-damage")));
+    let v = run(
+        &[
+            "verify",
+            "spread",
+            "--read-data",
+            "--json",
+            "--pocket",
+            &pocket,
+            "--passphrase-file",
+            b.pf(),
+        ],
+        None,
+    );
+    assert_eq!(v.status.code(), Some(5), "damage must fail verify");
+    let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let home_check = &v["members"][0];
+    assert_eq!(home_check["member"], "home", "{v:#}");
+    let lacking: Vec<String> = home_check["lacking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    let rel = |p: &Path| {
+        p.strip_prefix(home.join("spread"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    assert!(lacking.contains(&rel(shard)), "{v:#}");
+    assert!(lacking.contains(&rel(index)), "{v:#}");
+    assert!(
+        v["members"][1]["lacking"].as_array().unwrap().is_empty(),
+        "{v:#}"
+    );
+    let r = ok(&[
+        "verify",
+        "spread",
+        "--repair",
+        "--pocket",
+        &pocket,
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    assert!(
+        r.contains("rebuilt 2 objects at the group's members"),
+        "{r}"
+    );
+    let again = r.split("verifying again:").nth(1).unwrap_or_default();
+    assert!(
+        again.contains("no damage found") && !again.contains("MEMBER"),
+        "{r}"
+    );
+    // Whole again: home and bucket alone restore it.
+    sshd.kill();
+    b.assert_restores("spread", &want, "after-repair");
+}
+
+#[test]
+fn a_member_cannot_leave_a_group_by_accident_and_a_mirror_cannot_join() {
+    let b = Backed::new();
+    let tmp = b.pocket.tmp.path().to_owned();
+    b.dest("a", &tmp.join("a"), "vault");
+    b.dest("m", &tmp.join("m"), "mirror");
+    let e = fails(&[
+        "dest",
+        "add-group",
+        "g",
+        "--k",
+        "1",
+        "a",
+        "m",
+        "--pocket",
+        b.pocket.p(),
+        "--passphrase-file",
+        b.pf(),
+    ]);
+    assert!(e.contains("m is a mirror"), "{e}");
+    // Nothing changed: both are still destinations of their own.
+    let list = ok(&["dest", "list", "--pocket", b.pocket.p()]);
+    assert!(list.contains("a ") && list.contains("m "), "{list}");
+}

@@ -13,18 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::dataset::{du, have, sh, Rng};
-use common::{bin, env};
-
-const PASS: &str = "benchmark passphrase";
-
-fn bp(args: &[&str], cfg: &Path) -> Command {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .env("XDG_CONFIG_HOME", cfg)
-        .env("BACKPOCKET_LOG", "warn")
-        .env("BACKPOCKET_PASSPHRASE", PASS);
-    c
-}
+use common::{bp, env, PASS};
 
 fn random(rng: &mut Rng, n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];

@@ -18,18 +18,12 @@ use std::path::Path;
 use std::process::Command;
 
 use common::dataset::{have, mutate, prepare, sh, timed, Table};
-use common::{bin, env};
+use common::{env, PASS};
 use servers::{ssh_client, Garage, Sshd};
 
-const PASS: &str = "benchmark passphrase";
-
 fn bp(args: &[&str], cfg: &Path) -> Command {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .env("XDG_CONFIG_HOME", cfg)
-        .env("BACKPOCKET_LOG", "warn")
-        .env("BACKPOCKET_PASSPHRASE", PASS)
-        .env("PATH", &ssh_client().path);
+    let mut c = common::bp(args, cfg);
+    c.env("PATH", &ssh_client().path);
     c
 }
 

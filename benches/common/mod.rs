@@ -23,6 +23,19 @@ pub fn drop_caches() {
     }
 }
 
+/// The passphrase every benchmark's pocket key is made from.
+pub const PASS: &str = "benchmark passphrase";
+
+/// The binary with its own config folder, quiet logs and the benchmark passphrase.
+pub fn bp(args: &[&str], cfg: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env("XDG_CONFIG_HOME", cfg)
+        .env("BACKPOCKET_LOG", "warn")
+        .env("BACKPOCKET_PASSPHRASE", PASS);
+    c
+}
+
 /// A size or count from the environment, for shorter or longer runs.
 pub fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

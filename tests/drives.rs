@@ -1028,6 +1028,51 @@ fn on_exfat_what_the_mount_keeps_survives_a_kill_9_right_after() {
     }
 }
 
+/// The journal knows an exFAT drive's files by path: a rename, a new folder or a new file not
+/// committed when the daemon dies would be found by the scan as new, with the drive's defaults
+/// (the mode, owner and xattrs only the journal keeps, lost). They are committed before the
+/// call returns.
+#[test]
+fn on_exfat_renames_and_new_files_survive_a_kill_9_right_after() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    require_root!();
+    let (_tmp, _drive, _root, p) = exfat_pocket(128);
+    // Modes the test's umask (022) leaves as they are.
+    let modes = [0o700, 0o750, 0o711, 0o701, 0o705, 0o751, 0o715, 0o710];
+    for (round, mode) in modes.into_iter().enumerate() {
+        let m = p.mount(&[]);
+        let dir = m.mnt.join(format!("made{round}"));
+        fs::DirBuilder::new().mode(mode).create(&dir).unwrap();
+        rustix::fs::setxattr(
+            &dir,
+            "user.round",
+            &[round as u8],
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let moved = m.mnt.join(format!("moved{round}"));
+        fs::rename(&dir, &moved).unwrap();
+        let file = m.mnt.join(format!("new{round}.txt"));
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&file)
+            .unwrap();
+        m.kill9();
+        let m = p.mount(&[]);
+        let md = fs::metadata(m.mnt.join(format!("moved{round}"))).unwrap();
+        assert_eq!(md.mode() & 0o7777, mode, "round {round}: the moved folder");
+        let mut v = [0u8; 1];
+        rustix::fs::getxattr(m.mnt.join(format!("moved{round}")), "user.round", &mut v)
+            .unwrap_or_else(|e| panic!("round {round}: the moved folder's xattr: {e}"));
+        assert_eq!(v[0], round as u8, "round {round}");
+        let md = fs::metadata(m.mnt.join(format!("new{round}.txt"))).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o640, "round {round}: the new file");
+        m.unmount();
+    }
+}
+
 /// exFAT refuses `" * : < > ? \ |`, control characters and names that are not UTF-8. The pocket
 /// keeps such names: the drive stores look-alikes (Apple's and Samba's mapping), the mount,
 /// the scan and the backups see the real names, and a replug changes nothing.

@@ -928,9 +928,14 @@ impl PocketFs {
         Ok(st)
     }
 
-    /// Where the drive never sees a change (a mode, owner, xattr or file kind the mount
-    /// keeps), returns once the journal holds it: it then survives a kill -9 of the daemon as
-    /// the drive's own changes do. (Kept exact times do not wait: the drive has them rounded.)
+    /// Where the journal keeps what the drive cannot (exFAT: modes, owners, xattrs, what a
+    /// stand-in file is) and knows files by path, a change recorded but not committed when
+    /// the daemon dies is lost for good: the scan finds a renamed file as a new one, and a new
+    /// file with the drive's defaults. So on such drives the changes that carry kept metadata
+    /// (create, mkdir, rename, mode, owner, xattrs, stand-ins) return once the journal holds
+    /// them: they survive a kill -9 of the daemon as the drive's own changes do (committed,
+    /// not made durable: fsync does that). Kept exact times do not wait: the drive has them
+    /// rounded.
     fn keep_committed(&self) -> FsResult<()> {
         if let (Some(_), Some(j)) = (&self.keeper, &self.journal) {
             j.commit()?;
@@ -1124,14 +1129,16 @@ impl PocketFs {
         )?;
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
-        self.finish_create(&p, name, caller, mode & !umask, None, |file, meta| {
+        let entry = self.finish_create(&p, name, caller, mode & !umask, None, |file, meta| {
             Change::Mkdir {
                 parent: pid,
                 name: name_b,
                 file,
                 meta,
             }
-        })
+        })?;
+        self.keep_committed()?;
+        Ok(entry)
     }
 
     pub fn symlink(
@@ -1332,6 +1339,7 @@ impl PocketFs {
                 gone.unlinked.store(true, Ordering::Relaxed);
             }
         }
+        self.keep_committed()?;
         Ok(stale)
     }
 
@@ -1575,6 +1583,7 @@ impl PocketFs {
             writable,
             seen: Mutex::new(None),
         })));
+        self.keep_committed()?;
         Ok((entry, fh))
     }
 

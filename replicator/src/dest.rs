@@ -31,6 +31,7 @@ impl DestSpec {
                 members.push(Member::new(
                     m.name.clone(),
                     crate::store::local_path(&m.url).is_some(),
+                    create,
                     Box::new(move || Single::connect(&url, &access, &secrets, rt.clone(), create)),
                 ));
             }

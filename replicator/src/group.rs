@@ -120,6 +120,10 @@ impl Geometry {
         }
         let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]) as usize;
         let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap()) as usize;
+        let (k, n) = (u16_at(8), u16_at(10));
+        if k == 0 || n < k {
+            return None;
+        }
         let g = Geometry {
             k: u16_at(8),
             n: u16_at(10),
@@ -250,6 +254,8 @@ pub(crate) struct Member {
     behind: AtomicBool,
     /// A local folder (a disk that is plugged in or not).
     local: bool,
+    /// The group is being made: its members hold nothing yet.
+    creating: bool,
     /// When to look at it again while it is behind and does not answer (backing off).
     retry: Mutex<(Option<std::time::Instant>, std::time::Duration)>,
     state: Mutex<MemberState>,
@@ -265,6 +271,7 @@ impl Member {
     pub fn new(
         name: String,
         local: bool,
+        creating: bool,
         connect: Box<dyn Fn() -> Result<Single> + Send + Sync>,
     ) -> Member {
         Member {
@@ -274,6 +281,7 @@ impl Member {
             }),
             name,
             local,
+            creating,
             connect,
             store: Mutex::new(None),
             // Until a first look at everything, nobody knows.
@@ -291,6 +299,17 @@ impl Member {
             }
         }
         let st = (self.connect)()?.with_pause(pause.clone());
+        // The member's folder must be the group's: an empty folder at its place (a write that
+        // raced an unplugged disk recreates the path on the machine's own disk) is not it.
+        if !self.creating && !st.exists("config")? {
+            return Err(Error::io(
+                format!(
+                    "{} holds nothing of this group (is the disk plugged in, or the share mounted?)",
+                    st.url()
+                ),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
         *s = Some(st.clone());
         Ok(st)
     }
@@ -432,6 +451,11 @@ impl Group {
         match &r {
             Ok(_) => m.answered(),
             Err(Error::Paused) => {}
+            // It answered, without the object: it missed a write (or lost it).
+            Err(Error::Store { source, .. }) if source.kind() == opendal::ErrorKind::NotFound => {
+                m.answered();
+                m.behind.store(true, Ordering::Release);
+            }
             Err(e) => m.failed(e),
         }
         r

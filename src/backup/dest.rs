@@ -291,9 +291,19 @@ pub fn dest_credentials(
     args: &KeyArgs,
 ) -> Result<()> {
     let mut config = p.config()?;
-    let Some(d) = config.destination(name).cloned() else {
+    // A group's member keeps its own credentials.
+    let Some(d) = config
+        .destinations
+        .iter()
+        .flat_map(|d| std::iter::once(d).chain(&d.members))
+        .find(|d| d.name == name)
+        .cloned()
+    else {
         bail!("no destination named {name} (see `backpocket dest list`)");
     };
+    if d.k.is_some() {
+        bail!("{name} is a group: give the credentials of each member (`backpocket dest credentials MEMBER`)");
+    }
     let target = replicator::Target::parse(&d.url)?;
     if target.is_local() {
         bail!("{name} is a local folder; it needs no credentials");
@@ -308,6 +318,9 @@ pub fn dest_credentials(
     for dc in &mut config.destinations {
         if dc.name == name {
             dc.credentials = sealed.clone();
+        }
+        for m in dc.members.iter_mut().filter(|m| m.name == name) {
+            m.credentials = sealed.clone();
         }
     }
     p.save_config(&config)?;
@@ -370,15 +383,21 @@ pub fn dest_list(p: &Pocket, json: bool) -> Result<()> {
 
 pub fn dest_remove(p: &Pocket, name: &str) -> Result<()> {
     let mut config = p.config()?;
-    let before = config.destinations.len();
-    config.destinations.retain(|d| d.name != name);
-    if config.destinations.len() == before {
+    let Some(removed) = config.destination(name).cloned() else {
         bail!("no destination named {name} (see `backpocket dest list`)");
-    }
+    };
+    config.destinations.retain(|d| d.name != name);
     p.save_config(&config)?;
     journal::remove_cursor(&p.journal_path(), name)?;
     replicator::DestState::remove(&p.meta_dir(), name);
     println!("removed destination {name}; what it holds is left as it is");
+    if !removed.members.is_empty() {
+        let names: Vec<&str> = removed.members.iter().map(|m| m.name.as_str()).collect();
+        println!(
+            "its members ({}) went with it; add one again with `backpocket dest add` to back up there on its own",
+            names.join(", ")
+        );
+    }
     Ok(())
 }
 

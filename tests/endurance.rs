@@ -20,7 +20,10 @@
 //! - objects at the vault flipped, cut short and deleted: `verify` must name each, restore
 //!   must never give a wrong file, and `verify --repair` must make the vault whole again;
 //! - an SFTP destination's server killed and started again, and its network link cut and
-//!   brought back (root: an sshd in a network namespace behind a veth pair).
+//!   brought back (root: an sshd in a network namespace behind a veth pair);
+//! - a member of a group destination (a vault spread 2 of 3 over three folders) unplugged
+//!   once the round's drains have made every member whole: the restore comes from the other
+//!   two, and once it is back a drain must catch it up (`verify` finds every member whole).
 //!
 //! ```text
 //! cargo test --locked --features fault-injection --test endurance -- [--rounds N | --minutes N] [--seed S] [--fs xfs|exfat]
@@ -742,9 +745,10 @@ enum Kind {
     ServerKilled,
     LinkCut,
     CrashPoint,
+    MemberAway,
 }
 
-const KINDS: [Kind; 10] = [
+const KINDS: [Kind; 11] = [
     Kind::DestRequests,
     Kind::Kill9Writes,
     Kind::Kill9Drain,
@@ -755,6 +759,7 @@ const KINDS: [Kind; 10] = [
     Kind::ServerKilled,
     Kind::LinkCut,
     Kind::CrashPoint,
+    Kind::MemberAway,
 ];
 
 /// Where a crash point may strike (see `platform::crash_point`), what the tally calls it, and
@@ -875,6 +880,9 @@ struct Bench {
     /// The destinations' disk (root): a tmpfs that can fill up.
     dest_disk: Option<PathBuf>,
     vault: PathBuf,
+    /// The folders of a group destination's members (2 of 3), one of which goes away now and
+    /// then.
+    members: Vec<PathBuf>,
     faults_log: PathBuf,
     tmp: PathBuf,
     /// The office (root): an SFTP server in a network namespace; dropped before the office.
@@ -928,6 +936,25 @@ impl Bench {
             &["--mode", "mirror", "--keep-versions-days", "0"],
             &[],
         );
+        // A vault spread 2 of 3 over three folders.
+        let members: Vec<PathBuf> = (0..3).map(|i| dests.join(format!("member-{i}"))).collect();
+        for (i, d) in members.iter().enumerate() {
+            backed.dest(&format!("g{i}"), d, "vault");
+        }
+        common::ok(&[
+            "dest",
+            "add-group",
+            "g",
+            "--k",
+            "2",
+            "g0",
+            "g1",
+            "g2",
+            "--pocket",
+            backed.pocket.p(),
+            "--passphrase-file",
+            backed.pf(),
+        ]);
         // The office: a vault over SFTP, used only on the office network.
         let office = if root { Office::new() } else { None };
         if root && office.is_none() {
@@ -950,6 +977,7 @@ impl Bench {
             drive,
             dest_disk,
             vault,
+            members,
             faults_log: base.join("faults.log"),
             tmp: base.to_owned(),
             sshd,
@@ -959,7 +987,7 @@ impl Bench {
 
     /// Destinations and the folders their restores go to.
     fn dests(&self) -> Vec<(&'static str, &'static str)> {
-        let mut d = vec![("v", "vault"), ("m", "mirror")];
+        let mut d = vec![("v", "vault"), ("m", "mirror"), ("g", "group vault")];
         if self.sshd.is_some() {
             d.push(("s", "SFTP vault"));
         }
@@ -1118,6 +1146,9 @@ fn round(
     let seeds: Vec<u64> = (0..models.len()).map(|_| rng.next()).collect();
     let mnt = p.mnt.clone();
     let mut drive_pulled = false;
+    let away = faults
+        .contains(&Kind::MemberAway)
+        .then_some((r % 3) as usize);
     let works: Vec<Work> = std::thread::scope(|s| {
         let handles: Vec<_> = models
             .iter_mut()
@@ -1319,6 +1350,13 @@ fn round(
         tally.count("forget-prune");
     }
 
+    // A member of the group goes away (a disk unplugged), once the group is whole: the
+    // group restores from the other two, and the member is caught up when it is back.
+    if let Some(i) = away {
+        group_whole(b, &format!("round {r}: before member {i} goes away"), &pf)?;
+        tally.count("member-away");
+        std::fs::rename(&b.members[i], b.members[i].with_extension("away")).unwrap();
+    }
     for (dest, dir) in b.dests() {
         let out = b.tmp.join(format!("restore-{r}-{dest}"));
         let o = b.backed.restore(dest, &out);
@@ -1337,7 +1375,42 @@ fn round(
         tally.bytes_verified += dir_bytes(&out);
         std::fs::remove_dir_all(&out).unwrap();
     }
+    if let Some(i) = away {
+        member_back(b, i, r, &pf, tally)?;
+    }
     tally.rounds += 1;
+    Ok(())
+}
+
+/// The group's member `i` is plugged back in: the next drain brings it everything it missed
+/// from the others.
+fn member_back(b: &Bench, i: usize, r: u64, pf: &str, tally: &mut Tally) -> Result<(), Difference> {
+    // Writes that raced the unplugging may have made its path again on this disk, as they
+    // would under an empty mountpoint; plugging the disk in hides them.
+    if b.members[i].exists() {
+        std::fs::remove_dir_all(&b.members[i]).unwrap();
+    }
+    std::fs::rename(b.members[i].with_extension("away"), &b.members[i]).unwrap();
+    group_whole(b, &format!("round {r}: member {i} back"), pf)?;
+    tally.count("member-caught-up");
+    Ok(())
+}
+
+/// A drain (which catches up every member that lacks something the others hold), then
+/// `verify` must find every member whole.
+fn group_whole(b: &Bench, what: &str, pf: &str) -> Result<(), Difference> {
+    let p = b.pocket();
+    let o = cli(&["sync", "--pocket", p.p(), "--passphrase-file", pf]);
+    if !o.status.success() {
+        return Err(Difference(format!("{what}: sync: {}", out_text(&o))));
+    }
+    let o = cli(&["verify", "g", "--pocket", p.p(), "--passphrase-file", pf]);
+    if !o.status.success() || stdout(&o).contains("MEMBER") {
+        return Err(Difference(format!(
+            "{what}: the group's members are not whole: {}",
+            out_text(&o)
+        )));
+    }
     Ok(())
 }
 

@@ -679,8 +679,19 @@ impl Single {
             let file = root.join(key);
             // Our own objects are private whatever the process umask (the mount runs with 0).
             // Checked again: a folder pulled away during the write may have let it land on
-            // the machine's own disk; it must not count as held.
-            self.check_present()?;
+            // the machine's own disk (the write makes the folders it needs); it must not
+            // count as held, and what it made there goes (only what is empty once the file
+            // is gone: nothing of anyone else's).
+            if let Err(e) = self.check_present() {
+                let _ = std::fs::remove_file(&file);
+                let _ = std::fs::remove_dir(root.join(TMP_DIR));
+                for dir in file.ancestors().skip(1) {
+                    if !dir.starts_with(root) || std::fs::remove_dir(dir).is_err() {
+                        break;
+                    }
+                }
+                return Err(e);
+            }
             crate::os::make_private(&file, false)
                 .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
             sync_dir(file.parent().unwrap_or(root))?;

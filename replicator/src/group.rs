@@ -757,6 +757,22 @@ impl Group {
         Ok(all.into_iter().collect())
     }
 
+    /// Packs fewer than `k` members hold (with how many do): unreadable though listed. A
+    /// member that does not answer counts as holding them (verify says it was not checked).
+    pub fn short_packs(&self) -> Result<HashMap<String, usize>> {
+        let listings = self.listings("data/")?;
+        // A member that did not answer may hold it.
+        let away = listings.iter().filter(|l| l.is_none()).count();
+        let mut held: HashMap<String, usize> = HashMap::new();
+        for l in listings.into_iter().flatten() {
+            for (key, _) in l {
+                *held.entry(key).or_default() += 1;
+            }
+        }
+        held.retain(|_, n| *n + away < self.k);
+        Ok(held)
+    }
+
     /// What a listing shows for a pack of `len` bytes.
     pub fn listed_size(&self, len: u64) -> u64 {
         Geometry::of(self.k, self.n(), len).shard_size()

@@ -95,6 +95,11 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
     }
     vault.set_index(index_map);
     let stored: HashMap<String, u64> = vault.store.list("data/")?.into_iter().collect();
+    // A group: packs fewer than k members hold cannot be read, though listed.
+    let short: HashMap<String, usize> = match vault.store.group() {
+        Some(g) => g.short_packs()?,
+        None => HashMap::new(),
+    };
     let mut packs: Vec<&crate::format::PackIndex> = Vec::new();
     let mut seen_packs = HashSet::new();
     for o in &objects {
@@ -131,6 +136,16 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
                     bad_chunks.insert(id, damage.len() - 1);
                 }
             };
+        if let Some(held) = short.get(&key) {
+            blame(
+                format!(
+                    "only {held} of the group's members hold a shard of it, fewer than it needs: it cannot be read"
+                ),
+                &mut idx.blobs.iter().map(|b| b.id),
+                &mut damage,
+            );
+            continue;
+        }
         match stored.get(&key) {
             None => {
                 blame(
@@ -141,12 +156,16 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
                 continue;
             }
             Some(size) if *size != vault.store.listed_size(&key, idx.size) => {
+                let stored_as = vault.store.listed_size(&key, idx.size);
                 blame(
-                    format!(
-                        "{size} bytes, but its index says {} (stored as {})",
-                        idx.size,
-                        vault.store.listed_size(&key, idx.size)
-                    ),
+                    if stored_as == idx.size {
+                        format!("{size} bytes, but its index says {}", idx.size)
+                    } else {
+                        format!(
+                            "{size} bytes, but its index says {} (its shards {stored_as})",
+                            idx.size
+                        )
+                    },
                     &mut idx.blobs.iter().map(|b| b.id),
                     &mut damage,
                 );

@@ -588,6 +588,29 @@ fn a_group_vault_restores_exactly_from_any_two_of_its_three_members() {
         }
         rt.shutdown_background();
     }
+    // A pack two members lost cannot be read: verify says so (it is listed by the third).
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("group");
+        copy_tree(&fixtures().join("group-v1"), &root);
+        for i in 0..2 {
+            std::fs::remove_dir_all(root.join(format!("m{i}/g/data"))).unwrap();
+        }
+        let rt = replicator::runtime().unwrap();
+        let store = group_spec(&root)
+            .store(None, rt.handle().clone(), false)
+            .unwrap();
+        let vault = Vault::open(store, &key).unwrap();
+        let v = replicator::verify(&vault, false, &Progress::default()).unwrap();
+        assert!(
+            v.damage
+                .iter()
+                .any(|d| d.object.starts_with("data/") && d.detail.contains("cannot be read")),
+            "{:?}",
+            v.damage
+        );
+        rt.shutdown_background();
+    }
     // No member holds a whole object of the vault it spreads: each pack's bytes are in no
     // member's shard, 32 bytes in a row.
     let plain = fixtures().join("vault-v3/data");

@@ -514,12 +514,16 @@ impl Group {
         // A member known to be away is not asked again until it is due for a catch-up (which
         // brings it this object too): a drain does not wait on its timeouts at every write.
         let pause = self.pause.lock().clone();
-        let targets: Vec<usize> = (0..self.n())
+        let mut targets: Vec<usize> = (0..self.n())
             .filter(|&i| {
                 let m = &self.members[i];
                 !m.behind.load(Ordering::Acquire) || m.due(&pause)
             })
             .collect();
+        // Too few without them: every member is asked (one may be back before its time).
+        if targets.len() < self.k {
+            targets = self.all();
+        }
         // Each member's object moves into its request (a pack's shards are large).
         let slots: Vec<Mutex<Option<Vec<u8>>>> =
             objects.into_iter().map(|o| Mutex::new(Some(o))).collect();

@@ -1031,7 +1031,7 @@ fn on_exfat_what_the_mount_keeps_survives_a_kill_9_right_after() {
 /// The journal knows an exFAT drive's files by path: a rename, a new folder or a new file not
 /// committed when the daemon dies would be found by the scan as new, with the drive's defaults
 /// (the mode, owner and xattrs only the journal keeps, lost). They are committed before the
-/// call returns.
+/// call returns, unless the file is only what the scan would make of it.
 #[test]
 fn on_exfat_renames_and_new_files_survive_a_kill_9_right_after() {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -1059,8 +1059,16 @@ fn on_exfat_renames_and_new_files_survive_a_kill_9_right_after() {
             .mode(0o640)
             .open(&file)
             .unwrap();
+        // A file with nothing only the journal keeps does not wait: the scan finds it as it
+        // was, at its new name.
+        let plain = m.mnt.join(format!("plain{round}.txt"));
+        fs::write(&plain, b"plain").unwrap();
+        fs::rename(&plain, m.mnt.join(format!("plain-moved{round}.txt"))).unwrap();
         m.kill9();
         let m = p.mount(&[]);
+        let md = fs::metadata(m.mnt.join(format!("plain-moved{round}.txt"))).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o644, "round {round}: the plain file");
+        assert!(!m.mnt.join(format!("plain{round}.txt")).exists());
         let md = fs::metadata(m.mnt.join(format!("moved{round}"))).unwrap();
         assert_eq!(md.mode() & 0o7777, mode, "round {round}: the moved folder");
         let mut v = [0u8; 1];

@@ -931,11 +931,18 @@ impl PocketFs {
     /// Where the journal keeps what the drive cannot (exFAT: modes, owners, xattrs, what a
     /// stand-in file is) and knows files by path, a change recorded but not committed when
     /// the daemon dies is lost for good: the scan finds a renamed file as a new one, and a new
-    /// file with the drive's defaults. So on such drives the changes that carry kept metadata
-    /// (create, mkdir, rename, mode, owner, xattrs, stand-ins) return once the journal holds
-    /// them: they survive a kill -9 of the daemon as the drive's own changes do (committed,
-    /// not made durable: fsync does that). Kept exact times do not wait: the drive has them
-    /// rounded.
+    /// file with the scan's defaults. So on such drives the changes that carry kept metadata
+    /// (a mode, owner or xattr changed; a file made, or a file or folder renamed, that is not
+    /// just what the scan would give it: `Keeper::plain`) return once the journal holds them:
+    /// they survive a kill -9 of the daemon as the drive's own changes do (committed, not made
+    /// durable: fsync does that). Kept exact times do not wait: the drive has them rounded.
+    fn keep_committed_unless_plain(&self, st: &rustix::fs::Stat) -> FsResult<()> {
+        match &self.keeper {
+            Some(k) if !k.plain(st) => self.keep_committed(),
+            _ => Ok(()),
+        }
+    }
+
     fn keep_committed(&self) -> FsResult<()> {
         if let (Some(_), Some(j)) = (&self.keeper, &self.journal) {
             j.commit()?;
@@ -1052,6 +1059,7 @@ impl PocketFs {
         if let Ok(inode) = self.inode(entry.ino) {
             inode.write.lock().new_name_in(parent);
         }
+        self.keep_committed_unless_plain(&st)?;
         Ok(entry)
     }
 
@@ -1104,9 +1112,6 @@ impl PocketFs {
                     meta,
                 }
             })?;
-        if stand_in.is_some() {
-            self.keep_committed()?;
-        }
         Ok(entry)
     }
 
@@ -1129,16 +1134,14 @@ impl PocketFs {
         )?;
         let pid = p.ino;
         let name_b = name.as_bytes().to_vec();
-        let entry = self.finish_create(&p, name, caller, mode & !umask, None, |file, meta| {
+        self.finish_create(&p, name, caller, mode & !umask, None, |file, meta| {
             Change::Mkdir {
                 parent: pid,
                 name: name_b,
                 file,
                 meta,
             }
-        })?;
-        self.keep_committed()?;
-        Ok(entry)
+        })
     }
 
     pub fn symlink(
@@ -1185,9 +1188,6 @@ impl PocketFs {
                 target: target_b,
             }
         })?;
-        if stand_in.is_some() {
-            self.keep_committed()?;
-        }
         Ok(entry)
     }
 
@@ -1317,9 +1317,16 @@ impl PocketFs {
             *inode.name.lock() = (np.nodeid, nc.to_bytes().to_vec());
         }
         // A rename gives the moved file a new ctime (the mount keeps it where the drive gives
-        // none); a replaced file that lives on under other names loses a link.
+        // none); a replaced file that lives on under other names loses a link. The journal
+        // must hold the rename before it returns unless the scan, finding the file anew at
+        // its new name, would lose nothing: a folder (what is under it) or an exchange always
+        // wait.
+        let mut wait = false;
         if let Some(keeper) = &self.keeper {
             if let Ok(moved) = rustix::fs::statat(&*np_fd, &nc, AtFlags::SYMLINK_NOFOLLOW) {
+                wait = rflags.contains(RenameFlags::EXCHANGE)
+                    || FileType::from_raw_mode(moved.st_mode as _) == FileType::Directory
+                    || !keeper.plain(&moved);
                 keeper.change(&moved, |_| {});
             }
         }
@@ -1339,7 +1346,9 @@ impl PocketFs {
                 gone.unlinked.store(true, Ordering::Relaxed);
             }
         }
-        self.keep_committed()?;
+        if wait {
+            self.keep_committed()?;
+        }
         Ok(stale)
     }
 
@@ -1583,7 +1592,7 @@ impl PocketFs {
             writable,
             seen: Mutex::new(None),
         })));
-        self.keep_committed()?;
+        self.keep_committed_unless_plain(&st)?;
         Ok((entry, fh))
     }
 

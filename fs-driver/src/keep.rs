@@ -210,6 +210,18 @@ impl Keeper {
         }
     }
 
+    /// Whether what is kept of the file (`st` as the drive has it) is only what the scan gives
+    /// a file it finds new (a folder's 0755 or a file's 0644, the mount's owner, no xattrs, not
+    /// a stand-in): then a record of it lost with the daemon loses nothing only the journal
+    /// keeps, and the call need not wait for the journal.
+    pub fn plain(&self, st: &Stat) -> bool {
+        let number = st.st_ino as u64;
+        let d = self.default_for(st);
+        let k = self.get(number).unwrap_or(d);
+        (k.perm, k.uid, k.gid, k.kind) == (d.perm, d.uid, d.gid, None)
+            && self.xattrs(number).is_empty()
+    }
+
     /// What the file the drive numbers `number` is where the drive holds a regular file
     /// standing in for it (a link, fifo, socket or device).
     pub fn stand_in(&self, number: u64) -> Option<Kind> {

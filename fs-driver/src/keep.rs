@@ -218,8 +218,19 @@ impl Keeper {
         let number = st.st_ino as u64;
         let d = self.default_for(st);
         let k = self.get(number).unwrap_or(d);
-        (k.perm, k.uid, k.gid, k.kind) == (d.perm, d.uid, d.gid, None)
-            && self.xattrs(number).is_empty()
+        (k.perm, k.uid, k.gid, k.kind) == (d.perm, d.uid, d.gid, None) && !self.has_xattrs(number)
+    }
+
+    /// Whether the file the drive numbers `number` has extended attributes (no copy made:
+    /// asked at every create).
+    fn has_xattrs(&self, number: u64) -> bool {
+        if let Some(x) = self.xattrs_by_number.read().get(&number) {
+            return !x.is_empty();
+        }
+        self.ids
+            .file_of(number)
+            .and_then(|id| self.xattrs_by_file.read().get(&id).map(|x| !x.is_empty()))
+            .unwrap_or(false)
     }
 
     /// What the file the drive numbers `number` is where the drive holds a regular file

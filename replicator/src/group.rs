@@ -487,7 +487,8 @@ impl Group {
         }
         Error::Group {
             context: format!(
-                "group {}: only {held} of its {} members {what} ({} are needed)",
+                "group {}: only {held} of its {} members {what} ({} are needed; it goes on by \
+                 itself as they answer again, and `backpocket journal status` shows each one)",
                 self.name,
                 self.n(),
                 self.k
@@ -844,7 +845,9 @@ impl Group {
         Ok(true)
     }
 
-    pub fn each_member(&self, f: impl Fn(&Single) -> Result<()> + Sync) -> Result<()> {
+    /// Runs `f` on every member at once; Ok once `k` of them did it (`what` says what, in
+    /// the error).
+    pub fn each_member(&self, what: &str, f: impl Fn(&Single) -> Result<()> + Sync) -> Result<()> {
         let mut answered = 0;
         let mut errors = Vec::new();
         for (_, r) in each(&self.all(), |i| self.on(i, &f)) {
@@ -856,29 +859,13 @@ impl Group {
         if answered >= self.k {
             Ok(())
         } else {
-            Err(self.short("made their folders", answered, errors))
+            Err(self.short(what, answered, errors))
         }
     }
 
     /// Whether `k` members can be used now.
     pub fn check_present(&self) -> Result<()> {
-        let pause = self.pause.lock().clone();
-        let mut errors = Vec::new();
-        let mut ok = 0;
-        for m in &self.members {
-            match m.store(&pause).and_then(|s| s.check_present()) {
-                Ok(()) => ok += 1,
-                Err(e) => {
-                    m.failed(&e);
-                    errors.push(e)
-                }
-            }
-        }
-        if ok >= self.k {
-            Ok(())
-        } else {
-            Err(self.short("are there", ok, errors))
-        }
+        self.each_member("are there", Single::check_present)
     }
 
     /// Brings the members that missed writes (and answer again) up to what the others hold:

@@ -213,7 +213,7 @@ impl Store {
         match &self.0 {
             Backend::Single(s) => s.remove_leftovers(),
             Backend::Group(g) => {
-                let _ = g.each_member(|s| {
+                let _ = g.each_member("were cleaned", |s| {
                     s.remove_leftovers();
                     Ok(())
                 });
@@ -258,7 +258,7 @@ impl Store {
     pub fn make_dirs(&self, dirs: &[String]) -> Result<()> {
         match &self.0 {
             Backend::Single(s) => s.make_dirs(dirs),
-            Backend::Group(g) => g.each_member(|s| s.make_dirs(dirs)),
+            Backend::Group(g) => g.each_member("made their folders", |s| s.make_dirs(dirs)),
         }
     }
 
@@ -266,7 +266,7 @@ impl Store {
     pub fn make_private(&self) -> Result<()> {
         match &self.0 {
             Backend::Single(s) => s.make_private(),
-            Backend::Group(g) => g.each_member(Single::make_private),
+            Backend::Group(g) => g.each_member("were made private", Single::make_private),
         }
     }
 

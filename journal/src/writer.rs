@@ -582,9 +582,27 @@ impl Writer {
             return Ok(());
         }
         let path = self.db_path.clone();
-        self.conn
-            .execute_batch("PRAGMA synchronous=FULL; DELETE FROM unsynced;")
-            .map_err(|e| db::classify(&path, e))
+        let forget = |conn: &rusqlite::Connection| {
+            conn.execute_batch("PRAGMA synchronous=FULL; DELETE FROM unsynced;")
+                .map_err(|e| db::classify(&path, e))
+        };
+        let mut res = forget(&self.conn);
+        if matches!(res, Err(Error::DiskFull)) && self.reserve.exists() {
+            let _ = std::fs::remove_file(&self.reserve);
+            res = forget(&self.conn);
+        }
+        match res {
+            // The drive is durable already; the marks only make the next scan read those files
+            // again, which is the safe side of forgetting them.
+            Err(Error::DiskFull) => {
+                warn!(
+                    "journal: the drive is full; the next scan reads again the files that were \
+                     open for writing"
+                );
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Returns true for a shutdown request.

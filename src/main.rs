@@ -302,6 +302,15 @@ enum DestCommand {
         #[command(flatten)]
         pocket: PocketArg,
     },
+    /// Put destination NEW (added with `dest add`) in member OLD's place in GROUP (a disk that
+    /// broke, a server that moves) and rebuild its share from the other members.
+    Replace {
+        group: String,
+        old: String,
+        new: String,
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
     /// Replace a destination's stored credentials (S3 keys from the environment or
     /// --profile; an SSH key with --identity).
     Credentials {
@@ -534,6 +543,18 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                 &name,
                 k,
                 &members,
+                key,
+            ),
+            DestCommand::Replace {
+                group,
+                old,
+                new,
+                pocket,
+            } => backup::dest_replace(
+                &Pocket::find(pocket.pocket.as_deref())?,
+                &group,
+                &old,
+                &new,
                 key,
             ),
             DestCommand::Credentials {

@@ -176,6 +176,7 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                             "last_complete": m.complete_ns.map(rfc3339),
                             "last_verified": m.checked_ns.map(rfc3339),
                             "last_error": m.last_error,
+                            "waiting_for": m.waiting_for,
                         })).collect::<Vec<_>>(),
                     })),
                 })
@@ -305,9 +306,13 @@ fn print_group(k: usize, members: &[replicator::MemberState]) {
         ),
     }
     for m in members {
+        let away = match &m.waiting_for {
+            Some(what) => format!("waiting for {what} (its --when)"),
+            None => "AWAY".into(),
+        };
         let state = match (m.reachable, m.behind) {
             (Some(false), _) => format!(
-                "AWAY{}",
+                "{away}{}",
                 if m.missing > 0 {
                     format!(", {} objects waiting for it", m.missing)
                 } else {
@@ -323,7 +328,7 @@ fn print_group(k: usize, members: &[replicator::MemberState]) {
             .map(|t| format!("; verified {}", ago(t)))
             .unwrap_or_else(|| "; never verified".into());
         println!("                 {:<12} {state}{checked}", m.name);
-        if let (Some(false), Some(e)) = (m.reachable, &m.last_error) {
+        if let (Some(false), Some(e), None) = (m.reachable, &m.last_error, &m.waiting_for) {
             println!("                              {e}");
         }
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::runtime::{Handle, Runtime};
+use tracing::warn;
 
 use crate::access::{open_secrets, Secrets};
 use crate::config::{DestSpec, Mode, Setup};
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::group::{Group, Member};
 #[cfg(unix)]
 use crate::mirror::MirrorDrain;
+use crate::policy::Policy;
 use crate::state::DestState;
 use crate::store::{Single, Store};
 use crate::vault::Vault;
@@ -22,17 +24,52 @@ use crate::vault::Vault;
 impl DestSpec {
     /// The destination's storage, its credentials opened with the pocket key.
     pub fn store(&self, key: Option<&Key>, rt: Handle, create: bool) -> Result<Store> {
+        self.store_joining(key, rt, create, None)
+    }
+
+    /// [`Self::store`] of a group that member `joining` joins: its folder is made, and it
+    /// counts as the group's before it holds anything.
+    pub fn store_joining(
+        &self,
+        key: Option<&Key>,
+        rt: Handle,
+        create: bool,
+        joining: Option<&str>,
+    ) -> Result<Store> {
         if let Some(g) = &self.group {
             let mut members = Vec::with_capacity(g.members.len());
             for m in &g.members {
                 let secrets = m.secrets(key)?;
                 let url = format!("{}/{}", m.url.trim_end_matches('/'), self.name);
                 let (access, rt) = (m.access.clone(), rt.clone());
+                let create = create || joining == Some(m.name.as_str());
+                let local = crate::store::local_path(&m.url);
+                let policy = Policy::parse(&m.when).unwrap_or_else(|e| {
+                    // As for a destination of its own: never used where it was told not to be.
+                    warn!(
+                        "{} (member of {}): {e}; it is not used until its `when` in the \
+                         pocket's config reads again",
+                        m.name, self.name
+                    );
+                    Policy::never()
+                });
                 members.push(Member::new(
                     m.name.clone(),
-                    crate::store::local_path(&m.url).is_some(),
-                    create,
-                    Box::new(move || Single::connect(&url, &access, &secrets, rt.clone(), create)),
+                    local.is_some(),
+                    policy,
+                    Box::new(move || {
+                        // Whether it may be given the group now though it holds none of it (it
+                        // missed the group's making: away, or waiting for its `--when`). A
+                        // server is there if it answers; a folder if it holds the vault `dest
+                        // add` made at its root, which an unplugged disk's empty mount point
+                        // does not.
+                        let seatable = create
+                            || local
+                                .as_ref()
+                                .is_none_or(|root| root.join("config").is_file());
+                        Single::connect(&url, &access, &secrets, rt.clone(), seatable)
+                            .map(|s| (s, seatable))
+                    }),
                 ));
             }
             return Ok(Store::of_group(Group::new(

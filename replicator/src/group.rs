@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::policy::Policy;
 use crate::state::MemberState;
 use crate::store::Single;
 
@@ -248,14 +249,14 @@ pub(crate) struct Finding {
 /// One member of a group: a place, reached when needed.
 pub(crate) struct Member {
     pub name: String,
-    connect: Box<dyn Fn() -> Result<Single> + Send + Sync>,
+    connect: Box<dyn Fn() -> Result<(Single, bool)> + Send + Sync>,
     store: Mutex<Option<Single>>,
     /// May lack objects the others hold: caught up when it answers again.
     behind: AtomicBool,
     /// A local folder (a disk that is plugged in or not).
     local: bool,
-    /// The group is being made: its members hold nothing yet.
-    creating: bool,
+    /// Its own `--when`: while it does not hold, the member waits as if away.
+    policy: Policy,
     /// When to look at it again while it is behind and does not answer (backing off).
     retry: Mutex<(Option<std::time::Instant>, std::time::Duration)>,
     state: Mutex<MemberState>,
@@ -271,17 +272,17 @@ impl Member {
     pub fn new(
         name: String,
         local: bool,
-        creating: bool,
-        connect: Box<dyn Fn() -> Result<Single> + Send + Sync>,
+        policy: Policy,
+        connect: Box<dyn Fn() -> Result<(Single, bool)> + Send + Sync>,
     ) -> Member {
         Member {
+            policy,
             state: Mutex::new(MemberState {
                 name: name.clone(),
                 ..Default::default()
             }),
             name,
             local,
-            creating,
             connect,
             store: Mutex::new(None),
             // Until a first look at everything, nobody knows.
@@ -294,14 +295,24 @@ impl Member {
     fn store(&self, pause: &Arc<AtomicBool>) -> Result<Single> {
         let mut s = self.store.lock();
         if let Some(st) = s.as_ref() {
+            // Per request only the checks that cost no connection; a new connection checks all.
+            if let Some(what) = self.policy.quick_waiting_for() {
+                return Err(self.waiting(what));
+            }
             if st.check_present().is_ok() {
                 return Ok(st.clone());
             }
         }
-        let st = (self.connect)()?.with_pause(pause.clone());
-        // The member's folder must be the group's: an empty folder at its place (a write that
-        // raced an unplugged disk recreates the path on the machine's own disk) is not it.
-        if !self.creating && !st.exists("config")? {
+        if let Some(what) = self.policy.waiting_for() {
+            return Err(self.waiting(what));
+        }
+        let (st, seatable) = (self.connect)()?;
+        let st = st.with_pause(pause.clone());
+        // The member's folder must be the group's, unless it is known to be there and may be
+        // seated (it missed the group's making, or joins it): an empty folder at its place (a
+        // write that raced an unplugged disk recreates the path on the machine's own disk) is
+        // not it.
+        if !seatable && !st.exists("config")? {
             return Err(Error::io(
                 format!(
                     "{} holds nothing of this group (is the disk plugged in, or the share mounted?)",
@@ -312,6 +323,20 @@ impl Member {
         }
         *s = Some(st.clone());
         Ok(st)
+    }
+
+    /// Its policy does not hold: it is left behind as if away, and status says what it waits
+    /// for rather than an error.
+    fn waiting(&self, what: String) -> Error {
+        let e = Error::io(
+            format!(
+                "{} is not used now: it waits for {what} (its --when)",
+                self.name
+            ),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        self.state.lock().waiting_for = Some(what);
+        e
     }
 
     fn failed(&self, e: &Error) {
@@ -334,6 +359,10 @@ impl Member {
     fn due(&self, pause: &Arc<AtomicBool>) -> bool {
         if !self.behind.load(Ordering::Acquire) {
             return false;
+        }
+        // Waiting for its policy, which holds now (a network change): at once.
+        if self.state.lock().waiting_for.is_some() && self.policy.quick_waiting_for().is_none() {
+            return true;
         }
         if self
             .retry
@@ -360,6 +389,7 @@ impl Member {
         }
         let mut st = self.state.lock();
         st.reachable = Some(true);
+        st.waiting_for = None;
     }
 }
 
@@ -878,17 +908,69 @@ impl Group {
         if due.is_empty() {
             return Ok(());
         }
-        self.reconcile(due, false, true).map(|_| ())
+        self.reconcile(due, false, true, &|_, _| {}).map(|_| ())
+    }
+
+    /// Member `name`, new in the group (in place of another), gets the group's config: from
+    /// then on it counts as the group's own, behind until [`Self::fill_member`] or the drains'
+    /// catch-up brings it the rest.
+    pub fn seat_member(&self, name: &str) -> Result<()> {
+        let i = self.index_of(name)?;
+        let config = self.copy_for(i, "config")?;
+        // Empty, or this group's share from an earlier try: anything else would be spread
+        // to the others as if it were the group's.
+        let held = self.on(i, |s| s.list(""))?;
+        if held.iter().any(|(k, _)| !k.starts_with("locks/"))
+            && self.on(i, |s| s.get("config")).ok().as_ref() != Some(&config)
+        {
+            return Err(Error::Format(format!(
+                "{name}'s folder for group {} is not empty and holds no share of it; give a \
+                 member whose {} folder is empty or new",
+                self.name, self.name
+            )));
+        }
+        self.on(i, |s| s.put("config", config))
+    }
+
+    /// Brings member `name` everything the others hold (copies, shards rebuilt from `k`
+    /// others), telling `progress` (objects done, objects in all). Returns how many it still
+    /// lacks: those wait for the drains' catch-up.
+    pub fn fill_member(&self, name: &str, progress: &dyn Fn(u64, u64)) -> Result<u64> {
+        let i = self.index_of(name)?;
+        let found = self.reconcile(vec![i], false, true, progress)?;
+        match found.into_iter().next() {
+            Some(Finding {
+                away: Some(why), ..
+            }) => Err(Error::Group {
+                context: format!("group {}: {name} did not answer", self.name),
+                source: Box::new(Error::Format(why)),
+            }),
+            Some(f) => Ok(f.left),
+            None => Ok(0),
+        }
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize> {
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| Error::Format(format!("{name} is not a member of group {}", self.name)))
     }
 
     /// Every member against what the others hold: what it lacks, and with `read` what it
     /// holds damaged (every object read and checked); with `repair` each is rebuilt from the
     /// others. Per member, the objects found.
     pub fn check(&self, read: bool, repair: bool) -> Result<Vec<Finding>> {
-        self.reconcile(self.all(), read, repair)
+        self.reconcile(self.all(), read, repair, &|_, _| {})
     }
 
-    fn reconcile(&self, behind: Vec<usize>, scrub: bool, repair: bool) -> Result<Vec<Finding>> {
+    fn reconcile(
+        &self,
+        behind: Vec<usize>,
+        scrub: bool,
+        repair: bool,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<Vec<Finding>> {
         let listings = self.listings("")?;
         let mut holders: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, l) in listings.iter().enumerate() {
@@ -931,7 +1013,9 @@ impl Group {
             }
             let mut left = bad.len() as u64;
             if repair {
-                for key in &bad {
+                let total = left;
+                for (done, key) in bad.iter().enumerate() {
+                    progress(done as u64, total);
                     if self.paused() {
                         return Err(Error::Paused);
                     }

@@ -48,6 +48,9 @@ pub struct MemberState {
     #[serde(default)]
     pub missing: u64,
     pub last_error: Option<String>,
+    /// Its `--when` does not hold now: what it waits for.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
     /// When it last held everything the others did.
     pub complete_ns: Option<i64>,
     /// When every object it holds was last read and checked (`verify --read-data`).

@@ -105,6 +105,24 @@ impl Store {
         self.group().map(|g| (g.k, g.report()))
     }
 
+    /// A group that destination `name` joins in place of a member: it gets the group's config
+    /// first (so a crash after the pocket's config names it leaves a member that is behind,
+    /// never a stranger), then [`Self::fill_member`] brings the rest.
+    pub fn seat_member(&self, name: &str) -> Result<()> {
+        self.only_group()?.seat_member(name)
+    }
+
+    /// Rebuilds what member `name` lacks from the others, with `progress` (objects done, in
+    /// all). Returns how many objects it still lacks.
+    pub fn fill_member(&self, name: &str, progress: &dyn Fn(u64, u64)) -> Result<u64> {
+        self.only_group()?.fill_member(name, progress)
+    }
+
+    fn only_group(&self) -> Result<&Group> {
+        self.group()
+            .ok_or_else(|| Error::Format(format!("{} is not a group", self.url())))
+    }
+
     pub(crate) fn group(&self) -> Option<&Group> {
         match &self.0 {
             Backend::Group(g) => Some(g),

@@ -1,6 +1,8 @@
 //! `dest add`, `dest credentials`, `dest list`, `dest remove`: the pocket's destinations, and
 //! what the replicator is told of them.
 
+use std::io::IsTerminal;
+
 use anyhow::{anyhow, bail, Context, Result};
 use replicator::{Mode, Vault};
 use serde_json::json;
@@ -281,6 +283,116 @@ pub fn dest_add_group(
     );
     println!("each member keeps the group's shards in a folder named {name}; what a member held before stays as it is");
     Ok(())
+}
+
+/// `dest replace`: destination `new` (already added) takes member `old`'s place in `group`
+/// and gets its share rebuilt from the other members; `old` leaves the group (what its folder
+/// holds stays, never enough alone to read anything).
+pub fn dest_replace(p: &Pocket, group: &str, old: &str, new: &str, args: &KeyArgs) -> Result<()> {
+    let mut config = p.config()?;
+    let Some(g) = config.destination(group).cloned() else {
+        bail!("no destination named {group} (see `backpocket dest list`)");
+    };
+    if g.k.is_none() {
+        bail!("{group} is not a group; `backpocket dest add-group` makes one");
+    }
+    let Some(at) = g.members.iter().position(|m| m.name == old) else {
+        let names: Vec<&str> = g.members.iter().map(|m| m.name.as_str()).collect();
+        bail!(
+            "{old} is not a member of {group} (its members: {})",
+            names.join(", ")
+        );
+    };
+    if g.members.iter().any(|m| m.name == new) {
+        bail!("{new} is a member of {group} already");
+    }
+    let Some(joining) = config.destination(new).cloned() else {
+        bail!("no destination named {new}: add it first with `backpocket dest add {new} URL`, then replace {old} with it");
+    };
+    if joining.mode != Mode::Vault {
+        bail!("{new} is a mirror; a group spreads a vault, so its members are vault destinations");
+    }
+    if joining.k.is_some() {
+        bail!("{new} is a group itself; give one place");
+    }
+    let key = keys::pocket_key(&config, args, true)?
+        .ok_or_else(|| anyhow!("the pocket has no key; a group is a vault, made with one"))?;
+    let mut changed = g.clone();
+    changed.members[at] = joining;
+    changed.url = format!(
+        "group:{}",
+        changed
+            .members
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let rt = replicator::runtime()?;
+    let store = changed
+        .spec()
+        .store_joining(Some(&key), rt.handle().clone(), false, Some(new))
+        .with_context(|| format!("cannot use the members of {group}"))?;
+    let vc = Vault::read_config(&store)
+        .with_context(|| format!("cannot read group {group} from its other members"))?;
+    if vc.pocket_id != config.id {
+        return Err(replicator::Error::OtherPocket(vc.pocket_id).into());
+    }
+    store
+        .seat_member(new)
+        .with_context(|| format!("cannot write to {new}"))?;
+    // From here on the pocket's config names it: a crash or a cut leaves a member that is
+    // behind, which the drains bring up to date.
+    config
+        .destinations
+        .retain(|d| d.name != new && d.name != group);
+    config.destinations.push(changed);
+    p.save_config(&config)?;
+    journal::remove_cursor(&p.journal_path(), new)?;
+    replicator::DestState::remove(&p.meta_dir(), new);
+    println!("{new} replaces {old} in group {group}; rebuilding its share from the other members");
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} objects eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message(format!("rebuilding {new}"));
+        b
+    });
+    let left = store.fill_member(new, &|done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    rt.shutdown_background();
+    println!("{old} left the group; what its {group} folder holds stays there (never a whole chunk), remove it when you like");
+    match left {
+        Ok(0) => {
+            let (k, n) = (g.k.unwrap_or(0), g.members.len());
+            println!(
+                "{new} holds its share: any {k} of {n} restore {group} again; it survives the loss of any {}",
+                n - k
+            );
+            Ok(())
+        }
+        Ok(left) => Err(anyhow!(
+            "{new} still lacks {left} objects that could not be rebuilt now (too few other \
+             members answered); the mount or `backpocket sync` goes on with them, and \
+             `backpocket journal status` shows how far it is"
+        )),
+        Err(e) => Err(anyhow::Error::from(e).context(format!(
+            "{new} is in the group but its share could not be rebuilt now; the mount or \
+             `backpocket sync` goes on with it, and `backpocket journal status` shows how far it is"
+        ))),
+    }
 }
 
 /// `dest credentials`.

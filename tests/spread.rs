@@ -2,8 +2,9 @@
 //! tests start themselves): restored exactly with each member gone in turn, a member away
 //! while the pocket is worked in caught up when it is back, no member holding a run of a
 //! file's bytes, shards flipped and deleted found by `verify` and rebuilt by `--repair`, and
-//! bad groups refused with words a user can act on. A vault spread 2 of 4 over folders
-//! restored with each pair gone, after a member was cut off mid-write and replaced; a member
+//! bad groups refused with words a user can act on. A vault spread 2 of 4 over a folder, the
+//! servers and a slow stick, restored with each pair gone after the stick was cut off
+//! mid-write and replaced by another disk; a member
 //! whose `--when` does not hold left waiting while the others take every change.
 
 mod common;
@@ -292,17 +293,29 @@ fn two_of_four_outlives_a_member_cut_mid_write_is_repaired_by_replace_and_any_pa
     let b = Backed::new();
     let tmp = b.pocket.tmp.path().to_owned();
     let pocket = b.pocket.p().to_owned();
-    let dirs: Vec<_> = ["a", "b", "c", "d", "e"]
-        .iter()
-        .map(|n| tmp.join(format!("disk-{n}")))
-        .collect();
-    for (n, d) in ["a", "b", "c"].iter().zip(&dirs) {
-        b.dest(n, d, "vault");
-    }
-    // d is slow (a USB 1 stick): a big file's shard is still being written when it goes.
+    let mut sshd = Sshd::start("127.0.0.1", None, false);
+    let mut garage = Garage::start("127.0.0.1", None);
+    let home = tmp.join("home-disk");
+    let stick = tmp.join("usb-stick");
+    let spare = tmp.join("spare-disk");
+    b.dest("home", &home, "vault");
+    let key = ssh_client().key.to_str().unwrap().to_owned();
     b.dest_url(
-        "d",
-        dirs[3].to_str().unwrap(),
+        "office",
+        &sshd.url(&tmp.join("office")),
+        &["--identity", &key],
+        &[],
+    );
+    b.dest_url(
+        "bucket",
+        "s3://pockets/spread4",
+        &["--endpoint", &garage.endpoint(), "--region", "garage"],
+        &garage.env(),
+    );
+    // A slow stick (USB 1): a big file's shard is still being written when it goes.
+    b.dest_url(
+        "stick",
+        stick.to_str().unwrap(),
         &["--bandwidth-limit", "1MiB/s"],
         &[],
     );
@@ -312,10 +325,10 @@ fn two_of_four_outlives_a_member_cut_mid_write_is_repaired_by_replace_and_any_pa
         "spread",
         "--k",
         "2",
-        "a",
-        "b",
-        "c",
-        "d",
+        "home",
+        "office",
+        "bucket",
+        "stick",
         "--pocket",
         &pocket,
         "--passphrase-file",
@@ -327,94 +340,101 @@ fn two_of_four_outlives_a_member_cut_mid_write_is_repaired_by_replace_and_any_pa
     wait_members_whole(&b, &m, 2);
     std::fs::write(b.pocket.mnt.join("big.bin"), pseudo_random(8 << 20, 77)).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    gone(&dirs[3]);
-    std::fs::write(b.pocket.mnt.join("after-d.txt"), b"d is gone").unwrap();
+    gone(&stick);
+    std::fs::write(b.pocket.mnt.join("after-stick.txt"), b"the stick is gone").unwrap();
     // Three members take every change.
     b.wait_drained(&m, Duration::from_secs(120));
     let g = group_status(&b);
     assert_eq!(g["members"][3]["holds_everything"], false, "{g:#}");
     assert_eq!(g["survives_losses"], 1, "{g:#}");
 
-    // d broke for good: e takes its place, its share rebuilt from the others while mounted.
-    let e = fails(&["dest", "replace", "spread", "x", "e", "--pocket", &pocket]);
+    // The stick broke for good: a spare disk takes its place, its share rebuilt from the
+    // others while the pocket stays mounted.
+    let e = fails(&[
+        "dest", "replace", "spread", "x", "spare", "--pocket", &pocket,
+    ]);
     assert!(
-        e.contains("x is not a member of spread (its members: a, b, c, d)"),
+        e.contains("x is not a member of spread (its members: home, office, bucket, stick)"),
         "{e}"
     );
-    let e = fails(&["dest", "replace", "spread", "d", "e", "--pocket", &pocket]);
-    assert!(e.contains("no destination named e: add it first"), "{e}");
-    // A folder holding something else would be spread as if it were the group's: refused.
-    b.dest("e", &dirs[4], "vault");
-    std::fs::create_dir_all(dirs[4].join("spread")).unwrap();
-    std::fs::write(dirs[4].join("spread/index-of-something"), b"other").unwrap();
     let e = fails(&[
-        "dest",
-        "replace",
-        "spread",
-        "d",
-        "e",
-        "--pocket",
-        &pocket,
-        "--passphrase-file",
-        b.pf(),
-    ]);
-    assert!(e.contains("is not empty and holds no share of it"), "{e}");
-    std::fs::remove_file(dirs[4].join("spread/index-of-something")).unwrap();
-    let said = ok(&[
-        "dest",
-        "replace",
-        "spread",
-        "d",
-        "e",
-        "--pocket",
-        &pocket,
-        "--passphrase-file",
-        b.pf(),
+        "dest", "replace", "spread", "stick", "spare", "--pocket", &pocket,
     ]);
     assert!(
-        said.contains("e holds its share: any 2 of 4 restore spread again"),
+        e.contains("no destination named spare: add it first"),
+        "{e}"
+    );
+    b.dest("spare", &spare, "vault");
+    // A folder holding something else would be spread as if it were the group's: refused.
+    std::fs::create_dir_all(spare.join("spread")).unwrap();
+    std::fs::write(spare.join("spread/index-of-something"), b"other").unwrap();
+    let replace = [
+        "dest",
+        "replace",
+        "spread",
+        "stick",
+        "spare",
+        "--pocket",
+        &pocket,
+        "--passphrase-file",
+        b.pf(),
+    ];
+    let e = fails(&replace);
+    assert!(e.contains("is not empty and holds no share of it"), "{e}");
+    std::fs::remove_file(spare.join("spread/index-of-something")).unwrap();
+    let said = ok(&replace);
+    assert!(
+        said.contains("spare holds its share: any 2 of 4 restore spread again"),
         "{said}"
     );
     let list = ok(&["dest", "list", "--pocket", &pocket]);
-    assert!(list.contains("any 2 of 4: a, b, c, e"), "{list}");
-    std::fs::write(b.pocket.mnt.join("after-e.txt"), b"e is in").unwrap();
+    assert!(
+        list.contains("any 2 of 4: home, office, bucket, spare"),
+        "{list}"
+    );
+    std::fs::write(b.pocket.mnt.join("after-spare.txt"), b"the spare is in").unwrap();
     b.wait_drained(&m, Duration::from_secs(120));
     wait_members_whole(&b, &m, 2);
     let want = exact_tree(&b.pocket.mnt);
     m.unmount();
-    // d comes back (found in a drawer): it is no member any more, nothing reads or writes it.
-    back(&dirs[3]);
-    let d_before = files_under(&dirs[3]);
+    // The stick comes back (found in a drawer): no member any more, nothing touches it.
+    back(&stick);
+    let stick_before = files_under(&stick);
 
-    // Any two of a, b, c, e restore everything.
-    let members = [0, 1, 2, 4];
-    for (x, &i) in members.iter().enumerate() {
-        for &j in &members[x + 1..] {
-            gone(&dirs[i]);
-            gone(&dirs[j]);
+    // Any two of the four gone: the other two restore everything.
+    let mut down = |i: usize, up: bool| match (i, up) {
+        (0, false) => gone(&home),
+        (0, true) => back(&home),
+        (1, false) => sshd.kill(),
+        (1, true) => sshd.start_again(),
+        (2, false) => garage.kill_node(0),
+        (2, true) => garage.restart_node(0),
+        (_, false) => gone(&spare),
+        (_, true) => back(&spare),
+    };
+    for i in 0..4 {
+        for j in i + 1..4 {
+            down(i, false);
+            down(j, false);
             let out = tmp.join(format!("without-{i}-{j}"));
             ok_out(&b.restore("spread", &out));
             common::assert_same_tree(&want, &exact_tree(&out));
             std::fs::remove_dir_all(&out).unwrap();
-            back(&dirs[i]);
-            back(&dirs[j]);
+            down(i, true);
+            down(j, true);
         }
     }
     // Three gone: refused, never a wrong file.
-    for &i in &members[..3] {
-        gone(&dirs[i]);
+    for i in 0..3 {
+        down(i, false);
     }
     let out = b.restore("spread", &tmp.join("without-three"));
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("2 are needed"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for &i in &members[..3] {
-        back(&dirs[i]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("2 are needed"), "{e}");
+    for i in 0..3 {
+        down(i, true);
     }
-    assert_eq!(files_under(&dirs[3]).len(), d_before.len());
+    assert_eq!(files_under(&stick).len(), stick_before.len());
     b.assert_restores("spread", &want, "all-four");
 }
 

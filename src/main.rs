@@ -302,6 +302,18 @@ enum DestCommand {
         #[command(flatten)]
         pocket: PocketArg,
     },
+    /// Spread GROUP over one more member, NEW (added with `dest add`), keeping its history:
+    /// every pack is re-encoded, so the group is copied into a new folder at each member and
+    /// the old folders are removed once it is whole. Not while the pocket is mounted.
+    AddMember {
+        group: String,
+        new: String,
+        /// How many members a restore needs from now on (the group's K if not given).
+        #[arg(long)]
+        k: Option<usize>,
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
     /// Put destination NEW (added with `dest add`) in member OLD's place in GROUP (a disk that
     /// broke, a server that moves) and rebuild its share from the other members.
     Replace {
@@ -543,6 +555,18 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                 &name,
                 k,
                 &members,
+                key,
+            ),
+            DestCommand::AddMember {
+                group,
+                new,
+                k,
+                pocket,
+            } => backup::dest_add_member(
+                &Pocket::find(pocket.pocket.as_deref())?,
+                &group,
+                &new,
+                k,
                 key,
             ),
             DestCommand::Replace {

@@ -92,6 +92,10 @@ pub struct DestConfig {
     /// folder named after the group.
     #[serde(default, rename = "member", skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<DestConfig>,
+    /// A group re-spread over other members (`dest add-member`): the folder its members keep
+    /// it in, when not the group's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
 }
 
 fn default_mode() -> replicator::Mode {
@@ -122,6 +126,7 @@ impl DestConfig {
             warn_after: None,
             k: None,
             members: Vec::new(),
+            folder: None,
         }
     }
 
@@ -146,6 +151,7 @@ impl DestConfig {
             when: self.when.clone(),
             group: self.k.map(|k| replicator::GroupSpec {
                 k,
+                folder: self.folder.clone().unwrap_or_else(|| self.name.clone()),
                 members: self.members.iter().map(DestConfig::spec).collect(),
             }),
         }

@@ -496,3 +496,120 @@ fn a_member_waits_for_its_when_while_the_others_take_every_change() {
     std::fs::rename(tmp.join("x"), tmp.join("x-away")).unwrap();
     b.assert_restores("spread", &want, "from-y-and-office");
 }
+
+#[test]
+fn a_member_added_re_spreads_the_group_and_keeps_its_history() {
+    let b = Backed::new();
+    let tmp = b.pocket.tmp.path().to_owned();
+    let pocket = b.pocket.p().to_owned();
+    let dirs: Vec<_> = ["x", "y", "z", "w"].iter().map(|n| tmp.join(n)).collect();
+    for d in &dirs {
+        b.dest(d.file_name().unwrap().to_str().unwrap(), d, "vault");
+    }
+    let group = [
+        "dest",
+        "add-group",
+        "spread",
+        "--k",
+        "2",
+        "x",
+        "y",
+        "z",
+        "--pocket",
+        &pocket,
+        "--passphrase-file",
+        b.pf(),
+    ];
+    ok(&group);
+    let add = [
+        "dest",
+        "add-member",
+        "spread",
+        "w",
+        "--pocket",
+        &pocket,
+        "--passphrase-file",
+        b.pf(),
+    ];
+    let m = b.mount();
+    workload(&b.pocket.mnt);
+    std::fs::write(b.pocket.mnt.join("letter.txt"), b"first version").unwrap();
+    b.wait_drained(&m, Duration::from_secs(120));
+    std::fs::write(b.pocket.mnt.join("letter.txt"), b"second version, longer").unwrap();
+    b.wait_drained(&m, Duration::from_secs(120));
+    // The mount writes to the group: a re-spread would race it.
+    let e = fails(&add);
+    assert!(
+        e.contains("the mount is backing up to spread right now"),
+        "{e}"
+    );
+    let want = exact_tree(&b.pocket.mnt);
+    m.unmount();
+
+    // Too few of the new shape's members there (3 needed; w's disk and y unplugged): the
+    // copy stops, nothing changes, and the same command (or another shape) starts over.
+    let add_k3 = [&add[..], &["--k", "3"]].concat();
+    std::fs::rename(&dirs[1], tmp.join("y-away")).unwrap();
+    std::fs::rename(&dirs[3], tmp.join("w-away")).unwrap();
+    let e = fails(&add_k3);
+    assert!(
+        e.contains("nothing changed") && e.contains("run the same command again to start it over"),
+        "{e}"
+    );
+    let list = ok(&["dest", "list", "--pocket", &pocket]);
+    assert!(list.contains("any 2 of 3: x, y, z"), "{list}");
+    std::fs::rename(tmp.join("y-away"), &dirs[1]).unwrap();
+    b.assert_restores("spread", &want, "still-the-old-shape");
+    std::fs::rename(tmp.join("w-away"), &dirs[3]).unwrap();
+
+    let said = ok(&add);
+    assert!(
+        said.contains("spread lives in spread.2 now") && said.contains("any 2 of 4 restore it"),
+        "{said}"
+    );
+    for d in &dirs[..3] {
+        assert!(!d.join("spread").exists(), "{said}");
+    }
+    for d in &dirs {
+        assert!(d.join("spread.2/config").is_file(), "{said}");
+    }
+    let list = ok(&["dest", "list", "--pocket", &pocket]);
+    assert!(list.contains("any 2 of 4: x, y, z, w"), "{list}");
+    // History kept: both versions, asked of the vault afresh.
+    std::fs::remove_dir_all(b.pocket.root.join(".backpocket/cache")).ok();
+    let log = run(
+        &[
+            "log",
+            "letter.txt",
+            "--from",
+            "spread",
+            "--json",
+            "--pocket",
+            &pocket,
+            "--passphrase-file",
+            b.pf(),
+        ],
+        None,
+    );
+    let log: serde_json::Value = serde_json::from_slice(&ok_out(&log).into_bytes()).unwrap();
+    let sizes: Vec<u64> = log[0]["versions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{log:#}"))
+        .iter()
+        .filter_map(|v| v["size"].as_u64())
+        .collect();
+    assert!(sizes.contains(&13) && sizes.contains(&22), "{log:#}");
+    // Any two restore it, the new member among them; later drains go to the new shape.
+    std::fs::rename(&dirs[0], tmp.join("x-away")).unwrap();
+    std::fs::rename(&dirs[1], tmp.join("y-away")).unwrap();
+    b.assert_restores("spread", &want, "from-z-and-w");
+    std::fs::rename(tmp.join("x-away"), &dirs[0]).unwrap();
+    std::fs::rename(tmp.join("y-away"), &dirs[1]).unwrap();
+    let m = b.mount();
+    std::fs::write(b.pocket.mnt.join("after.txt"), b"in the new shape").unwrap();
+    b.wait_drained(&m, Duration::from_secs(120));
+    wait_members_whole(&b, &m, 2);
+    let want = exact_tree(&b.pocket.mnt);
+    m.unmount();
+    b.assert_restores("spread", &want, "after");
+}

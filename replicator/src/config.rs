@@ -37,9 +37,11 @@ pub struct DestSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupSpec {
     pub k: usize,
-    /// Each member's own destination; the group's objects live in a folder named after the
-    /// group inside it.
+    /// Each member's own destination; the group's objects live in `folder` inside it.
     pub members: Vec<DestSpec>,
+    /// The group's name, or a new one for each re-spread (`dest add-member`), so that the
+    /// members' old folders stay whole until the new ones are.
+    pub folder: String,
 }
 
 /// Everything the replicator needs to know about the pocket.

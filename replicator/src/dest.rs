@@ -40,7 +40,7 @@ impl DestSpec {
             let mut members = Vec::with_capacity(g.members.len());
             for m in &g.members {
                 let secrets = m.secrets(key)?;
-                let url = format!("{}/{}", m.url.trim_end_matches('/'), self.name);
+                let url = format!("{}/{}", m.url.trim_end_matches('/'), g.folder);
                 let (access, rt) = (m.access.clone(), rt.clone());
                 let create = create || joining == Some(m.name.as_str());
                 let local = crate::store::local_path(&m.url);

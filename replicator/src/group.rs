@@ -950,6 +950,13 @@ impl Group {
         }
     }
 
+    pub fn delete_member_folders(&self) -> Vec<(String, Option<String>)> {
+        each(&self.all(), |i| self.on(i, Single::delete_all))
+            .into_iter()
+            .map(|(i, r)| (self.members[i].name.clone(), r.err().map(|e| e.to_string())))
+            .collect()
+    }
+
     fn index_of(&self, name: &str) -> Result<usize> {
         self.members
             .iter()

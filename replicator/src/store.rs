@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,6 +116,63 @@ impl Store {
     /// all). Returns how many objects it still lacks.
     pub fn fill_member(&self, name: &str, progress: &dyn Fn(u64, u64)) -> Result<u64> {
         self.only_group()?.fill_member(name, progress)
+    }
+
+    /// Copies every object of this store into `to` (a group re-spread over other members:
+    /// packs decoded here and encoded there), `config` first, telling `progress` (objects
+    /// done, in all). Never deletes.
+    pub fn copy_into(&self, to: &Store, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<u64> {
+        let mut keys: Vec<String> = self
+            .list("")?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !k.starts_with("locks/"))
+            .collect();
+        // With its config first, a half-made copy is already the vault's (and is found again).
+        keys.sort_by_key(|k| k != "config");
+        let total = keys.len() as u64;
+        let one = |key: &str| -> Result<()> {
+            let body = self.get(key)?;
+            to.put(key, body)
+        };
+        let start = if keys.first().is_some_and(|k| k == "config") {
+            one("config")?;
+            1
+        } else {
+            0
+        };
+        let next = AtomicU64::new(start);
+        let failed: parking_lot::Mutex<Option<Error>> = parking_lot::Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| loop {
+                    if failed.lock().is_some() {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(key) = keys.get(i as usize) else {
+                        return;
+                    };
+                    progress(i, total);
+                    if let Err(e) = one(key) {
+                        failed.lock().get_or_insert(e);
+                    }
+                });
+            }
+        });
+        match failed.into_inner() {
+            Some(e) => Err(e),
+            None => {
+                progress(total, total);
+                Ok(total)
+            }
+        }
+    }
+
+    /// A group: deletes everything each member holds of it (its folder there, once the group
+    /// lives in another). Per member, why not, if it could not be done.
+    pub fn delete_member_folders(&self) -> Result<Vec<(String, Option<String>)>> {
+        Ok(self.only_group()?.delete_member_folders())
     }
 
     fn only_group(&self) -> Result<&Group> {
@@ -827,6 +884,19 @@ impl Single {
         // Pausable like transfers: maintenance deleting when the network goes must let go.
         self.block(async move { op.delete(&k).await })?
             .map_err(|e| Error::store(format!("cannot delete {key} at {}", self.url), e))
+    }
+
+    /// Deletes everything this store holds, and its folder when local: a group's old
+    /// folder at a member once the group lives in a new one.
+    pub fn delete_all(&self) -> Result<()> {
+        count(3);
+        let op = self.op.clone();
+        self.block(async move { op.delete_with("/").recursive(true).await })?
+            .map_err(|e| Error::store(format!("cannot delete what {} holds", self.url), e))?;
+        if let Kind::Local { root, .. } = &self.kind {
+            let _ = std::fs::remove_dir_all(root);
+        }
+        Ok(())
     }
 
     /// Deletes `key` if that takes at most `limit` and the store is not paused: for

@@ -529,7 +529,11 @@ fn group_spec(root: &Path) -> DestSpec {
     spec(
         "g".into(),
         "group:m0,m1,m2".into(),
-        Some(GroupSpec { k: 2, members }),
+        Some(GroupSpec {
+            k: 2,
+            members,
+            folder: "g".into(),
+        }),
     )
 }
 

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use anyhow::{anyhow, bail, Context, Result};
 use replicator::{Mode, Vault};
 use serde_json::json;
+use tracing::info;
 
 use crate::exit::{ExitCode, Failure};
 use crate::keys::{self, KeyArgs};
@@ -114,6 +115,7 @@ pub fn dest_add(
         warn_after: remote.warn_after.clone(),
         k: None,
         members: Vec::new(),
+        folder: None,
     };
     let key = match mode {
         Mode::Vault => Some(keys::pocket_key_or_new(p, &mut config, args)?),
@@ -245,6 +247,7 @@ pub fn dest_add_group(
         warn_after: None,
         k: Some(k),
         members: taken,
+        folder: None,
     };
     let rt = replicator::runtime()?;
     let store = group
@@ -303,31 +306,12 @@ pub fn dest_replace(p: &Pocket, group: &str, old: &str, new: &str, args: &KeyArg
             names.join(", ")
         );
     };
-    if g.members.iter().any(|m| m.name == new) {
-        bail!("{new} is a member of {group} already");
-    }
-    let Some(joining) = config.destination(new).cloned() else {
-        bail!("no destination named {new}: add it first with `backpocket dest add {new} URL`, then replace {old} with it");
-    };
-    if joining.mode != Mode::Vault {
-        bail!("{new} is a mirror; a group spreads a vault, so its members are vault destinations");
-    }
-    if joining.k.is_some() {
-        bail!("{new} is a group itself; give one place");
-    }
+    let joining = joining_member(&config, &g, group, new)?;
     let key = keys::pocket_key(&config, args, true)?
         .ok_or_else(|| anyhow!("the pocket has no key; a group is a vault, made with one"))?;
     let mut changed = g.clone();
     changed.members[at] = joining;
-    changed.url = format!(
-        "group:{}",
-        changed
-            .members
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    changed.url = group_url(&changed.members);
     let rt = replicator::runtime()?;
     let store = changed
         .spec()
@@ -351,18 +335,7 @@ pub fn dest_replace(p: &Pocket, group: &str, old: &str, new: &str, args: &KeyArg
     journal::remove_cursor(&p.journal_path(), new)?;
     replicator::DestState::remove(&p.meta_dir(), new);
     println!("{new} replaces {old} in group {group}; rebuilding its share from the other members");
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} objects eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_message(format!("rebuilding {new}"));
-        b
-    });
+    let bar = objects_bar(&format!("rebuilding {new}"));
     let left = store.fill_member(new, &|done, total| {
         if let Some(b) = &bar {
             b.set_length(total);
@@ -393,6 +366,162 @@ pub fn dest_replace(p: &Pocket, group: &str, old: &str, new: &str, args: &KeyArg
              `backpocket sync` goes on with it, and `backpocket journal status` shows how far it is"
         ))),
     }
+}
+
+/// `dest add-member`: the group spread over its members and `new` (optionally with another
+/// `k`). Every pack is re-encoded for the new shape, so the whole group is copied into a new
+/// folder at every member, from the old one; the pocket's config moves to it only once the
+/// copy is whole, and the old folders are removed after. History is kept.
+pub fn dest_add_member(
+    p: &Pocket,
+    group: &str,
+    new: &str,
+    k: Option<usize>,
+    args: &KeyArgs,
+) -> Result<()> {
+    let usage = |e: anyhow::Error| -> anyhow::Error { Failure::new(ExitCode::Usage, e).into() };
+    let mut config = p.config()?;
+    let Some(g) = config.destination(group).cloned() else {
+        bail!("no destination named {group} (see `backpocket dest list`)");
+    };
+    let Some(old_k) = g.k else {
+        bail!("{group} is not a group; `backpocket dest add-group` makes one");
+    };
+    let joining = joining_member(&config, &g, group, new)?;
+    let (k, n) = (k.unwrap_or(old_k), g.members.len() + 1);
+    if k == 0 || k > n {
+        return Err(usage(anyhow!(
+            "--k must be from 1 to the number of members ({n} with {new})"
+        )));
+    }
+    // One writer per vault: the mount's replicator holds the group while it runs.
+    let Some((_, _held)) = super::hold_destination(Some(&p.root), group)? else {
+        bail!("{group} is not a destination of this pocket");
+    };
+    let key = keys::pocket_key(&config, args, true)?
+        .ok_or_else(|| anyhow!("the pocket has no key; a group is a vault, made with one"))?;
+    let old_folder = g.folder.clone().unwrap_or_else(|| group.to_owned());
+    let folder = next_folder(group, g.folder.as_deref());
+    let mut changed = g.clone();
+    changed.members.push(joining);
+    changed.k = Some(k);
+    changed.folder = Some(folder.clone());
+    changed.url = group_url(&changed.members);
+    let rt = replicator::runtime()?;
+    let from = g
+        .spec()
+        .store(Some(&key), rt.handle().clone(), false)
+        .with_context(|| format!("cannot use the members of {group}"))?;
+    let vc = Vault::read_config(&from)
+        .with_context(|| format!("cannot read group {group} from its members"))?;
+    if vc.pocket_id != config.id {
+        return Err(replicator::Error::OtherPocket(vc.pocket_id).into());
+    }
+    let to = changed
+        .spec()
+        .store_joining(Some(&key), rt.handle().clone(), false, Some(new))
+        .with_context(|| format!("cannot use the members of {group} with {new}"))?;
+    let names: Vec<&str> = changed.members.iter().map(|m| m.name.as_str()).collect();
+    println!(
+        "re-spreading {group} over {} (any {k} of {n}): every object is copied into a folder {folder} at each member",
+        names.join(", ")
+    );
+    // What an earlier try left there may have another shape: start afresh.
+    for (member, failed) in to.delete_member_folders()? {
+        if let Some(e) = failed {
+            info!("{member}: {folder} not cleared ({e}); what an earlier try left there is found as damage and rebuilt");
+        }
+    }
+    let bar = objects_bar(&format!("re-spreading {group}"));
+    let copied = from.copy_into(&to, &|done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let copied = copied.with_context(|| {
+        format!(
+            "the copy of {group} into {folder} stopped; nothing changed (the group still lives \
+             in its {old_folder} folders); run the same command again to start it over"
+        )
+    })?;
+    // Every object is held by k members at least (a write counts once k hold it): the
+    // group moves. Members that missed some are behind and caught up by the drains.
+    config
+        .destinations
+        .retain(|d| d.name != new && d.name != group);
+    config.destinations.push(changed);
+    p.save_config(&config)?;
+    journal::remove_cursor(&p.journal_path(), new)?;
+    replicator::DestState::remove(&p.meta_dir(), new);
+    println!(
+        "{group} lives in {folder} now ({copied} objects copied): any {k} of {n} restore it; it survives the loss of any {}",
+        n - k
+    );
+    for (member, failed) in from.delete_member_folders()? {
+        match failed {
+            None => println!("  {member}: its {old_folder} folder removed"),
+            Some(e) => println!(
+                "  {member}: its {old_folder} folder is left ({e}); nothing reads it any more, remove it when you like"
+            ),
+        }
+    }
+    rt.shutdown_background();
+    Ok(())
+}
+
+/// The folder a group's next re-spread goes to: `NAME.2`, `NAME.3`, ...
+fn next_folder(group: &str, folder: Option<&str>) -> String {
+    let gen = folder
+        .and_then(|f| {
+            f.strip_prefix(group)?
+                .strip_prefix('.')?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(1);
+    format!("{group}.{}", gen + 1)
+}
+
+fn group_url(members: &[DestConfig]) -> String {
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    format!("group:{}", names.join(","))
+}
+
+/// Destination `new`, checked as one that may join group `g`.
+fn joining_member(config: &Config, g: &DestConfig, group: &str, new: &str) -> Result<DestConfig> {
+    if g.members.iter().any(|m| m.name == new) {
+        bail!("{new} is a member of {group} already");
+    }
+    let Some(joining) = config.destination(new).cloned() else {
+        bail!("no destination named {new}: add it first with `backpocket dest add {new} URL`");
+    };
+    if joining.mode != Mode::Vault {
+        bail!("{new} is a mirror; a group spreads a vault, so its members are vault destinations");
+    }
+    if joining.k.is_some() {
+        bail!("{new} is a group itself; give one place");
+    }
+    Ok(joining)
+}
+
+/// A bar counting objects, when a person is watching.
+fn objects_bar(message: &str) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} objects eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message(message.to_owned());
+        b
+    })
 }
 
 /// `dest credentials`.

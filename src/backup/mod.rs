@@ -8,8 +8,8 @@ mod sync;
 mod verify;
 
 pub use dest::{
-    dest_add, dest_add_group, dest_credentials, dest_list, dest_remove, dest_replace, setup,
-    RemoteArgs,
+    dest_add, dest_add_group, dest_add_member, dest_credentials, dest_list, dest_remove,
+    dest_replace, setup, RemoteArgs,
 };
 pub use history::{forget, log, maintain, prune};
 pub use restore::{init_from, restore};

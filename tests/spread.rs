@@ -599,6 +599,43 @@ fn a_member_added_re_spreads_the_group_and_keeps_its_history() {
         .filter_map(|v| v["size"].as_u64())
         .collect();
     assert!(sizes.contains(&13) && sizes.contains(&22), "{log:#}");
+    // The drive lost: the group by its members' folders alone (any order, any two), its
+    // shape read from the shards.
+    let out = tmp.join("by-url");
+    let urls = format!(
+        "group:{},{}",
+        dirs[3].join("spread.2").display(),
+        dirs[1].join("spread.2").display()
+    );
+    let r = run(
+        &[
+            "restore",
+            "--from",
+            &urls,
+            "--to",
+            out.to_str().unwrap(),
+            "--passphrase-file",
+            b.pf(),
+        ],
+        None,
+    );
+    ok_out(&r);
+    common::assert_same_tree(&want, &exact_tree(&out));
+    let urls = format!("group:{}", dirs[3].join("spread.2").display());
+    let r = run(
+        &[
+            "restore",
+            "--from",
+            &urls,
+            "--to",
+            tmp.join("by-one-url").to_str().unwrap(),
+            "--passphrase-file",
+            b.pf(),
+        ],
+        None,
+    );
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && e.contains("2 are needed"), "{e}");
     // Any two restore it, the new member among them; later drains go to the new shape.
     std::fs::rename(&dirs[0], tmp.join("x-away")).unwrap();
     std::fs::rename(&dirs[1], tmp.join("y-away")).unwrap();

@@ -257,6 +257,8 @@ pub(crate) struct Member {
     local: bool,
     /// Its own `--when`: while it does not hold, the member waits as if away.
     policy: Policy,
+    /// What it waits for is cheap to check again (not `host=`).
+    waiting_quick: AtomicBool,
     /// When to look at it again while it is behind and does not answer (backing off).
     retry: Mutex<(Option<std::time::Instant>, std::time::Duration)>,
     state: Mutex<MemberState>,
@@ -277,6 +279,7 @@ impl Member {
     ) -> Member {
         Member {
             policy,
+            waiting_quick: AtomicBool::new(false),
             state: Mutex::new(MemberState {
                 name: name.clone(),
                 ..Default::default()
@@ -294,17 +297,18 @@ impl Member {
     /// The member's store, connected (again) if needed.
     fn store(&self, pause: &Arc<AtomicBool>) -> Result<Single> {
         let mut s = self.store.lock();
+        // Per request only the conditions that cost no connection; a new connection checks
+        // all (`host=` connects).
+        if let Some(what) = self.policy.quick_waiting_for() {
+            return Err(self.waiting(what, true));
+        }
         if let Some(st) = s.as_ref() {
-            // Per request only the checks that cost no connection; a new connection checks all.
-            if let Some(what) = self.policy.quick_waiting_for() {
-                return Err(self.waiting(what));
-            }
             if st.check_present().is_ok() {
                 return Ok(st.clone());
             }
         }
         if let Some(what) = self.policy.waiting_for() {
-            return Err(self.waiting(what));
+            return Err(self.waiting(what, false));
         }
         let (st, seatable) = (self.connect)()?;
         let st = st.with_pause(pause.clone());
@@ -327,7 +331,8 @@ impl Member {
 
     /// Its policy does not hold: it is left behind as if away, and status says what it waits
     /// for rather than an error.
-    fn waiting(&self, what: String) -> Error {
+    fn waiting(&self, what: String, quick: bool) -> Error {
+        self.waiting_quick.store(quick, Ordering::Relaxed);
         let e = Error::io(
             format!(
                 "{} is not used now: it waits for {what} (its --when)",
@@ -360,8 +365,12 @@ impl Member {
         if !self.behind.load(Ordering::Acquire) {
             return false;
         }
-        // Waiting for its policy, which holds now (a network change): at once.
-        if self.state.lock().waiting_for.is_some() && self.policy.quick_waiting_for().is_none() {
+        // Waiting for a condition that costs nothing to check, which holds now (a network
+        // change): at once. One that connects (`host=`) waits for the backoff.
+        if self.waiting_quick.load(Ordering::Relaxed)
+            && self.state.lock().waiting_for.is_some()
+            && self.policy.quick_waiting_for().is_none()
+        {
             return true;
         }
         if self
@@ -457,6 +466,85 @@ impl Group {
             geometry: Mutex::new(HashMap::new()),
             half_deleted: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// A group known only by its members' folders (the drive and its config lost): each
+    /// member's place, and the group's `k` and `n`, are read from the shards it holds. Places
+    /// no folder was given for are away.
+    pub fn discover(name: String, given: Vec<(String, Result<Single>)>) -> Result<Group> {
+        let mut placed: BTreeMap<usize, (String, Single)> = BTreeMap::new();
+        let mut unplaced: Vec<(String, Single)> = Vec::new();
+        let mut shape: Option<(usize, usize)> = None;
+        let mut errors = Vec::new();
+        for (url, st) in given {
+            let st = match st {
+                Ok(st) => st,
+                Err(e) => {
+                    warn!("{url}: {e}; going on without it");
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let header = st.list("data/").map(|packs| {
+                packs.iter().find_map(|(key, _)| {
+                    let h = st.get_range(key, 0, SHARD_HEADER as u64).ok()?;
+                    Geometry::read_header(&h)
+                })
+            });
+            match header {
+                Ok(Some((g, i))) => {
+                    if shape.is_some_and(|s| s != (g.k, g.n)) || placed.contains_key(&i) {
+                        return Err(Error::Format(format!(
+                            "{url} holds shards of another group than the folders before it \
+                             (or the same member twice); give the folders of one group"
+                        )));
+                    }
+                    shape = Some((g.k, g.n));
+                    placed.insert(i, (url, st));
+                }
+                Ok(None) => unplaced.push((url, st)),
+                Err(e) => {
+                    warn!("{url}: {e}; going on without it");
+                    errors.push(e);
+                }
+            }
+        }
+        // No pack anywhere: everything is whole at every member, so any one reads it.
+        let (k, n) = shape.unwrap_or((1, (placed.len() + unplaced.len()).max(2)));
+        if placed.len() + unplaced.len() < k {
+            return Err(Self::pick(errors, || {
+                Error::Format(format!(
+                    "{} of the group's folders answered and {k} are needed",
+                    placed.len() + unplaced.len()
+                ))
+            }));
+        }
+        let mut unplaced = unplaced.into_iter();
+        let members = (0..n)
+            .map(|i| {
+                let found = placed.remove(&i).or_else(|| unplaced.next());
+                match found {
+                    Some((url, st)) => Member::new(
+                        url.clone(),
+                        crate::store::local_path(&url).is_some(),
+                        Policy::default(),
+                        Box::new(move || Ok((st.clone(), false))),
+                    ),
+                    None => Member::new(
+                        format!("member {i}"),
+                        false,
+                        Policy::default(),
+                        Box::new(move || {
+                            Err(Error::io(
+                                format!("member {i} of the group: its folder was not given"),
+                                std::io::Error::from(std::io::ErrorKind::NotFound),
+                            ))
+                        }),
+                    ),
+                }
+            })
+            .collect();
+        Group::new(name, k, members)
     }
 
     pub fn n(&self) -> usize {
@@ -925,8 +1013,8 @@ impl Group {
         {
             return Err(Error::Format(format!(
                 "{name}'s folder for group {} is not empty and holds no share of it; give a \
-                 member whose {} folder is empty or new",
-                self.name, self.name
+                 member whose folder for it is empty or new",
+                self.name
             )));
         }
         self.on(i, |s| s.put("config", config))

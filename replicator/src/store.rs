@@ -95,6 +95,32 @@ impl Store {
         Single::connect(url, access, secrets, rt, create).map(|s| Store(Backend::Single(s)))
     }
 
+    /// A group named by its members' folders, `group:URL,URL,...` (any order, any `k` of
+    /// them), for reading it without the pocket's config (the drive lost): the group's shape
+    /// and each member's place are read from the shards.
+    pub fn connect_group(
+        urls: &str,
+        access: &Access,
+        secrets: &Secrets,
+        rt: Handle,
+    ) -> Result<Store> {
+        let given = urls
+            .split(',')
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                let st = Single::connect(u, access, secrets, rt.clone(), false);
+                (u.to_owned(), st)
+            })
+            .collect();
+        // Named as each member names its folder: after the group.
+        let name = urls
+            .split(',')
+            .next()
+            .and_then(|u| u.trim_end_matches('/').rsplit('/').next())
+            .unwrap_or("group");
+        Group::discover(name.to_owned(), given).map(Store::of_group)
+    }
+
     pub(crate) fn of_group(g: Group) -> Store {
         Store(Backend::Group(Arc::new(g)))
     }

@@ -91,19 +91,24 @@ pub(super) fn open_vault_of(found: Option<Pocket>, dest: &str, args: &KeyArgs) -
             (store, key)
         }
         None => {
-            if replicator::local_path(dest).is_none() && !dest.contains('/') {
+            if replicator::local_path(dest).is_none()
+                && !dest.contains('/')
+                && !dest.starts_with("group:")
+            {
                 bail!("{dest} is neither a configured destination nor a folder; see `backpocket dest list`");
             }
             let pocket_cfg = found.and_then(|p| p.config().ok());
             // A URL without a pocket (the drive is lost): S3 settings come from the
             // environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...), SFTP uses ssh's.
-            let store = Store::connect(
-                dest,
-                &replicator::Access::from_env(),
-                &replicator::Secrets::from_env(),
-                rt.handle().clone(),
-                false,
-            )?;
+            let (access, secrets) = (
+                replicator::Access::from_env(),
+                replicator::Secrets::from_env(),
+            );
+            let store = match dest.strip_prefix("group:") {
+                // A group by its members' folders: `group:URL,URL,...`.
+                Some(urls) => Store::connect_group(urls, &access, &secrets, rt.handle().clone())?,
+                None => Store::connect(dest, &access, &secrets, rt.handle().clone(), false)?,
+            };
             let vc = Vault::read_config(&store)?;
             let key = match &pocket_cfg {
                 Some(c) if c.id == vc.pocket_id && c.key.is_some() => {

@@ -44,7 +44,8 @@ use crate::error::{FsError, FsResult};
 pub const ROOT: u64 = 1;
 
 /// The least time a record must be taken after a file's modification time for its times to
-/// tell a later write, on a drive whose times are coarse (the scan's racy window is the same).
+/// tell a later write, beyond the drive's granularity (the scan's racy window is the same): a
+/// driver may stamp times from the coarse clock, a timer tick behind.
 const MIN_TIME_GRANULARITY_NS: i64 = 20_000_000;
 
 /// Who asks: the caller's ids, for ownership of what they create.
@@ -412,7 +413,9 @@ impl PocketFs {
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         );
-        self.time_granularity_ns = granularity_ns.max(MIN_TIME_GRANULARITY_NS);
+        self.time_granularity_ns = granularity_ns
+            .max(0)
+            .saturating_add(MIN_TIME_GRANULARITY_NS);
         self.keeper = Some(crate::keep::Keeper::new(
             ids,
             granularity_ns,

@@ -28,7 +28,10 @@ use crate::POCKET_DIR;
 
 /// Timestamps closer than this to the moment a record was taken are not trusted; on a drive
 /// that keeps times more coarsely (exFAT through FUSE: to the second), closer than its
-/// granularity (`meta.time_granularity_ns`): a second change within it leaves the same times.
+/// granularity (`meta.time_granularity_ns`) and this: a second change within it leaves the
+/// same times. The margin counts on top of the granularity because a driver may stamp times
+/// from the coarse clock (exfat-fuse calls `time()`, which lags the real clock by up to a
+/// timer tick): just after a second begins it still stamps the second before.
 const RACY_WINDOW_NS: i64 = 20_000_000;
 
 /// What a scan found and recorded.
@@ -85,7 +88,7 @@ pub fn scan(root: &Path, journal_path: &Path, journal: &JournalHandle) -> Result
     let cat_root = reader.root()?;
     let by_path = reader.identity_by_path()?;
     let names_encoded = reader.names_encoded()?;
-    let racy = RACY_WINDOW_NS.max(reader.time_granularity_ns()?);
+    let racy = RACY_WINDOW_NS.saturating_add(reader.time_granularity_ns()?.max(0));
     let mut report = ScanReport::default();
 
     // The drive as it is, and the catalog as the records left it, read side by side.

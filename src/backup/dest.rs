@@ -327,21 +327,10 @@ pub fn dest_replace(p: &Pocket, group: &str, old: &str, new: &str, args: &KeyArg
         .with_context(|| format!("cannot write to {new}"))?;
     // From here on the pocket's config names it: a crash or a cut leaves a member that is
     // behind, which the drains bring up to date.
-    config
-        .destinations
-        .retain(|d| d.name != new && d.name != group);
-    config.destinations.push(changed);
-    p.save_config(&config)?;
-    journal::remove_cursor(&p.journal_path(), new)?;
-    replicator::DestState::remove(&p.meta_dir(), new);
+    take_into_group(p, &mut config, changed, new)?;
     println!("{new} replaces {old} in group {group}; rebuilding its share from the other members");
     let bar = objects_bar(&format!("rebuilding {new}"));
-    let left = store.fill_member(new, &|done, total| {
-        if let Some(b) = &bar {
-            b.set_length(total);
-            b.set_position(done);
-        }
-    });
+    let left = store.fill_member(new, &counting(&bar));
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -433,12 +422,7 @@ pub fn dest_add_member(
         }
     }
     let bar = objects_bar(&format!("re-spreading {group}"));
-    let copied = from.copy_into(&to, &|done, total| {
-        if let Some(b) = &bar {
-            b.set_length(total);
-            b.set_position(done);
-        }
-    });
+    let copied = from.copy_into(&to, &counting(&bar));
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -450,13 +434,7 @@ pub fn dest_add_member(
     })?;
     // Every object is held by k members at least (a write counts once k hold it): the
     // group moves. Members that missed some are behind and caught up by the drains.
-    config
-        .destinations
-        .retain(|d| d.name != new && d.name != group);
-    config.destinations.push(changed);
-    p.save_config(&config)?;
-    journal::remove_cursor(&p.journal_path(), new)?;
-    replicator::DestState::remove(&p.meta_dir(), new);
+    take_into_group(p, &mut config, changed, new)?;
     println!(
         "{group} lives in {folder} now ({copied} objects copied): any {k} of {n} restore it; it survives the loss of any {}",
         n - k
@@ -470,6 +448,19 @@ pub fn dest_add_member(
         }
     }
     rt.shutdown_background();
+    Ok(())
+}
+
+/// Saves group `changed` in the pocket's config, with destination `new` now only its member
+/// (no longer drained on its own: its cursor and state go).
+fn take_into_group(p: &Pocket, config: &mut Config, changed: DestConfig, new: &str) -> Result<()> {
+    config
+        .destinations
+        .retain(|d| d.name != new && d.name != changed.name);
+    config.destinations.push(changed);
+    p.save_config(config)?;
+    journal::remove_cursor(&p.journal_path(), new)?;
+    replicator::DestState::remove(&p.meta_dir(), new);
     Ok(())
 }
 
@@ -522,6 +513,16 @@ fn objects_bar(message: &str) -> Option<indicatif::ProgressBar> {
         b.set_message(message.to_owned());
         b
     })
+}
+
+/// What moves `bar` (objects done, in all).
+fn counting(bar: &Option<indicatif::ProgressBar>) -> impl Fn(u64, u64) + Sync + '_ {
+    move |done, total| {
+        if let Some(b) = bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    }
 }
 
 /// `dest credentials`.

@@ -279,6 +279,14 @@ fn a_member_cannot_leave_a_group_by_accident_and_a_mirror_cannot_join() {
     assert!(list.contains("a ") && list.contains("m "), "{list}");
 }
 
+/// `dest add-group spread --k K MEMBERS...`: what it said.
+fn add_group(b: &Backed, k: &str, members: &[&str]) -> String {
+    let mut a = vec!["dest", "add-group", "spread", "--k", k];
+    a.extend_from_slice(members);
+    a.extend_from_slice(&["--pocket", b.pocket.p(), "--passphrase-file", b.pf()]);
+    ok(&a)
+}
+
 /// Moves a member's folder away (a disk unplugged, or broken) and back.
 fn gone(dir: &Path) {
     std::fs::rename(dir, dir.with_extension("away")).unwrap();
@@ -319,21 +327,7 @@ fn two_of_four_outlives_a_member_cut_mid_write_is_repaired_by_replace_and_any_pa
         &["--bandwidth-limit", "1MiB/s"],
         &[],
     );
-    ok(&[
-        "dest",
-        "add-group",
-        "spread",
-        "--k",
-        "2",
-        "home",
-        "office",
-        "bucket",
-        "stick",
-        "--pocket",
-        &pocket,
-        "--passphrase-file",
-        b.pf(),
-    ]);
+    add_group(&b, "2", &["home", "office", "bucket", "stick"]);
     let m = b.mount();
     workload(&b.pocket.mnt);
     b.wait_drained(&m, Duration::from_secs(120));
@@ -445,27 +439,15 @@ fn a_member_waits_for_its_when_while_the_others_take_every_change() {
     let pocket = b.pocket.p().to_owned();
     b.dest("x", &tmp.join("x"), "vault");
     b.dest("y", &tmp.join("y"), "vault");
-    // The office share, used only on the office network (a documentation range, TEST-NET-3: never here).
+    // The office share, used only on the office network (TEST-NET-3, a documentation range:
+    // never here).
     b.dest_url(
         "office",
         tmp.join("office").to_str().unwrap(),
         &["--when", "network=203.0.113.0/24"],
         &[],
     );
-    ok(&[
-        "dest",
-        "add-group",
-        "spread",
-        "--k",
-        "2",
-        "x",
-        "y",
-        "office",
-        "--pocket",
-        &pocket,
-        "--passphrase-file",
-        b.pf(),
-    ]);
+    add_group(&b, "2", &["x", "y", "office"]);
     let m = b.mount();
     workload(&b.pocket.mnt);
     b.wait_drained(&m, Duration::from_secs(120));
@@ -506,21 +488,7 @@ fn a_member_added_re_spreads_the_group_and_keeps_its_history() {
     for d in &dirs {
         b.dest(d.file_name().unwrap().to_str().unwrap(), d, "vault");
     }
-    let group = [
-        "dest",
-        "add-group",
-        "spread",
-        "--k",
-        "2",
-        "x",
-        "y",
-        "z",
-        "--pocket",
-        &pocket,
-        "--passphrase-file",
-        b.pf(),
-    ];
-    ok(&group);
+    add_group(&b, "2", &["x", "y", "z"]);
     let add = [
         "dest",
         "add-member",

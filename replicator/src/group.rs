@@ -1358,4 +1358,68 @@ mod tests {
         }
         assert!(Geometry::read_header(&shards[2]).is_some_and(|(h, i)| h == g && i == 2));
     }
+
+    /// A group of local folders `<root>/m<i>/<folder>`.
+    fn folders(
+        root: &std::path::Path,
+        folder: &str,
+        k: usize,
+        n: usize,
+        rt: &tokio::runtime::Runtime,
+    ) -> Group {
+        let members = (0..n)
+            .map(|i| {
+                let url = root.join(format!("m{i}/{folder}"));
+                std::fs::create_dir_all(url.parent().unwrap()).unwrap();
+                let (url, rt) = (url.to_str().unwrap().to_owned(), rt.handle().clone());
+                Member::new(
+                    format!("m{i}"),
+                    true,
+                    Policy::default(),
+                    Box::new(move || {
+                        let none = (crate::Access::default(), crate::Secrets::default());
+                        Single::connect(&url, &none.0, &none.1, rt.clone(), true).map(|s| (s, true))
+                    }),
+                )
+            })
+            .collect();
+        Group::new(folder.into(), k, members).unwrap()
+    }
+
+    #[test]
+    fn a_copy_to_a_new_shape_leaves_out_unstored_packs_and_its_folders_alone_restore_it() {
+        let rt = crate::dest::runtime().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let from = crate::Store::of_group(folders(tmp.path(), "g", 2, 3, &rt));
+        from.put("config", b"the vault's config".to_vec()).unwrap();
+        from.put("index/1", b"an index".to_vec()).unwrap();
+        from.put("data/aa/stored", pack(300_000, 1)).unwrap();
+        from.put("data/bb/unstored", pack(5_000, 2)).unwrap();
+        // A write two members missed: fewer than k hold it, so it was never stored.
+        for i in 0..2 {
+            std::fs::remove_file(tmp.path().join(format!("m{i}/g/data/bb/unstored"))).unwrap();
+        }
+        let to = crate::Store::of_group(folders(tmp.path(), "g.2", 3, 4, &rt));
+        assert_eq!(from.copy_into(&to, &|_, _| {}).unwrap(), 3);
+        assert_eq!(to.get("data/aa/stored").unwrap(), pack(300_000, 1));
+        assert!(!tmp.path().join("m3/g.2/data/bb/unstored").exists());
+        // Any three of the new folders, named in any order, give the shape and the pack back;
+        // two are too few.
+        let url = |i: usize| {
+            tmp.path()
+                .join(format!("m{i}/g.2"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        let none = (crate::Access::default(), crate::Secrets::default());
+        let urls = format!("{},{},{}", url(3), url(0), url(2));
+        let found =
+            crate::Store::connect_group(&urls, &none.0, &none.1, rt.handle().clone()).unwrap();
+        assert_eq!(found.get("data/aa/stored").unwrap(), pack(300_000, 1));
+        assert_eq!(found.get("index/1").unwrap(), b"an index");
+        let urls = format!("{},{}", url(3), url(1));
+        let two = crate::Store::connect_group(&urls, &none.0, &none.1, rt.handle().clone());
+        assert!(two.is_err_and(|e| e.to_string().contains("3 are needed")));
+    }
 }

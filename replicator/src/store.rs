@@ -148,13 +148,19 @@ impl Store {
     /// packs decoded here and encoded there), `config` first, telling `progress` (objects
     /// done, in all). Never deletes.
     pub fn copy_into(&self, to: &Store, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<u64> {
+        // A pack fewer than k members took was never stored (its write failed and was made
+        // again): nothing refers to it, and it cannot be read.
+        let short = match self.group() {
+            Some(g) => g.short_packs()?,
+            None => Default::default(),
+        };
         let mut keys: Vec<String> = self
             .list("")?
             .into_iter()
             .map(|(k, _)| k)
-            .filter(|k| !k.starts_with("locks/"))
+            .filter(|k| !k.starts_with("locks/") && !short.contains_key(k))
             .collect();
-        // With its config first, a half-made copy is already the vault's (and is found again).
+        // The config first: a member holds it before anything else, as a group's member must.
         keys.sort_by_key(|k| k != "config");
         let total = keys.len() as u64;
         let one = |key: &str| -> Result<()> {

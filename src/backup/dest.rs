@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use anyhow::{anyhow, bail, Context, Result};
 use replicator::{Mode, Vault};
 use serde_json::json;
-use tracing::info;
+use tracing::warn;
 
 use crate::exit::{ExitCode, Failure};
 use crate::keys::{self, KeyArgs};
@@ -335,7 +335,10 @@ pub fn dest_replace(p: &Pocket, group: &str, old: &str, new: &str, args: &KeyArg
         b.finish_and_clear();
     }
     rt.shutdown_background();
-    println!("{old} left the group; what its {group} folder holds stays there (never a whole chunk), remove it when you like");
+    println!(
+        "{old} left the group; what its {} folder holds stays there (never a whole chunk), remove it when you like",
+        g.folder.as_deref().unwrap_or(group)
+    );
     match left {
         Ok(0) => {
             let (k, n) = (g.k.unwrap_or(0), g.members.len());
@@ -418,7 +421,7 @@ pub fn dest_add_member(
     // What an earlier try left there may have another shape: start afresh.
     for (member, failed) in to.delete_member_folders()? {
         if let Some(e) = failed {
-            info!("{member}: {folder} not cleared ({e}); what an earlier try left there is found as damage and rebuilt");
+            warn!("{member}: {folder} not cleared ({e}); what an earlier try left there is found as damage and rebuilt");
         }
     }
     let bar = objects_bar(&format!("re-spreading {group}"));

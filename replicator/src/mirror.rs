@@ -534,14 +534,16 @@ impl MirrorDrain {
     ) -> Result<Option<(Content, VMeta)>> {
         let from = from.to_owned();
         for attempt in 0..8u32 {
-            let f = match File::open(&from) {
+            // As the vault's reads: never following a link, never waiting on a fifo that
+            // took the file's place.
+            let f = match crate::os::open_source(&from) {
                 Ok(f) => f,
                 Err(_) => return Ok(None),
             };
             let before = f
                 .metadata()
                 .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
-            if !src.ids.may_be(before.ino(), id) {
+            if !src.ids.may_be(before.ino(), id) || !before.is_file() {
                 return Ok(None);
             }
             let tmp = self

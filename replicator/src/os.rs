@@ -188,7 +188,10 @@ pub fn open_source(path: &Path) -> std::io::Result<File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+        // Non-blocking: a path that became a fifo (or a device) since its record must not
+        // hold the drain until a writer comes; the caller takes only regular files, whose
+        // reads the flag does not change.
+        let nofollow = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32;
         let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
         std::fs::OpenOptions::new()
             .read(true)

@@ -188,6 +188,41 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    /// A file replaced by a fifo before the drain reads it: opening the fifo to read would
+    /// wait for a writer forever, and with it the whole destination (found by the truth test:
+    /// the vault stopped draining, nothing in its status said why).
+    #[cfg(unix)]
+    #[test]
+    fn a_path_that_became_a_fifo_is_passed_over_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("was-a-file");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let chunker = Chunker {
+            params: ChunkerParams::default(),
+            seed: 1,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let mut sink = |_: &[u8]| -> Result<ChunkRef> { unreachable!("a fifo has no chunks") };
+            let r = read_file(&p, 1, &journal::DriveIds::default(), &chunker, &mut sink);
+            let _ = tx.send(r.map(|o| matches!(o, ReadOutcome::Gone)));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        // Let a hung reader go (a writer's open releases it) before failing.
+        if got.is_err() {
+            let _ = std::fs::OpenOptions::new().write(true).open(&path);
+        }
+        assert!(matches!(got, Ok(Ok(true))), "{got:?}");
+    }
+
     #[test]
     fn a_file_written_while_read_is_never_taken_torn() {
         let dir = tempfile::tempdir().unwrap();

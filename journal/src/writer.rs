@@ -582,15 +582,11 @@ impl Writer {
             return Ok(());
         }
         let path = self.db_path.clone();
-        let forget = |conn: &rusqlite::Connection| {
-            conn.execute_batch("PRAGMA synchronous=FULL; DELETE FROM unsynced;")
+        let res = self.with_reserve(|w| {
+            w.conn
+                .execute_batch("PRAGMA synchronous=FULL; DELETE FROM unsynced;")
                 .map_err(|e| db::classify(&path, e))
-        };
-        let mut res = forget(&self.conn);
-        if matches!(res, Err(Error::DiskFull)) && self.reserve.exists() {
-            let _ = std::fs::remove_file(&self.reserve);
-            res = forget(&self.conn);
-        }
+        });
         match res {
             // The drive is durable already; the marks only make the next scan read those files
             // again, which is the safe side of forgetting them.
@@ -630,14 +626,19 @@ impl Writer {
     }
 
     fn commit_with_reserve(&mut self, queue: &[Queued], durable: bool) -> Result<()> {
-        match self.commit(queue, durable) {
+        self.with_reserve(|w| w.commit(queue, durable))
+    }
+
+    /// Runs `f`; on a full drive, releases the reserve and runs it once more.
+    fn with_reserve<T>(&mut self, mut f: impl FnMut(&mut Self) -> Result<T>) -> Result<T> {
+        match f(self) {
             Err(Error::DiskFull) if self.reserve.exists() => {
                 warn!(
                     "journal: the drive is full; releasing the reserve {} so the journal can go on",
                     self.reserve.display()
                 );
                 let _ = std::fs::remove_file(&self.reserve);
-                self.commit(queue, durable)
+                f(self)
             }
             other => other,
         }

@@ -191,17 +191,17 @@ pub fn open_source(path: &Path) -> std::io::Result<File> {
         // Non-blocking: a path that became a fifo (or a device) since its record must not
         // hold the drain until a writer comes; the caller takes only regular files, whose
         // reads the flag does not change.
-        let nofollow = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32;
+        let flags = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32;
         let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
         std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(nofollow | noatime)
+            .custom_flags(flags | noatime)
             .open(path)
             // O_NOATIME is for the file's owner only.
             .or_else(|_| {
                 std::fs::OpenOptions::new()
                     .read(true)
-                    .custom_flags(nofollow)
+                    .custom_flags(flags)
                     .open(path)
             })
     }

@@ -143,6 +143,17 @@ pub fn pocket_key_or_new(p: &Pocket, config: &mut Config, args: &KeyArgs) -> Res
     Ok(key)
 }
 
+/// Makes `key` (the passphrase's, checked against a vault) the key of a new pocket whose
+/// config came from another device: the check is bound to the pocket's own id.
+pub fn adopt(config: &mut Config, key: &Key) -> Result<()> {
+    let kc = config
+        .key
+        .as_mut()
+        .context("the stored pocket config has no key settings; it cannot have written a vault")?;
+    kc.check = hex::encode(crypto::seal(key, &check_aad(&config.id), b"backpocket")?);
+    remember(&config.id, key)
+}
+
 /// The key for a vault reached without its pocket (the drive is lost): the passphrase with the
 /// vault's own KDF parameters.
 pub fn key_for_vault(config: &replicator::format::VaultConfig, args: &KeyArgs) -> Result<Key> {

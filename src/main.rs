@@ -1,6 +1,7 @@
 //! The `backpocket` command: the command line, config loading and wiring of the crates.
 
 mod backup;
+mod devices;
 mod eject;
 mod exit;
 mod keys;
@@ -41,8 +42,27 @@ enum Command {
         dir: PathBuf,
         /// Make the pocket from a destination (a configured name or its folder): the drive
         /// was lost. The files, and the pocket's config with its destinations, come back.
-        #[arg(long, value_name = "DEST")]
+        #[arg(long, value_name = "DEST", conflicts_with = "join")]
         from: Option<String>,
+        /// Join the vault at DEST (its folder or URL) as another device: the new pocket gets
+        /// the vault's files and destinations, writes its own log there, and takes the other
+        /// devices' changes while mounted (asks for the vault's passphrase).
+        #[arg(long, value_name = "DEST")]
+        join: Option<String>,
+        /// This device's name among the vault's devices (default: the machine's name).
+        #[arg(long, value_name = "NAME", requires = "join")]
+        name: Option<String>,
+    },
+    /// The devices that share this pocket's vault: online or when last seen, how far behind,
+    /// and recent conflicts.
+    Devices {
+        #[command(subcommand)]
+        command: Option<DevicesCommand>,
+        #[command(flatten)]
+        pocket: PocketArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Mount a pocket as a folder. Runs in the foreground until unmounted (Ctrl-C, SIGTERM or
     /// `backpocket unmount`), unless --daemon.
@@ -224,6 +244,18 @@ enum Command {
     Journal {
         #[command(subcommand)]
         command: JournalCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevicesCommand {
+    /// A device may no longer back up to the vault (a lost or retired laptop). It keeps what
+    /// it could read until now.
+    Remove {
+        /// Its name (or id), as `backpocket devices` shows it.
+        name: String,
+        #[command(flatten)]
+        pocket: PocketArg,
     },
 }
 
@@ -524,11 +556,34 @@ fn main() {
 
 fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
     match command {
-        Command::Init { dir, from: None } => init(&dir),
+        Command::Init {
+            dir,
+            join: Some(join),
+            name,
+            ..
+        } => devices::join(&join, &dir, name, key),
+        Command::Init {
+            dir, from: None, ..
+        } => init(&dir),
         Command::Init {
             dir,
             from: Some(from),
+            ..
         } => backup::init_from(&from, &dir, key),
+        Command::Devices {
+            command,
+            pocket,
+            json,
+        } => match command {
+            None => devices::list(&Pocket::find(pocket.pocket.as_deref())?, json, key),
+            Some(DevicesCommand::Remove {
+                name,
+                pocket: inner,
+            }) => {
+                let dir = inner.pocket.or(pocket.pocket);
+                devices::remove(&Pocket::find(dir.as_deref())?, &name, key)
+            }
+        },
         Command::Dest { command } => match command {
             DestCommand::Add {
                 name,
@@ -824,6 +879,7 @@ fn init(dir: &Path) -> Result<()> {
         journal: Default::default(),
         warnings: Default::default(),
         key: None,
+        device: None,
         destinations: Vec::new(),
     };
     init_with(dir, config)

@@ -131,6 +131,8 @@ fn serve(
         .context("the start-up scan failed")?;
     info!("{}", crate::report::scan_line(&report));
 
+    // The other devices' changes come in through the mount (a vault devices joined).
+    let pull_key = key.clone();
     // The replicator drains to the destinations while the mount runs.
     // It follows destinations added or removed while mounted (`backpocket dest add`).
     let replicator = if args.no_journal {
@@ -243,7 +245,23 @@ fn serve(
     if let Some(d) = detached.as_mut() {
         d.report(Ok(&ready));
     }
+    let pull_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let puller = if args.no_journal {
+        None
+    } else {
+        crate::devices::spawn_pull(
+            pocket.clone(),
+            config.clone(),
+            pull_key,
+            mountpoint.to_owned(),
+            pull_stop.clone(),
+        )
+    };
     let res = mount.run();
+    pull_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = puller {
+        let _ = t.join();
+    }
     signal_handle.close();
     info!("unmounted {}; closing the journal", mountpoint.display());
     info!("served: {}", fs_driver::fuse::served_summary());

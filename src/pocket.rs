@@ -35,6 +35,10 @@ pub struct Config {
     /// How the pocket key comes from the passphrase (made with the first vault).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<KeyConfig>,
+    /// This pocket's name among the devices of a vault it shares (`init --join --name`;
+    /// the machine's name when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Where backups go; the drive carries them to every machine.
     #[serde(default, rename = "destination", skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestConfig>,

@@ -46,6 +46,14 @@ impl DriveIds {
         Ok(ids)
     }
 
+    /// For reading files that are not the journal's own (another device's pull compares what
+    /// a path holds): every number is taken on its path's word.
+    pub fn any() -> DriveIds {
+        let ids = DriveIds::default();
+        ids.set_by_path(true);
+        ids
+    }
+
     /// Whether names the drive cannot spell are stored under look-alikes
     /// ([`crate::spelling`]).
     pub fn names_encoded(&self) -> bool {

@@ -115,9 +115,9 @@ impl DestDrain {
             Mode::Vault => {
                 let key = setup.key.as_ref().ok_or(Error::NeedPassphrase)?;
                 let vault = Vault::open(store, key)?.with_cache(&setup.meta_dir.join("cache"));
-                if vault.config.pocket_id != setup.pocket_id {
-                    return Err(Error::OtherPocket(vault.config.pocket_id.clone()));
-                }
+                // The first pocket, or a device that joined: each writes its own log.
+                vault.check_writer(&setup.pocket_id)?;
+                let vault = vault.on_chain(&setup.pocket_id);
                 let st = DestState::load(&setup.meta_dir, &spec.name);
                 if st.vault_id.as_deref() == Some(vault.config.id.as_str()) {
                     if let (Some(gen), Some(hash)) = (st.head_gen, &st.head_hash) {

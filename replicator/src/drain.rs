@@ -124,6 +124,8 @@ pub struct VaultDrain {
     noted: Vec<(u64, u64)>,
     /// How often the lane found each file gone while the tree still has it.
     gone_tries: HashMap<u64, u32>,
+    /// When a joined device last checked that it may still write (`devices remove`).
+    writer_checked: Option<std::time::Instant>,
 }
 
 impl Drop for VaultDrain {
@@ -154,6 +156,7 @@ impl VaultDrain {
             // Unlike any list: the first drain writes what it finds (clearing a stale one).
             noted: vec![(u64::MAX, u64::MAX)],
             gone_tries: HashMap::new(),
+            writer_checked: None,
         }
     }
 
@@ -265,6 +268,16 @@ impl VaultDrain {
 
     fn drain_inner(&mut self, src: &Source<'_>) -> Result<Option<DrainReport>> {
         self.vault.store.check_present()?;
+        // A device that joined may have been removed by another since it opened the vault:
+        // looked at again every half minute (one small read), never for a vault of one.
+        if self.vault.has_devices()
+            && self
+                .writer_checked
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+        {
+            self.vault.check_writer(self.vault.device())?;
+            self.writer_checked = Some(std::time::Instant::now());
+        }
         self.send_config()?;
         let reader = journal::Reader::open(src.journal)?;
         let jid = reader.journal_id()?;

@@ -50,6 +50,9 @@ pub enum Error {
     /// The vault belongs to another pocket: two writers would fork its history.
     #[error("this vault belongs to another pocket ({0}); give each pocket its own vault")]
     OtherPocket(String),
+    /// The device was removed from the vault (`devices remove`): it may not write any more.
+    #[error("this pocket was removed from the vault's devices by {by} ({name}); it can still restore what the vault held, but not back up to it: join again with `backpocket init DIR --join DEST` from a fresh folder")]
+    RemovedDevice { name: String, by: String },
     /// The destination went back in time compared with what this pocket wrote there.
     #[error("the destination was rolled back or replaced: it ends at {found}, but this pocket wrote up to {expected}; check it, or remove and re-add the destination to start a new history")]
     RolledBack { found: String, expected: String },

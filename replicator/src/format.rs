@@ -15,6 +15,12 @@ use crate::error::{Error, Result};
 /// are and move to the current format at their first maintenance.
 pub const VAULT_FORMAT: u32 = 3;
 
+/// The format of a vault that devices joined: format 3, plus each joined device's own log
+/// under `chains/<id>/`, `devices/<id>` and `presence/<id>`. A vault moves to it when the
+/// first device joins, so that an older backpocket (which would see only the first pocket's
+/// log, and whose maintenance would drop the other devices' data) refuses it.
+pub const DEVICES_FORMAT: u32 = 4;
+
 /// The tag in every object's associated data. It stays that of format 1: objects of format 1
 /// are kept verbatim by format 2 (bundles hold them byte for byte), so their binding must
 /// not change with the format number.

@@ -520,9 +520,27 @@ fn empty_trash(
     Ok(())
 }
 
-/// Every chunk some restore point of the log refers to.
+/// Every chunk some restore point refers to: of `map`'s chain, and of every other device's
+/// (content is shared: a chunk only another device's log uses is still used).
 pub(crate) fn used_chunks(vault: &Vault, map: &LogMap) -> Result<HashSet<ChunkId>> {
     let mut used = HashSet::new();
+    chain_chunks(vault, map, &mut used)?;
+    let others: Vec<String> = vault
+        .chains()?
+        .into_iter()
+        .filter(|c| *c != map.chain)
+        .collect();
+    if !others.is_empty() {
+        let trashed = vault.trashed()?;
+        for chain in others {
+            let m = vault.chain_map(&chain, &trashed.keys)?;
+            chain_chunks(vault, &m, &mut used)?;
+        }
+    }
+    Ok(used)
+}
+
+fn chain_chunks(vault: &Vault, map: &LogMap, used: &mut HashSet<ChunkId>) -> Result<()> {
     let mut cache = None;
     for &gen in map.at.keys() {
         let (_, obj) = vault.read_point(map, gen, &mut cache)?;
@@ -561,7 +579,7 @@ pub(crate) fn used_chunks(vault: &Vault, map: &LogMap) -> Result<HashSet<ChunkId
             }
         }
     }
-    Ok(used)
+    Ok(())
 }
 
 /// Bundles runs of small log objects. The newest stand-alone checkpoint stays alone: a
@@ -1099,6 +1117,73 @@ mod tests {
         assert_eq!(vault.read_chunk(&a.id).unwrap(), a_data);
         let v = crate::verify::verify(&vault, true, &Default::default()).unwrap();
         assert!(v.damage.is_empty(), "{:?}", v.damage);
+        rt.shutdown_background();
+    }
+
+    /// Content is shared between devices: a prune run by one device keeps the chunks only
+    /// another device's log uses.
+    #[test]
+    fn maintenance_keeps_what_only_another_devices_log_uses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rt, mut vault) = crate::vault::test_vault(tmp.path());
+        vault.join_device("laptop-id", "laptop").unwrap();
+        let (mine, theirs) = (vec![1u8; 5000], vec![2u8; 7000]);
+        let mut packer = vault.packer();
+        let a = packer.add(&mine).unwrap();
+        packer.finish().unwrap();
+        let mut packer = vault.packer();
+        let b = packer.add(&theirs).unwrap();
+        packer.finish().unwrap();
+        let checkpoint = |r: &crate::format::ChunkRef| {
+            let meta = VMeta {
+                kind: KIND_FILE,
+                perm: 0o644,
+                uid: 0,
+                gid: 0,
+                size: u64::from(r.len),
+                mtime_ns: 1,
+                ctime_ns: 1,
+                rdev: 0,
+            };
+            let mut tree = Tree::new(1);
+            tree.apply(&VChange::Create {
+                parent: 1,
+                name: b"f".to_vec(),
+                file: 2,
+                meta,
+            });
+            tree.apply(&VChange::Content {
+                file: 2,
+                meta,
+                content: content_of(vec![r.clone()]),
+            });
+            LogObject::Checkpoint(tree.to_checkpoint(Position {
+                gen: 1,
+                prev: [0; 32],
+                journal_id: 1,
+                seq: 1,
+                time_ns: 1,
+                written_ns: 0,
+            }))
+        };
+        vault.set_chain("laptop-id");
+        vault.append_log(&Head::default(), &checkpoint(&b)).unwrap();
+        vault.set_chain("");
+        vault.append_log(&Head::default(), &checkpoint(&a)).unwrap();
+        let opts = MaintainOptions {
+            grace: Duration::ZERO,
+            find_unused: true,
+            unused_share: 0.0,
+            ..Default::default()
+        };
+        let r = maintain(&mut vault, &opts, None, &|| false, &Default::default()).unwrap();
+        assert_eq!(r.chunks_dropped, 0, "{r:?}");
+        vault.load_index().unwrap();
+        assert_eq!(vault.read_chunk(&a.id).unwrap(), mine);
+        assert_eq!(vault.read_chunk(&b.id).unwrap(), theirs);
+        // The laptop's tree is read from its own chain.
+        let (t, _) = vault.load_chain_tree("laptop-id").unwrap().unwrap();
+        assert_eq!(t.files[&2].meta.size, 7000);
         rt.shutdown_background();
     }
 

@@ -138,6 +138,9 @@ pub struct Vault {
     cache: Option<std::path::PathBuf>,
     /// The pocket's cache folder, for caches of any vault (the version index).
     cache_root: Option<std::path::PathBuf>,
+    /// Whose log this handle reads and writes: empty for the vault's first pocket (its log
+    /// is `log/`, `checkpoints/`), a device id for a pocket that joined (`chains/<id>/…`).
+    chain: String,
 }
 
 impl std::fmt::Debug for Vault {
@@ -253,11 +256,12 @@ impl Vault {
         let config: VaultConfig = serde_json::from_slice(&raw).map_err(|e| {
             Error::NotAVault(format!("{}: its config cannot be read: {e}", store.url()))
         })?;
-        if config.backpocket_vault > VAULT_FORMAT {
+        if config.backpocket_vault > format::DEVICES_FORMAT {
             return Err(Error::Format(format!(
-                "{} is vault format {}, this backpocket reads up to {VAULT_FORMAT}: update backpocket",
+                "{} is vault format {}, this backpocket reads up to {}: update backpocket",
                 store.url(),
-                config.backpocket_vault
+                config.backpocket_vault,
+                format::DEVICES_FORMAT
             )));
         }
         Ok(config)
@@ -291,6 +295,52 @@ impl Vault {
             in_flight: Mutex::new(HashSet::new()),
             cache: None,
             cache_root: None,
+            chain: String::new(),
+        }
+    }
+
+    /// This handle reads and writes the log of `device` (a pocket that joined the vault);
+    /// content stays shared. The vault's first pocket keeps the plain `log/`.
+    pub fn on_chain(mut self, device: &str) -> Vault {
+        self.chain = if device == self.config.pocket_id {
+            String::new()
+        } else {
+            device.to_owned()
+        };
+        self
+    }
+
+    /// Follows another chain (tests write several devices' logs with one handle).
+    #[cfg(test)]
+    pub(crate) fn set_chain(&mut self, chain: &str) {
+        self.chain = chain.to_owned();
+    }
+
+    /// The device whose log this handle follows.
+    pub fn device(&self) -> &str {
+        if self.chain.is_empty() {
+            &self.config.pocket_id
+        } else {
+            &self.chain
+        }
+    }
+
+    /// Where a chain's objects live: `""` for the first pocket's, `chains/<id>/` otherwise.
+    pub(crate) fn chain_prefix(chain: &str) -> String {
+        if chain.is_empty() {
+            String::new()
+        } else {
+            format!("chains/{chain}/")
+        }
+    }
+
+    /// The name an object of the chain is sealed under: a device's objects carry its id, so
+    /// one cannot be passed off as another device's.
+    fn sealed_name(chain: &str, name: &str) -> String {
+        if chain.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{chain}/{name}")
         }
     }
 
@@ -303,6 +353,11 @@ impl Vault {
         }
         self.cache_root = Some(dir.to_owned());
         self
+    }
+
+    /// The key that seals every object but chunks.
+    pub(crate) fn objects_key(&self) -> &Key {
+        &self.keys.objects
     }
 
     /// The pocket's cache folder, when the vault was opened with one.
@@ -598,9 +653,15 @@ impl Vault {
     }
 
     pub(crate) fn log_map_without(&self, trashed: &HashSet<String>) -> Result<LogMap> {
+        self.chain_map(&self.chain, trashed)
+    }
+
+    /// The log map of any device's chain (`""`: the first pocket's).
+    pub(crate) fn chain_map(&self, chain: &str, trashed: &HashSet<String>) -> Result<LogMap> {
+        let prefix = Vault::chain_prefix(chain);
         let mut objects = Vec::new();
         for kind in [LogKind::Segment, LogKind::Checkpoint] {
-            for (key, size) in self.store.list(&format!("{}/", kind.dir()))? {
+            for (key, size) in self.store.list(&format!("{prefix}{}/", kind.dir()))? {
                 if trashed.contains(&key) {
                     continue;
                 }
@@ -666,11 +727,17 @@ impl Vault {
             objects,
             at,
             checkpoints,
+            chain: chain.to_owned(),
         })
     }
 
-    fn log_key(kind: LogKind, gen: u64) -> String {
-        format!("{}/{}", kind.dir(), gen_name(gen))
+    fn log_key(&self, kind: LogKind, gen: u64) -> String {
+        format!(
+            "{}{}/{}",
+            Vault::chain_prefix(&self.chain),
+            kind.dir(),
+            gen_name(gen)
+        )
     }
 
     /// Reads log object `gen` as the map says where it is; `cache` keeps the last bundle
@@ -705,14 +772,23 @@ impl Vault {
                 (b.sealed, kind)
             }
         };
-        self.open_log(gen, kind, &raw)
+        self.open_chain_log(&map.chain, gen, kind, &raw)
     }
 
     /// A bundle's objects by gen, checked against its name.
     pub(crate) fn read_bundle(&self, entry: &LogEntry) -> Result<HashMap<u64, Bundled>> {
         let raw = self.store.get(&entry.key)?;
-        let name = entry.key.trim_start_matches("log/");
-        let b: Bundle = format::open_object(&self.keys.objects, "log-bundle", name, &raw)?;
+        let (prefix, name) = entry.key.rsplit_once("log/").unwrap_or(("", &entry.key));
+        let chain = prefix
+            .strip_prefix("chains/")
+            .and_then(|c| c.strip_suffix('/'))
+            .unwrap_or("");
+        let b: Bundle = format::open_object(
+            &self.keys.objects,
+            "log-bundle",
+            &Vault::sealed_name(chain, name),
+            &raw,
+        )?;
         let gens: Vec<u64> = b.objects.iter().map(|o| o.gen).collect();
         if b.first != entry.first
             || b.last != entry.last
@@ -732,8 +808,18 @@ impl Vault {
         kind: LogKind,
         raw: &[u8],
     ) -> Result<([u8; 32], LogObject)> {
+        self.open_chain_log(&self.chain.clone(), gen, kind, raw)
+    }
+
+    fn open_chain_log(
+        &self,
+        chain: &str,
+        gen: u64,
+        kind: LogKind,
+        raw: &[u8],
+    ) -> Result<([u8; 32], LogObject)> {
         let hash = *blake3::hash(raw).as_bytes();
-        let name = gen_name(gen);
+        let name = Vault::sealed_name(chain, &gen_name(gen));
         let obj = match kind {
             LogKind::Segment => LogObject::Segment(format::open_object(
                 &self.keys.objects,
@@ -750,7 +836,12 @@ impl Vault {
         };
         if obj.pos().gen != gen {
             return Err(Error::Damaged {
-                object: Vault::log_key(kind, gen),
+                object: format!(
+                    "{}{}/{}",
+                    Vault::chain_prefix(chain),
+                    kind.dir(),
+                    gen_name(gen)
+                ),
                 detail: "its content names another position".into(),
             });
         }
@@ -759,7 +850,7 @@ impl Vault {
 
     /// Seals a log object as stored (its bytes are what the next object's `prev` hashes).
     pub(crate) fn seal_log(&self, obj: &LogObject) -> Result<Vec<u8>> {
-        let name = gen_name(obj.pos().gen);
+        let name = Vault::sealed_name(&self.chain, &gen_name(obj.pos().gen));
         match obj {
             LogObject::Segment(s) => format::seal_object(&self.keys.objects, "log", &name, s),
             LogObject::Checkpoint(c) => {
@@ -771,8 +862,16 @@ impl Vault {
     /// Seals a bundle of stored log objects.
     pub(crate) fn seal_bundle(&self, b: &Bundle) -> Result<(String, Vec<u8>)> {
         let name = format!("{}-{}", gen_name(b.first), gen_name(b.last));
-        let sealed = format::seal_object(&self.keys.objects, "log-bundle", &name, b)?;
-        Ok((format!("log/{name}"), sealed))
+        let sealed = format::seal_object(
+            &self.keys.objects,
+            "log-bundle",
+            &Vault::sealed_name(&self.chain, &name),
+            b,
+        )?;
+        Ok((
+            format!("{}log/{name}", Vault::chain_prefix(&self.chain)),
+            sealed,
+        ))
     }
 
     /// Writes the next log object after `head` and returns the new head.
@@ -782,7 +881,7 @@ impl Vault {
         debug_assert_eq!(pos.gen, head.gen + 1);
         let bytes = self.seal_log(obj)?;
         let hash = *blake3::hash(&bytes).as_bytes();
-        self.store.put(&Vault::log_key(kind, pos.gen), bytes)?;
+        self.store.put(&self.log_key(kind, pos.gen), bytes)?;
         Ok(Head {
             gen: pos.gen,
             hash,
@@ -824,6 +923,31 @@ impl Vault {
             .map(|r| (r.tree, r.head)))
     }
 
+    /// The oldest tree of a device's chain: what it started from (for a device that joined,
+    /// the files it took from the vault), or None if its log does not start with a
+    /// checkpoint.
+    pub fn first_chain_tree(&self, chain: &str) -> Result<Option<Tree>> {
+        let trashed = self.trashed()?;
+        let map = self.chain_map(chain, &trashed.keys)?;
+        let Some(&gen) = map.at.keys().next() else {
+            return Ok(None);
+        };
+        let (_, obj) = self.read_point(&map, gen, &mut None)?;
+        Ok(match obj {
+            LogObject::Checkpoint(c) => Some(Tree::from_checkpoint(c)),
+            LogObject::Segment(_) => None,
+        })
+    }
+
+    /// The newest tree of another device's chain (`""`: the first pocket's).
+    pub fn load_chain_tree(&self, chain: &str) -> Result<Option<(Tree, Head)>> {
+        let trashed = self.trashed()?;
+        let map = self.chain_map(chain, &trashed.keys)?;
+        Ok(self
+            .replay_map(map, None, false, &mut |_, _, _| Ok(()))?
+            .map(|r| (r.tree, r.head)))
+    }
+
     /// As [`Vault::load_tree`] for the newest point, with what a drain needs to know of the
     /// log since its newest checkpoint.
     pub(crate) fn load_newest(&self) -> Result<Option<Replayed>> {
@@ -847,6 +971,16 @@ impl Vault {
         visit: &mut dyn FnMut(&Tree, &Point, &LogObject) -> Result<()>,
     ) -> Result<Option<Replayed>> {
         let map = self.log_map()?;
+        self.replay_map(map, until, from_oldest, visit)
+    }
+
+    fn replay_map(
+        &self,
+        map: LogMap,
+        until: Option<i64>,
+        from_oldest: bool,
+        visit: &mut dyn FnMut(&Tree, &Point, &LogObject) -> Result<()>,
+    ) -> Result<Option<Replayed>> {
         let Some(&oldest) = map.at.keys().next() else {
             return Ok(None);
         };
@@ -1085,11 +1219,16 @@ impl Vault {
     /// Rewrites the config with this code's format: done by maintenance before it writes the
     /// first object an older reader would not understand.
     pub(crate) fn upgrade_config(&mut self) -> Result<()> {
-        if self.config.backpocket_vault >= VAULT_FORMAT {
+        self.raise_config(VAULT_FORMAT)
+    }
+
+    /// Rewrites the config with format `to` if it is older.
+    pub(crate) fn raise_config(&mut self, to: u32) -> Result<()> {
+        if self.config.backpocket_vault >= to {
             return Ok(());
         }
         let mut c = self.config.clone();
-        c.backpocket_vault = VAULT_FORMAT;
+        c.backpocket_vault = to;
         let json = serde_json::to_vec_pretty(&c).map_err(|e| Error::Format(e.to_string()))?;
         self.store.put("config", json)?;
         self.config = c;
@@ -1107,20 +1246,30 @@ impl Vault {
         let sealed = format::seal_object(
             &self.keys.objects,
             "pocket",
-            "config",
+            &Vault::sealed_name(&self.chain, "config"),
             &serde_bytes::ByteBuf::from(text.to_vec()),
         )?;
-        self.store.put("pocket", sealed)
+        self.store.put(
+            &format!("{}pocket", Vault::chain_prefix(&self.chain)),
+            sealed,
+        )
     }
 
     pub fn pocket_config(&self) -> Result<Option<Vec<u8>>> {
-        let raw = match self.store.get("pocket") {
+        let raw = match self
+            .store
+            .get(&format!("{}pocket", Vault::chain_prefix(&self.chain)))
+        {
             Ok(r) => r,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let b: serde_bytes::ByteBuf =
-            format::open_object(&self.keys.objects, "pocket", "config", &raw)?;
+        let b: serde_bytes::ByteBuf = format::open_object(
+            &self.keys.objects,
+            "pocket",
+            &Vault::sealed_name(&self.chain, "config"),
+            &raw,
+        )?;
         Ok(Some(b.into_vec()))
     }
 }
@@ -1145,6 +1294,8 @@ pub struct LogMap {
     pub at: BTreeMap<u64, usize>,
     /// Gens stored as stand-alone checkpoints.
     pub checkpoints: BTreeSet<u64>,
+    /// Whose chain this is (`""`: the first pocket's).
+    pub chain: String,
 }
 
 impl LogMap {

@@ -12,7 +12,7 @@ pub use dest::{
     dest_replace, setup, RemoteArgs,
 };
 pub use history::{forget, log, maintain, prune};
-pub use restore::{init_from, restore};
+pub use restore::{init_from, restore, restore_into};
 pub use sync::sync;
 pub use verify::{repair, verify};
 
@@ -61,6 +61,8 @@ pub fn with_progress<T>(progress: &Progress, label: &str, f: impl FnOnce() -> T)
 /// (with the passphrase) when the drive is lost.
 pub struct Opened {
     pub vault: Vault,
+    /// The key that opened it (the passphrase's, or the pocket's).
+    pub key: replicator::Key,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -76,6 +78,7 @@ pub(super) fn open_vault_of(found: Option<Pocket>, dest: &str, args: &KeyArgs) -
         let d = c.destination(dest)?.clone();
         Some((c, d))
     });
+    let configured_id = found.as_ref().and_then(|p| p.config().ok()).map(|c| c.id);
     let (store, key) = match configured {
         Some((c, d)) => {
             if d.mode != Mode::Vault {
@@ -84,8 +87,14 @@ pub(super) fn open_vault_of(found: Option<Pocket>, dest: &str, args: &KeyArgs) -
             let key = keys::pocket_key(&c, args, true)?;
             let store = d.spec().store(key.as_ref(), rt.handle().clone(), false)?;
             let vc = Vault::read_config(&store)?;
+            // The first pocket's key, or a joined device's (the same passphrase and KDF).
             let key = match key {
-                Some(k) if c.id == vc.pocket_id => k,
+                Some(k)
+                    if c.id == vc.pocket_id
+                        || c.key.as_ref().is_some_and(|kc| kc.kdf == vc.kdf) =>
+                {
+                    k
+                }
                 _ => keys::key_for_vault(&vc, args)?,
             };
             (store, key)
@@ -120,7 +129,27 @@ pub(super) fn open_vault_of(found: Option<Pocket>, dest: &str, args: &KeyArgs) -
         }
     };
     let vault = Vault::open(store, &key)?;
-    Ok(Opened { vault, _rt: rt })
+    // A pocket that joined the vault reads its own log.
+    let joined = match &configured_id {
+        Some(id) if vault.has_devices() && *id != vault.config.pocket_id => {
+            vault.device_record(id)?.is_some()
+        }
+        _ => false,
+    };
+    let vault = match &configured_id {
+        Some(id) if joined => vault.on_chain(id),
+        _ => vault,
+    };
+    Ok(Opened {
+        vault,
+        key,
+        _rt: rt,
+    })
+}
+
+/// A destination named by its URL alone, with the passphrase (`init --join`).
+pub fn open_vault_of_url(dest: &str, args: &KeyArgs) -> Result<Opened> {
+    open_vault_of(None, dest, args)
 }
 
 /// Parses `--at`: RFC 3339, or "YYYY-MM-DD HH:MM[:SS]" in UTC.

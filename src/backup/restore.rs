@@ -52,6 +52,11 @@ pub fn restore(
 }
 
 /// Restores a vault's point into `to`, with a progress bar, and says what it did.
+/// The newest point of `vault` into `to` (a new pocket's folder).
+pub fn restore_into(vault: &Vault, to: &Path) -> Result<()> {
+    restore_vault(vault, to, None, Vec::new(), false)
+}
+
 fn restore_vault(
     vault: &Vault,
     to: &Path,

@@ -1,0 +1,293 @@
+//! Several devices on one vault: who writes it, when each was last seen, and whose log is
+//! whose.
+//!
+//! The vault's first pocket keeps the plain `log/` and `checkpoints/`; a pocket that joins
+//! (`init --join`) is a device with its own id, its own hash chain under `chains/<id>/` and
+//! the same packs and index as everyone (content is deduplicated across devices). No lock is
+//! taken to write: each device only ever appends to its own chain and adds packs. What a
+//! device is and whether it was removed is `devices/<id>`; when it was last seen, and how far
+//! its log goes, is `presence/<id>`, rewritten while it is mounted. Both are sealed with the
+//! vault's key, so only a holder of the passphrase can join, announce or remove a device.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::{self, DEVICES_FORMAT};
+use crate::vault::{now_ns, Vault};
+
+/// A device is online while its presence is younger than this (it is rewritten every
+/// [`PRESENCE_EVERY`] while mounted).
+pub const ONLINE_FOR_NS: i64 = 90 * 1_000_000_000;
+/// How often a mounted device rewrites its presence.
+pub const PRESENCE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `devices/<id>`: a device that writes the vault.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRecord {
+    pub id: String,
+    /// The name the user knows it by (`--name`, or the machine's name).
+    pub name: String,
+    pub joined_ns: i64,
+    /// Set by `devices remove`: its drains are refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_by: Option<String>,
+}
+
+/// `presence/<id>`: the device's last word.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Presence {
+    pub time_ns: i64,
+    /// False once it unmounted cleanly (a crash leaves it true until it grows old).
+    pub online: bool,
+    /// The newest log object of its chain when it wrote this.
+    pub gen: u64,
+    pub host: String,
+}
+
+/// What `devices` shows for one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub record: DeviceRecord,
+    pub presence: Option<Presence>,
+    /// The vault's first pocket (whose log is `log/`).
+    pub first: bool,
+    /// Its newest log object, from a listing of its chain.
+    pub head_gen: u64,
+}
+
+impl DeviceInfo {
+    pub fn online(&self) -> bool {
+        self.presence
+            .as_ref()
+            .is_some_and(|p| p.online && now_ns() - p.time_ns < ONLINE_FOR_NS)
+    }
+}
+
+impl Vault {
+    fn device_key(id: &str) -> String {
+        format!("devices/{id}")
+    }
+
+    fn read_sealed<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<T>> {
+        match self.store.get(key) {
+            Ok(raw) => Ok(Some(format::open_object(
+                self.objects_key(),
+                kind,
+                name,
+                &raw,
+            )?)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The device's record, if it joined (the first pocket has one once it has announced
+    /// itself).
+    pub fn device_record(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        let r: Option<DeviceRecord> = self.read_sealed(&Vault::device_key(id), "device", id)?;
+        if let Some(r) = &r {
+            if r.id != id {
+                return Err(Error::Damaged {
+                    object: Vault::device_key(id),
+                    detail: format!("it names another device ({})", r.id),
+                });
+            }
+        }
+        Ok(r)
+    }
+
+    fn put_device_record(&self, r: &DeviceRecord) -> Result<()> {
+        let sealed = format::seal_object(self.objects_key(), "device", &r.id, r)?;
+        self.store.put(&Vault::device_key(&r.id), sealed)
+    }
+
+    /// Makes `id` a device of this vault, writing to its own chain. The vault's config moves
+    /// to the devices format first, so that an older backpocket, which would not see the
+    /// other chains (and whose maintenance would drop their data), refuses it.
+    pub fn join_device(&mut self, id: &str, name: &str) -> Result<()> {
+        if id == self.config.pocket_id {
+            return Err(Error::Format(
+                "this pocket already writes the vault; a device joins with a pocket of its own"
+                    .into(),
+            ));
+        }
+        if self.devices()?.iter().any(|d| d.record.name == name) {
+            return Err(Error::Format(format!(
+                "a device named {name} already writes this vault; give another --name"
+            )));
+        }
+        self.raise_config(DEVICES_FORMAT)?;
+        let prefix = Vault::chain_prefix(id);
+        self.store.make_dirs(&[
+            "devices".to_owned(),
+            "presence".to_owned(),
+            "chains".to_owned(),
+            prefix.trim_end_matches('/').to_owned(),
+            format!("{prefix}log"),
+            format!("{prefix}checkpoints"),
+        ])?;
+        self.put_device_record(&DeviceRecord {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            joined_ns: now_ns(),
+            removed_ns: None,
+            removed_by: None,
+        })
+    }
+
+    /// Gives the first pocket a record (its name), once the vault has other devices.
+    pub fn announce_first(&self, name: &str) -> Result<()> {
+        let id = self.config.pocket_id.clone();
+        if self.device_record(&id)?.is_some() {
+            return Ok(());
+        }
+        self.store
+            .make_dirs(&["devices".to_owned(), "presence".to_owned()])?;
+        self.put_device_record(&DeviceRecord {
+            id,
+            name: name.to_owned(),
+            joined_ns: self.config.created_ns,
+            removed_ns: None,
+            removed_by: None,
+        })
+    }
+
+    /// Whether devices other than the first have joined (the vault's format says so).
+    pub fn has_devices(&self) -> bool {
+        self.config.backpocket_vault >= DEVICES_FORMAT
+    }
+
+    /// Refuses a pocket that may not write this vault: another vault's pocket, or a device
+    /// that was removed.
+    pub fn check_writer(&self, pocket_id: &str) -> Result<()> {
+        if pocket_id == self.config.pocket_id && !self.has_devices() {
+            return Ok(());
+        }
+        match self.device_record(pocket_id)? {
+            Some(r) if r.removed_ns.is_some() => Err(Error::RemovedDevice {
+                name: r.name,
+                by: r.removed_by.unwrap_or_else(|| "another device".into()),
+            }),
+            Some(_) => Ok(()),
+            None if pocket_id == self.config.pocket_id => Ok(()),
+            None => Err(Error::OtherPocket(self.config.pocket_id.clone())),
+        }
+    }
+
+    /// Every device, the first pocket first, with its presence and how far its log goes.
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        let mut out = Vec::new();
+        let first = self.config.pocket_id.clone();
+        let mut ids = vec![first.clone()];
+        for (key, _) in self.store.list("devices/")? {
+            let id = key.trim_start_matches("devices/");
+            if !id.is_empty() && !id.contains('/') && id != first {
+                ids.push(id.to_owned());
+            }
+        }
+        for id in ids {
+            let record = match self.device_record(&id)? {
+                Some(r) => r,
+                None if id == first => DeviceRecord {
+                    id: id.clone(),
+                    name: "first".into(),
+                    joined_ns: self.config.created_ns,
+                    removed_ns: None,
+                    removed_by: None,
+                },
+                None => continue,
+            };
+            let presence: Option<Presence> =
+                self.read_sealed(&format!("presence/{id}"), "presence", &id)?;
+            let chain = if id == first {
+                String::new()
+            } else {
+                id.clone()
+            };
+            let trashed = Default::default();
+            let head_gen = self
+                .chain_map(&chain, &trashed)?
+                .at
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0);
+            out.push(DeviceInfo {
+                first: id == first,
+                record,
+                presence,
+                head_gen,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Says this device is online (or, at a clean unmount, that it is not).
+    pub fn put_presence(&self, online: bool, gen: u64) -> Result<()> {
+        let id = self.device().to_owned();
+        let p = Presence {
+            time_ns: now_ns(),
+            online,
+            gen,
+            host: crate::os::hostname(),
+        };
+        let sealed = format::seal_object(self.objects_key(), "presence", &id, &p)?;
+        self.store.put(&format!("presence/{id}"), sealed)
+    }
+
+    /// `devices remove`: the device's drains are refused from now on. It keeps the
+    /// passphrase, so it can still read what the vault held when it was removed.
+    pub fn remove_device(&self, name: &str, by: &str) -> Result<DeviceRecord> {
+        let devices = self.devices()?;
+        let d = devices
+            .iter()
+            .find(|d| d.record.name == name || d.record.id == name)
+            .ok_or_else(|| {
+                Error::Format(format!(
+                    "no device named {name} writes this vault; see `backpocket devices`"
+                ))
+            })?;
+        if d.first {
+            return Err(Error::Format(format!(
+                "{name} is the vault's first pocket; its log is where the vault began and cannot be removed"
+            )));
+        }
+        if d.record.id == self.device() {
+            return Err(Error::Format(format!(
+                "{name} is this pocket; remove it from another device"
+            )));
+        }
+        let mut r = d.record.clone();
+        if r.removed_ns.is_none() {
+            r.removed_ns = Some(now_ns());
+            r.removed_by = Some(by.to_owned());
+            self.put_device_record(&r)?;
+        }
+        Ok(r)
+    }
+
+    /// Every chain of the vault (`""`: the first pocket's), removed devices' too (their log
+    /// stays restorable).
+    pub(crate) fn chains(&self) -> Result<Vec<String>> {
+        let mut out = vec![String::new()];
+        if !self.has_devices() {
+            return Ok(out);
+        }
+        for (key, _) in self.store.list("devices/")? {
+            let id = key.trim_start_matches("devices/");
+            if !id.is_empty() && !id.contains('/') && id != self.config.pocket_id {
+                out.push(id.to_owned());
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,803 @@
+//! Pull: a device applies the other devices' changes to its own pocket.
+//!
+//! Each other device's newest tree (its own chain in the vault) is compared with what this
+//! device last took from it (the *base*, kept in `.backpocket/peers/<id>`), path by path.
+//! Only paths the other device changed since are looked at, and for each the pocket's own
+//! file decides (three-way, by content):
+//! - the pocket still holds the base (or nothing where the base had nothing): the other
+//!   device's version is applied, a delete included;
+//! - the pocket already holds the other device's version: nothing to do (this is how a
+//!   change that went round comes back without effect);
+//! - both changed: nothing is lost. Modify wins over delete on either side; two different
+//!   versions keep both: the newer (modification time, then device id) at the name, the
+//!   other as `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT` (Syncthing's form). Both
+//!   devices make the same choice and the same copy name, so they agree after one round.
+//!
+//! Files are written where the pocket is used (the mount, so the journal records them as any
+//! change): into a temporary name beside the file, then renamed over it, so an application
+//! holding the old file open never sees it change; a file that changed while it was being
+//! fetched is left for the next round. Folders are removed only once empty: files added in a
+//! folder the other device deleted stay.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::format::{Content, FileState, KIND_DIR, KIND_FILE, KIND_SYMLINK};
+use crate::source::{read_file, ReadOutcome};
+use crate::tree::Tree;
+use crate::vault::Vault;
+
+/// What a path holds, as far as pulling cares: its kind, mode and contents (a hash of its
+/// chunk list, or of a link's target). Times are not compared: a touch alone is not a change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Print {
+    kind: u8,
+    perm: u32,
+    #[serde(with = "serde_bytes")]
+    hash: Vec<u8>,
+    /// The modification time, which picks the winner of a conflict.
+    mtime_ns: i64,
+}
+
+impl PartialEq for Print {
+    fn eq(&self, o: &Print) -> bool {
+        self.kind == o.kind && self.perm == o.perm && self.hash == o.hash
+    }
+}
+
+fn content_hash(c: &Content) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    h.update(&c.size.to_le_bytes());
+    for e in &c.extents {
+        h.update(&e.offset.to_le_bytes());
+        for ch in &e.chunks {
+            h.update(&ch.id);
+            h.update(&ch.len.to_le_bytes());
+        }
+    }
+    h.finalize().as_bytes().to_vec()
+}
+
+fn print_of(f: &FileState) -> Option<Print> {
+    let hash = match f.meta.kind {
+        KIND_FILE => content_hash(f.content.as_ref()?),
+        KIND_SYMLINK => blake3::hash(f.target.as_deref()?).as_bytes().to_vec(),
+        KIND_DIR => Vec::new(),
+        // Fifos, sockets and devices are not carried between devices.
+        _ => return None,
+    };
+    Some(Print {
+        kind: f.meta.kind,
+        perm: if f.meta.kind == KIND_SYMLINK {
+            0
+        } else {
+            f.meta.perm & 0o7777
+        },
+        hash,
+        mtime_ns: f.meta.mtime_ns,
+    })
+}
+
+/// Every path of a tree with its print (files in flight and damaged ones left out: their
+/// contents at this point are not known).
+fn prints(tree: &Tree) -> BTreeMap<Vec<u8>, Print> {
+    let mut out = BTreeMap::new();
+    for (path, id) in tree.paths() {
+        if tree.pending.contains_key(&id) || tree.broken.contains(&id) {
+            continue;
+        }
+        if let Some(p) = tree.files.get(&id).and_then(print_of) {
+            out.insert(path, p);
+        }
+    }
+    out
+}
+
+/// What was last taken from one device.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Base {
+    gen: u64,
+    entries: Vec<(serde_bytes::ByteBuf, Print)>,
+}
+
+fn base_path(meta_dir: &Path, device: &str) -> PathBuf {
+    meta_dir.join("peers").join(device)
+}
+
+fn load_base(meta_dir: &Path, device: &str) -> Result<Option<Base>> {
+    let p = base_path(meta_dir, device);
+    match std::fs::read(&p) {
+        Ok(raw) => ciborium::from_reader(&raw[..])
+            .map(Some)
+            .map_err(|e| Error::Damaged {
+                object: p.display().to_string(),
+                detail: format!("cannot be read ({e}); remove it to take the device's files again"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("cannot read {}", p.display()), e)),
+    }
+}
+
+fn save_base(meta_dir: &Path, device: &str, gen: u64, m: &BTreeMap<Vec<u8>, Print>) -> Result<()> {
+    let p = base_path(meta_dir, device);
+    let dir = p.parent().expect("has a parent");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let base = Base {
+        gen,
+        entries: m
+            .iter()
+            .map(|(k, v)| (serde_bytes::ByteBuf::from(k.clone()), v.clone()))
+            .collect(),
+    };
+    let mut buf = Vec::new();
+    ciborium::into_writer(&base, &mut buf).map_err(|e| Error::Format(e.to_string()))?;
+    let tmp = p.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&buf)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &p)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| Error::io(format!("cannot write {}", p.display()), e))
+}
+
+/// Records `tree` (device `device`'s, at `gen`) as what this pocket holds of it: after
+/// `init --join` restored it, nothing of it is new.
+pub fn record_base(meta_dir: &Path, device: &str, gen: u64, tree: &Tree) -> Result<()> {
+    save_base(meta_dir, device, gen, &prints(tree))
+}
+
+/// One conflict: both devices changed `path`; the version that lost is at `copy`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub path: Vec<u8>,
+    pub copy: Vec<u8>,
+    /// The device whose version went to the copy.
+    pub loser: String,
+}
+
+/// What `devices` shows of each device: the newest log object taken from it.
+pub fn taken(meta_dir: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(meta_dir.join("peers")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            continue;
+        }
+        if let Ok(Some(b)) = load_base(meta_dir, &name) {
+            out.insert(name, b.gen);
+        }
+    }
+    out
+}
+
+/// Conflicts go to `.backpocket/conflicts.log`, one line each (time, path, copy, device), for
+/// `devices` and `journal status` to list.
+fn log_conflicts(meta_dir: &Path, conflicts: &[Conflict]) {
+    if conflicts.is_empty() {
+        return;
+    }
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(meta_dir.join("conflicts.log"))?;
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        for c in conflicts {
+            writeln!(
+                f,
+                "{now}\t{}\t{}\t{}",
+                String::from_utf8_lossy(&c.path),
+                String::from_utf8_lossy(&c.copy),
+                c.loser
+            )?;
+        }
+        f.sync_all()
+    })();
+    if let Err(e) = res {
+        warn!("cannot note the conflicts in {}: {e}", meta_dir.display());
+    }
+}
+
+/// The newest `n` conflicts noted: (time, path, copy, device whose version is the copy).
+pub fn conflicts(meta_dir: &Path, n: usize) -> Vec<(String, String, String, String)> {
+    let text = std::fs::read_to_string(meta_dir.join("conflicts.log")).unwrap_or_default();
+    let all: Vec<(String, String, String, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split('\t');
+            Some((
+                it.next()?.to_owned(),
+                it.next()?.to_owned(),
+                it.next()?.to_owned(),
+                it.next()?.to_owned(),
+            ))
+        })
+        .collect();
+    all[all.len().saturating_sub(n)..].to_vec()
+}
+
+/// How many conflicts were noted in all.
+pub fn conflict_count(meta_dir: &Path) -> usize {
+    std::fs::read_to_string(meta_dir.join("conflicts.log"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, Default)]
+pub struct PullReport {
+    /// Devices looked at, and those whose changes were taken.
+    pub devices: usize,
+    pub taken_from: Vec<String>,
+    pub written: usize,
+    pub removed: usize,
+    pub conflicts: Vec<Conflict>,
+    /// Paths left for the next round: changed here while being applied...
+    pub deferred: usize,
+    /// ...or that could not be applied (an error, logged).
+    pub failed: usize,
+}
+
+/// The pocket as the pull sees it: where to write, and who this device is.
+pub struct Pocket<'a> {
+    /// Where the pocket is used: the mount while mounted.
+    pub root: &'a Path,
+    pub meta_dir: &'a Path,
+    /// This device's name (for the copies of its versions that lose a conflict).
+    pub name: &'a str,
+    /// Asked before each change: whether `root` is still the pocket (the mount may end at
+    /// any moment, and its bare mountpoint must never be written).
+    pub still_there: &'a dyn Fn() -> bool,
+}
+
+impl std::fmt::Debug for Pocket<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pocket")
+            .field("root", &self.root)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Takes every other device's changes that this pocket has not taken yet. `seen` holds the
+/// newest log object already taken per device (kept by the caller across rounds), so a
+/// round where nobody wrote costs one listing per device.
+pub fn pull(
+    vault: &Vault,
+    pocket: &Pocket<'_>,
+    seen: &mut BTreeMap<String, u64>,
+) -> Result<PullReport> {
+    let mut report = PullReport::default();
+    if !vault.has_devices() {
+        return Ok(report);
+    }
+    let me = vault.device().to_owned();
+    let mut index_loaded = false;
+    for d in vault.devices()? {
+        if d.record.id == me || d.record.removed_ns.is_some() {
+            continue;
+        }
+        report.devices += 1;
+        let id = d.record.id.clone();
+        if seen.get(&id).is_some_and(|g| *g >= d.head_gen) {
+            continue;
+        }
+        let base = load_base(pocket.meta_dir, &id)?;
+        if base.as_ref().is_some_and(|b| b.gen >= d.head_gen) {
+            seen.insert(id, d.head_gen);
+            continue;
+        }
+        let chain = if d.first { "" } else { id.as_str() };
+        let Some((tree, head)) = vault.load_chain_tree(chain)? else {
+            continue;
+        };
+        if !index_loaded {
+            // Their packs: what the index knew at the last round may not hold them yet.
+            vault.load_index()?;
+            index_loaded = true;
+        }
+        let theirs = prints(&tree);
+        let base: BTreeMap<Vec<u8>, Print> = match base {
+            Some(b) => b
+                .entries
+                .into_iter()
+                .map(|(k, v)| (k.into_vec(), v))
+                .collect(),
+            // A device met for the first time: what it started from is what both had in
+            // common (a device that joined began with the vault's files).
+            None => vault
+                .first_chain_tree(chain)?
+                .map(|t| prints(&t))
+                .unwrap_or_default(),
+        };
+        let conflicts_before = report.conflicts.len();
+        let mut ctx = Apply {
+            vault,
+            pocket,
+            tree: &tree,
+            their_name: &d.record.name,
+            their_id: &id,
+            my_id: &me,
+            report: &mut report,
+        };
+        let kept = ctx.merge(&base, &theirs);
+        // What was left for later stays as the base had it, and the device is looked at
+        // again next round (gen 0: not all of it taken).
+        let whole = kept.is_empty();
+        let mut next = theirs;
+        for p in kept {
+            match base.get(&p) {
+                Some(b) => next.insert(p, b.clone()),
+                None => next.remove(&p),
+            };
+        }
+        log_conflicts(pocket.meta_dir, &report.conflicts[conflicts_before..]);
+        save_base(
+            pocket.meta_dir,
+            &id,
+            if whole { head.gen } else { 0 },
+            &next,
+        )?;
+        report.taken_from.push(d.record.name.clone());
+        if whole {
+            seen.insert(id, head.gen);
+        } else {
+            seen.remove(&id);
+        }
+    }
+    Ok(report)
+}
+
+struct Apply<'a, 'p> {
+    vault: &'a Vault,
+    pocket: &'a Pocket<'p>,
+    tree: &'a Tree,
+    their_name: &'a str,
+    their_id: &'a str,
+    my_id: &'a str,
+    report: &'a mut PullReport,
+}
+
+/// The pocket's own file at a path: its print and what to check before replacing it.
+struct Local {
+    print: Option<Print>,
+    stat: Option<std::fs::Metadata>,
+}
+
+impl Apply<'_, '_> {
+    /// Applies the other device's changes since `base`; returns the paths left for later.
+    fn merge(
+        &mut self,
+        base: &BTreeMap<Vec<u8>, Print>,
+        theirs: &BTreeMap<Vec<u8>, Print>,
+    ) -> Vec<Vec<u8>> {
+        let changed: BTreeSet<&Vec<u8>> = base
+            .keys()
+            .chain(theirs.keys())
+            .filter(|p| base.get(*p) != theirs.get(*p))
+            .collect();
+        let mut later = Vec::new();
+        let mut removals: Vec<(&Vec<u8>, &Print)> = Vec::new();
+        // Parents before children (a path sorts after its folder's).
+        for path in changed {
+            if !(self.pocket.still_there)() {
+                later.push(path.clone());
+                continue;
+            }
+            let (b, t) = (base.get(path), theirs.get(path));
+            let result = match t {
+                Some(t) => self.take(path, b, t),
+                None => {
+                    // Removals last, deepest first, so folders are empty when their turn comes.
+                    removals.push((path, b.expect("changed: in one of the two")));
+                    Ok(true)
+                }
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => later.push(path.clone()),
+                Err(e) => {
+                    warn!(path = %String::from_utf8_lossy(path), "cannot take the other device's change: {e}");
+                    self.report.failed += 1;
+                    later.push(path.clone());
+                }
+            }
+        }
+        for (path, b) in removals.into_iter().rev() {
+            if !(self.pocket.still_there)() {
+                later.push(path.clone());
+                continue;
+            }
+            match self.remove(path, b) {
+                Ok(true) => {}
+                Ok(false) => later.push(path.clone()),
+                Err(e) => {
+                    warn!(path = %String::from_utf8_lossy(path), "cannot take the other device's removal: {e}");
+                    self.report.failed += 1;
+                    later.push(path.clone());
+                }
+            }
+        }
+        self.report.deferred += later.len() - self.report.failed.min(later.len());
+        later
+    }
+
+    fn abs(&self, path: &[u8]) -> PathBuf {
+        crate::os::join(self.pocket.root, path)
+    }
+
+    fn local(&self, path: &[u8]) -> Result<Local> {
+        let p = self.abs(path);
+        let stat = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Local {
+                    print: None,
+                    stat: None,
+                })
+            }
+            Err(e) => return Err(Error::io(format!("cannot look at {}", p.display()), e)),
+        };
+        let Some(meta) = journal::Meta::from_std(&stat) else {
+            return Ok(Local {
+                print: None,
+                stat: Some(stat),
+            });
+        };
+        let mut f = FileState {
+            id: 0,
+            meta: meta.into(),
+            target: None,
+            xattrs: Vec::new(),
+            content: None,
+        };
+        if stat.file_type().is_symlink() {
+            let t = std::fs::read_link(&p)
+                .map_err(|e| Error::io(format!("cannot read {}", p.display()), e))?;
+            f.target = Some(crate::os::name_bytes(t.as_os_str()).to_vec());
+        } else if stat.is_file() {
+            let chunker = self.vault.chunker();
+            let ids = journal::DriveIds::any();
+            let mut sink = |c: &[u8]| {
+                Ok(crate::format::ChunkRef {
+                    id: self.vault.chunk_id(c),
+                    len: c.len() as u32,
+                })
+            };
+            match read_file(&p, 0, &ids, &chunker, &mut sink)? {
+                ReadOutcome::Done(c, _) => f.content = Some(c),
+                // Changing or gone right now: not a state to decide on.
+                ReadOutcome::Gone | ReadOutcome::Torn => {
+                    return Err(Error::Retry);
+                }
+            }
+        }
+        Ok(Local {
+            print: print_of(&f),
+            stat: Some(stat),
+        })
+    }
+
+    /// The other device has `t` at `path` (the base had `b`). False: left for later.
+    fn take(&mut self, path: &[u8], b: Option<&Print>, t: &Print) -> Result<bool> {
+        let local = match self.local(path) {
+            Ok(l) => l,
+            Err(Error::Retry) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mine = local.print.as_ref();
+        if mine == Some(t) {
+            return Ok(true);
+        }
+        let uncarried = mine.is_none() && local.stat.is_some();
+        if local.stat.is_none() || (mine == b && !uncarried) {
+            // Unchanged here since the base, or removed here (a change there wins over a
+            // removal here).
+            if t.kind == KIND_DIR {
+                if local.stat.as_ref().is_some_and(|s| s.is_dir()) {
+                    // Only its mode differs.
+                    self.set_mode(path, t)?;
+                } else if local.stat.is_none() {
+                    self.make_dir(path, t)?;
+                } else {
+                    // A file here where they have a folder: the file moves aside.
+                    self.conflict_aside(path, &local, self.my_name_owned())?;
+                    self.make_dir(path, t)?;
+                }
+                return Ok(true);
+            }
+            return self.write(path, t, local.stat.as_ref(), None);
+        }
+        // Both changed.
+        let Some(m) = mine else {
+            // Something here that is not carried (a fifo): leave it, keep theirs beside.
+            let copy = self.copy_name(path, self.their_name, t.mtime_ns);
+            return self.write(&copy, t, None, Some((path, self.their_name)));
+        };
+        if m.kind == KIND_DIR || t.kind == KIND_DIR {
+            if m.kind == KIND_DIR && t.kind == KIND_DIR {
+                // Modes only: the newer wins, no copy.
+                if self.they_win(m, t) {
+                    self.set_mode(path, t)?;
+                }
+                return Ok(true);
+            }
+            if m.kind == KIND_DIR {
+                // Their file beside our folder.
+                let copy = self.copy_name(path, self.their_name, t.mtime_ns);
+                return self.write(&copy, t, None, Some((path, self.their_name)));
+            }
+            self.conflict_aside(path, &local, self.my_name_owned())?;
+            self.make_dir(path, t)?;
+            return Ok(true);
+        }
+        if m.kind == t.kind && m.hash == t.hash {
+            // Same contents, modes differ: the newer mode, no copy.
+            if self.they_win(m, t) {
+                self.set_mode(path, t)?;
+            }
+            return Ok(true);
+        }
+        if self.they_win(m, t) {
+            let stat = local.stat.as_ref();
+            let my_copy = self.copy_name(path, self.pocket.name, m.mtime_ns);
+            // Ours goes aside first (a rename: nothing is copied, nothing lost if cut here).
+            let from = self.abs(path);
+            if !same_stat(stat, &from) {
+                return Ok(false);
+            }
+            let to = self.abs(&my_copy);
+            std::fs::rename(&from, &to)
+                .map_err(|e| Error::io(format!("cannot move {} aside", from.display()), e))?;
+            self.note_conflict(path, &my_copy, self.pocket.name);
+            self.write(path, t, None, None)
+        } else {
+            let copy = self.copy_name(path, self.their_name, t.mtime_ns);
+            self.write(&copy, t, None, Some((path, self.their_name)))
+        }
+    }
+
+    fn my_name_owned(&self) -> String {
+        self.pocket.name.to_owned()
+    }
+
+    /// The newer version wins; at the same time, the greater device id (both sides agree).
+    fn they_win(&self, mine: &Print, theirs: &Print) -> bool {
+        (theirs.mtime_ns, self.their_id) > (mine.mtime_ns, self.my_id)
+    }
+
+    fn note_conflict(&mut self, path: &[u8], copy: &[u8], loser: &str) {
+        info!(
+            path = %String::from_utf8_lossy(path),
+            copy = %String::from_utf8_lossy(copy),
+            loser,
+            "conflict: both devices changed the file; both versions kept"
+        );
+        self.report.conflicts.push(Conflict {
+            path: path.to_vec(),
+            copy: copy.to_vec(),
+            loser: loser.to_owned(),
+        });
+    }
+
+    /// Moves what the pocket has at `path` to a conflict copy's name.
+    fn conflict_aside(&mut self, path: &[u8], local: &Local, who: String) -> Result<()> {
+        let mtime = local
+            .print
+            .as_ref()
+            .map(|p| p.mtime_ns)
+            .unwrap_or_else(crate::vault::now_ns);
+        let copy = self.copy_name(path, &who, mtime);
+        let (from, to) = (self.abs(path), self.abs(&copy));
+        std::fs::rename(&from, &to)
+            .map_err(|e| Error::io(format!("cannot move {} aside", from.display()), e))?;
+        self.note_conflict(path, &copy, &who);
+        Ok(())
+    }
+
+    /// `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT`, the time being the losing version's.
+    fn copy_name(&self, path: &[u8], device: &str, mtime_ns: i64) -> Vec<u8> {
+        let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&path[..=i], &path[i + 1..]),
+            None => (&path[..0], path),
+        };
+        let (stem, ext) = match name.iter().rposition(|b| *b == b'.') {
+            Some(i) if i > 0 => (&name[..i], &name[i..]),
+            _ => (name, &name[..0]),
+        };
+        let t = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(mtime_ns.max(0) as u64 / 1_000_000_000);
+        let stamp: String = humantime::format_rfc3339_seconds(t)
+            .to_string()
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .map(|c| if c == 'T' { '-' } else { c })
+            .collect();
+        let device: String = device
+            .chars()
+            .map(|c| if c == '/' || c == '.' { '_' } else { c })
+            .collect();
+        let mut out = dir.to_vec();
+        out.extend_from_slice(stem);
+        out.extend_from_slice(format!(".sync-conflict-{stamp}-{device}").as_bytes());
+        out.extend_from_slice(ext);
+        out
+    }
+
+    fn make_dir(&mut self, path: &[u8], t: &Print) -> Result<()> {
+        let p = self.abs(path);
+        std::fs::create_dir_all(&p)
+            .map_err(|e| Error::io(format!("cannot make {}", p.display()), e))?;
+        self.set_mode(path, t)?;
+        self.report.written += 1;
+        Ok(())
+    }
+
+    fn set_mode(&self, path: &[u8], t: &Print) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let p = self.abs(path);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(t.perm))
+                .map_err(|e| Error::io(format!("cannot set the mode of {}", p.display()), e))?;
+        }
+        #[cfg(not(unix))]
+        let _ = (path, t);
+        Ok(())
+    }
+
+    /// Writes their version of the file at their `path` to `at`: into a temporary name
+    /// beside it, then renamed over what is there if that is still `expect` (None: nothing
+    /// may be there). `conflict` names the path and device a copy is made for.
+    fn write(
+        &mut self,
+        at: &[u8],
+        t: &Print,
+        expect: Option<&std::fs::Metadata>,
+        conflict: Option<(&[u8], &str)>,
+    ) -> Result<bool> {
+        let src_path = conflict.map(|(p, _)| p).unwrap_or(at);
+        let Some(f) = self
+            .tree
+            .lookup(src_path)
+            .and_then(|id| self.tree.files.get(&id))
+        else {
+            return Ok(true);
+        };
+        let dest = self.abs(at);
+        let dir = dest.parent().expect("a path in the pocket").to_owned();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot make {}", dir.display()), e))?;
+        let tmp = dir.join(format!(".backpocket-pull-{}", crate::vault::random_hex(8)?));
+        let made = self.fill(&tmp, f, t);
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // Still what was looked at? (Otherwise it changed here meanwhile: next round.)
+        let ok = match expect {
+            Some(_) => same_stat(expect, &dest),
+            None => std::fs::symlink_metadata(&dest).is_err(),
+        };
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("cannot put {} in place", dest.display()), e)
+        })?;
+        if let Some((path, who)) = conflict {
+            self.note_conflict(path, at, who);
+        }
+        self.report.written += 1;
+        Ok(true)
+    }
+
+    /// Makes the file `f` (their version) at `tmp`, contents checked chunk by chunk.
+    fn fill(&self, tmp: &Path, f: &FileState, t: &Print) -> Result<()> {
+        let io = |e: std::io::Error| Error::io(format!("cannot write {}", tmp.display()), e);
+        if t.kind == KIND_SYMLINK {
+            let target = f.target.as_deref().unwrap_or_default();
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(&*crate::os::os_name(target), tmp).map_err(io)?;
+            #[cfg(not(unix))]
+            {
+                let _ = target;
+                return Err(Error::Format(
+                    "symbolic links are not carried to this system".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(io)?;
+        if let Some(c) = &f.content {
+            for e in &c.extents {
+                let mut off = e.offset;
+                for ch in &e.chunks {
+                    let data = self.vault.read_chunk(&ch.id)?;
+                    crate::os::write_all_at(&file, &data, off).map_err(io)?;
+                    off += data.len() as u64;
+                }
+            }
+            file.set_len(c.size).map_err(io)?;
+        }
+        let mut st = f.clone();
+        st.xattrs.clear();
+        crate::restore::set_meta(tmp, &st, false).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(())
+    }
+
+    /// The other device removed `path` (the base had `b`): removed here too if unchanged.
+    fn remove(&mut self, path: &[u8], b: &Print) -> Result<bool> {
+        let p = self.abs(path);
+        if b.kind == KIND_DIR {
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                _ => return Ok(true),
+            }
+            // Only an empty folder goes: what was added in it here stays.
+            return match std::fs::remove_dir(&p) {
+                Ok(()) => {
+                    self.report.removed += 1;
+                    Ok(true)
+                }
+                Err(_) => Ok(true),
+            };
+        }
+        let local = match self.local(path) {
+            Ok(l) => l,
+            Err(Error::Retry) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if local.print.as_ref() != Some(b) {
+            // Gone here too, or changed here: a change wins over a removal.
+            return Ok(true);
+        }
+        if !same_stat(local.stat.as_ref(), &p) {
+            return Ok(false);
+        }
+        std::fs::remove_file(&p)
+            .map_err(|e| Error::io(format!("cannot remove {}", p.display()), e))?;
+        self.report.removed += 1;
+        Ok(true)
+    }
+}
+
+/// Whether `path` is still the file `before` described (same inode, size, times).
+fn same_stat(before: Option<&std::fs::Metadata>, path: &Path) -> bool {
+    let Some(before) = before else {
+        return std::fs::symlink_metadata(path).is_err();
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(now) => !crate::os::changed(before, &now) && same_file(before, &now),
+        Err(_) => false,
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.ino() == b.ino() && a.dev() == b.dev()
+}
+
+#[cfg(not(unix))]
+fn same_file(_a: &std::fs::Metadata, _b: &std::fs::Metadata) -> bool {
+    true
+}

@@ -1,0 +1,364 @@
+//! Several devices on one vault: joining, listing, removing, and the mount's pull of the
+//! others' changes.
+//!
+//! Devices share through one vault: the first vault destination of the pocket's config that
+//! devices joined (a joined pocket's config is a copy of the first one's, so all agree).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use replicator::{Mode, Vault};
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use crate::keys::{self, KeyArgs};
+use crate::pocket::{Config, Pocket};
+
+/// This device's name: the one it joined with, else the machine's.
+pub fn own_name(config: &Config) -> String {
+    config.device.clone().unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// `init DIR --join DEST`: a new pocket in DIR that joins the vault at DEST as a device of its
+/// own, with the vault's files and the first pocket's destinations.
+pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Result<()> {
+    if dir.join(crate::pocket::DIR).exists() {
+        bail!("{} is already a pocket", dir.display());
+    }
+    let mut opened = crate::backup::open_vault_of_url(from, args)?;
+    let key = opened.key.clone();
+    let vault = &mut opened.vault;
+    let text = vault.pocket_config()?.ok_or_else(|| {
+        anyhow!("{from} does not hold its pocket's config yet (the first drain writes it); mount the first pocket until a drain has finished, then join")
+    })?;
+    let text = String::from_utf8(text).context("the stored pocket config is not text")?;
+    let mut config: Config =
+        toml::from_str(&text).context("the stored pocket config cannot be read")?;
+    let first_id = config.id.clone();
+    if first_id != vault.config.pocket_id {
+        bail!("{from} holds the config of another pocket than the one that made it; it cannot be joined");
+    }
+    config.id = crate::pocket::new_id()?;
+    let name = name.unwrap_or_else(|| {
+        own_name(&Config {
+            device: None,
+            ..config.clone()
+        })
+    });
+    config.device = Some(name.clone());
+    // Registered first: a join cut short leaves a device that never wrote (remove it with
+    // `devices remove`), never a pocket the vault refuses.
+    vault.join_device(&config.id, &name)?;
+    keys::adopt(&mut config, &key)?;
+    let (tree, head) = vault.load_tree(None)?.ok_or_else(|| {
+        anyhow!("{from} holds no restore point yet; let the first pocket drain once")
+    })?;
+    crate::backup::restore_into(vault, dir)?;
+    crate::init_with(dir, config)?;
+    let meta = dir.canonicalize()?.join(crate::pocket::DIR);
+    replicator::pull::record_base(&meta, &first_id, head.gen, &tree)?;
+    println!(
+        "{} joined the vault at {from} as device {name}; mount it with: backpocket mount {} MOUNTPOINT",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The vault devices share, opened on this pocket's own chain: the first vault destination
+/// that devices joined.
+fn shared_vault(
+    p: &Pocket,
+    config: &Config,
+    key: &replicator::Key,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Option<(String, Vault)>> {
+    let mut last_err = None;
+    for d in config.destinations.iter().filter(|d| d.mode == Mode::Vault) {
+        let opened = d
+            .spec()
+            .store(Some(key), rt.handle().clone(), false)
+            .and_then(|s| Vault::open(s, key));
+        match opened {
+            Ok(v) if v.has_devices() => {
+                let v = v
+                    .with_cache(&p.meta_dir().join("cache"))
+                    .on_chain(&config.id);
+                return Ok(Some((d.name.clone(), v)));
+            }
+            Ok(_) => {}
+            Err(e) => last_err = Some((d.name.clone(), e)),
+        }
+    }
+    match last_err {
+        Some((name, e)) => Err(anyhow!(e).context(format!("cannot open {name}"))),
+        None => Ok(None),
+    }
+}
+
+#[derive(Serialize)]
+struct DeviceJson {
+    name: String,
+    id: String,
+    this: bool,
+    first: bool,
+    online: bool,
+    last_seen: Option<String>,
+    last_seen_age_secs: Option<f64>,
+    #[serde(skip)]
+    last_seen_ns: Option<i64>,
+    log_objects: u64,
+    /// Its log objects this pocket has not taken yet (None: this pocket itself).
+    behind: Option<u64>,
+    removed: Option<String>,
+}
+
+/// `devices`: each device of the shared vault, online or when last seen, how far behind.
+pub fn list(p: &Pocket, json: bool, args: &KeyArgs) -> Result<()> {
+    let config = p.config()?;
+    let key = keys::pocket_key(&config, args, true)?
+        .ok_or_else(|| anyhow!("this pocket has no vault destination; devices share a vault"))?;
+    let rt = replicator::runtime()?;
+    let Some((dest, vault)) = shared_vault(p, &config, &key, &rt)? else {
+        if json {
+            println!("[]");
+        } else {
+            println!("no other device shares this pocket's vaults; join one with: backpocket init DIR --join DEST");
+        }
+        return Ok(());
+    };
+    let taken = replicator::pull::taken(&p.meta_dir());
+    let now = replicator_now();
+    let mut out = Vec::new();
+    for d in vault.devices()? {
+        let this = d.record.id == config.id;
+        out.push(DeviceJson {
+            online: this || d.online(),
+            name: d.record.name.clone(),
+            id: d.record.id.clone(),
+            this,
+            first: d.first,
+            last_seen: d
+                .presence
+                .as_ref()
+                .map(|s| crate::report::rfc3339(s.time_ns)),
+            last_seen_age_secs: d.presence.as_ref().map(|s| (now - s.time_ns) as f64 / 1e9),
+            last_seen_ns: d.presence.as_ref().map(|s| s.time_ns),
+            log_objects: d.head_gen,
+            behind: (!this).then(|| {
+                d.head_gen
+                    .saturating_sub(taken.get(&d.record.id).copied().unwrap_or(0))
+            }),
+            removed: d.record.removed_ns.map(crate::report::rfc3339),
+        });
+    }
+    let conflicts = replicator::pull::conflicts(&p.meta_dir(), 10);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "vault": dest,
+                "devices": out,
+                "conflicts": conflicts.iter().map(|c| serde_json::json!({"time": c.0, "path": c.1, "copy": c.2, "device": c.3})).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(());
+    }
+    println!("devices sharing {dest}:");
+    for d in &out {
+        let state = if let Some(r) = &d.removed {
+            format!("removed {r}")
+        } else if d.this {
+            "this device".into()
+        } else if d.online {
+            "online".into()
+        } else {
+            match d.last_seen_ns {
+                Some(t) => format!("last seen {}", crate::report::ago(t)),
+                None => "never seen".into(),
+            }
+        };
+        let behind = match d.behind {
+            Some(0) => ", all taken here".to_owned(),
+            Some(n) => format!(", {n} log objects not taken here yet"),
+            None => String::new(),
+        };
+        println!(
+            "  {:<16} {state}{behind}{}",
+            d.name,
+            if d.first { " (first)" } else { "" }
+        );
+    }
+    if !conflicts.is_empty() {
+        println!("recent conflicts (both versions kept):");
+        for (t, path, copy, device) in &conflicts {
+            println!("  {t}  {path}: {device}'s version is at {copy}");
+        }
+    }
+    Ok(())
+}
+
+fn replicator_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// `devices remove NAME`: it can no longer write the vault.
+pub fn remove(p: &Pocket, name: &str, args: &KeyArgs) -> Result<()> {
+    let config = p.config()?;
+    let key = keys::pocket_key(&config, args, true)?
+        .ok_or_else(|| anyhow!("this pocket has no vault destination; devices share a vault"))?;
+    let rt = replicator::runtime()?;
+    let Some((dest, vault)) = shared_vault(p, &config, &key, &rt)? else {
+        bail!("no other device shares this pocket's vaults");
+    };
+    let r = vault.remove_device(name, &own_name(&config))?;
+    println!(
+        "{} can no longer back up to {dest}. It still knows the passphrase: it can read what {dest} held until now. To keep it from reading what comes next, move the pocket to a new vault with a new passphrase.",
+        r.name
+    );
+    Ok(())
+}
+
+/// The mount's pull: takes the other devices' changes into the mount, says this device is
+/// online, and waits between rounds from 1 s (something just changed) to 8 s (all quiet).
+pub fn spawn_pull(
+    pocket: Pocket,
+    config: Config,
+    key: Option<replicator::Key>,
+    mountpoint: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let key = key?;
+    if !config.destinations.iter().any(|d| d.mode == Mode::Vault) {
+        return None;
+    }
+    let t = std::thread::Builder::new()
+        .name("pull".into())
+        .spawn(move || {
+            let rt = match replicator::runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!("cannot pull the other devices' changes: {e}");
+                    return;
+                }
+            };
+            let name = own_name(&config);
+            let meta = pocket.meta_dir();
+            // The mount is a filesystem of its own: once it ends, the mountpoint's device differs
+            // from what it was while mounted, and nothing is written there.
+            let dev_of = |p: &Path| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            };
+            let pocket_dev = dev_of(&pocket.root);
+            let mounted_dev = loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match dev_of(&mountpoint) {
+                    Some(d)
+                        if Some(d) != pocket_dev
+                            && d != dev_of(mountpoint.parent().unwrap_or(&mountpoint))
+                                .unwrap_or(0) =>
+                    {
+                        break d
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+            };
+            let still_there =
+                || !stop.load(Ordering::Relaxed) && dev_of(&mountpoint) == Some(mounted_dev);
+            let mut vault: Option<(String, Vault)> = None;
+            let mut seen = BTreeMap::new();
+            let mut next_open = Instant::now();
+            let mut last_presence: Option<Instant> = None;
+            let mut delay = Duration::from_secs(1);
+            while !stop.load(Ordering::Relaxed) {
+                if vault.is_none() && Instant::now() >= next_open {
+                    match shared_vault(&pocket, &config, &key, &rt) {
+                        Ok(v) => vault = v,
+                        Err(e) => debug!("pull: {e:#}"),
+                    }
+                    // A vault no device joined yet is looked at again every minute.
+                    next_open = Instant::now() + Duration::from_secs(60);
+                }
+                if let Some((dest, v)) = &vault {
+                    if last_presence
+                        .is_none_or(|t| t.elapsed() >= replicator::devices::PRESENCE_EVERY)
+                    {
+                        let said = (if v.device() == v.config.pocket_id {
+                            v.announce_first(&name)
+                        } else {
+                            Ok(())
+                        })
+                        .and_then(|()| v.put_presence(true, 0));
+                        match said {
+                            Ok(()) => last_presence = Some(Instant::now()),
+                            Err(e) => {
+                                debug!("pull: cannot say this device is online at {dest}: {e}")
+                            }
+                        }
+                    }
+                    let p = replicator::pull::Pocket {
+                        root: &mountpoint,
+                        meta_dir: &meta,
+                        name: &name,
+                        still_there: &still_there,
+                    };
+                    match replicator::pull::pull(v, &p, &mut seen) {
+                        Ok(r) => {
+                            if r.written + r.removed + r.conflicts.len() > 0 {
+                                info!(
+                                    from = ?r.taken_from,
+                                    written = r.written,
+                                    removed = r.removed,
+                                    conflicts = r.conflicts.len(),
+                                    "took the other devices' changes"
+                                );
+                                delay = Duration::from_secs(1);
+                            } else if r.deferred > 0 && r.failed == 0 {
+                                delay = Duration::from_secs(1);
+                            } else {
+                                delay = (delay * 2).min(Duration::from_secs(8));
+                            }
+                        }
+                        Err(e) => {
+                            warn!("cannot take the other devices' changes from {dest}: {e}");
+                            delay = Duration::from_secs(30);
+                            vault = None;
+                            next_open = Instant::now();
+                        }
+                    }
+                }
+                let until = Instant::now() + delay;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            if let Some((_, v)) = &vault {
+                if last_presence.is_some() {
+                    let _ = v.put_presence(false, 0);
+                }
+            }
+        });
+    match t {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!("cannot start pulling the other devices' changes: {e}");
+            None
+        }
+    }
+}

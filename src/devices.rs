@@ -47,6 +47,8 @@ pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Res
     if first_id != vault.config.pocket_id {
         bail!("{from} holds the config of another pocket than the one that made it; it cannot be joined");
     }
+    // The first pocket is known by the name its config gives, else as the drive.
+    let first_name = config.device.clone().unwrap_or_else(|| "drive".into());
     config.id = crate::pocket::new_id()?;
     let name = name.unwrap_or_else(|| {
         own_name(&Config {
@@ -57,11 +59,11 @@ pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Res
     config.device = Some(name.clone());
     // Registered first: a join cut short leaves a device that never wrote (remove it with
     // `devices remove`), never a pocket the vault refuses.
-    vault.join_device(&config.id, &name)?;
-    keys::adopt(&mut config, &key)?;
     let (tree, head) = vault.load_tree(None)?.ok_or_else(|| {
         anyhow!("{from} holds no restore point yet; let the first pocket drain once")
     })?;
+    vault.join_device(&config.id, &name, &first_name, head.gen)?;
+    keys::adopt(&mut config, &key)?;
     crate::backup::restore_into(vault, dir)?;
     crate::init_with(dir, config)?;
     let meta = dir.canonicalize()?.join(crate::pocket::DIR);
@@ -223,7 +225,11 @@ pub fn remove(p: &Pocket, name: &str, args: &KeyArgs) -> Result<()> {
     let Some((dest, vault)) = shared_vault(p, &config, &key, &rt)? else {
         bail!("no other device shares this pocket's vaults");
     };
-    let r = vault.remove_device(name, &own_name(&config))?;
+    let me = match vault.device_record(vault.device())? {
+        Some(r) => r.name,
+        None => own_name(&config),
+    };
+    let r = vault.remove_device(name, &me)?;
     println!(
         "{} can no longer back up to {dest}. It still knows the passphrase: it can read what {dest} held until now. To keep it from reading what comes next, move the pocket to a new vault with a new passphrase.",
         r.name
@@ -254,7 +260,7 @@ pub fn spawn_pull(
                     return;
                 }
             };
-            let name = own_name(&config);
+            let mut name = own_name(&config);
             let meta = pocket.meta_dir();
             // The mount is a filesystem of its own: once it ends, the mountpoint's device differs
             // from what it was while mounted, and nothing is written there.
@@ -283,6 +289,7 @@ pub fn spawn_pull(
                 || !stop.load(Ordering::Relaxed) && dev_of(&mountpoint) == Some(mounted_dev);
             let mut vault: Option<(String, Vault)> = None;
             let mut seen = BTreeMap::new();
+            let mut snapshot = Snapshot::default();
             let mut next_open = Instant::now();
             let mut last_presence: Option<Instant> = None;
             let mut delay = Duration::from_secs(1);
@@ -292,19 +299,22 @@ pub fn spawn_pull(
                         Ok(v) => vault = v,
                         Err(e) => debug!("pull: {e:#}"),
                     }
-                    // A vault no device joined yet is looked at again every minute.
-                    next_open = Instant::now() + Duration::from_secs(60);
+                    // The name the other devices know this one by (their copies of its
+                    // versions carry it, so both sides must spell it alike).
+                    if let Some((_, v)) = &vault {
+                        if let Ok(Some(r)) = v.device_record(v.device()) {
+                            name = r.name;
+                        }
+                    }
+                    // A vault no device joined yet is looked at again every 10 s (one
+                    // small read): a device that joins is heard from soon.
+                    next_open = Instant::now() + Duration::from_secs(10);
                 }
                 if let Some((dest, v)) = &vault {
                     if last_presence
                         .is_none_or(|t| t.elapsed() >= replicator::devices::PRESENCE_EVERY)
                     {
-                        let said = (if v.device() == v.config.pocket_id {
-                            v.announce_first(&name)
-                        } else {
-                            Ok(())
-                        })
-                        .and_then(|()| v.put_presence(true, 0));
+                        let said = v.put_presence(true, 0);
                         match said {
                             Ok(()) => last_presence = Some(Instant::now()),
                             Err(e) => {
@@ -320,6 +330,7 @@ pub fn spawn_pull(
                     };
                     match replicator::pull::pull(v, &p, &mut seen) {
                         Ok(r) => {
+                            snapshot.save(&meta, v.device(), &r.seen);
                             if r.written + r.removed + r.conflicts.len() > 0 {
                                 info!(
                                     from = ?r.taken_from,
@@ -337,7 +348,8 @@ pub fn spawn_pull(
                         }
                         Err(e) => {
                             warn!("cannot take the other devices' changes from {dest}: {e}");
-                            delay = Duration::from_secs(30);
+                            delay =
+                                (delay * 2).clamp(Duration::from_secs(2), Duration::from_secs(30));
                             vault = None;
                             next_open = Instant::now();
                         }
@@ -361,4 +373,71 @@ pub fn spawn_pull(
             None
         }
     }
+}
+
+/// What the mount last saw of the devices, in `.backpocket/devices.json`: `journal status`
+/// shows it without reaching the vault. Written when something in it changes, and at most
+/// once a minute for the times alone (not a drive write per poll).
+#[derive(Default)]
+struct Snapshot {
+    last: Option<(serde_json::Value, Instant)>,
+}
+
+impl Snapshot {
+    fn save(&mut self, meta: &Path, me: &str, seen: &[replicator::devices::DeviceInfo]) {
+        let taken = replicator::pull::taken(meta);
+        let devices: Vec<serde_json::Value> = seen
+            .iter()
+            .map(|d| {
+                let this = d.record.id == me;
+                serde_json::json!({
+                    "name": d.record.name,
+                    "id": d.record.id,
+                    "this": this,
+                    "online": this || d.online(),
+                    "last_seen_ns": d.presence.as_ref().map(|p| p.time_ns),
+                    "log_objects": d.head_gen,
+                    "behind": (!this).then(|| d.head_gen.saturating_sub(taken.get(&d.record.id).copied().unwrap_or(0))),
+                    "removed": d.record.removed_ns.is_some(),
+                })
+            })
+            .collect();
+        let same = |v: &serde_json::Value| {
+            let strip = |v: &serde_json::Value| {
+                let mut v = v.clone();
+                for d in v.as_array_mut().into_iter().flatten() {
+                    d["last_seen_ns"] = serde_json::Value::Null;
+                }
+                v
+            };
+            strip(v) == strip(&serde_json::Value::from(devices.clone()))
+        };
+        if let Some((prev, at)) = &self.last {
+            if same(prev) && at.elapsed() < Duration::from_secs(60) {
+                return;
+            }
+        }
+        let out = serde_json::json!({
+            "as_of_ns": replicator_now(),
+            "devices": devices,
+        });
+        let path = meta.join("devices.json");
+        let tmp = meta.join("devices.json.tmp");
+        let written = serde_json::to_vec_pretty(&out)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => self.last = Some((serde_json::Value::from(devices), Instant::now())),
+            Err(e) => debug!("cannot write {}: {e}", path.display()),
+        }
+    }
+}
+
+/// For `journal status`: the devices as the mount last saw them, and the conflicts noted.
+pub fn status_snapshot(meta: &Path) -> Option<serde_json::Value> {
+    let raw = std::fs::read(meta.join("devices.json")).ok()?;
+    let mut v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v["conflicts"] = replicator::pull::conflict_count(meta).into();
+    Some(v)
 }

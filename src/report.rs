@@ -195,6 +195,18 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                 "files_known_by": if by_path { "path" } else { "inode" },
             },
             "destinations": destinations,
+            "devices": crate::devices::status_snapshot(&p.meta_dir()).map(|v| json!({
+                "as_of": v["as_of_ns"].as_i64().map(rfc3339),
+                "devices": v["devices"].as_array().cloned().unwrap_or_default().iter().map(|d| json!({
+                    "name": d["name"],
+                    "this": d["this"],
+                    "online": d["online"],
+                    "last_seen": d["last_seen_ns"].as_i64().map(rfc3339),
+                    "behind_log_objects": d["behind"],
+                    "removed": d["removed"],
+                })).collect::<Vec<_>>(),
+                "conflicts": v["conflicts"],
+            })),
             "drive": p.drive().map(|d| {
                 let limits = d.limits();
                 let kept = d.kept_by_the_journal();
@@ -273,6 +285,9 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
             print_group(k, &d.state.members);
         }
     }
+    if let Some(v) = crate::devices::status_snapshot(&p.meta_dir()) {
+        print_devices(&v);
+    }
     println!(
         "journal  {} records, {}, last scan {}",
         s.records,
@@ -280,6 +295,41 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
         s.last_scan_ns.map(ago).unwrap_or_else(|| "never".into())
     );
     Ok(())
+}
+
+/// The devices sharing the pocket's vault, as the mount last saw them.
+fn print_devices(v: &serde_json::Value) {
+    let as_of = v["as_of_ns"].as_i64().map(ago).unwrap_or_default();
+    println!("devices  as the mount saw them {as_of}:");
+    for d in v["devices"].as_array().into_iter().flatten() {
+        let name = d["name"].as_str().unwrap_or("?");
+        let state = if d["removed"] == true {
+            "REMOVED: may no longer write".to_owned()
+        } else if d["this"] == true {
+            "this device".to_owned()
+        } else {
+            let seen = if d["online"] == true {
+                "online".to_owned()
+            } else {
+                match d["last_seen_ns"].as_i64() {
+                    Some(t) => format!("last seen {}", ago(t)),
+                    None => "never seen".into(),
+                }
+            };
+            match d["behind"].as_u64() {
+                Some(0) => format!("{seen}; all its changes taken here"),
+                Some(n) => format!("{seen}; {n} log objects of its changes not taken here yet"),
+                None => seen,
+            }
+        };
+        println!("  {name:<12} {state}");
+    }
+    match v["conflicts"].as_u64() {
+        Some(0) | None => {}
+        Some(n) => {
+            println!("         {n} conflicts kept both versions (`backpocket devices` lists them)")
+        }
+    }
 }
 
 /// How many member losses a group survives now: members holding everything, beyond the `k`

@@ -10,28 +10,34 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::backed::{ok_out, Backed};
-use common::{exact_tree, ok, run, Mounted, Pocket};
+use common::{ok, run, Mounted, Pocket};
 
 /// The second device: a pocket joined to `vault`, named `name`.
 fn join(first: &Backed, vault: &Path, name: &str) -> Pocket {
+    join_url(first, vault.to_str().unwrap(), name, &[])
+}
+
+/// A device joined to the vault at `url` (with `env` for a remote one).
+fn join_url(first: &Backed, url: &str, name: &str, env: &[(&str, String)]) -> Pocket {
     let tmp = tempfile::Builder::new()
         .prefix("bp-device")
         .tempdir()
         .unwrap();
     let p = Pocket::inside(tmp);
     std::fs::remove_dir(&p.root).unwrap();
-    ok_out(&run(
+    ok_out(&common::run_env(
         &[
             "init",
             p.p(),
             "--join",
-            vault.to_str().unwrap(),
+            url,
             "--name",
             name,
             "--passphrase-file",
             first.pf(),
         ],
         None,
+        env,
     ));
     p
 }
@@ -40,9 +46,9 @@ fn join(first: &Backed, vault: &Path, name: &str) -> Pocket {
 fn eventually(what: &str, m: &[&Mounted], f: impl Fn() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
-        if start.elapsed() > Duration::from_secs(60) {
+        if start.elapsed() > Duration::from_secs(120) {
             let logs: Vec<String> = m.iter().map(|m| m.log()).collect();
-            panic!("{what}: not within 60 s\n{}", logs.join("\n----\n"));
+            panic!("{what}: not within 120 s\n{}", logs.join("\n----\n"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -51,6 +57,40 @@ fn eventually(what: &str, m: &[&Mounted], f: impl Fn() -> bool) -> Duration {
 
 fn read(p: &Path) -> Option<Vec<u8>> {
     std::fs::read(p).ok()
+}
+
+/// A mount's files with their contents, for a failure's message.
+fn show(d: &Path) -> String {
+    let mut out = String::new();
+    for (k, v) in visible(d) {
+        let p = d.join(String::from_utf8_lossy(&k).as_ref());
+        let c = if p.is_file() {
+            String::from_utf8_lossy(&read(&p).unwrap_or_default()).into_owned()
+        } else {
+            String::new()
+        };
+        out += &format!("{} {v} {c:?}\n", String::from_utf8_lossy(&k));
+    }
+    out
+}
+
+/// Waits until both mounts show the same files for 10 s in a row.
+fn settle(what: &str, ma: &Mounted, mb: &Mounted, am: &Path, bm: &Path) {
+    let same_since: std::cell::RefCell<Option<Instant>> = Default::default();
+    let agreed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(what, &[ma, mb], || {
+            if visible(am) == visible(bm) {
+                let t = *same_since.borrow_mut().get_or_insert_with(Instant::now);
+                t.elapsed() > Duration::from_secs(10)
+            } else {
+                *same_since.borrow_mut() = None;
+                false
+            }
+        })
+    }));
+    if agreed.is_err() {
+        panic!("{what}: drive:\n{}\nlaptop:\n{}", show(am), show(bm));
+    }
 }
 
 /// The conflict copies of `name` in `dir`.
@@ -70,19 +110,45 @@ fn copies(dir: &Path, stem: &str) -> Vec<PathBuf> {
     v
 }
 
-/// What the user sees in a mount, without backpocket's own folder.
+/// What the user sees in a mount (names, kinds, modes, contents), without backpocket's own
+/// folder. Read while the other device's changes may arrive: an entry that goes away while
+/// it is looked at is left out (the next look sees the tree as it then is).
 fn visible(dir: &Path) -> std::collections::BTreeMap<Vec<u8>, String> {
-    let mut t = exact_tree(dir);
-    t.retain(|k, _| !k.starts_with(b".backpocket"));
-    // Times of folders differ between devices (each made its own); contents, modes and names
-    // are what must agree.
-    for v in t.values_mut() {
-        if let Some(i) = v.find(" mtime=") {
-            let end = v[i + 1..].find(' ').map_or(v.len(), |j| i + 1 + j);
-            v.replace_range(i..end, "");
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().as_os_str().as_bytes().to_vec();
+            if rel == b".backpocket" {
+                continue;
+            }
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let line = if m.is_dir() {
+                stack.push(p.clone());
+                format!("dir mode={:o}", m.mode())
+            } else if m.is_file() {
+                let Some(data) = read(&p) else { continue };
+                format!(
+                    "file mode={:o} size={} blake3={}",
+                    m.mode(),
+                    data.len(),
+                    blake3::hash(&data).to_hex()
+                )
+            } else {
+                format!("other mode={:o}", m.mode())
+            };
+            out.insert(rel, line);
         }
     }
-    t
+    out
 }
 
 #[test]
@@ -244,6 +310,17 @@ fn two_devices_mounted_at_once_take_each_others_changes_and_lose_nothing() {
         "one side noted the conflict: {v:#}"
     );
 
+    // `journal status` shows them too, from what the mount last saw (no vault reached).
+    let st = a.pocket.status();
+    let devs = st["devices"]["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{st:#}"));
+    assert!(
+        devs.iter()
+            .any(|d| d["name"] == "laptop" && d["online"] == true),
+        "{st:#}"
+    );
+
     // The laptop is removed: its drains are refused, the drive's go on.
     let said = ok(&[
         "devices",
@@ -270,5 +347,234 @@ fn two_devices_mounted_at_once_take_each_others_changes_and_lose_nothing() {
     a.wait_drained(&ma, Duration::from_secs(60));
     assert!(!am.join("after-removal.txt").exists());
     mb.unmount();
+    ma.unmount();
+}
+
+/// One device's random work in its mount: writes (new contents each time, named so that
+/// every version is known), removals and renames among a few names in a few folders.
+struct Worker {
+    mnt: PathBuf,
+    side: &'static str,
+    /// The last contents this side left at each path it wrote (forgotten when this side
+    /// removes or renames the path away): every one must survive, at its name or in a copy.
+    left: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+const NAMES: [&str; 8] = [
+    "a.txt",
+    "b.txt",
+    "c.md",
+    "docs/d.txt",
+    "docs/e.txt",
+    "docs/deep/f.txt",
+    "g",
+    "docs/h.odt",
+];
+
+impl Worker {
+    fn step(&mut self, rng: &mut common::Rng, n: u64) {
+        let name = *rng.pick(&NAMES).unwrap();
+        let p = self.mnt.join(name);
+        match rng.below(10) {
+            0..=5 => {
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                let data =
+                    format!("{} version {n}\n", self.side).repeat(1 + rng.below(40) as usize);
+                std::fs::write(&p, &data).unwrap();
+                self.left.insert(name.to_owned(), data.into_bytes());
+            }
+            6..=7 => {
+                if std::fs::remove_file(&p).is_ok() {
+                    self.left.remove(name);
+                }
+            }
+            _ => {
+                let to = *rng.pick(&NAMES).unwrap();
+                let q = self.mnt.join(to);
+                if to != name && p.is_file() && !q.exists() && q.parent().unwrap().is_dir() {
+                    std::fs::rename(&p, &q).unwrap();
+                    if let Some(d) = self.left.remove(name) {
+                        self.left.insert(to.to_owned(), d);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every file's contents in a mount.
+fn all_contents(dir: &Path) -> std::collections::BTreeSet<Vec<u8>> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.file_name().unwrap() == ".backpocket" {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(c) = read(&p) {
+                out.insert(c);
+            }
+        }
+    }
+    out
+}
+
+/// Both devices work while linked, then with the link between them cut (the vault they share
+/// taken away), then linked again: afterwards both pockets are equal and every version either
+/// side left while cut off is there, at its name or as a conflict copy.
+#[test]
+fn concurrent_work_on_two_devices_cut_apart_and_joined_again_loses_nothing() {
+    let seed = common::seed_from_env("BACKPOCKET_DEVICES_SEED");
+    eprintln!("seed {seed} (again with BACKPOCKET_DEVICES_SEED={seed})");
+    let mut rng = common::Rng(seed);
+    let a = Backed::new();
+    let vault = a.pocket.tmp.path().join("vault");
+    std::fs::create_dir(&vault).unwrap();
+    a.dest("home", &vault, "vault");
+    std::fs::write(a.pocket.root.join("a.txt"), b"to begin with\n").unwrap();
+    let ma = a.mount();
+    a.wait_drained(&ma, Duration::from_secs(60));
+    let b = Backed {
+        pocket: join(&a, &vault, "laptop"),
+        pass: a.pass.clone(),
+    };
+    let mb = b.mount();
+    let mut wa = Worker {
+        mnt: a.pocket.mnt.clone(),
+        side: "drive",
+        left: Default::default(),
+    };
+    let mut wb = Worker {
+        mnt: b.pocket.mnt.clone(),
+        side: "laptop",
+        left: Default::default(),
+    };
+    // Linked: each side's work reaches the other.
+    for n in 0..30 {
+        let w = if rng.chance(0.5) { &mut wa } else { &mut wb };
+        w.step(&mut rng, n);
+        std::thread::sleep(Duration::from_millis(rng.below(150)));
+    }
+    settle(
+        "both pockets agree while linked",
+        &ma,
+        &mb,
+        &a.pocket.mnt,
+        &b.pocket.mnt,
+    );
+
+    // Cut: the vault is gone for both; both keep working.
+    let away = a.pocket.tmp.path().join("vault-away");
+    std::fs::rename(&vault, &away).unwrap();
+    wa.left.clear();
+    wb.left.clear();
+    for n in 100..160 {
+        let w = if rng.chance(0.5) { &mut wa } else { &mut wb };
+        w.step(&mut rng, n);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::rename(&away, &vault).unwrap();
+    // A folder moved back is no mount event: the next change each side makes has its
+    // destination tried again at once.
+    std::fs::write(wa.mnt.join("back-on-the-drive.txt"), b"linked again").unwrap();
+    std::fs::write(wb.mnt.join("back-on-the-laptop.txt"), b"linked again").unwrap();
+    settle(
+        "both pockets agree once linked again",
+        &ma,
+        &mb,
+        &a.pocket.mnt,
+        &b.pocket.mnt,
+    );
+
+    let have = all_contents(&a.pocket.mnt);
+    for (side, left) in [("drive", &wa.left), ("laptop", &wb.left)] {
+        for (path, data) in left {
+            assert!(
+                have.contains(data),
+                "seed {seed}: the {side}'s last version of {path} ({:?}) was lost",
+                String::from_utf8_lossy(&data[..data.len().min(40)])
+            );
+        }
+    }
+    mb.unmount();
+    ma.unmount();
+}
+
+/// Three devices on a vault in an S3 bucket (the Garage server the tests start): each
+/// device's change reaches the two others, and all three list each other.
+#[test]
+fn three_devices_share_a_vault_in_an_s3_bucket() {
+    let garage = common::servers::Garage::start("127.0.0.1", None);
+    let a = Backed::new();
+    let url = "s3://pockets/devices";
+    a.dest_url(
+        "bucket",
+        url,
+        &["--endpoint", &garage.endpoint(), "--region", "garage"],
+        &garage.env(),
+    );
+    std::fs::write(a.pocket.root.join("plan.txt"), b"the plan\n").unwrap();
+    let ma = a.mount();
+    a.wait_drained(&ma, Duration::from_secs(60));
+    let mut env = garage.env();
+    env.push(("AWS_ENDPOINT_URL", garage.endpoint()));
+    env.push(("AWS_REGION", "garage".into()));
+    let laptop = Backed {
+        pocket: join_url(&a, url, "laptop", &env),
+        pass: a.pass.clone(),
+    };
+    let desktop = Backed {
+        pocket: join_url(&a, url, "desktop", &env),
+        pass: a.pass.clone(),
+    };
+    assert_eq!(
+        read(&desktop.pocket.root.join("plan.txt")).unwrap(),
+        b"the plan\n"
+    );
+    // The joined pockets reach the bucket with the credentials the first one sealed.
+    let (ml, md) = (laptop.mount(), desktop.mount());
+    let mnts = [&a.pocket.mnt, &laptop.pocket.mnt, &desktop.pocket.mnt];
+    std::fs::write(desktop.pocket.mnt.join("from-desktop.txt"), b"desk").unwrap();
+    eventually(
+        "the desktop's file reaches the drive and the laptop",
+        &[&ma, &ml, &md],
+        || {
+            mnts.iter()
+                .all(|m| read(&m.join("from-desktop.txt")).as_deref() == Some(&b"desk"[..]))
+        },
+    );
+    std::fs::write(a.pocket.mnt.join("plan.txt"), b"the plan, revised\n").unwrap();
+    eventually("the drive's edit reaches both", &[&ma, &ml, &md], || {
+        mnts.iter()
+            .all(|m| read(&m.join("plan.txt")).as_deref() == Some(&b"the plan, revised\n"[..]))
+    });
+    std::fs::remove_file(laptop.pocket.mnt.join("from-desktop.txt")).unwrap();
+    eventually(
+        "the laptop's removal reaches both",
+        &[&ma, &ml, &md],
+        || mnts.iter().all(|m| !m.join("from-desktop.txt").exists()),
+    );
+    let list = ok(&[
+        "devices",
+        "--json",
+        "--pocket",
+        desktop.pocket.p(),
+        "--passphrase-file",
+        a.pf(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let mut names: Vec<&str> = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["desktop", "drive", "laptop"], "{v:#}");
+    md.unmount();
+    ml.unmount();
     ma.unmount();
 }

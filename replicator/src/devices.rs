@@ -34,6 +34,11 @@ pub struct DeviceRecord {
     pub removed_ns: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_by: Option<String>,
+    /// What it started from when it joined: a chain (`""`: the first pocket's) and the log
+    /// object whose tree it took. The others compare its changes with that the first time
+    /// they meet it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_from: Option<(String, u64)>,
 }
 
 /// `presence/<id>`: the device's last word.
@@ -113,14 +118,20 @@ impl Vault {
     /// Makes `id` a device of this vault, writing to its own chain. The vault's config moves
     /// to the devices format first, so that an older backpocket, which would not see the
     /// other chains (and whose maintenance would drop their data), refuses it.
-    pub fn join_device(&mut self, id: &str, name: &str) -> Result<()> {
+    pub fn join_device(
+        &mut self,
+        id: &str,
+        name: &str,
+        first_name: &str,
+        started_gen: u64,
+    ) -> Result<()> {
         if id == self.config.pocket_id {
             return Err(Error::Format(
                 "this pocket already writes the vault; a device joins with a pocket of its own"
                     .into(),
             ));
         }
-        if self.devices()?.iter().any(|d| d.record.name == name) {
+        if name == first_name || self.devices()?.iter().any(|d| d.record.name == name) {
             return Err(Error::Format(format!(
                 "a device named {name} already writes this vault; give another --name"
             )));
@@ -135,29 +146,26 @@ impl Vault {
             format!("{prefix}log"),
             format!("{prefix}checkpoints"),
         ])?;
+        // The first pocket gets its record with the first device that joins: every device
+        // then names it alike (conflict copies carry the name).
+        let first = self.config.pocket_id.clone();
+        if self.device_record(&first)?.is_none() {
+            self.put_device_record(&DeviceRecord {
+                id: first,
+                name: first_name.to_owned(),
+                joined_ns: self.config.created_ns,
+                removed_ns: None,
+                removed_by: None,
+                started_from: None,
+            })?;
+        }
         self.put_device_record(&DeviceRecord {
             id: id.to_owned(),
             name: name.to_owned(),
             joined_ns: now_ns(),
             removed_ns: None,
             removed_by: None,
-        })
-    }
-
-    /// Gives the first pocket a record (its name), once the vault has other devices.
-    pub fn announce_first(&self, name: &str) -> Result<()> {
-        let id = self.config.pocket_id.clone();
-        if self.device_record(&id)?.is_some() {
-            return Ok(());
-        }
-        self.store
-            .make_dirs(&["devices".to_owned(), "presence".to_owned()])?;
-        self.put_device_record(&DeviceRecord {
-            id,
-            name: name.to_owned(),
-            joined_ns: self.config.created_ns,
-            removed_ns: None,
-            removed_by: None,
+            started_from: Some((String::new(), started_gen)),
         })
     }
 
@@ -199,10 +207,11 @@ impl Vault {
                 Some(r) => r,
                 None if id == first => DeviceRecord {
                     id: id.clone(),
-                    name: "first".into(),
+                    name: "drive".into(),
                     joined_ns: self.config.created_ns,
                     removed_ns: None,
                     removed_by: None,
+                    started_from: None,
                 },
                 None => continue,
             };

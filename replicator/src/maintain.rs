@@ -1126,7 +1126,9 @@ mod tests {
     fn maintenance_keeps_what_only_another_devices_log_uses() {
         let tmp = tempfile::tempdir().unwrap();
         let (rt, mut vault) = crate::vault::test_vault(tmp.path());
-        vault.join_device("laptop-id", "laptop").unwrap();
+        vault
+            .join_device("laptop-id", "laptop", "drive", 0)
+            .unwrap();
         let (mine, theirs) = (vec![1u8; 5000], vec![2u8; 7000]);
         let mut packer = vault.packer();
         let a = packer.add(&mine).unwrap();

@@ -247,6 +247,8 @@ pub struct PullReport {
     pub deferred: usize,
     /// ...or that could not be applied (an error, logged).
     pub failed: usize,
+    /// Every device of the vault as this round saw it (for status).
+    pub seen: Vec<crate::devices::DeviceInfo>,
 }
 
 /// The pocket as the pull sees it: where to write, and who this device is.
@@ -284,7 +286,8 @@ pub fn pull(
     }
     let me = vault.device().to_owned();
     let mut index_loaded = false;
-    for d in vault.devices()? {
+    report.seen = vault.devices()?;
+    for d in report.seen.clone() {
         if d.record.id == me || d.record.removed_ns.is_some() {
             continue;
         }
@@ -314,12 +317,7 @@ pub fn pull(
                 .into_iter()
                 .map(|(k, v)| (k.into_vec(), v))
                 .collect(),
-            // A device met for the first time: what it started from is what both had in
-            // common (a device that joined began with the vault's files).
-            None => vault
-                .first_chain_tree(chain)?
-                .map(|t| prints(&t))
-                .unwrap_or_default(),
+            None => first_base(vault, &d.record, chain, &theirs)?,
         };
         let conflicts_before = report.conflicts.len();
         let mut ctx = Apply {
@@ -359,6 +357,60 @@ pub fn pull(
     Ok(report)
 }
 
+/// The base for a device met for the first time: what it started from (a device that joined
+/// took the first pocket's tree at a log object its record names; the first pocket started
+/// from nothing), except where this device's own log holds a version that the other
+/// device's history went through: that version is behind theirs, not beside it (they took it
+/// from here, then changed or removed it).
+fn first_base(
+    vault: &Vault,
+    record: &crate::devices::DeviceRecord,
+    chain: &str,
+    theirs: &BTreeMap<Vec<u8>, Print>,
+) -> Result<BTreeMap<Vec<u8>, Print>> {
+    let mut base = match &record.started_from {
+        Some((from, gen)) => vault
+            .chain_tree_at(from, *gen)?
+            .map(|t| prints(&t))
+            .unwrap_or_default(),
+        None => BTreeMap::new(),
+    };
+    let mine = match vault.load_tree(None)? {
+        Some((t, _)) => prints(&t),
+        None => return Ok(base),
+    };
+    // Only where the two differ is there anything to decide.
+    let differ: BTreeMap<&Vec<u8>, &Print> = mine
+        .iter()
+        .filter(|(p, m)| theirs.get(*p) != Some(*m))
+        .collect();
+    if differ.is_empty() {
+        return Ok(base);
+    }
+    let mut seen_here: BTreeSet<Vec<u8>> = BTreeSet::new();
+    vault.replay_chain_all(chain, &mut |tree, _, _| {
+        for (path, m) in &differ {
+            if seen_here.contains(*path) {
+                continue;
+            }
+            let had = tree
+                .lookup(path)
+                .and_then(|id| tree.files.get(&id))
+                .and_then(print_of);
+            if had.as_ref() == Some(*m) {
+                seen_here.insert((*path).clone());
+            }
+        }
+        Ok(())
+    })?;
+    for p in seen_here {
+        if let Some(m) = mine.get(&p) {
+            base.insert(p, m.clone());
+        }
+    }
+    Ok(base)
+}
+
 struct Apply<'a, 'p> {
     vault: &'a Vault,
     pocket: &'a Pocket<'p>,
@@ -388,6 +440,7 @@ impl Apply<'_, '_> {
             .filter(|p| base.get(*p) != theirs.get(*p))
             .collect();
         let mut later = Vec::new();
+        let failed_before = self.report.failed;
         let mut removals: Vec<(&Vec<u8>, &Print)> = Vec::new();
         // Parents before children (a path sorts after its folder's).
         for path in changed {
@@ -429,7 +482,8 @@ impl Apply<'_, '_> {
                 }
             }
         }
-        self.report.deferred += later.len() - self.report.failed.min(later.len());
+        let failed = self.report.failed - failed_before;
+        self.report.deferred += later.len().saturating_sub(failed);
         later
     }
 

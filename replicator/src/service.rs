@@ -507,6 +507,10 @@ fn run_dest_loop(
                                 );
                             }
                             Ok(None) => {}
+                            // Another device (or machine) holds the vault's lease: its turn.
+                            Err(Error::Busy(who)) => {
+                                info!(dest = spec.name, "maintenance waits: {who}");
+                            }
                             Err(e) => {
                                 // Not a backup failure: the drains go on, the next idle
                                 // period tries again.

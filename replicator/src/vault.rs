@@ -923,20 +923,16 @@ impl Vault {
             .map(|r| (r.tree, r.head)))
     }
 
-    /// The oldest tree of a device's chain: what it started from (for a device that joined,
-    /// the files it took from the vault), or None if its log does not start with a
-    /// checkpoint.
-    pub fn first_chain_tree(&self, chain: &str) -> Result<Option<Tree>> {
-        let trashed = self.trashed()?;
-        let map = self.chain_map(chain, &trashed.keys)?;
-        let Some(&gen) = map.at.keys().next() else {
-            return Ok(None);
-        };
-        let (_, obj) = self.read_point(&map, gen, &mut None)?;
-        Ok(match obj {
-            LogObject::Checkpoint(c) => Some(Tree::from_checkpoint(c)),
-            LogObject::Segment(_) => None,
-        })
+    /// A chain's tree at log object `gen` (None if the chain does not hold it).
+    pub(crate) fn chain_tree_at(&self, chain: &str, gen: u64) -> Result<Option<Tree>> {
+        let mut found = None;
+        self.replay_chain_all(chain, &mut |tree, point, _| {
+            if point.gen == gen {
+                found = Some(tree.clone());
+            }
+            Ok(())
+        })?;
+        Ok(found)
     }
 
     /// The newest tree of another device's chain (`""`: the first pocket's).
@@ -946,6 +942,19 @@ impl Vault {
         Ok(self
             .replay_map(map, None, false, &mut |_, _, _| Ok(()))?
             .map(|r| (r.tree, r.head)))
+    }
+
+    /// Replays a device's whole chain from its oldest checkpoint, calling `visit` with the
+    /// tree after each object.
+    pub(crate) fn replay_chain_all(
+        &self,
+        chain: &str,
+        visit: &mut dyn FnMut(&Tree, &Point, &LogObject) -> Result<()>,
+    ) -> Result<()> {
+        let trashed = self.trashed()?;
+        let map = self.chain_map(chain, &trashed.keys)?;
+        self.replay_map(map, None, true, visit)?;
+        Ok(())
     }
 
     /// As [`Vault::load_tree`] for the newest point, with what a drain needs to know of the

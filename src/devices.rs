@@ -238,7 +238,8 @@ pub fn remove(p: &Pocket, name: &str, args: &KeyArgs) -> Result<()> {
 }
 
 /// The mount's pull: takes the other devices' changes into the mount, says this device is
-/// online, and waits between rounds from 1 s (something just changed) to 8 s (all quiet).
+/// online, and waits between rounds from 1 s (something just changed) to 2 s while another
+/// device is online, 8 s while none is.
 pub fn spawn_pull(
     pocket: Pocket,
     config: Config,
@@ -290,6 +291,7 @@ pub fn spawn_pull(
             let mut vault: Option<(String, Vault)> = None;
             let mut seen = BTreeMap::new();
             let mut snapshot = Snapshot::default();
+            let mut listed: Option<(Vec<replicator::devices::DeviceInfo>, Instant)> = None;
             let mut next_open = Instant::now();
             let mut last_presence: Option<Instant> = None;
             let mut delay = Duration::from_secs(1);
@@ -328,9 +330,25 @@ pub fn spawn_pull(
                         name: &name,
                         still_there: &still_there,
                     };
-                    match replicator::pull::pull(v, &p, &mut seen) {
+                    // Who the devices are, and when each was last seen: read every 30 s.
+                    if listed
+                        .as_ref()
+                        .is_none_or(|(_, t)| t.elapsed() >= replicator::devices::PRESENCE_EVERY)
+                    {
+                        match v.devices() {
+                            Ok(d) => {
+                                snapshot.save(&meta, v.device(), &d);
+                                listed = Some((d, Instant::now()));
+                            }
+                            Err(e) => debug!("pull: cannot list the devices at {dest}: {e}"),
+                        }
+                    }
+                    let devices = listed
+                        .as_ref()
+                        .map(|(d, _)| d.as_slice())
+                        .unwrap_or_default();
+                    match replicator::pull::pull(v, &p, devices, &mut seen) {
                         Ok(r) => {
-                            snapshot.save(&meta, v.device(), &r.seen);
                             if r.written + r.removed + r.conflicts.len() > 0 {
                                 info!(
                                     from = ?r.taken_from,
@@ -343,7 +361,13 @@ pub fn spawn_pull(
                             } else if r.deferred > 0 && r.failed == 0 {
                                 delay = Duration::from_secs(1);
                             } else {
-                                delay = (delay * 2).min(Duration::from_secs(8));
+                                // Another device online is likely to write soon: look
+                                // every 2 s; every 8 s when none is.
+                                let others_online = devices
+                                    .iter()
+                                    .any(|d| d.record.id != v.device() && d.online());
+                                let most = if others_online { 2 } else { 8 };
+                                delay = (delay * 2).min(Duration::from_secs(most));
                             }
                         }
                         Err(e) => {
@@ -351,6 +375,7 @@ pub fn spawn_pull(
                             delay =
                                 (delay * 2).clamp(Duration::from_secs(2), Duration::from_secs(30));
                             vault = None;
+                            listed = None;
                             next_open = Instant::now();
                         }
                     }

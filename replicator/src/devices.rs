@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use tracing::warn;
+
 use crate::error::{Error, Result};
 use crate::format::{self, DEVICES_FORMAT};
 use crate::vault::{now_ns, Vault};
@@ -203,9 +205,16 @@ impl Vault {
             }
         }
         for id in ids {
-            let record = match self.device_record(&id)? {
-                Some(r) => r,
-                None if id == first => DeviceRecord {
+            let record = match self.device_record(&id) {
+                Ok(Some(r)) => r,
+                // Not sealed with this vault's key (planted from another vault, or damaged):
+                // no device of this vault, whatever its name says.
+                Err(e @ (Error::Auth | Error::Damaged { .. })) => {
+                    warn!(device = id, "not a device of this vault: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(None) if id == first => DeviceRecord {
                     id: id.clone(),
                     name: "drive".into(),
                     joined_ns: self.config.created_ns,
@@ -213,23 +222,16 @@ impl Vault {
                     removed_by: None,
                     started_from: None,
                 },
-                None => continue,
+                Ok(None) => continue,
             };
-            let presence: Option<Presence> =
-                self.read_sealed(&format!("presence/{id}"), "presence", &id)?;
-            let chain = if id == first {
-                String::new()
-            } else {
-                id.clone()
-            };
-            let trashed = Default::default();
-            let head_gen = self
-                .chain_map(&chain, &trashed)?
-                .at
-                .keys()
-                .next_back()
-                .copied()
-                .unwrap_or(0);
+            // A damaged presence is as good as none.
+            let presence: Option<Presence> = self
+                .read_sealed(&format!("presence/{id}"), "presence", &id)
+                .unwrap_or_else(|e| {
+                    warn!(device = id, "its presence cannot be read: {e}");
+                    None
+                });
+            let head_gen = self.chain_head(if id == first { "" } else { &id })?;
             out.push(DeviceInfo {
                 first: id == first,
                 record,
@@ -238,6 +240,17 @@ impl Vault {
             });
         }
         Ok(out)
+    }
+
+    /// The newest log object of a device's chain (0: none yet), from its listing.
+    pub fn chain_head(&self, chain: &str) -> Result<u64> {
+        Ok(self
+            .chain_map(chain, &Default::default())?
+            .at
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0))
     }
 
     /// Says this device is online (or, at a clean unmount, that it is not).
@@ -298,5 +311,55 @@ impl Vault {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device record from another vault, planted in this one, is no device of it: the
+    /// listing leaves it out and its drains are refused.
+    #[test]
+    fn a_device_planted_from_another_vault_is_refused() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (rt, mut vault) = crate::vault::test_vault(one.path());
+        let (rt2, mut other) = crate::vault::test_vault(two.path());
+        vault
+            .join_device("laptop-id", "laptop", "drive", 0)
+            .unwrap();
+        other
+            .join_device("intruder-id", "intruder", "drive", 0)
+            .unwrap();
+        std::fs::copy(
+            two.path().join("v/devices/intruder-id"),
+            one.path().join("v/devices/intruder-id"),
+        )
+        .unwrap();
+        let names: Vec<String> = vault
+            .devices()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.record.name)
+            .collect();
+        assert_eq!(names, ["drive", "laptop"]);
+        assert!(vault.check_writer("laptop-id").is_ok());
+        assert!(vault.check_writer("intruder-id").is_err());
+        assert!(matches!(
+            vault.check_writer("stranger"),
+            Err(Error::OtherPocket(_))
+        ));
+        // Removed: refused with who removed it.
+        vault.remove_device("laptop", "drive").unwrap();
+        assert!(matches!(
+            vault.check_writer("laptop-id"),
+            Err(Error::RemovedDevice { .. })
+        ));
+        assert!(
+            vault.remove_device("drive", "laptop").is_err(),
+            "the first stays"
+        );
+        rt.shutdown_background();
+        rt2.shutdown_background();
     }
 }

@@ -1029,6 +1029,37 @@ mod tests {
         }
     }
 
+    fn file_meta(size: u64) -> VMeta {
+        VMeta {
+            kind: KIND_FILE,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            rdev: 0,
+        }
+    }
+
+    /// A tree of one file `f` (id 2) made of `chunk`.
+    fn one_file_tree(chunk: &crate::format::ChunkRef) -> Tree {
+        let meta = file_meta(u64::from(chunk.len));
+        let mut tree = Tree::new(1);
+        tree.apply(&VChange::Create {
+            parent: 1,
+            name: b"f".to_vec(),
+            file: 2,
+            meta,
+        });
+        tree.apply(&VChange::Content {
+            file: 2,
+            meta,
+            content: content_of(vec![chunk.clone()]),
+        });
+        tree
+    }
+
     /// A drain whose index still listed a chunk that prune had dropped (a stale index in
     /// another process) refers to it again: emptying the trash keeps the pack that holds it.
     #[test]
@@ -1044,16 +1075,7 @@ mod tests {
         let mut packer = vault.packer();
         let b = packer.add(&b_data).unwrap();
         packer.finish().unwrap();
-        let meta = VMeta {
-            kind: KIND_FILE,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            size: 5000,
-            mtime_ns: 1,
-            ctime_ns: 1,
-            rdev: 0,
-        };
+        let meta = file_meta(5000);
         let pos = |h: &Head, seq: u64| Position {
             gen: h.gen + 1,
             prev: h.hash,
@@ -1062,18 +1084,7 @@ mod tests {
             time_ns: seq as i64,
             written_ns: 0,
         };
-        let mut tree = Tree::new(1);
-        tree.apply(&VChange::Create {
-            parent: 1,
-            name: b"f".to_vec(),
-            file: 2,
-            meta,
-        });
-        tree.apply(&VChange::Content {
-            file: 2,
-            meta,
-            content: content_of(vec![a.clone()]),
-        });
+        let tree = one_file_tree(&a);
         let head = vault
             .append_log(
                 &Head::default(),
@@ -1137,29 +1148,7 @@ mod tests {
         let b = packer.add(&theirs).unwrap();
         packer.finish().unwrap();
         let checkpoint = |r: &crate::format::ChunkRef| {
-            let meta = VMeta {
-                kind: KIND_FILE,
-                perm: 0o644,
-                uid: 0,
-                gid: 0,
-                size: u64::from(r.len),
-                mtime_ns: 1,
-                ctime_ns: 1,
-                rdev: 0,
-            };
-            let mut tree = Tree::new(1);
-            tree.apply(&VChange::Create {
-                parent: 1,
-                name: b"f".to_vec(),
-                file: 2,
-                meta,
-            });
-            tree.apply(&VChange::Content {
-                file: 2,
-                meta,
-                content: content_of(vec![r.clone()]),
-            });
-            LogObject::Checkpoint(tree.to_checkpoint(Position {
+            LogObject::Checkpoint(one_file_tree(r).to_checkpoint(Position {
                 gen: 1,
                 prev: [0; 32],
                 journal_id: 1,

@@ -247,8 +247,6 @@ pub struct PullReport {
     pub deferred: usize,
     /// ...or that could not be applied (an error, logged).
     pub failed: usize,
-    /// Every device of the vault as this round saw it (for status).
-    pub seen: Vec<crate::devices::DeviceInfo>,
 }
 
 /// The pocket as the pull sees it: where to write, and who this device is.
@@ -272,12 +270,14 @@ impl std::fmt::Debug for Pocket<'_> {
     }
 }
 
-/// Takes every other device's changes that this pocket has not taken yet. `seen` holds the
-/// newest log object already taken per device (kept by the caller across rounds), so a
-/// round where nobody wrote costs one listing per device.
+/// Takes every other device's changes that this pocket has not taken yet. `devices` is the
+/// vault's list (read by the caller now and then: who joined, who was removed); `seen` holds
+/// the newest log object already taken per device (kept by the caller across rounds), so a
+/// round where nobody wrote costs a listing of each device's log.
 pub fn pull(
     vault: &Vault,
     pocket: &Pocket<'_>,
+    devices: &[crate::devices::DeviceInfo],
     seen: &mut BTreeMap<String, u64>,
 ) -> Result<PullReport> {
     let mut report = PullReport::default();
@@ -286,22 +286,23 @@ pub fn pull(
     }
     let me = vault.device().to_owned();
     let mut index_loaded = false;
-    report.seen = vault.devices()?;
-    for d in report.seen.clone() {
+    for d in devices {
         if d.record.id == me || d.record.removed_ns.is_some() {
             continue;
         }
         report.devices += 1;
         let id = d.record.id.clone();
-        if seen.get(&id).is_some_and(|g| *g >= d.head_gen) {
+        let chain = if d.first { "" } else { id.as_str() };
+        // One listing of its log: whether it wrote since.
+        let head_gen = vault.chain_head(chain)?;
+        if seen.get(&id).is_some_and(|g| *g >= head_gen) {
             continue;
         }
         let base = load_base(pocket.meta_dir, &id)?;
-        if base.as_ref().is_some_and(|b| b.gen >= d.head_gen) {
-            seen.insert(id, d.head_gen);
+        if base.as_ref().is_some_and(|b| b.gen >= head_gen) {
+            seen.insert(id, head_gen);
             continue;
         }
-        let chain = if d.first { "" } else { id.as_str() };
         let Some((tree, head)) = vault.load_chain_tree(chain)? else {
             continue;
         };
@@ -763,17 +764,7 @@ impl Apply<'_, '_> {
     fn fill(&self, tmp: &Path, f: &FileState, t: &Print) -> Result<()> {
         let io = |e: std::io::Error| Error::io(format!("cannot write {}", tmp.display()), e);
         if t.kind == KIND_SYMLINK {
-            let target = f.target.as_deref().unwrap_or_default();
-            #[cfg(unix)]
-            std::os::unix::fs::symlink(&*crate::os::os_name(target), tmp).map_err(io)?;
-            #[cfg(not(unix))]
-            {
-                let _ = target;
-                return Err(Error::Format(
-                    "symbolic links are not carried to this system".into(),
-                ));
-            }
-            return Ok(());
+            return make_link(f.target.as_deref().unwrap_or_default(), tmp).map_err(io);
         }
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -832,6 +823,20 @@ impl Apply<'_, '_> {
         self.report.removed += 1;
         Ok(true)
     }
+}
+
+#[cfg(unix)]
+fn make_link(target: &[u8], at: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::symlink(&*crate::os::os_name(target), at)
+}
+
+/// Windows makes links only with a privilege most users lack: not carried there.
+#[cfg(not(unix))]
+fn make_link(_target: &[u8], _at: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "symbolic links are not carried to this system",
+    ))
 }
 
 /// Whether `path` is still the file `before` described (same inode, size, times).

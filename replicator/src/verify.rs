@@ -217,6 +217,38 @@ pub fn verify(vault: &Vault, read_data: bool, progress: &Progress) -> Result<Ver
                 detail: "missing (and its index cannot be opened either)".into(),
                 affects: Vec::new(),
             });
+        } else if read_data && !indexed_packs.contains(&pack) {
+            // Nothing else describes it: its own header says what it holds.
+            let bytes = vault.store.get(&pack)?;
+            report.bytes_read += bytes.len() as u64;
+            let detail = match vault.open_pack_header(&bytes) {
+                Err(e) => Some(format!(
+                    "its header cannot be read ({e}), and its index cannot be opened either"
+                )),
+                Ok(blobs) => {
+                    let bad = blobs
+                        .iter()
+                        .filter(|b| vault.open_blob(&bytes, b).is_err())
+                        .count();
+                    if bad > 0 {
+                        Some(format!(
+                            "{bad} of its {} chunks fail their check, and its index cannot be opened either",
+                            blobs.len()
+                        ))
+                    } else if vault.pack_name(&bytes) != name {
+                        Some("its contents do not match its name, and its index cannot be opened either".into())
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(detail) = detail {
+                damage.push(Damage {
+                    object: pack,
+                    detail,
+                    affects: Vec::new(),
+                });
+            }
         }
     }
     report.unreferenced_packs = stored

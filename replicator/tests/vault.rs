@@ -606,6 +606,30 @@ fn a_cut_or_missing_object_is_named_by_verify() {
             rep.damage
         );
     }
+    // A pack damaged and its index too (the endurance harness, seed 1 on exFAT): reading the
+    // data, the pack's own header shows its damage.
+    let hurt = &packs[2];
+    let name = hurt.file_name().unwrap().to_owned();
+    let len = std::fs::metadata(hurt).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(hurt)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let hurt_index = f.vault_dir.join("index").join(&name);
+    let mut bytes = std::fs::read(&hurt_index).unwrap();
+    bytes[3] ^= 0x01;
+    std::fs::write(&hurt_index, &bytes).unwrap();
+    let rep = replicator::verify(&v, true, &Progress::default()).unwrap();
+    for object in [hurt, &hurt_index] {
+        assert!(
+            rep.damage.iter().any(|d| object.ends_with(&d.object)),
+            "{} not named: {:?}",
+            object.display(),
+            rep.damage
+        );
+    }
     // A name the destination's owner chose, not one of ours: named, no panic.
     std::fs::write(f.vault_dir.join("index").join("aé"), b"not an index").unwrap();
     let rep = replicator::verify(&v, false, &Progress::default()).unwrap();

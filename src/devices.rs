@@ -77,33 +77,76 @@ pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Res
 }
 
 /// The vault devices share, opened on this pocket's own chain: the first vault destination
-/// that devices joined.
+/// that devices joined. Groups are not shared between devices (yet): they are left out.
 fn shared_vault(
     p: &Pocket,
     config: &Config,
     key: &replicator::Key,
     rt: &tokio::runtime::Runtime,
 ) -> Result<Option<(String, Vault)>> {
-    let mut last_err = None;
-    for d in config.destinations.iter().filter(|d| d.mode == Mode::Vault) {
-        let opened = d
-            .spec()
-            .store(Some(key), rt.handle().clone(), false)
-            .and_then(|s| Vault::open(s, key));
-        match opened {
-            Ok(v) if v.has_devices() => {
-                let v = v
-                    .with_cache(&p.meta_dir().join("cache"))
-                    .on_chain(&config.id);
-                return Ok(Some((d.name.clone(), v)));
+    let mut stores = Stores::default();
+    stores.shared(p, config, key, rt)
+}
+
+/// The mount's connections to its vault destinations, made once: whether devices joined a
+/// vault is asked again with one read of its `config`, never a new connection (an SFTP
+/// destination would otherwise log in every few seconds).
+#[derive(Default)]
+struct Stores {
+    open: BTreeMap<String, replicator::Store>,
+}
+
+impl Stores {
+    fn shared(
+        &mut self,
+        p: &Pocket,
+        config: &Config,
+        key: &replicator::Key,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<Option<(String, Vault)>> {
+        let mut last_err = None;
+        for d in config
+            .destinations
+            .iter()
+            .filter(|d| d.mode == Mode::Vault && d.members.is_empty())
+        {
+            let store = match self.open.get(&d.name) {
+                Some(s) => s.clone(),
+                None => match d.spec().store(Some(key), rt.handle().clone(), false) {
+                    Ok(s) => {
+                        self.open.insert(d.name.clone(), s.clone());
+                        s
+                    }
+                    Err(e) => {
+                        last_err = Some((d.name.clone(), e));
+                        continue;
+                    }
+                },
+            };
+            match Vault::read_config(&store) {
+                Ok(vc) if vc.backpocket_vault >= replicator::format::DEVICES_FORMAT => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    // Connected anew next time.
+                    self.open.remove(&d.name);
+                    last_err = Some((d.name.clone(), e));
+                    continue;
+                }
             }
-            Ok(_) => {}
-            Err(e) => last_err = Some((d.name.clone(), e)),
+            match Vault::open(store, key) {
+                Ok(v) => {
+                    let v = v
+                        .with_cache(&p.meta_dir().join("cache"))
+                        .on_chain(&config.id);
+                    return Ok(Some((d.name.clone(), v)));
+                }
+                Err(e) => last_err = Some((d.name.clone(), e)),
+            }
         }
-    }
-    match last_err {
-        Some((name, e)) => Err(anyhow!(e).context(format!("cannot open {name}"))),
-        None => Ok(None),
+        match last_err {
+            Some((name, e)) => Err(anyhow!(e).context(format!("cannot open {name}"))),
+            None => Ok(None),
+        }
     }
 }
 
@@ -291,13 +334,14 @@ pub fn spawn_pull(
             let mut vault: Option<(String, Vault)> = None;
             let mut seen = BTreeMap::new();
             let mut snapshot = Snapshot::default();
+            let mut stores = Stores::default();
             let mut listed: Option<(Vec<replicator::devices::DeviceInfo>, Instant)> = None;
             let mut next_open = Instant::now();
             let mut last_presence: Option<Instant> = None;
             let mut delay = Duration::from_secs(1);
             while !stop.load(Ordering::Relaxed) {
                 if vault.is_none() && Instant::now() >= next_open {
-                    match shared_vault(&pocket, &config, &key, &rt) {
+                    match stores.shared(&pocket, &config, &key, &rt) {
                         Ok(v) => vault = v,
                         Err(e) => debug!("pull: {e:#}"),
                     }

@@ -34,6 +34,9 @@ pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Res
     if dir.join(crate::pocket::DIR).exists() {
         bail!("{} is already a pocket", dir.display());
     }
+    if from.starts_with("group:") {
+        bail!("devices cannot share a group spread over several places yet; join a folder, SFTP or S3 vault");
+    }
     let mut opened = crate::backup::open_vault_of_url(from, args)?;
     let key = opened.key.clone();
     let vault = &mut opened.vault;

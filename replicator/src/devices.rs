@@ -74,6 +74,12 @@ impl DeviceInfo {
     }
 }
 
+/// A device id as `init` makes them (hex): it names paths in the vault and on the drive, so
+/// nothing else is taken for one.
+fn is_device_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl Vault {
     fn device_key(id: &str) -> String {
         format!("devices/{id}")
@@ -127,6 +133,9 @@ impl Vault {
         first_name: &str,
         started_gen: u64,
     ) -> Result<()> {
+        if !is_device_id(id) {
+            return Err(Error::Format(format!("{id} is not a device id")));
+        }
         if id == self.config.pocket_id {
             return Err(Error::Format(
                 "this pocket already writes the vault; a device joins with a pocket of its own"
@@ -200,7 +209,7 @@ impl Vault {
         let mut ids = vec![first.clone()];
         for (key, _) in self.store.list("devices/")? {
             let id = key.trim_start_matches("devices/");
-            if !id.is_empty() && !id.contains('/') && id != first {
+            if is_device_id(id) && id != first {
                 ids.push(id.to_owned());
             }
         }
@@ -306,7 +315,7 @@ impl Vault {
         }
         for (key, _) in self.store.list("devices/")? {
             let id = key.trim_start_matches("devices/");
-            if !id.is_empty() && !id.contains('/') && id != self.config.pocket_id {
+            if is_device_id(id) && id != self.config.pocket_id {
                 out.push(id.to_owned());
             }
         }
@@ -325,15 +334,11 @@ mod tests {
         let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (rt, mut vault) = crate::vault::test_vault(one.path());
         let (rt2, mut other) = crate::vault::test_vault(two.path());
-        vault
-            .join_device("laptop-id", "laptop", "drive", 0)
-            .unwrap();
-        other
-            .join_device("intruder-id", "intruder", "drive", 0)
-            .unwrap();
+        vault.join_device("a1a1", "laptop", "drive", 0).unwrap();
+        other.join_device("b2b2", "intruder", "drive", 0).unwrap();
         std::fs::copy(
-            two.path().join("v/devices/intruder-id"),
-            one.path().join("v/devices/intruder-id"),
+            two.path().join("v/devices/b2b2"),
+            one.path().join("v/devices/b2b2"),
         )
         .unwrap();
         let names: Vec<String> = vault
@@ -343,8 +348,8 @@ mod tests {
             .map(|d| d.record.name)
             .collect();
         assert_eq!(names, ["drive", "laptop"]);
-        assert!(vault.check_writer("laptop-id").is_ok());
-        assert!(vault.check_writer("intruder-id").is_err());
+        assert!(vault.check_writer("a1a1").is_ok());
+        assert!(vault.check_writer("b2b2").is_err());
         assert!(matches!(
             vault.check_writer("stranger"),
             Err(Error::OtherPocket(_))
@@ -352,7 +357,7 @@ mod tests {
         // Removed: refused with who removed it.
         vault.remove_device("laptop", "drive").unwrap();
         assert!(matches!(
-            vault.check_writer("laptop-id"),
+            vault.check_writer("a1a1"),
             Err(Error::RemovedDevice { .. })
         ));
         assert!(

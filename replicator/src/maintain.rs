@@ -1137,9 +1137,7 @@ mod tests {
     fn maintenance_keeps_what_only_another_devices_log_uses() {
         let tmp = tempfile::tempdir().unwrap();
         let (rt, mut vault) = crate::vault::test_vault(tmp.path());
-        vault
-            .join_device("laptop-id", "laptop", "drive", 0)
-            .unwrap();
+        vault.join_device("a1a1", "laptop", "drive", 0).unwrap();
         let (mine, theirs) = (vec![1u8; 5000], vec![2u8; 7000]);
         let mut packer = vault.packer();
         let a = packer.add(&mine).unwrap();
@@ -1157,7 +1155,7 @@ mod tests {
                 written_ns: 0,
             }))
         };
-        vault.set_chain("laptop-id");
+        vault.set_chain("a1a1");
         vault.append_log(&Head::default(), &checkpoint(&b)).unwrap();
         vault.set_chain("");
         vault.append_log(&Head::default(), &checkpoint(&a)).unwrap();
@@ -1173,7 +1171,7 @@ mod tests {
         assert_eq!(vault.read_chunk(&a.id).unwrap(), mine);
         assert_eq!(vault.read_chunk(&b.id).unwrap(), theirs);
         // The laptop's tree is read from its own chain.
-        let (t, _) = vault.load_chain_tree("laptop-id").unwrap().unwrap();
+        let (t, _) = vault.load_chain_tree("a1a1").unwrap().unwrap();
         assert_eq!(t.files[&2].meta.size, 7000);
         rt.shutdown_background();
     }
@@ -1193,16 +1191,7 @@ mod tests {
             packer.finish().unwrap();
         }
         let refs: Vec<_> = refs.into_iter().map(Option::unwrap).collect();
-        let meta = |size: u64| VMeta {
-            kind: KIND_FILE,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            size,
-            mtime_ns: 1,
-            ctime_ns: 1,
-            rdev: 0,
-        };
+        let meta = file_meta;
         // The newest point: "a" holds chunks 4, 5; "b" holds 0..4; chunks 6.. were older
         // versions (in an earlier point only).
         let mut tree = Tree::new(1);

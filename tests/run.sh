@@ -30,11 +30,11 @@ stage "build the tests" "${build[@]}" --no-run
 # through a real mount with every kind of fault injected at least once, each round restored
 # and compared, on a pocket on XFS and then on exFAT (its seed is fixed here so that CI is
 # repeatable: run it with --minutes N for new schedules; so is the seed of the random work on
-# an exFAT pocket in tests/drives.rs).
+# an exFAT pocket in tests/drives.rs, and of the two devices' random work in tests/devices.rs).
 # The end-to-end tests mount many filesystems at once; two test threads keep the machine's
 # two cores busy without starving the FUSE daemons.
 all_tests() {
-    BACKPOCKET_ENDURANCE_SEED=1 BACKPOCKET_EXFAT_SEED=1 "${build[@]}" --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
+    BACKPOCKET_ENDURANCE_SEED=1 BACKPOCKET_EXFAT_SEED=1 BACKPOCKET_DEVICES_SEED=945308358 "${build[@]}" --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 }
 stage "unit, end-to-end and endurance tests" all_tests
 cargo_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')

@@ -335,7 +335,8 @@ pub fn spawn_pull(
             let still_there =
                 || !stop.load(Ordering::Relaxed) && dev_of(&mountpoint) == Some(mounted_dev);
             let mut vault: Option<(String, Vault)> = None;
-            let mut seen = BTreeMap::new();
+            // What earlier sessions took, from the bases on the drive (read once here).
+            let mut seen = replicator::pull::taken(&meta);
             let mut snapshot = Snapshot::default();
             let mut stores = Stores::default();
             let mut listed: Option<(Vec<replicator::devices::DeviceInfo>, Instant)> = None;
@@ -384,7 +385,7 @@ pub fn spawn_pull(
                     {
                         match v.devices() {
                             Ok(d) => {
-                                snapshot.save(&meta, v.device(), &d);
+                                snapshot.save(&meta, v.device(), &d, &seen);
                                 listed = Some((d, Instant::now()));
                             }
                             Err(e) => debug!("pull: cannot list the devices at {dest}: {e}"),
@@ -456,8 +457,15 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn save(&mut self, meta: &Path, me: &str, seen: &[replicator::devices::DeviceInfo]) {
-        let taken = replicator::pull::taken(meta);
+    /// `taken`: the newest log object taken from each device (the pull's own count, so the
+    /// bases on the drive are not read again for it).
+    fn save(
+        &mut self,
+        meta: &Path,
+        me: &str,
+        seen: &[replicator::devices::DeviceInfo],
+        taken: &BTreeMap<String, u64>,
+    ) {
         let devices: Vec<serde_json::Value> = seen
             .iter()
             .map(|d| {

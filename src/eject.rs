@@ -72,15 +72,26 @@ pub fn unmount_and_wait(
     lazy: bool,
     wait: Duration,
 ) -> Result<Option<Pocket>> {
-    platform::unmount(mp, lazy).map_err(|e| {
-        let is_busy = matches!(&e, platform::Error::Io { source, .. }
-            if source.raw_os_error() == Some(libc::EBUSY) || source.to_string().contains("busy"));
-        if is_busy {
-            busy(mp, &platform::open_under(mp))
-        } else {
-            anyhow::Error::from(e)
+    // Busy with nothing open is a look in passing (a `stat` of the mountpoint, a shell's
+    // completion): it is over in a moment, so the unmount is tried again for a while.
+    let started = Instant::now();
+    loop {
+        match platform::unmount(mp, lazy) {
+            Ok(()) => break,
+            Err(e) => {
+                let is_busy = matches!(&e, platform::Error::Io { source, .. }
+                    if source.raw_os_error() == Some(libc::EBUSY) || source.to_string().contains("busy"));
+                if !is_busy {
+                    return Err(e.into());
+                }
+                let open = platform::open_under(mp);
+                if !open.is_empty() || started.elapsed() > Duration::from_secs(3) {
+                    return Err(busy(mp, &open));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-    })?;
+    }
     let Ok(p) = Pocket::at(source) else {
         return Ok(None);
     };

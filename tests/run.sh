@@ -36,7 +36,16 @@ stage "build the tests" "${build[@]}" --no-run
 all_tests() {
     BACKPOCKET_ENDURANCE_SEED=1 BACKPOCKET_EXFAT_SEED=1 BACKPOCKET_DEVICES_SEED=945308358 "${build[@]}" --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 }
-stage "unit, end-to-end and endurance tests" all_tests
+# What failed, repeated at the end: CI shows only the tail of a long log, and a failure in an
+# early test program would otherwise scroll out of it.
+failure_digest() {
+    echo "---- what failed ----" >&2
+    grep -E '^(endurance: (FAILED|round [0-9]+: FAILED|kept)|---- .* stdout ----|test .* \.\.\. FAILED|thread .* panicked at|Difference|error: test failed)' "$log" | head -60 >&2 || true
+    # The lines a failing test printed about itself (its assertion message and the context
+    # after it), bounded.
+    grep -A12 -E "panicked at|^endurance: FAILED" "$log" | head -200 >&2 || true
+}
+stage "unit, end-to-end and endurance tests" all_tests || { failure_digest; exit 1; }
 cargo_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 endurance_rounds=$(grep -Eo '^endurance: [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
 

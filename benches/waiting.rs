@@ -57,6 +57,7 @@ fn setup(base: &Path, bw: u64) -> Setup {
             group: None,
         }],
         ids: Default::default(),
+        drained: None,
     }
 }
 

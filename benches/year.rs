@@ -96,6 +96,7 @@ fn make(base: &Path, name: &str, s3: Option<&servers::Garage>) -> Pocket {
             group: None,
         }],
         ids: Default::default(),
+        drained: None,
     };
     Pocket {
         root,

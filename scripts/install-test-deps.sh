@@ -2,7 +2,8 @@
 # Installs what the tests need on a fresh Debian/Ubuntu machine (run as root): FUSE, xfs tools
 # for the power-cut tests, exFAT tools and its FUSE driver, attr, acl and rsync (the journal's truth test), the `tests` user
 # pjdfstest wants, and pjdfstest itself;
-# OpenSSH and Garage (an S3 server) for the remote-destination tests; cargo-deb for the package
+# OpenSSH and Garage (an S3 server) for the remote-destination tests; Prosody (XMPP) for
+# the devices' push; cargo-deb for the package
 # check; mingw-w64, wine and the Windows target for the Windows cross-check.
 set -euo pipefail
 
@@ -32,6 +33,9 @@ command -v mkfifo >/dev/null || need+=(coreutils)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v ip >/dev/null || need+=(iproute2)
+# The devices' push tests start their own XMPP server, with a certificate from their own CA.
+command -v prosody >/dev/null || need+=(prosody)
+command -v openssl >/dev/null || need+=(openssl)
 # The package check (dpkg-deb, dpkg) and the Windows cross-check (mingw-w64 links the test
 # programs, wine runs them).
 command -v dpkg-deb >/dev/null || need+=(dpkg)

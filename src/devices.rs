@@ -56,6 +56,7 @@ pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Res
     let name = name.unwrap_or_else(|| {
         own_name(&Config {
             device: None,
+            push: None,
             ..config.clone()
         })
     });
@@ -291,6 +292,7 @@ pub fn spawn_pull(
     config: Config,
     key: Option<replicator::Key>,
     mountpoint: PathBuf,
+    drained: crossbeam_channel::Receiver<(String, u64)>,
     stop: Arc<AtomicBool>,
 ) -> Option<std::thread::JoinHandle<()>> {
     let key = key?;
@@ -317,23 +319,30 @@ pub fn spawn_pull(
                     .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
             };
             let pocket_dev = dev_of(&pocket.root);
-            let mounted_dev = loop {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                match dev_of(&mountpoint) {
-                    Some(d)
-                        if Some(d) != pocket_dev
-                            && d != dev_of(mountpoint.parent().unwrap_or(&mountpoint))
-                                .unwrap_or(0) =>
-                    {
-                        break d
+            // The mount's device, once it serves. Looked at only once a vault devices joined
+            // is open: a look holds the mountpoint for a moment, and an unmount at that
+            // moment finds it busy (a pocket that shares nothing must never cause that).
+            let mounted_dev = std::cell::Cell::new(None::<u64>);
+            let serving = || {
+                if mounted_dev.get().is_none() {
+                    match dev_of(&mountpoint) {
+                        Some(d)
+                            if Some(d) != pocket_dev
+                                && d != dev_of(mountpoint.parent().unwrap_or(&mountpoint))
+                                    .unwrap_or(0) =>
+                        {
+                            mounted_dev.set(Some(d))
+                        }
+                        _ => {}
                     }
-                    _ => std::thread::sleep(Duration::from_millis(100)),
                 }
+                mounted_dev.get().is_some()
             };
-            let still_there =
-                || !stop.load(Ordering::Relaxed) && dev_of(&mountpoint) == Some(mounted_dev);
+            let still_there = || {
+                !stop.load(Ordering::Relaxed)
+                    && mounted_dev.get().is_some()
+                    && dev_of(&mountpoint) == mounted_dev.get()
+            };
             let mut vault: Option<(String, Vault)> = None;
             // What earlier sessions took, from the bases on the drive (read once here).
             let mut seen = replicator::pull::taken(&meta);
@@ -343,6 +352,20 @@ pub fn spawn_pull(
             let mut next_open = Instant::now();
             let mut last_presence: Option<Instant> = None;
             let mut delay = Duration::from_secs(1);
+            // The XMPP connection, once devices joined and the config names a server: the
+            // others hear of this device's drains at once, and it of theirs.
+            let mut push: Option<crate::push::Push> = None;
+            let mut push_tried = false;
+            let (mut push_open, mut drained_open) = (true, true);
+            // A fixed time between polls, for tests that show push at work (slow polling)
+            // and for tuning.
+            let poll_every = std::env::var("BACKPOCKET_PULL_POLL_SECS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            // Devices the XMPP server says are online (its presence is quicker than the
+            // vault's presence objects).
+            let mut xmpp_online: BTreeMap<String, bool> = BTreeMap::new();
             while !stop.load(Ordering::Relaxed) {
                 if vault.is_none() && Instant::now() >= next_open {
                     match stores.shared(&pocket, &config, &key, &rt) {
@@ -359,6 +382,20 @@ pub fn spawn_pull(
                     // A vault no device joined yet is looked at again every 10 s (one
                     // small read): a device that joins is heard from soon.
                     next_open = Instant::now() + Duration::from_secs(10);
+                }
+                if let (Some((_, v)), None, false, Some(cfg)) =
+                    (&vault, &push, push_tried, &config.push)
+                {
+                    push_tried = true;
+                    match crate::push::Account::open(cfg, &key) {
+                        Ok(a) => {
+                            let node = format!("backpocket-{}", v.config.id);
+                            push = Some(crate::push::Push::start(rt.handle(), a, v.device(), node));
+                        }
+                        Err(e) => {
+                            warn!("no push: {e:#}; the other devices' changes come by polling")
+                        }
+                    }
                 }
                 if let Some((dest, v)) = &vault {
                     if last_presence
@@ -385,7 +422,7 @@ pub fn spawn_pull(
                     {
                         match v.devices() {
                             Ok(d) => {
-                                snapshot.save(&meta, v.device(), &d, &seen);
+                                snapshot.save(&meta, v.device(), &d, &seen, &xmpp_online);
                                 listed = Some((d, Instant::now()));
                             }
                             Err(e) => debug!("pull: cannot list the devices at {dest}: {e}"),
@@ -395,7 +432,13 @@ pub fn spawn_pull(
                         .as_ref()
                         .map(|(d, _)| d.as_slice())
                         .unwrap_or_default();
-                    match replicator::pull::pull(v, &p, devices, &mut seen) {
+                    let pulled = if serving() {
+                        replicator::pull::pull(v, &p, devices, &mut seen)
+                    } else {
+                        // Not serving yet: the next round.
+                        Ok(Default::default())
+                    };
+                    match pulled {
                         Ok(r) => {
                             if r.written + r.removed + r.conflicts.len() > 0 {
                                 info!(
@@ -413,7 +456,8 @@ pub fn spawn_pull(
                                 // every 2 s; every 8 s when none is.
                                 let others_online = devices
                                     .iter()
-                                    .any(|d| d.record.id != v.device() && d.online());
+                                    .any(|d| d.record.id != v.device() && d.online())
+                                    || xmpp_online.values().any(|o| *o);
                                 let most = if others_online { 2 } else { 8 };
                                 delay = (delay * 2).min(Duration::from_secs(most));
                             }
@@ -428,10 +472,68 @@ pub fn spawn_pull(
                         }
                     }
                 }
-                let until = Instant::now() + delay;
-                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
+                // Until the next look: woken at once by a notice that another device wrote.
+                let until = match &vault {
+                    Some(_) => Instant::now() + poll_every.unwrap_or(delay),
+                    // Until the vault is looked at again.
+                    None => next_open.max(Instant::now() + Duration::from_millis(100)),
+                };
+                let (never, never_heard) = (crossbeam_channel::never(), crossbeam_channel::never());
+                while !stop.load(Ordering::Relaxed) {
+                    // A channel whose other end is gone is not listened to (it would answer
+                    // at once, forever).
+                    let drained = if drained_open { &drained } else { &never };
+                    let heard = match &push {
+                        Some(p) if push_open => p.heard(),
+                        _ => &never_heard,
+                    };
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let tick = left.min(Duration::from_millis(100));
+                    crossbeam_channel::select! {
+                        recv(drained) -> m => match m {
+                            // This device's drain wrote to the shared vault: tell the others.
+                            Ok((d, gen)) => {
+                                if let (Some(p), Some((dest, _))) = (&push, &vault) {
+                                    if &d == dest {
+                                        p.wrote(gen);
+                                    }
+                                }
+                            }
+                            Err(_) => drained_open = false,
+                        },
+                        recv(heard) -> m => match m {
+                            Ok(crate::push::Heard::Wrote { device, gen }) => {
+                                if seen.get(&device).is_none_or(|s| *s < gen) {
+                                    debug!(device, gen, "push: another device wrote");
+                                    delay = Duration::from_secs(1);
+                                    break;
+                                }
+                            }
+                            Ok(crate::push::Heard::Presence { device, online }) => {
+                                xmpp_online.insert(device, online);
+                                // Shown at once (the devices are listed again now), and the
+                                // poll is quicker while another device is online.
+                                listed = None;
+                                delay = Duration::from_secs(1);
+                                break;
+                            }
+                            Ok(crate::push::Heard::Connected) => {
+                                // What was written while this one was not connected.
+                                xmpp_online.clear();
+                                delay = Duration::from_secs(1);
+                                break;
+                            }
+                            Err(_) => push_open = false,
+                        },
+                        default(tick) => {}
+                    }
                 }
+            }
+            if let Some(p) = push.take() {
+                p.stop(rt.handle());
             }
             if let Some((_, v)) = &vault {
                 if last_presence.is_some() {
@@ -465,6 +567,7 @@ impl Snapshot {
         me: &str,
         seen: &[replicator::devices::DeviceInfo],
         taken: &BTreeMap<String, u64>,
+        xmpp_online: &BTreeMap<String, bool>,
     ) {
         let devices: Vec<serde_json::Value> = seen
             .iter()
@@ -474,7 +577,7 @@ impl Snapshot {
                     "name": d.record.name,
                     "id": d.record.id,
                     "this": this,
-                    "online": this || d.online(),
+                    "online": this || xmpp_online.get(&d.record.id).copied().unwrap_or_else(|| d.online()),
                     "last_seen_ns": d.presence.as_ref().map(|p| p.time_ns),
                     "log_objects": d.head_gen,
                     "behind": (!this).then(|| d.head_gen.saturating_sub(taken.get(&d.record.id).copied().unwrap_or(0))),

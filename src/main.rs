@@ -7,6 +7,7 @@ mod exit;
 mod keys;
 mod mount;
 mod pocket;
+mod push;
 mod remote;
 mod report;
 mod service;
@@ -249,6 +250,26 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum DevicesCommand {
+    /// Tell the other devices of changes at once through an XMPP server you host (the
+    /// account's password from BACKPOCKET_XMPP_PASSWORD or a prompt, kept sealed with the
+    /// pocket key); without it they poll the vault every few seconds.
+    Push {
+        /// The account, name@domain; every device logs in with it as its own resource.
+        #[arg(required_unless_present = "off")]
+        account: Option<String>,
+        /// The server's HOST:PORT, when not found from the account's domain.
+        #[arg(long, value_name = "HOST:PORT")]
+        server: Option<String>,
+        /// A publish-subscribe service where the account may make nodes (default: the
+        /// account's own, PEP).
+        #[arg(long, value_name = "JID")]
+        pubsub: Option<String>,
+        /// Stop using the XMPP server: the devices poll the vault.
+        #[arg(long, conflicts_with_all = ["account", "server", "pubsub"])]
+        off: bool,
+        #[command(flatten)]
+        pocket: PocketArg,
+    },
     /// A device may no longer back up to the vault (a lost or retired laptop). It keeps what
     /// it could read until now.
     Remove {
@@ -583,6 +604,22 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                 let dir = inner.pocket.or(pocket.pocket);
                 devices::remove(&Pocket::find(dir.as_deref())?, &name, key)
             }
+            Some(DevicesCommand::Push {
+                account,
+                server,
+                pubsub,
+                off: _,
+                pocket: inner,
+            }) => {
+                let dir = inner.pocket.or(pocket.pocket);
+                push::set(
+                    &Pocket::find(dir.as_deref())?,
+                    account.as_deref(),
+                    server.as_deref(),
+                    pubsub.as_deref(),
+                    key,
+                )
+            }
         },
         Command::Dest { command } => match command {
             DestCommand::Add {
@@ -880,6 +917,7 @@ fn init(dir: &Path) -> Result<()> {
         warnings: Default::default(),
         key: None,
         device: None,
+        push: None,
         destinations: Vec::new(),
     };
     init_with(dir, config)

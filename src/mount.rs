@@ -133,6 +133,8 @@ fn serve(
 
     // The other devices' changes come in through the mount (a vault devices joined).
     let pull_key = key.clone();
+    // What this device's drains wrote to a vault, for the others to hear of at once.
+    let (drained_tx, drained_rx) = crossbeam_channel::bounded(16);
     // The replicator drains to the destinations while the mount runs.
     // It follows destinations added or removed while mounted (`backpocket dest add`).
     let replicator = if args.no_journal {
@@ -141,6 +143,7 @@ fn serve(
         let mut setup = crate::backup::setup(pocket, config, key)?;
         // The writer's own map of the drive's numbers, kept current while mounted.
         setup.ids = journal.handle().ids().clone();
+        setup.drained = Some(drained_tx);
         let p = pocket.clone();
         let reload: replicator::Reload = Box::new(move || {
             let config = p.config().ok()?;
@@ -254,6 +257,7 @@ fn serve(
             config.clone(),
             pull_key,
             mountpoint.to_owned(),
+            drained_rx,
             pull_stop.clone(),
         )
     };

@@ -39,9 +39,33 @@ pub struct Config {
     /// the machine's name when not given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The devices of a shared vault hear of each other at once through an XMPP server
+    /// (`devices push`); without it they poll the vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushConfig>,
     /// Where backups go; the drive carries them to every machine.
     #[serde(default, rename = "destination", skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestConfig>,
+}
+
+/// An XMPP account on a server the user hosts. The config travels with `init --join`, so the
+/// devices of a vault log in as one account, each as its own resource (its id): the server
+/// then tells each of the others' presence, and the vault's publish-subscribe node tells
+/// each what the others wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// The account, `name@domain`.
+    pub xmpp: String,
+    /// `host:port` of the server, when not the domain's own (its SRV record, or port 5222).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// A publish-subscribe service where the account may make nodes (default: the
+    /// account's own, PEP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pubsub: Option<String>,
+    /// The account's password, sealed with the pocket key.
+    pub password: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -103,6 +103,7 @@ fn from_profile(profile: &str) -> Result<Secrets> {
         secret_access_key: get("aws_secret_access_key"),
         session_token: get("aws_session_token"),
         ssh_key: None,
+        password: None,
     })
 }
 

@@ -574,3 +574,150 @@ fn three_devices_share_a_vault_in_an_s3_bucket() {
     ml.unmount();
     ma.unmount();
 }
+
+/// Push through a real XMPP server (Prosody, started here on loopback with TLS): with the
+/// vault polled only every 5 minutes, a change still reaches the other device within seconds,
+/// both ways; a device that dies is seen offline at once (its presence in the vault would say
+/// online for 90 s more); a wrong password is refused when set; and with the server gone the
+/// mounts still end promptly. Without a server the other tests here show polling alone.
+#[test]
+fn an_xmpp_server_brings_changes_at_once_and_says_who_is_online() {
+    let mut xmpp = common::servers::Prosody::start();
+    let a = Backed::new();
+    let vault = a.pocket.tmp.path().join("vault");
+    std::fs::create_dir(&vault).unwrap();
+    a.dest("home", &vault, "vault");
+    let push = |p: &Pocket, password: &str| {
+        common::run_env(
+            &[
+                "devices",
+                "push",
+                &xmpp.account,
+                "--server",
+                &xmpp.server(),
+                "--pocket",
+                p.p(),
+                "--passphrase-file",
+                a.pf(),
+            ],
+            None,
+            &[("BACKPOCKET_XMPP_PASSWORD", password.to_owned())],
+        )
+    };
+    let out = push(&a.pocket, "not the password");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("refused"), "{err}");
+    assert!(
+        !std::fs::read_to_string(a.pocket.root.join(".backpocket/config.toml"))
+            .unwrap()
+            .contains("[push]")
+    );
+    ok_out(&push(&a.pocket, &xmpp.password));
+    let config = std::fs::read_to_string(a.pocket.root.join(".backpocket/config.toml")).unwrap();
+    assert!(config.contains("[push]"), "{config}");
+    assert!(
+        !config.contains(&xmpp.password),
+        "the password is sealed: {config}"
+    );
+
+    std::fs::write(a.pocket.root.join("plan.txt"), b"the plan\n").unwrap();
+    let slow = ["env".to_owned(), "BACKPOCKET_PULL_POLL_SECS=300".to_owned()];
+    let mount = |b: &Backed| {
+        Mounted::start_with(
+            &b.pocket.root,
+            &b.pocket.mnt,
+            &["--passphrase-file", b.pf()],
+            &slow,
+        )
+    };
+    let ma = mount(&a);
+    a.wait_drained(&ma, Duration::from_secs(60));
+    // The laptop joins after: the account comes with the config.
+    let b = join(&a, &vault, "laptop");
+    let bb = Backed {
+        pocket: b,
+        pass: a.pass.clone(),
+    };
+    let mb = mount(&bb);
+    let (am, bm) = (a.pocket.mnt.clone(), bb.pocket.mnt.clone());
+    // Polling every 300 s would take minutes: within 60 s is push at work.
+    fn in_time(
+        what: &str,
+        m: &[&Mounted],
+        xmpp: &common::servers::Prosody,
+        f: &dyn Fn() -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        while !f() {
+            if start.elapsed() > Duration::from_secs(60) {
+                let logs: Vec<String> = m.iter().map(|m| m.log()).collect();
+                panic!(
+                    "{what}: not within 60 s (the vault is polled every 300 s)\n{}\n----\nprosody:\n{}",
+                    logs.join("\n----\n"),
+                    xmpp.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        start.elapsed()
+    }
+    // Both connected (each says so in its log) before the first change.
+    in_time("both devices log in", &[&ma, &mb], &xmpp, &|| {
+        ma.log().contains("push: connected") && mb.log().contains("push: connected")
+    });
+    std::fs::write(am.join("pushed.txt"), b"from the drive").unwrap();
+    let took = in_time(
+        "the drive's change reaches the laptop",
+        &[&ma, &mb],
+        &xmpp,
+        &|| read(&bm.join("pushed.txt")).as_deref() == Some(b"from the drive"),
+    );
+    eprintln!("drive -> laptop with push: {took:?}");
+    std::fs::write(bm.join("plan.txt"), b"the plan, from the laptop\n").unwrap();
+    let took = in_time(
+        "the laptop's change reaches the drive",
+        &[&ma, &mb],
+        &xmpp,
+        &|| read(&am.join("plan.txt")).as_deref() == Some(b"the plan, from the laptop\n"),
+    );
+    eprintln!("laptop -> drive with push: {took:?}");
+
+    // The laptop dies: the server tells the drive at once.
+    let online = |want: bool| {
+        let st = a.pocket.status();
+        st["devices"]["devices"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["name"] == "laptop" && d["online"] == want)
+        })
+    };
+    in_time(
+        "the drive sees the laptop online",
+        &[&ma, &mb],
+        &xmpp,
+        &|| online(true),
+    );
+    mb.kill9();
+    // The dead daemon's mount goes with the test.
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&bm)
+        .status();
+    let took = in_time(
+        "the drive sees the laptop go offline",
+        &[&ma],
+        &xmpp,
+        &|| online(false),
+    );
+    eprintln!("offline seen after {took:?}");
+
+    // The server goes away: the drive's mount still ends promptly.
+    xmpp.stop();
+    std::fs::write(am.join("after.txt"), b"server away").unwrap();
+    let t = Instant::now();
+    ma.unmount();
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "unmount took {:?} with the XMPP server away",
+        t.elapsed()
+    );
+}

@@ -52,6 +52,9 @@ pub struct Secrets {
     /// An SSH private key (OpenSSH format), for SFTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key: Option<String>,
+    /// An account's password (the devices' push server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("access_key_id", &self.access_key_id.as_ref().map(|_| ".."))
             .field("ssh_key", &self.ssh_key.as_ref().map(|_| ".."))
+            .field("password", &self.password.as_ref().map(|_| ".."))
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +80,7 @@ impl Secrets {
             secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
             session_token: var("AWS_SESSION_TOKEN"),
             ssh_key: None,
+            password: None,
         }
     }
 }
@@ -155,6 +160,7 @@ mod tests {
             secret_access_key: Some("shh".into()),
             session_token: None,
             ssh_key: None,
+            password: None,
         };
         let sealed = seal_secrets(&k, "office", &s).unwrap();
         assert!(!sealed.contains("shh"));
@@ -174,10 +180,11 @@ mod tests {
             secret_access_key: Some("hunter2".into()),
             session_token: None,
             ssh_key: Some("-----BEGIN OPENSSH PRIVATE KEY-----".into()),
+            password: Some("correct horse".into()),
         };
         let shown = format!("{s:?}");
         assert!(
-            !shown.contains("hunter2") && !shown.contains("BEGIN"),
+            !shown.contains("hunter2") && !shown.contains("BEGIN") && !shown.contains("horse"),
             "{shown}"
         );
     }

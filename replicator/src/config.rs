@@ -57,4 +57,8 @@ pub struct Setup {
     /// Which file of the journal a number of the drive is: a file read by path is checked to
     /// be the one the journal means.
     pub ids: journal::DriveIds,
+    /// Told after each drain that wrote to a vault: the destination's name and this pocket's
+    /// newest log object there. The other devices hear of it at once (push) instead of at
+    /// their next poll.
+    pub drained: Option<crossbeam_channel::Sender<(String, u64)>>,
 }

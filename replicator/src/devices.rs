@@ -76,7 +76,7 @@ impl DeviceInfo {
 
 /// A device id as `init` makes them (hex): it names paths in the vault and on the drive, so
 /// nothing else is taken for one.
-fn is_device_id(id: &str) -> bool {
+pub fn is_device_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

@@ -33,7 +33,7 @@ mod vault;
 mod verify;
 mod versions;
 
-pub use access::{parse_bandwidth, seal_secrets, Access, Secrets};
+pub use access::{open_secrets, parse_bandwidth, seal_secrets, Access, Secrets};
 pub use config::{DestSpec, GroupSpec, Mode, Setup};
 pub use crypto::{KdfParams, Key};
 pub use dest::{is_unreachable, runtime};

@@ -479,6 +479,10 @@ fn run_dest_loop(
                 if let Some(d) = &drain {
                     d.note_head(&mut st);
                 }
+                if let (true, Some(tx), Some(gen)) = (n > 0, &setup.drained, st.head_gen) {
+                    // Never blocks a drain: a listener that fell behind hears of the newest.
+                    let _ = tx.try_send((spec.name.clone(), gen));
+                }
                 backoff = Duration::from_secs(1);
                 if n > 0 {
                     last_drain = std::time::Instant::now();

@@ -322,6 +322,7 @@ fn write_fixtures_when_asked() {
             group: None,
         }],
         ids: Default::default(),
+        drained: None,
     };
     let sync_all = || {
         let target = journal::Reader::open(&db)

@@ -83,6 +83,7 @@ impl Fixture {
                 group: None,
             }],
             ids: Default::default(),
+            drained: None,
         }
     }
 

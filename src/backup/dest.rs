@@ -661,5 +661,6 @@ pub fn setup(
         dests: config.destinations.iter().map(|d| d.spec()).collect(),
         ids: journal::DriveIds::of_journal(&p.journal_path())
             .context("cannot read how the journal knows files")?,
+        drained: None,
     })
 }

@@ -121,12 +121,209 @@ pub fn keygen(path: &Path, passphrase: &str) {
 
 static SSH_CLIENT: OnceLock<SshClient> = OnceLock::new();
 
+/// The certificate authority of the tests' XMPP server, once one started.
+static TEST_CA: OnceLock<PathBuf> = OnceLock::new();
+
 /// What every backpocket process of this test process gets in its environment: the ssh
-/// wrapper on PATH, once an SFTP test set it up.
+/// wrapper on PATH, once an SFTP test set it up; the test CA as the only one trusted, once an
+/// XMPP test made it.
 pub fn child_env() -> Vec<(&'static str, String)> {
-    match SSH_CLIENT.get() {
-        Some(c) => vec![("PATH", c.path.clone())],
-        None => Vec::new(),
+    let mut env = Vec::new();
+    if let Some(c) = SSH_CLIENT.get() {
+        env.push(("PATH", c.path.clone()));
+    }
+    if let Some(ca) = TEST_CA.get() {
+        env.push(("SSL_CERT_FILE", ca.to_string_lossy().into_owned()));
+    }
+    env
+}
+
+/// A certificate authority, made once per test process, and a certificate it signed for
+/// `localhost` and `pubsub.localhost` (the XMPP server's domain and its service).
+fn test_ca() -> (&'static Path, PathBuf, PathBuf) {
+    let ca = TEST_CA.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("bp-test-ca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sh = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl (installed by scripts/install-test-deps.sh)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=backpocket test CA",
+        ]);
+        sh(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,DNS:pubsub.localhost\n",
+        )
+        .unwrap();
+        sh(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        dir.join("ca.pem")
+    });
+    let dir = ca.parent().unwrap();
+    (ca, dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// A Prosody XMPP server on loopback (TLS required, with the test CA's certificate), one
+/// account, PEP (each account's own publish-subscribe service), and a publish-subscribe
+/// component at `pubsub.localhost`.
+pub struct Prosody {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub account: String,
+    pub password: String,
+    config: PathBuf,
+}
+
+impl Prosody {
+    pub fn start() -> Prosody {
+        let dir = tempfile::Builder::new()
+            .prefix("bp-test-prosody")
+            .tempdir()
+            .unwrap();
+        let (_, cert, key) = test_ca();
+        let port = free_port();
+        let d = dir.path();
+        std::fs::create_dir(d.join("data")).unwrap();
+        let config = d.join("prosody.cfg.lua");
+        std::fs::write(
+            &config,
+            format!(
+                r#"-- The tests' own server: loopback only, no server-to-server, nothing kept.
+run_as_root = true
+pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+log = {{ info = "{d}/prosody.log" }}
+c2s_ports = {{ {port} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+c2s_direct_tls_ports = {{ }}
+s2s_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix", "pep" }}
+modules_disabled = {{ "s2s", "offline" }}
+authentication = "internal_hashed"
+c2s_require_encryption = true
+certificates = "{d}"
+ssl = {{ key = "{key}", certificate = "{cert}" }}
+VirtualHost "localhost"
+Component "pubsub.localhost" "pubsub"
+"#,
+                d = d.display(),
+                key = key.display(),
+                cert = cert.display(),
+            ),
+        )
+        .unwrap();
+        let password = random_hex(16);
+        let cfg = config.to_string_lossy().into_owned();
+        let out = Command::new("prosodyctl")
+            .args([
+                "--config",
+                &cfg,
+                "register",
+                "devices",
+                "localhost",
+                &password,
+            ])
+            .output()
+            .expect("prosodyctl (installed by scripts/install-test-deps.sh)");
+        assert!(
+            out.status.success(),
+            "prosodyctl register: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut p = Prosody {
+            child: None,
+            dir,
+            port,
+            account: "devices@localhost".into(),
+            password,
+            config,
+        };
+        p.start_again();
+        p
+    }
+
+    /// Starts the server (again, after [`Prosody::stop`]).
+    pub fn start_again(&mut self) {
+        let log = self.dir.path().join("stdout.log");
+        let cfg = self.config.to_string_lossy().into_owned();
+        let mut child = spawn(None, "prosody", &["--config", &cfg, "-F"], &log, &[]);
+        wait_port("127.0.0.1", self.port, &mut child, &log);
+        self.child = Some(child);
+    }
+
+    /// Stops the server: every connection to it ends.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c);
+        }
+    }
+
+    pub fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log, for a failure's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -36,6 +36,8 @@ command -v ip >/dev/null || need+=(iproute2)
 # The devices' push tests start their own XMPP server, with a certificate from their own CA.
 command -v prosody >/dev/null || need+=(prosody)
 command -v openssl >/dev/null || need+=(openssl)
+# A device whose clock is hours off is a mount run under libfaketime.
+command -v faketime >/dev/null || need+=(faketime)
 # The package check (dpkg-deb, dpkg) and the Windows cross-check (mingw-w64 links the test
 # programs, wine runs them).
 command -v dpkg-deb >/dev/null || need+=(dpkg)

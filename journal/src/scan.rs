@@ -597,7 +597,10 @@ fn settle(disk_files: &mut HashMap<FileId, DiskFile>, racy: i64) {
         .filter(|&c| c >= looked - racy)
         .max();
     let Some(newest) = newest else { return };
-    let wait = newest + racy - now_ns();
+    // A time past the window is from another clock (a drive last written by a machine whose
+    // clock is ahead): waiting for it would hang the mount for hours. The window is all that
+    // can matter; a change made here later is stamped by this clock and differs anyway.
+    let wait = (newest + racy - now_ns()).min(racy);
     if wait > 0 {
         std::thread::sleep(Duration::from_nanos(wait as u64));
     }

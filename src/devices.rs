@@ -363,9 +363,7 @@ pub fn spawn_pull(
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .map(Duration::from_secs);
-            // Devices the XMPP server says are online (its presence is quicker than the
-            // vault's presence objects).
-            let mut xmpp_online: BTreeMap<String, bool> = BTreeMap::new();
+            let mut live = Liveness::default();
             while !stop.load(Ordering::Relaxed) {
                 if vault.is_none() && Instant::now() >= next_open {
                     match stores.shared(&pocket, &config, &key, &rt) {
@@ -422,7 +420,8 @@ pub fn spawn_pull(
                     {
                         match v.devices() {
                             Ok(d) => {
-                                snapshot.save(&meta, v.device(), &d, &seen, &xmpp_online);
+                                live.listed(&d);
+                                snapshot.save(&meta, v.device(), &d, &seen, &live);
                                 listed = Some((d, Instant::now()));
                             }
                             Err(e) => debug!("pull: cannot list the devices at {dest}: {e}"),
@@ -456,8 +455,7 @@ pub fn spawn_pull(
                                 // every 2 s; every 8 s when none is.
                                 let others_online = devices
                                     .iter()
-                                    .any(|d| d.record.id != v.device() && d.online())
-                                    || xmpp_online.values().any(|o| *o);
+                                    .any(|d| d.record.id != v.device() && live.online(d));
                                 let most = if others_online { 2 } else { 8 };
                                 delay = (delay * 2).min(Duration::from_secs(most));
                             }
@@ -513,7 +511,7 @@ pub fn spawn_pull(
                                 }
                             }
                             Ok(crate::push::Heard::Presence { device, online }) => {
-                                xmpp_online.insert(device, online);
+                                live.xmpp.insert(device, online);
                                 // Shown at once (the devices are listed again now), and the
                                 // poll is quicker while another device is online.
                                 listed = None;
@@ -522,7 +520,7 @@ pub fn spawn_pull(
                             }
                             Ok(crate::push::Heard::Connected) => {
                                 // What was written while this one was not connected.
-                                xmpp_online.clear();
+                                live.xmpp.clear();
                                 delay = Duration::from_secs(1);
                                 break;
                             }
@@ -550,6 +548,44 @@ pub fn spawn_pull(
     }
 }
 
+/// Who is online, as the mount knows it: the XMPP server's word first (it knows at once), else
+/// the vault's presence objects, judged by this machine's clock.
+#[derive(Default)]
+struct Liveness {
+    xmpp: BTreeMap<String, bool>,
+    watch: replicator::devices::PresenceWatch,
+    /// Devices whose clock was said to be off (once each).
+    warned: std::collections::BTreeSet<String>,
+}
+
+impl Liveness {
+    fn online(&self, d: &replicator::devices::DeviceInfo) -> bool {
+        self.xmpp
+            .get(&d.record.id)
+            .copied()
+            .unwrap_or_else(|| self.watch.online(d, Instant::now()))
+    }
+
+    fn listed(&mut self, devices: &[replicator::devices::DeviceInfo]) {
+        self.watch.update(devices, replicator_now(), Instant::now());
+        for d in devices {
+            if let Some(ahead) = self.watch.clock_ahead_ns(&d.record.id) {
+                if self.warned.insert(d.record.id.clone()) {
+                    // To 5 minutes: the measure is good to a minute or so.
+                    let secs = ahead.unsigned_abs() / 1_000_000_000;
+                    let by =
+                        humantime::format_duration(Duration::from_secs((secs + 150) / 300 * 300));
+                    warn!(
+                        "the clock of device {} is about {by} {} this one's: nothing is lost, but where both change a file the newer modification time keeps the name, so set the clocks right (NTP)",
+                        d.record.name,
+                        if ahead > 0 { "ahead of" } else { "behind" }
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// What the mount last saw of the devices, in `.backpocket/devices.json`: `journal status`
 /// shows it without reaching the vault. Written when something in it changes, and at most
 /// once a minute for the times alone (not a drive write per poll).
@@ -567,7 +603,7 @@ impl Snapshot {
         me: &str,
         seen: &[replicator::devices::DeviceInfo],
         taken: &BTreeMap<String, u64>,
-        xmpp_online: &BTreeMap<String, bool>,
+        live: &Liveness,
     ) {
         let devices: Vec<serde_json::Value> = seen
             .iter()
@@ -577,7 +613,8 @@ impl Snapshot {
                     "name": d.record.name,
                     "id": d.record.id,
                     "this": this,
-                    "online": this || xmpp_online.get(&d.record.id).copied().unwrap_or_else(|| d.online()),
+                    "online": this || live.online(d),
+                    "clock_ahead_secs": live.watch.clock_ahead_ns(&d.record.id).map(|n| n / 1_000_000_000),
                     "last_seen_ns": d.presence.as_ref().map(|p| p.time_ns),
                     "log_objects": d.head_gen,
                     "behind": (!this).then(|| d.head_gen.saturating_sub(taken.get(&d.record.id).copied().unwrap_or(0))),

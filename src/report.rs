@@ -204,6 +204,7 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                     "last_seen": d["last_seen_ns"].as_i64().map(rfc3339),
                     "behind_log_objects": d["behind"],
                     "removed": d["removed"],
+                    "clock_ahead_secs": d["clock_ahead_secs"],
                 })).collect::<Vec<_>>(),
                 "conflicts": v["conflicts"],
             })),
@@ -316,10 +317,20 @@ fn print_devices(v: &serde_json::Value) {
                     None => "never seen".into(),
                 }
             };
-            match d["behind"].as_u64() {
+            let state = match d["behind"].as_u64() {
                 Some(0) => format!("{seen}; all its changes taken here"),
                 Some(n) => format!("{seen}; {n} log objects of its changes not taken here yet"),
                 None => seen,
+            };
+            match d["clock_ahead_secs"].as_i64() {
+                Some(s) => format!(
+                    "{state}; its clock is about {} {} this one's",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        (s.unsigned_abs() + 150) / 300 * 300
+                    )),
+                    if s > 0 { "ahead of" } else { "behind" }
+                ),
+                None => state,
             }
         };
         println!("  {name:<12} {state}");

@@ -721,3 +721,95 @@ fn an_xmpp_server_brings_changes_at_once_and_says_who_is_online() {
         t.elapsed()
     );
 }
+
+/// The laptop's clock is three hours behind the drive's (its mount runs under libfaketime):
+/// the drive still sees it online (by its presence changing, not by the time it writes) and
+/// says how far off its clock is; both edit one file at once and both versions survive, the
+/// same way on both sides.
+#[test]
+fn clocks_hours_apart_lose_nothing_and_are_reported() {
+    let a = Backed::new();
+    let vault = a.pocket.tmp.path().join("vault");
+    std::fs::create_dir(&vault).unwrap();
+    a.dest("home", &vault, "vault");
+    std::fs::write(a.pocket.root.join("report.txt"), b"first draft\n").unwrap();
+    let ma = a.mount();
+    a.wait_drained(&ma, Duration::from_secs(60));
+    let b = join(&a, &vault, "laptop");
+    let bb = Backed {
+        pocket: b,
+        pass: a.pass.clone(),
+    };
+    // The wall clock only, as on a machine whose clock is wrong (its monotonic clock is not).
+    let behind = [
+        "env",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        "faketime",
+        "-f",
+        "-3h",
+    ]
+    .map(str::to_owned);
+    let mb = Mounted::start_with(
+        &bb.pocket.root,
+        &bb.pocket.mnt,
+        &["--passphrase-file", bb.pf()],
+        &behind,
+    );
+    let (am, bm) = (a.pocket.mnt.clone(), bb.pocket.mnt.clone());
+    let laptop = |st: &serde_json::Value| -> Option<serde_json::Value> {
+        st["devices"]["devices"]
+            .as_array()?
+            .iter()
+            .find(|d| d["name"] == "laptop")
+            .cloned()
+    };
+    // Seen changing within two of its presence periods (30 s each) and a listing.
+    eventually(
+        "the drive sees the laptop online, 3 h off",
+        &[&ma, &mb],
+        || {
+            laptop(&a.pocket.status()).is_some_and(|d| {
+                d["online"] == true
+                    && d["clock_ahead_secs"]
+                        .as_i64()
+                        .is_some_and(|s| (s + 3 * 3600).abs() < 120)
+            })
+        },
+    );
+    assert!(
+        ma.log()
+            .contains("the clock of device laptop is about 3h behind"),
+        "{}",
+        ma.log()
+    );
+    // Both edit one file at once: both versions are kept, the same way on both sides.
+    std::fs::write(am.join("report.txt"), b"second draft, drive\n").unwrap();
+    std::fs::write(bm.join("report.txt"), b"second draft, laptop\n").unwrap();
+    let agreed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually("both sides agree after the conflict", &[&ma, &mb], || {
+            let (ca, cb) = (copies(&am, "report"), copies(&bm, "report"));
+            ca.len() == 1
+                && cb.len() == 1
+                && ca[0].file_name() == cb[0].file_name()
+                && read(&am.join("report.txt")) == read(&bm.join("report.txt"))
+                && read(&ca[0]) == read(&cb[0])
+        })
+    }));
+    if agreed.is_err() {
+        panic!("drive:\n{}\nlaptop:\n{}", show(&am), show(&bm));
+    }
+    let mut versions = vec![
+        read(&am.join("report.txt")).unwrap(),
+        read(&copies(&am, "report")[0]).unwrap(),
+    ];
+    versions.sort();
+    assert_eq!(
+        versions,
+        vec![
+            b"second draft, drive\n".to_vec(),
+            b"second draft, laptop\n".to_vec()
+        ]
+    );
+    mb.unmount();
+    ma.unmount();
+}

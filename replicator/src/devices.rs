@@ -74,6 +74,82 @@ impl DeviceInfo {
     }
 }
 
+/// A clock this far from this machine's is said to be off (the presence period, and the time
+/// between two listings, explain less than a minute).
+pub const CLOCK_OFF_NS: i64 = 5 * 60 * 1_000_000_000;
+
+/// Whether devices are online, by this machine's clock. A mounted device rewrites its presence
+/// every [`PRESENCE_EVERY`]: one whose presence changed within the last 90 s, as seen here, is
+/// online, whatever its own clock says (devices' clocks may disagree by hours). At first
+/// sight there is nothing to compare with, so its time is taken, until 90 s without a change
+/// say it is not writing any more. Once seen changing, its clock's offset is known too.
+#[derive(Debug, Default)]
+pub struct PresenceWatch {
+    seen: std::collections::BTreeMap<String, Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    time_ns: i64,
+    first: std::time::Instant,
+    changed: Option<std::time::Instant>,
+    ahead_ns: Option<i64>,
+}
+
+impl PresenceWatch {
+    /// Takes a listing, made when this machine's clocks said `now_ns` and `now`.
+    pub fn update(&mut self, devices: &[DeviceInfo], now_ns: i64, now: std::time::Instant) {
+        for d in devices {
+            let Some(p) = &d.presence else { continue };
+            match self.seen.get_mut(&d.record.id) {
+                None => {
+                    self.seen.insert(
+                        d.record.id.clone(),
+                        Seen {
+                            time_ns: p.time_ns,
+                            first: now,
+                            changed: None,
+                            ahead_ns: None,
+                        },
+                    );
+                }
+                Some(s) if s.time_ns != p.time_ns => {
+                    s.time_ns = p.time_ns;
+                    s.changed = Some(now);
+                    s.ahead_ns = Some(p.time_ns - now_ns);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    pub fn online(&self, d: &DeviceInfo, now: std::time::Instant) -> bool {
+        let Some(p) = &d.presence else { return false };
+        if !p.online {
+            return false;
+        }
+        let fresh = |t: std::time::Instant| {
+            now.saturating_duration_since(t).as_nanos() < ONLINE_FOR_NS as u128
+        };
+        match self.seen.get(&d.record.id) {
+            Some(Seen {
+                changed: Some(t), ..
+            }) => fresh(*t),
+            Some(s) => fresh(s.first) && d.online(),
+            None => d.online(),
+        }
+    }
+
+    /// How far its clock is ahead of this one's (negative: behind), once seen changing, and
+    /// only when more than [`CLOCK_OFF_NS`].
+    pub fn clock_ahead_ns(&self, id: &str) -> Option<i64> {
+        self.seen
+            .get(id)?
+            .ahead_ns
+            .filter(|a| a.abs() > CLOCK_OFF_NS)
+    }
+}
+
 /// A device id as `init` makes them (hex): it names paths in the vault and on the drive, so
 /// nothing else is taken for one.
 pub fn is_device_id(id: &str) -> bool {
@@ -326,6 +402,73 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seen_at(time_ns: i64, online: bool) -> DeviceInfo {
+        DeviceInfo {
+            record: DeviceRecord {
+                id: "a1a1".into(),
+                name: "laptop".into(),
+                joined_ns: 0,
+                removed_ns: None,
+                removed_by: None,
+                started_from: None,
+            },
+            presence: Some(Presence {
+                time_ns,
+                online,
+                gen: 0,
+                host: "laptop".into(),
+            }),
+            first: false,
+            head_gen: 0,
+        }
+    }
+
+    /// A device whose clock is hours behind is online while its presence keeps changing, and
+    /// one hours ahead is not online for hours after it stopped: this machine's clock judges.
+    #[test]
+    fn presence_is_judged_by_this_machines_clock_whatever_the_others_say() {
+        use std::time::{Duration, Instant};
+        let hour = 3_600_000_000_000i64;
+        let t0 = Instant::now();
+        let now_ns = now_ns();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let ns = |n: i64| now_ns + n * 1_000_000_000;
+
+        // Three hours behind: its time says offline, its changes say online.
+        let mut w = PresenceWatch::default();
+        let d = seen_at(ns(0) - 3 * hour, true);
+        w.update(std::slice::from_ref(&d), ns(0), s(0));
+        assert!(!w.online(&d, s(0)), "at first sight its own time is taken");
+        let d = seen_at(ns(30) - 3 * hour, true);
+        w.update(std::slice::from_ref(&d), ns(30), s(30));
+        assert!(w.online(&d, s(30)));
+        assert!(w.online(&d, s(100)));
+        assert!(!w.online(&d, s(130)), "90 s without a change: gone");
+        let ahead = w.clock_ahead_ns("a1a1").unwrap();
+        assert!((ahead + 3 * hour).abs() < 60_000_000_000, "{ahead}");
+
+        // Three hours ahead, and gone: online at first sight, not once 90 s pass unchanged.
+        let mut w = PresenceWatch::default();
+        let d = seen_at(ns(0) + 3 * hour, true);
+        w.update(std::slice::from_ref(&d), ns(0), s(0));
+        assert!(w.online(&d, s(0)));
+        w.update(std::slice::from_ref(&d), ns(60), s(60));
+        assert!(!w.online(&d, s(91)));
+        assert_eq!(w.clock_ahead_ns("a1a1"), None, "never seen changing");
+
+        // Said offline (a clean unmount): offline whatever the times.
+        let mut w = PresenceWatch::default();
+        let d = seen_at(ns(0), false);
+        w.update(std::slice::from_ref(&d), ns(0), s(0));
+        assert!(!w.online(&d, s(0)));
+
+        // A clock right: no offset reported.
+        let mut w = PresenceWatch::default();
+        w.update(&[seen_at(ns(0), true)], ns(0), s(0));
+        w.update(&[seen_at(ns(30), true)], ns(31), s(31));
+        assert_eq!(w.clock_ahead_ns("a1a1"), None);
+    }
 
     /// A device record from another vault, planted in this one, is no device of it: the
     /// listing leaves it out and its drains are refused.

@@ -110,6 +110,41 @@ fn copies(dir: &Path, stem: &str) -> Vec<PathBuf> {
     v
 }
 
+/// Both mounts edited `report.txt` at once: waits until each holds one conflict copy, the same
+/// on both sides, with `also` holding too; then both versions are there, one at the name and
+/// one as the copy. Returns the copy's path in the first mount.
+fn both_versions_kept(
+    (ma, mb): (&Mounted, &Mounted),
+    (am, bm): (&Path, &Path),
+    versions: [&[u8]; 2],
+    also: &dyn Fn() -> bool,
+) -> PathBuf {
+    let agreed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually("both sides agree after the conflict", &[ma, mb], || {
+            let (ca, cb) = (copies(am, "report"), copies(bm, "report"));
+            ca.len() == 1
+                && cb.len() == 1
+                && ca[0].file_name() == cb[0].file_name()
+                && read(&am.join("report.txt")) == read(&bm.join("report.txt"))
+                && read(&ca[0]) == read(&cb[0])
+                && also()
+        })
+    }));
+    if agreed.is_err() {
+        panic!("drive:\n{}\nlaptop:\n{}", show(am), show(bm));
+    }
+    let ca = copies(am, "report");
+    let mut got = vec![read(&am.join("report.txt")).unwrap(), read(&ca[0]).unwrap()];
+    got.sort();
+    let mut want: Vec<Vec<u8>> = versions.iter().map(|v| v.to_vec()).collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "both versions survive, one at the name and one as the copy"
+    );
+    ca[0].clone()
+}
+
 /// What the user sees in a mount (names, kinds, modes, contents), without backpocket's own
 /// folder. Read while the other device's changes may arrive: an entry that goes away while
 /// it is looked at is left out (the next look sees the tree as it then is).
@@ -229,33 +264,16 @@ fn two_devices_mounted_at_once_take_each_others_changes_and_lose_nothing() {
     )
     .unwrap();
     std::fs::remove_file(bm.join("notes/todo.md")).unwrap();
-    let agreed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        eventually("both sides agree after the conflict", &[&ma, &mb], || {
-            let (ca, cb) = (copies(&am, "report"), copies(&bm, "report"));
-            ca.len() == 1
-                && cb.len() == 1
-                && ca[0].file_name() == cb[0].file_name()
-                && read(&am.join("report.txt")) == read(&bm.join("report.txt"))
-                && read(&ca[0]) == read(&cb[0])
-                && read(&bm.join("notes/todo.md")).as_deref()
-                    == Some(b"- call the office\n- and the bank\n")
-        })
-    }));
-    if agreed.is_err() {
-        panic!("drive:\n{}\nlaptop:\n{}", show(&am), show(&bm));
-    }
-    let ca = copies(&am, "report");
-    let mut versions = vec![read(&am.join("report.txt")).unwrap(), read(&ca[0]).unwrap()];
-    versions.sort();
-    assert_eq!(
-        versions,
-        vec![
-            b"third draft, drive\n".to_vec(),
-            b"third draft, laptop\n".to_vec()
-        ],
-        "both versions survive, one at the name and one as the copy"
+    let copy = both_versions_kept(
+        (&ma, &mb),
+        (&am, &bm),
+        [b"third draft, drive\n", b"third draft, laptop\n"],
+        &|| {
+            read(&bm.join("notes/todo.md")).as_deref()
+                == Some(b"- call the office\n- and the bank\n")
+        },
     );
-    let copy_name = ca[0].file_name().unwrap().to_string_lossy().into_owned();
+    let copy_name = copy.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
         copy_name.ends_with("-laptop.txt") || copy_name.contains(".sync-conflict-2"),
         "{copy_name}"
@@ -665,22 +683,31 @@ fn an_xmpp_server_brings_changes_at_once_and_says_who_is_online() {
     in_time("both devices log in", &[&ma, &mb], &xmpp, &|| {
         ma.log().contains("push: connected") && mb.log().contains("push: connected")
     });
-    std::fs::write(am.join("pushed.txt"), b"from the drive").unwrap();
-    let took = in_time(
-        "the drive's change reaches the laptop",
-        &[&ma, &mb],
-        &xmpp,
-        &|| read(&bm.join("pushed.txt")).as_deref() == Some(b"from the drive"),
-    );
-    eprintln!("drive -> laptop with push: {took:?}");
-    std::fs::write(bm.join("plan.txt"), b"the plan, from the laptop\n").unwrap();
-    let took = in_time(
-        "the laptop's change reaches the drive",
-        &[&ma, &mb],
-        &xmpp,
-        &|| read(&am.join("plan.txt")).as_deref() == Some(b"the plan, from the laptop\n"),
-    );
-    eprintln!("laptop -> drive with push: {took:?}");
+    for (from, to, name, data, what) in [
+        (
+            &am,
+            &bm,
+            "pushed.txt",
+            &b"from the drive"[..],
+            "drive -> laptop",
+        ),
+        (
+            &bm,
+            &am,
+            "plan.txt",
+            &b"the plan, from the laptop\n"[..],
+            "laptop -> drive",
+        ),
+    ] {
+        std::fs::write(from.join(name), data).unwrap();
+        let took = in_time(
+            &format!("{what}: the change arrives"),
+            &[&ma, &mb],
+            &xmpp,
+            &|| read(&to.join(name)).as_deref() == Some(data),
+        );
+        eprintln!("{what} with push: {took:?}");
+    }
 
     // The laptop dies: the server tells the drive at once.
     let online = |want: bool| {
@@ -740,15 +767,7 @@ fn clocks_hours_apart_lose_nothing_and_are_reported() {
         pocket: b,
         pass: a.pass.clone(),
     };
-    // The wall clock only, as on a machine whose clock is wrong (its monotonic clock is not).
-    let behind = [
-        "env",
-        "FAKETIME_DONT_FAKE_MONOTONIC=1",
-        "faketime",
-        "-f",
-        "-3h",
-    ]
-    .map(str::to_owned);
+    let behind = common::clock_3h_behind();
     let mb = Mounted::start_with(
         &bb.pocket.root,
         &bb.pocket.mnt,
@@ -785,30 +804,11 @@ fn clocks_hours_apart_lose_nothing_and_are_reported() {
     // Both edit one file at once: both versions are kept, the same way on both sides.
     std::fs::write(am.join("report.txt"), b"second draft, drive\n").unwrap();
     std::fs::write(bm.join("report.txt"), b"second draft, laptop\n").unwrap();
-    let agreed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        eventually("both sides agree after the conflict", &[&ma, &mb], || {
-            let (ca, cb) = (copies(&am, "report"), copies(&bm, "report"));
-            ca.len() == 1
-                && cb.len() == 1
-                && ca[0].file_name() == cb[0].file_name()
-                && read(&am.join("report.txt")) == read(&bm.join("report.txt"))
-                && read(&ca[0]) == read(&cb[0])
-        })
-    }));
-    if agreed.is_err() {
-        panic!("drive:\n{}\nlaptop:\n{}", show(&am), show(&bm));
-    }
-    let mut versions = vec![
-        read(&am.join("report.txt")).unwrap(),
-        read(&copies(&am, "report")[0]).unwrap(),
-    ];
-    versions.sort();
-    assert_eq!(
-        versions,
-        vec![
-            b"second draft, drive\n".to_vec(),
-            b"second draft, laptop\n".to_vec()
-        ]
+    both_versions_kept(
+        (&ma, &mb),
+        (&am, &bm),
+        [b"second draft, drive\n", b"second draft, laptop\n"],
+        &|| true,
     );
     mb.unmount();
     ma.unmount();

@@ -797,15 +797,7 @@ fn a_drive_written_by_a_clock_hours_ahead_mounts_at_once() {
     p.init();
     std::fs::create_dir(p.root.join("docs")).unwrap();
     std::fs::write(p.root.join("docs/a.txt"), b"written just now").unwrap();
-    // The wall clock only, as on a machine whose clock is wrong (its monotonic clock is not).
-    let behind = [
-        "env",
-        "FAKETIME_DONT_FAKE_MONOTONIC=1",
-        "faketime",
-        "-f",
-        "-3h",
-    ]
-    .map(str::to_owned);
+    let behind = common::clock_3h_behind();
     let t = std::time::Instant::now();
     // Ready within Mounted's 20 s, or it panics.
     let m = Mounted::start_with(&p.root, &p.mnt, &[], &behind);

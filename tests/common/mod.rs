@@ -16,6 +16,20 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_backpocket")
 }
 
+/// A wrapper (a prefix to a command) that runs it with its wall clock three hours behind, as on
+/// a machine whose clock is set wrong: libfaketime, the monotonic clock left alone.
+pub fn clock_3h_behind() -> Vec<String> {
+    [
+        "env",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        "faketime",
+        "-f",
+        "-3h",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }

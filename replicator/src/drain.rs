@@ -28,6 +28,15 @@ const BATCH: usize = 100_000;
 /// much room as the segments, however many drains there are.
 const CHECKPOINT_EVERY: u64 = 256;
 const CHECKPOINT_MAX: u64 = 16_384;
+
+/// [`CHECKPOINT_EVERY`], or `BACKPOCKET_CHECKPOINT_EVERY` (tests that look at the checkpoints
+/// a drain writes from its own tree, and tuning).
+fn checkpoint_every() -> u64 {
+    std::env::var("BACKPOCKET_CHECKPOINT_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CHECKPOINT_EVERY)
+}
 /// How often a file that keeps changing while read is tried before the drain gives up for now.
 const TORN_RETRIES: u32 = 8;
 
@@ -525,6 +534,7 @@ impl VaultDrain {
         }
         // Folder times move with every entry made or removed in them, which the journal does
         // not record: take them as they are now.
+        let folder_times = out.len();
         for dir in touched_dirs {
             if !tree.alive(dir) {
                 continue;
@@ -549,8 +559,11 @@ impl VaultDrain {
             }
         }
         // The batch's contents and folder times, in the order a restore replays them; new
-        // versions of large files as patches of the version before.
-        for r in &mut out[late_n..] {
+        // versions of large files as patches of the version before. The batch's other records
+        // are in the tree already: applied again here, after the records that follow them, a
+        // file's times would land on whatever later took its number (a symlink made under a
+        // number just freed would become a file in this tree, and so in the next checkpoint).
+        for (i, r) in out.iter_mut().enumerate().skip(late_n) {
             if let VChange::Content {
                 file,
                 meta,
@@ -561,10 +574,9 @@ impl VaultDrain {
                     r.change = patch;
                 }
             }
-            if matches!(
-                r.change,
-                VChange::Content { .. } | VChange::Patch { .. } | VChange::SetAttr { .. }
-            ) {
+            let contents = matches!(r.change, VChange::Content { .. } | VChange::Patch { .. });
+            let folder_time = i >= folder_times && matches!(r.change, VChange::SetAttr { .. });
+            if contents || folder_time {
                 tree.apply(&r.change);
             }
         }
@@ -599,7 +611,7 @@ impl VaultDrain {
         self.since.segments += 1;
         self.since.records += records;
         if self.since.segments >= CHECKPOINT_MAX
-            || (self.since.segments >= CHECKPOINT_EVERY
+            || (self.since.segments >= checkpoint_every()
                 && self.since.records >= self.since.checkpoint_files)
         {
             new_head = self.write_checkpoint(&tree, &new_head, jid, end_seq, end_time)?;

@@ -517,6 +517,65 @@ fn concurrent_work_on_two_devices_cut_apart_and_joined_again_loses_nothing() {
     ma.unmount();
 }
 
+/// Two devices on a vault on an SFTP server (the sshd the tests start). The laptop joins with
+/// the key it has for the server (its own ssh, as a user's `~/.ssh` would give it); from then
+/// on both mounts reach the server with the identity the drive's config sealed. Changes go
+/// each way, and a removal too.
+#[test]
+fn two_devices_share_a_vault_on_an_sftp_server() {
+    use common::servers::{ssh_client, Sshd};
+    let sshd = Sshd::start("127.0.0.1", None, false);
+    let client = ssh_client();
+    let a = Backed::new();
+    let url = sshd.url(&a.pocket.tmp.path().join("vault"));
+    let key = client.key.to_str().unwrap().to_owned();
+    a.dest_url("office", &url, &["--identity", &key], &[]);
+    std::fs::write(a.pocket.root.join("plan.txt"), b"the plan\n").unwrap();
+    let ma = a.mount();
+    a.wait_drained(&ma, Duration::from_secs(60));
+    // The laptop's own ssh knows the key (the tests' ssh is given none by default).
+    let own_ssh = a.pocket.tmp.path().join("laptop-ssh");
+    std::fs::create_dir(&own_ssh).unwrap();
+    let wrapper = own_ssh.join("ssh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/ssh -F {} -i {key} \"$@\"\n",
+            client.dir.join("ssh_config").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", own_ssh.display(), client.path);
+    let laptop = Backed {
+        pocket: join_url(&a, &url, "laptop", &[("PATH", path)]),
+        pass: a.pass.clone(),
+    };
+    assert_eq!(
+        read(&laptop.pocket.root.join("plan.txt")).unwrap(),
+        b"the plan\n"
+    );
+    let ml = laptop.mount();
+    let (am, lm) = (a.pocket.mnt.clone(), laptop.pocket.mnt.clone());
+    std::fs::write(lm.join("from-laptop.txt"), b"lap").unwrap();
+    eventually("the laptop's file reaches the drive", &[&ma, &ml], || {
+        read(&am.join("from-laptop.txt")).as_deref() == Some(&b"lap"[..])
+    });
+    std::fs::write(am.join("plan.txt"), b"the plan, revised\n").unwrap();
+    eventually("the drive's edit reaches the laptop", &[&ma, &ml], || {
+        read(&lm.join("plan.txt")).as_deref() == Some(&b"the plan, revised\n"[..])
+    });
+    std::fs::remove_file(am.join("from-laptop.txt")).unwrap();
+    eventually(
+        "the drive's removal reaches the laptop",
+        &[&ma, &ml],
+        || !lm.join("from-laptop.txt").exists(),
+    );
+    ml.unmount();
+    ma.unmount();
+}
+
 /// Three devices on a vault in an S3 bucket (the Garage server the tests start): each
 /// device's change reaches the two others, and all three list each other.
 #[test]

@@ -872,3 +872,69 @@ fn clocks_hours_apart_lose_nothing_and_are_reported() {
     mb.unmount();
     ma.unmount();
 }
+
+/// The laptop renames a file while the drive edits it: the edit follows the rename, on both
+/// sides, with no copy. The order is made certain: both change while neither polls (every
+/// 300 s), then the drive mounts alone and takes the rename, then the laptop takes the result.
+#[test]
+fn a_rename_against_an_edit_keeps_the_edit_at_the_new_name() {
+    let a = Backed::new();
+    let vault = a.pocket.tmp.path().join("vault");
+    std::fs::create_dir(&vault).unwrap();
+    a.dest("home", &vault, "vault");
+    std::fs::write(a.pocket.root.join("draft.txt"), b"first draft\n").unwrap();
+    let slow = ["env".to_owned(), "BACKPOCKET_PULL_POLL_SECS=300".to_owned()];
+    let mount_slow = |b: &Backed| {
+        Mounted::start_with(
+            &b.pocket.root,
+            &b.pocket.mnt,
+            &["--passphrase-file", b.pf()],
+            &slow,
+        )
+    };
+    let ma = mount_slow(&a);
+    a.wait_drained(&ma, Duration::from_secs(60));
+    let b = join(&a, &vault, "laptop");
+    let bb = Backed {
+        pocket: b,
+        pass: a.pass.clone(),
+    };
+    let mb = mount_slow(&bb);
+    let (am, bm) = (a.pocket.mnt.clone(), bb.pocket.mnt.clone());
+    // Both have looked at the other once (the drive notices the join within 10 s).
+    eventually("the drive has met the laptop", &[&ma, &mb], || {
+        !a.pocket.status()["devices"].is_null() && !bb.pocket.status()["devices"].is_null()
+    });
+    std::fs::rename(bm.join("draft.txt"), bm.join("final.txt")).unwrap();
+    std::fs::write(am.join("draft.txt"), b"second draft, edited on the drive\n").unwrap();
+    a.wait_drained(&ma, Duration::from_secs(60));
+    bb.wait_drained(&mb, Duration::from_secs(60));
+    mb.unmount();
+    ma.unmount();
+
+    let ma = a.mount();
+    eventually(
+        "the drive's edit follows the laptop's rename",
+        &[&ma],
+        || {
+            read(&am.join("final.txt")).as_deref()
+                == Some(&b"second draft, edited on the drive\n"[..])
+                && !am.join("draft.txt").exists()
+        },
+    );
+    a.wait_drained(&ma, Duration::from_secs(60));
+    let mb = bb.mount();
+    settle("both agree after the rename", &ma, &mb, &am, &bm);
+    assert_eq!(
+        read(&bm.join("final.txt")).unwrap(),
+        b"second draft, edited on the drive\n"
+    );
+    assert!(!bm.join("draft.txt").exists());
+    assert!(
+        copies(&am, "final").is_empty() && copies(&am, "draft").is_empty(),
+        "{}",
+        show(&am)
+    );
+    mb.unmount();
+    ma.unmount();
+}

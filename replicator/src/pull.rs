@@ -19,7 +19,7 @@
 //! fetched is left for the next round. Folders are removed only once empty: files added in a
 //! folder the other device deleted stay.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -323,6 +323,7 @@ pub fn pull(
         let conflicts_before = report.conflicts.len();
         let mut ctx = Apply {
             vault,
+            gone_there: gone_there(&base, &theirs),
             pocket,
             tree: &tree,
             their_name: &d.record.name,
@@ -414,6 +415,10 @@ fn first_base(
 
 struct Apply<'a, 'p> {
     vault: &'a Vault,
+    /// The paths the other device removed or moved away since the base, by their print
+    /// there before: a file here at a name the base lacks with one of these prints, whose old
+    /// name is gone here too, was moved here and not changed.
+    gone_there: HashMap<Vec<u8>, Vec<(Vec<u8>, Print)>>,
     pocket: &'a Pocket<'p>,
     tree: &'a Tree,
     their_name: &'a str,
@@ -435,10 +440,29 @@ impl Apply<'_, '_> {
         base: &BTreeMap<Vec<u8>, Print>,
         theirs: &BTreeMap<Vec<u8>, Print>,
     ) -> Vec<Vec<u8>> {
+        // Their renames first: the file here moves to the new name, so an edit made here
+        // meanwhile follows it instead of staying behind at the old name.
+        let mut followed: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for (old, new) in renames(base, theirs) {
+            if !(self.pocket.still_there)() {
+                break;
+            }
+            match self.follow_rename(old, new, &base[old]) {
+                Ok(true) => {
+                    followed.insert(old.clone());
+                    followed.insert(new.clone());
+                }
+                // Not a plain case here: the removal and the addition it also is decide.
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(path = %String::from_utf8_lossy(old), "cannot follow the other device's rename: {e}")
+                }
+            }
+        }
         let changed: BTreeSet<&Vec<u8>> = base
             .keys()
             .chain(theirs.keys())
-            .filter(|p| base.get(*p) != theirs.get(*p))
+            .filter(|p| base.get(*p) != theirs.get(*p) && !followed.contains(*p))
             .collect();
         let mut later = Vec::new();
         let failed_before = self.report.failed;
@@ -574,6 +598,12 @@ impl Apply<'_, '_> {
             }
             return self.write(path, t, local.stat.as_ref(), None);
         }
+        // Theirs where this device only renamed: taken as if unchanged here (their change to
+        // the file reaches its new name).
+        if b.is_none() && mine.is_some_and(|m| m.kind != KIND_DIR && self.renamed_here_unchanged(m))
+        {
+            return self.write(path, t, local.stat.as_ref(), None);
+        }
         // Both changed.
         let Some(m) = mine else {
             // Something here that is not carried (a fifo): leave it, keep theirs beside.
@@ -621,6 +651,59 @@ impl Apply<'_, '_> {
             let copy = self.copy_name(path, self.their_name, t.mtime_ns);
             self.write(&copy, t, None, Some((path, self.their_name)))
         }
+    }
+
+    /// They renamed `old` to `new` (its print `b` in the base): the file here moves too,
+    /// edited here or not. False when this is not the plain case (gone here, something at the
+    /// new name here, changed while looked at).
+    fn follow_rename(&mut self, old: &[u8], new: &[u8], b: &Print) -> Result<bool> {
+        let (from, to) = (self.abs(old), self.abs(new));
+        if std::fs::symlink_metadata(&to).is_ok() {
+            return Ok(false);
+        }
+        let local = match self.local(old) {
+            Ok(l) => l,
+            Err(Error::Retry) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let Some(mine) = &local.print else {
+            return Ok(false);
+        };
+        if mine.kind == KIND_DIR {
+            return Ok(false);
+        }
+        let dir = to.parent().expect("a path in the pocket");
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("cannot make {}", dir.display()), e))?;
+        if !same_stat(local.stat.as_ref(), &from) || std::fs::symlink_metadata(&to).is_ok() {
+            return Ok(false);
+        }
+        std::fs::rename(&from, &to).map_err(|e| {
+            Error::io(
+                format!("cannot move {} to {}", from.display(), to.display()),
+                e,
+            )
+        })?;
+        if mine != b {
+            info!(
+                from = %String::from_utf8_lossy(old),
+                to = %String::from_utf8_lossy(new),
+                "the other device renamed a file edited here: the edit follows the new name"
+            );
+        }
+        self.report.written += 1;
+        Ok(true)
+    }
+
+    /// Whether the file here (`mine`, at a name the base does not have) is one this device
+    /// moved and did not change: its print is the one a path had in the base that the other
+    /// device moved away or removed since, and that path is gone here too (both moved it; they
+    /// changed it too).
+    fn renamed_here_unchanged(&self, mine: &Print) -> bool {
+        self.gone_there.get(&mine.hash).is_some_and(|olds| {
+            olds.iter()
+                .any(|(q, b)| b == mine && std::fs::symlink_metadata(self.abs(q)).is_err())
+        })
     }
 
     fn my_name_owned(&self) -> String {
@@ -825,6 +908,59 @@ impl Apply<'_, '_> {
     }
 }
 
+/// Paths by what they hold (kind, mode, contents).
+type ByPrint<'m> = HashMap<(u8, u32, Vec<u8>), Vec<&'m Vec<u8>>>;
+
+/// Their renames since the base: a file or link gone there and one new there with the same
+/// print, each the only one of its print among the gone and the new (a rename keeps the
+/// contents; anything less sure stays a removal and an addition).
+fn renames<'m>(
+    base: &'m BTreeMap<Vec<u8>, Print>,
+    theirs: &'m BTreeMap<Vec<u8>, Print>,
+) -> Vec<(&'m Vec<u8>, &'m Vec<u8>)> {
+    let key = |p: &Print| (p.kind, p.perm, p.hash.clone());
+    let mut gone: ByPrint = HashMap::new();
+    for (path, b) in base {
+        if b.kind != KIND_DIR && !theirs.contains_key(path) {
+            gone.entry(key(b)).or_default().push(path);
+        }
+    }
+    let mut new: ByPrint = HashMap::new();
+    for (path, t) in theirs {
+        if t.kind != KIND_DIR && !base.contains_key(path) {
+            new.entry(key(t)).or_default().push(path);
+        }
+    }
+    let mut out: Vec<(&Vec<u8>, &Vec<u8>)> = gone
+        .iter()
+        .filter_map(
+            |(k, olds)| match (olds.as_slice(), new.get(k).map(Vec::as_slice)) {
+                ([old], Some([to])) => Some((*old, *to)),
+                _ => None,
+            },
+        )
+        .collect();
+    out.sort();
+    out
+}
+
+/// The paths the other device removed (or moved away) since the base, files and links, by
+/// their print in the base's contents.
+fn gone_there(
+    base: &BTreeMap<Vec<u8>, Print>,
+    theirs: &BTreeMap<Vec<u8>, Print>,
+) -> HashMap<Vec<u8>, Vec<(Vec<u8>, Print)>> {
+    let mut out: HashMap<Vec<u8>, Vec<(Vec<u8>, Print)>> = HashMap::new();
+    for (path, b) in base {
+        if b.kind != KIND_DIR && !theirs.contains_key(path) {
+            out.entry(b.hash.clone())
+                .or_default()
+                .push((path.clone(), b.clone()));
+        }
+    }
+    out
+}
+
 #[cfg(unix)]
 fn make_link(target: &[u8], at: &Path) -> std::io::Result<()> {
     std::os::unix::fs::symlink(&*crate::os::os_name(target), at)
@@ -859,4 +995,65 @@ fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
 #[cfg(not(unix))]
 fn same_file(_a: &std::fs::Metadata, _b: &std::fs::Metadata) -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(content: &str) -> Print {
+        Print {
+            kind: KIND_FILE,
+            perm: 0o644,
+            hash: blake3::hash(content.as_bytes()).as_bytes().to_vec(),
+            mtime_ns: 0,
+        }
+    }
+
+    fn map(entries: &[(&str, Print)]) -> BTreeMap<Vec<u8>, Print> {
+        entries
+            .iter()
+            .map(|(p, v)| (p.as_bytes().to_vec(), v.clone()))
+            .collect()
+    }
+
+    /// Only a sure rename is one: the only file of its contents gone and the only one new;
+    /// twins, changed contents and folders stay removals and additions.
+    #[test]
+    fn renames_are_only_the_sure_ones() {
+        let dir = Print {
+            kind: KIND_DIR,
+            perm: 0o755,
+            hash: Vec::new(),
+            mtime_ns: 0,
+        };
+        let base = map(&[
+            ("draft.txt", file("a")),
+            ("twin1", file("t")),
+            ("twin2", file("t")),
+            ("edited", file("e")),
+            ("old-dir", dir.clone()),
+            ("stays", file("s")),
+        ]);
+        let theirs = map(&[
+            ("final.txt", file("a")),
+            ("twin3", file("t")),
+            ("renamed-and-edited", file("e2")),
+            ("new-dir", dir),
+            ("stays", file("s")),
+        ]);
+        let got: Vec<(String, String)> = renames(&base, &theirs)
+            .into_iter()
+            .map(|(a, b)| {
+                (
+                    String::from_utf8_lossy(a).into_owned(),
+                    String::from_utf8_lossy(b).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [("draft.txt".to_owned(), "final.txt".to_owned())]);
+        let gone = gone_there(&base, &theirs);
+        assert!(gone.contains_key(&file("a").hash) && gone.contains_key(&file("e").hash));
+        assert!(!gone.contains_key(&file("s").hash), "unchanged there");
+    }
 }

@@ -6,9 +6,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::AtomicBool;
 
-use replicator::{
-    restore, sync, DestSpec, KdfParams, Mode, Progress, RestoreOptions, Setup, Store, Vault,
-};
+mod common;
+
+use replicator::{sync, Progress, Store, Vault};
 
 /// Found by the endurance rounds (a group restored regular files where the pocket had
 /// symlinks): a file's attribute change, then its removal, then a symlink made under the
@@ -27,32 +27,13 @@ fn a_number_freed_and_taken_by_a_symlink_in_one_batch_stays_a_symlink_in_checkpo
         .unwrap()
         .close()
         .unwrap();
-    let mut kdf = KdfParams::new().unwrap();
-    kdf.m_kib = 1024;
-    kdf.t = 1;
+    let kdf = common::kdf();
     let key = kdf.derive(b"correct horse").unwrap();
     let vault_dir = tmp.path().join("vault");
     let rt = replicator::runtime().unwrap();
     let store = Store::open(vault_dir.to_str().unwrap(), rt.handle().clone(), true).unwrap();
     Vault::create(store, "pocket-1", kdf.clone(), &key).unwrap();
-    let setup = Setup {
-        pocket: pocket.clone(),
-        meta_dir: pocket.join(".backpocket"),
-        journal: jpath.clone(),
-        pocket_id: "pocket-1".into(),
-        key: Some(key.clone()),
-        dests: vec![DestSpec {
-            name: "v".into(),
-            url: vault_dir.to_str().unwrap().into(),
-            mode: Mode::Vault,
-            keep_versions: std::time::Duration::from_secs(0),
-            access: Default::default(),
-            when: Vec::new(),
-            group: None,
-        }],
-        ids: Default::default(),
-        drained: None,
-    };
+    let setup = common::vault_setup(&pocket, &vault_dir, "pocket-1", &key);
     let drain = || {
         let target = journal::Reader::open(&jpath)
             .unwrap()
@@ -112,18 +93,7 @@ fn a_number_freed_and_taken_by_a_symlink_in_one_batch_stays_a_symlink_in_checkpo
     let store = Store::open(vault_dir.to_str().unwrap(), rt.handle().clone(), false).unwrap();
     let v = Vault::open(store, &key).unwrap();
     let out = tmp.path().join("restored");
-    restore(
-        &v,
-        &RestoreOptions {
-            target: out.clone(),
-            at: None,
-            paths: Vec::new(),
-            owners: false,
-            workers: 2,
-        },
-        &Progress::default(),
-    )
-    .unwrap();
+    common::restore_all(&v, &out, None, false).unwrap();
     let got = std::fs::symlink_metadata(out.join("s")).unwrap();
     assert!(
         got.file_type().is_symlink(),

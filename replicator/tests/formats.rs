@@ -16,10 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
+mod common;
+
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use replicator::{
     format, restore, sync, DestSpec, GroupSpec, KdfParams, Key, Mode, Progress, RestoreOptions,
-    Setup, Store, Vault,
+    Store, Vault,
 };
 
 const PASSPHRASE: &[u8] = b"correct horse battery staple";
@@ -306,24 +308,7 @@ fn write_fixtures_when_asked() {
     let rt = replicator::runtime().unwrap();
     let store = Store::open(vault_dir.to_str().unwrap(), rt.handle().clone(), true).unwrap();
     Vault::create(store, POCKET_ID, kdf(), &key).unwrap();
-    let setup = Setup {
-        pocket: pocket.clone(),
-        meta_dir: pocket.join(".backpocket"),
-        journal: db.clone(),
-        pocket_id: POCKET_ID.into(),
-        key: Some(key.clone()),
-        dests: vec![DestSpec {
-            name: "v".into(),
-            url: vault_dir.to_str().unwrap().into(),
-            mode: Mode::Vault,
-            keep_versions: std::time::Duration::from_secs(0),
-            access: Default::default(),
-            when: Vec::new(),
-            group: None,
-        }],
-        ids: Default::default(),
-        drained: None,
-    };
+    let setup = common::vault_setup(&pocket, &vault_dir, POCKET_ID, &key);
     let sync_all = || {
         let target = journal::Reader::open(&db)
             .unwrap()

@@ -9,6 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+mod common;
+
 use replicator::{
     restore, sync, versions, DestSpec, KdfParams, Key, Mode, Progress, RestoreOptions, Setup,
     Store, Vault,
@@ -22,13 +24,7 @@ struct Fixture {
     kdf: KdfParams,
 }
 
-fn kdf() -> KdfParams {
-    let mut k = KdfParams::new().unwrap();
-    // Small for tests; the real parameters are exercised by the binary's tests.
-    k.m_kib = 1024;
-    k.t = 1;
-    k
-}
+use common::kdf;
 
 impl Fixture {
     fn new() -> Fixture {
@@ -67,24 +63,7 @@ impl Fixture {
     }
 
     fn setup(&self) -> Setup {
-        Setup {
-            pocket: self.pocket.clone(),
-            meta_dir: self.pocket.join(".backpocket"),
-            journal: self.journal(),
-            pocket_id: "pocket-1".into(),
-            key: Some(self.key.clone()),
-            dests: vec![DestSpec {
-                name: "v".into(),
-                url: self.vault_dir.to_str().unwrap().into(),
-                mode: Mode::Vault,
-                keep_versions: std::time::Duration::from_secs(0),
-                access: Default::default(),
-                when: Vec::new(),
-                group: None,
-            }],
-            ids: Default::default(),
-            drained: None,
-        }
+        common::vault_setup(&self.pocket, &self.vault_dir, "pocket-1", &self.key)
     }
 
     fn sync(&self) -> replicator::SyncReport {
@@ -151,18 +130,7 @@ impl Fixture {
 
     fn restore(&self, to: &Path, at: Option<i64>) -> replicator::RestoreReport {
         let (_rt, v) = self.open_vault();
-        restore(
-            &v,
-            &RestoreOptions {
-                target: to.to_owned(),
-                at,
-                paths: Vec::new(),
-                owners: rustix::process::geteuid().is_root(),
-                workers: 2,
-            },
-            &Progress::default(),
-        )
-        .unwrap()
+        common::restore_all(&v, to, at, rustix::process::geteuid().is_root()).unwrap()
     }
 }
 
@@ -386,18 +354,7 @@ fn a_flipped_byte_is_found_by_verify_and_refused_by_restore() {
         "{d:?}"
     );
     let out = f._tmp.path().join("out");
-    let r = restore(
-        &v,
-        &RestoreOptions {
-            target: out.clone(),
-            at: None,
-            paths: Vec::new(),
-            owners: false,
-            workers: 2,
-        },
-        &Progress::default(),
-    )
-    .unwrap();
+    let r = common::restore_all(&v, &out, None, false).unwrap();
     assert_eq!(r.failed.len(), 1, "{:?}", r.failed);
     let bad = String::from_utf8_lossy(&r.failed[0].0).into_owned();
     assert!(

@@ -1015,7 +1015,7 @@ impl WriteLease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{Content, Extent, Position, Segment, VMeta, VRecord, KIND_FILE};
+    use crate::format::{Content, Extent, Position, Segment, VMeta, VRecord};
     use crate::tree::Tree;
     use crate::vault::Head;
 
@@ -1029,18 +1029,7 @@ mod tests {
         }
     }
 
-    fn file_meta(size: u64) -> VMeta {
-        VMeta {
-            kind: KIND_FILE,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            size,
-            mtime_ns: 1,
-            ctime_ns: 1,
-            rdev: 0,
-        }
-    }
+    use crate::vault::tests::meta as file_meta;
 
     /// A tree of one file `f` (id 2) made of `chunk`.
     fn one_file_tree(chunk: &crate::format::ChunkRef) -> Tree {

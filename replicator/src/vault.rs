@@ -1602,11 +1602,12 @@ pub fn format_time(ns: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::format::{Content, VMeta, VRecord, KIND_FILE};
 
-    fn meta(size: u64) -> VMeta {
+    /// A plain file's metadata of `size` bytes, for the tests' trees.
+    pub(crate) fn meta(size: u64) -> VMeta {
         VMeta {
             kind: KIND_FILE,
             perm: 0o644,

@@ -571,19 +571,26 @@ impl Liveness {
         for d in devices {
             if let Some(ahead) = self.watch.clock_ahead_ns(&d.record.id) {
                 if self.warned.insert(d.record.id.clone()) {
-                    // To 5 minutes: the measure is good to a minute or so.
-                    let secs = ahead.unsigned_abs() / 1_000_000_000;
-                    let by =
-                        humantime::format_duration(Duration::from_secs((secs + 150) / 300 * 300));
                     warn!(
-                        "the clock of device {} is about {by} {} this one's: nothing is lost, but where both change a file the newer modification time keeps the name, so set the clocks right (NTP)",
+                        "the clock of device {} is {}: nothing is lost, but where both change a file the newer modification time keeps the name, so set the clocks right (NTP)",
                         d.record.name,
-                        if ahead > 0 { "ahead of" } else { "behind" }
+                        clock_offset(ahead / 1_000_000_000)
                     );
                 }
             }
         }
     }
+}
+
+/// "about 3h behind this one's": another device's clock offset in words, to 5 minutes (the
+/// measure is good to a minute or so).
+pub fn clock_offset(ahead_secs: i64) -> String {
+    let by = (ahead_secs.unsigned_abs() + 150) / 300 * 300;
+    format!(
+        "about {} {} this one's",
+        humantime::format_duration(Duration::from_secs(by)),
+        if ahead_secs > 0 { "ahead of" } else { "behind" }
+    )
 }
 
 /// What the mount last saw of the devices, in `.backpocket/devices.json`: `journal status`

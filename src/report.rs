@@ -323,13 +323,7 @@ fn print_devices(v: &serde_json::Value) {
                 None => seen,
             };
             match d["clock_ahead_secs"].as_i64() {
-                Some(s) => format!(
-                    "{state}; its clock is about {} {} this one's",
-                    humantime::format_duration(std::time::Duration::from_secs(
-                        (s.unsigned_abs() + 150) / 300 * 300
-                    )),
-                    if s > 0 { "ahead of" } else { "behind" }
-                ),
+                Some(s) => format!("{state}; its clock is {}", crate::devices::clock_offset(s)),
                 None => state,
             }
         };

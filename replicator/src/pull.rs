@@ -285,6 +285,10 @@ pub fn pull(
         return Ok(report);
     }
     let me = vault.device().to_owned();
+    let my_chain = match devices.iter().find(|d| d.record.id == me) {
+        Some(d) if !d.first => me.clone(),
+        _ => String::new(),
+    };
     let mut index_loaded = false;
     for d in devices {
         if d.record.id == me || d.record.removed_ns.is_some() {
@@ -329,9 +333,17 @@ pub fn pull(
             their_name: &d.record.name,
             their_id: &id,
             my_id: &me,
+            my_chain: &my_chain,
+            mine_before: None,
+            looked_at: BTreeSet::new(),
+            unsynced: Default::default(),
             report: &mut report,
         };
         let kept = ctx.merge(&base, &theirs);
+        // What was applied is on the drive before the base says it was taken: a power cut
+        // must not leave a base ahead of the pocket (the lost change would then look like
+        // this device undoing it, and go back to the others as such).
+        ctx.make_durable()?;
         // What was left for later stays as the base had it, and the device is looked at
         // again next round (gen 0: not all of it taken).
         let whole = kept.is_empty();
@@ -424,6 +436,15 @@ struct Apply<'a, 'p> {
     their_name: &'a str,
     their_id: &'a str,
     my_id: &'a str,
+    /// This device's own chain in the vault ("" for the first pocket's `log/`).
+    my_chain: &'a str,
+    /// The versions this device's own chain held at each path this round looks at, since
+    /// its newest checkpoint: read once, when a path first needs it.
+    mine_before: Option<HashMap<Vec<u8>, Vec<Print>>>,
+    /// The paths this round looks at.
+    looked_at: BTreeSet<Vec<u8>>,
+    /// Folders whose entries changed, and entries whose mode changed, not yet fsynced.
+    unsynced: std::cell::RefCell<BTreeSet<PathBuf>>,
     report: &'a mut PullReport,
 }
 
@@ -464,6 +485,7 @@ impl Apply<'_, '_> {
             .chain(theirs.keys())
             .filter(|p| base.get(*p) != theirs.get(*p) && !followed.contains(*p))
             .collect();
+        self.looked_at = changed.iter().map(|p| (*p).clone()).collect();
         let mut later = Vec::new();
         let failed_before = self.report.failed;
         let mut removals: Vec<(&Vec<u8>, &Print)> = Vec::new();
@@ -514,6 +536,30 @@ impl Apply<'_, '_> {
 
     fn abs(&self, path: &[u8]) -> PathBuf {
         crate::os::join(self.pocket.root, path)
+    }
+
+    /// `p`'s folder gained, lost or renamed an entry.
+    fn entry_changed(&self, p: &Path) {
+        if let Some(dir) = p.parent() {
+            self.unsynced.borrow_mut().insert(dir.to_owned());
+        }
+    }
+
+    /// fsyncs what this round changed (through the mount: its fsync reaches the drive and
+    /// the journal).
+    fn make_durable(&self) -> Result<()> {
+        for p in std::mem::take(&mut *self.unsynced.borrow_mut()) {
+            match sync_path(&p) {
+                Ok(()) => {}
+                // Removed since by the user: nothing of it to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // A mode this user cannot open (0o000 as the mode taken): its change stays
+                // as durable as the file system makes an inode's on its own.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(Error::io(format!("cannot fsync {}", p.display()), e)),
+            }
+        }
+        Ok(())
     }
 
     fn local(&self, path: &[u8]) -> Result<Local> {
@@ -580,6 +626,13 @@ impl Apply<'_, '_> {
             return Ok(true);
         }
         let uncarried = mine.is_none() && local.stat.is_some();
+        let unchanged_here = local.stat.is_some() && mine == b && !uncarried;
+        if !unchanged_here && self.was_mine(path, t)? {
+            // Theirs is a version this device had here and moved on from (changed or removed
+            // since): they took it from here and carried it back before taking what followed.
+            // It is behind ours, not beside it, and in this device's history already.
+            return Ok(true);
+        }
         if local.stat.is_none() || (mine == b && !uncarried) {
             // Unchanged here since the base, or removed here (a change there wins over a
             // removal here).
@@ -645,6 +698,7 @@ impl Apply<'_, '_> {
             let to = self.abs(&my_copy);
             std::fs::rename(&from, &to)
                 .map_err(|e| Error::io(format!("cannot move {} aside", from.display()), e))?;
+            self.entry_changed(&to);
             self.note_conflict(path, &my_copy, self.pocket.name);
             self.write(path, t, None, None)
         } else {
@@ -675,6 +729,7 @@ impl Apply<'_, '_> {
         let dir = to.parent().expect("a path in the pocket");
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("cannot make {}", dir.display()), e))?;
+        self.entry_changed(dir);
         if !same_stat(local.stat.as_ref(), &from) || std::fs::symlink_metadata(&to).is_ok() {
             return Ok(false);
         }
@@ -684,6 +739,8 @@ impl Apply<'_, '_> {
                 e,
             )
         })?;
+        self.entry_changed(&from);
+        self.entry_changed(&to);
         if mine != b {
             info!(
                 from = %String::from_utf8_lossy(old),
@@ -704,6 +761,37 @@ impl Apply<'_, '_> {
             olds.iter()
                 .any(|(q, b)| b == mine && std::fs::symlink_metadata(self.abs(q)).is_err())
         })
+    }
+
+    /// Whether this device's own chain held `t` at `path` since its newest checkpoint (at
+    /// least 256 drains back). Read once per round, for every path the round looks at.
+    fn was_mine(&mut self, path: &[u8], t: &Print) -> Result<bool> {
+        if self.mine_before.is_none() {
+            let mut seen: HashMap<Vec<u8>, Vec<Print>> = HashMap::new();
+            let looked_at = &self.looked_at;
+            self.vault
+                .replay_chain_recent(self.my_chain, &mut |tree, _, _| {
+                    for p in looked_at {
+                        let had = tree
+                            .lookup(p)
+                            .and_then(|id| tree.files.get(&id))
+                            .and_then(print_of);
+                        if let Some(had) = had {
+                            let versions = seen.entry(p.clone()).or_default();
+                            if !versions.contains(&had) {
+                                versions.push(had);
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+            self.mine_before = Some(seen);
+        }
+        Ok(self
+            .mine_before
+            .as_ref()
+            .and_then(|m| m.get(path))
+            .is_some_and(|v| v.contains(t)))
     }
 
     fn my_name_owned(&self) -> String {
@@ -740,6 +828,7 @@ impl Apply<'_, '_> {
         let (from, to) = (self.abs(path), self.abs(&copy));
         std::fs::rename(&from, &to)
             .map_err(|e| Error::io(format!("cannot move {} aside", from.display()), e))?;
+        self.entry_changed(&to);
         self.note_conflict(path, &copy, &who);
         Ok(())
     }
@@ -777,6 +866,7 @@ impl Apply<'_, '_> {
         let p = self.abs(path);
         std::fs::create_dir_all(&p)
             .map_err(|e| Error::io(format!("cannot make {}", p.display()), e))?;
+        self.entry_changed(&p);
         self.set_mode(path, t)?;
         self.report.written += 1;
         Ok(())
@@ -789,6 +879,7 @@ impl Apply<'_, '_> {
             let p = self.abs(path);
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(t.perm))
                 .map_err(|e| Error::io(format!("cannot set the mode of {}", p.display()), e))?;
+            self.unsynced.borrow_mut().insert(p);
         }
         #[cfg(not(unix))]
         let _ = (path, t);
@@ -836,6 +927,7 @@ impl Apply<'_, '_> {
             let _ = std::fs::remove_file(&tmp);
             Error::io(format!("cannot put {} in place", dest.display()), e)
         })?;
+        self.entry_changed(&dest);
         if let Some((path, who)) = conflict {
             self.note_conflict(path, at, who);
         }
@@ -883,6 +975,7 @@ impl Apply<'_, '_> {
             // Only an empty folder goes: what was added in it here stays.
             return match std::fs::remove_dir(&p) {
                 Ok(()) => {
+                    self.entry_changed(&p);
                     self.report.removed += 1;
                     Ok(true)
                 }
@@ -903,6 +996,7 @@ impl Apply<'_, '_> {
         }
         std::fs::remove_file(&p)
             .map_err(|e| Error::io(format!("cannot remove {}", p.display()), e))?;
+        self.entry_changed(&p);
         self.report.removed += 1;
         Ok(true)
     }
@@ -959,6 +1053,18 @@ fn gone_there(
         }
     }
     out
+}
+
+/// fsync of a file or folder by its path.
+#[cfg(unix)]
+fn sync_path(p: &Path) -> std::io::Result<()> {
+    std::fs::File::open(p)?.sync_all()
+}
+
+/// Windows opens no folder for fsync this way, and NTFS orders its metadata in its log.
+#[cfg(not(unix))]
+fn sync_path(_p: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 #[cfg(unix)]

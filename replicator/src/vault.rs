@@ -957,6 +957,19 @@ impl Vault {
         Ok(())
     }
 
+    /// Replays a device's chain from its newest checkpoint (what loading its tree reads
+    /// anyway), calling `visit` with the tree after each object.
+    pub(crate) fn replay_chain_recent(
+        &self,
+        chain: &str,
+        visit: &mut dyn FnMut(&Tree, &Point, &LogObject) -> Result<()>,
+    ) -> Result<()> {
+        let trashed = self.trashed()?;
+        let map = self.chain_map(chain, &trashed.keys)?;
+        self.replay_map(map, None, false, visit)?;
+        Ok(())
+    }
+
     /// As [`Vault::load_tree`] for the newest point, with what a drain needs to know of the
     /// log since its newest checkpoint.
     pub(crate) fn load_newest(&self) -> Result<Option<Replayed>> {

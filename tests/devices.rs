@@ -192,6 +192,8 @@ fn two_devices_mounted_at_once_take_each_others_changes_and_lose_nothing() {
     let vault = a.pocket.tmp.path().join("vault");
     std::fs::create_dir(&vault).unwrap();
     a.dest("home", &vault, "vault");
+    // A mirror of the drive's own: not the laptop's to write.
+    a.dest("desk", &a.pocket.tmp.path().join("desk-mirror"), "mirror");
     std::fs::write(a.pocket.root.join("report.txt"), b"first draft\n").unwrap();
     std::fs::create_dir(a.pocket.root.join("photos")).unwrap();
     std::fs::write(a.pocket.root.join("photos/cat.jpg"), vec![7u8; 300_000]).unwrap();
@@ -226,6 +228,11 @@ fn two_devices_mounted_at_once_take_each_others_changes_and_lose_nothing() {
         read(&b.root.join("report.txt")).unwrap(),
         b"first draft\n",
         "the joined pocket starts with the vault's files"
+    );
+    let dests = ok(&["dest", "list", "--pocket", b.p()]);
+    assert!(
+        dests.contains("home") && !dests.contains("desk"),
+        "the laptop drains to the shared vault only, not to the drive's mirror: {dests}"
     );
     let bb = Backed {
         pocket: b,
@@ -934,6 +941,88 @@ fn a_rename_against_an_edit_keeps_the_edit_at_the_new_name() {
         copies(&am, "final").is_empty() && copies(&am, "draft").is_empty(),
         "{}",
         show(&am)
+    );
+    mb.unmount();
+    ma.unmount();
+}
+
+/// Waits until `p`'s mount has taken everything `device` wrote: a listing made in a later second than `since`
+/// (RFC 3339) that says it is 0 log objects behind.
+fn taken_all_of(p: &Backed, m: &Mounted, device: &str, since: &str) {
+    eventually(&format!("{device}'s log taken"), &[m], || {
+        let s = p.pocket.status();
+        let d = &s["devices"];
+        d["as_of"].as_str().is_some_and(|t| t > since)
+            && d["devices"].as_array().is_some_and(|v| {
+                v.iter()
+                    .any(|x| x["name"] == device && x["behind_log_objects"] == 0)
+            })
+    });
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The laptop takes the drive's new files and so writes them into its own log too; before the
+/// drive sees that, it edits one and removes the other. What the laptop carried back is behind
+/// the drive, not beside it: no conflict copy, the removal stays a removal, on both sides.
+#[test]
+fn versions_carried_back_by_the_other_device_are_behind_not_beside() {
+    let a = Backed::new();
+    let vault = a.pocket.tmp.path().join("vault");
+    std::fs::create_dir(&vault).unwrap();
+    a.dest("home", &vault, "vault");
+    std::fs::write(a.pocket.root.join("readme.txt"), b"shared\n").unwrap();
+    let ma = a.mount();
+    a.wait_drained(&ma, Duration::from_secs(60));
+    let b = join(&a, &vault, "laptop");
+    let bb = Backed {
+        pocket: b,
+        pass: a.pass.clone(),
+    };
+    let (am, bm) = (a.pocket.mnt.clone(), bb.pocket.mnt.clone());
+    let mb = bb.mount();
+    bb.wait_drained(&mb, Duration::from_secs(60));
+    taken_all_of(&a, &ma, "laptop", &now_rfc3339());
+
+    // New on the drive; the drive goes away before the laptop carries them back.
+    std::fs::write(am.join("notes.txt"), b"notes, first version\n").unwrap();
+    std::fs::write(am.join("old.txt"), b"soon removed\n").unwrap();
+    a.wait_drained(&ma, Duration::from_secs(60));
+    ma.unmount();
+    eventually("the laptop takes the drive's files", &[&mb], || {
+        read(&bm.join("notes.txt")).as_deref() == Some(&b"notes, first version\n"[..])
+            && bm.join("old.txt").exists()
+    });
+    bb.wait_drained(&mb, Duration::from_secs(60));
+    mb.unmount();
+
+    // Meanwhile, on the drive alone: an edit and a removal.
+    std::fs::write(a.pocket.root.join("notes.txt"), b"notes, second version\n").unwrap();
+    std::fs::remove_file(a.pocket.root.join("old.txt")).unwrap();
+    let since = now_rfc3339();
+    let ma = a.mount();
+    taken_all_of(&a, &ma, "laptop", &since);
+    assert_eq!(
+        read(&am.join("notes.txt")).unwrap(),
+        b"notes, second version\n"
+    );
+    assert!(
+        !am.join("old.txt").exists(),
+        "a removed file came back from the laptop:\n{}",
+        show(&am)
+    );
+    assert!(copies(&am, "notes").is_empty(), "{}", show(&am));
+    a.wait_drained(&ma, Duration::from_secs(60));
+
+    let mb = bb.mount();
+    settle("both agree", &ma, &mb, &am, &bm);
+    assert!(!bm.join("old.txt").exists(), "{}", show(&bm));
+    assert!(copies(&bm, "notes").is_empty(), "{}", show(&bm));
+    assert_eq!(
+        read(&bm.join("notes.txt")).unwrap(),
+        b"notes, second version\n"
     );
     mb.unmount();
     ma.unmount();

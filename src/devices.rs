@@ -29,7 +29,7 @@ pub fn own_name(config: &Config) -> String {
 }
 
 /// `init DIR --join DEST`: a new pocket in DIR that joins the vault at DEST as a device of its
-/// own, with the vault's files and the first pocket's destinations.
+/// own, with the vault's files and the vault as its destination.
 pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Result<()> {
     if dir.join(crate::pocket::DIR).exists() {
         bail!("{} is already a pocket", dir.display());
@@ -66,6 +66,7 @@ pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Res
     let (tree, head) = vault.load_tree(None)?.ok_or_else(|| {
         anyhow!("{from} holds no restore point yet; let the first pocket drain once")
     })?;
+    let left_out = keep_shared_only(&mut config, from, &key)?;
     vault.join_device(&config.id, &name, &first_name, head.gen)?;
     keys::adopt(&mut config, &key)?;
     crate::backup::restore_into(vault, dir)?;
@@ -77,7 +78,59 @@ pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Res
         dir.display(),
         dir.display()
     );
+    if !left_out.is_empty() {
+        println!(
+            "not taken from {first_name}: its destinations {} (they keep {first_name}'s own backups); give this device more with `backpocket dest add`",
+            left_out.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// A joined device drains only to the vault it joined. The first pocket's other
+/// destinations hold that pocket's own backups (a mirror of its tree, its groups, vaults of
+/// its own): each would refuse this device, and stay a destination that is never up to date.
+/// Returns their names.
+fn keep_shared_only(config: &mut Config, from: &str, key: &replicator::Key) -> Result<Vec<String>> {
+    let local = |url: &str| replicator::local_path(url).and_then(|p| std::path::absolute(p).ok());
+    let same = |url: &str| match (local(url), local(from)) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => url.trim_end_matches('/') == from.trim_end_matches('/'),
+        _ => false,
+    };
+    let (kept, left): (Vec<_>, Vec<_>) = std::mem::take(&mut config.destinations)
+        .into_iter()
+        .partition(|d| d.mode == Mode::Vault && d.members.is_empty() && same(&d.url));
+    config.destinations = kept;
+    if config.destinations.is_empty() {
+        // Joined by another address than the first pocket's (a share mounted elsewhere, the
+        // server by another name): reached as the join reached it, credentials included.
+        let name = "vault";
+        let access = replicator::Access::from_env();
+        let secrets = replicator::Secrets::from_env();
+        let credentials = match local(from) {
+            None if !secrets.is_empty() => Some(replicator::seal_secrets(key, name, &secrets)?),
+            _ => None,
+        };
+        config.destinations.push(crate::pocket::DestConfig {
+            name: name.into(),
+            url: local(from).map_or_else(|| from.to_owned(), |p| p.to_string_lossy().into_owned()),
+            mode: Mode::Vault,
+            keep_versions_days: 30,
+            when: Vec::new(),
+            endpoint: access.endpoint.clone(),
+            region: access.region.clone(),
+            virtual_host_style: false,
+            connections: None,
+            bandwidth_limit: None,
+            credentials,
+            warn_after: None,
+            k: None,
+            members: Vec::new(),
+            folder: None,
+        });
+    }
+    Ok(left.into_iter().map(|d| d.name).collect())
 }
 
 /// The vault devices share, opened on this pocket's own chain: the first vault destination

@@ -964,9 +964,9 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// The laptop takes the drive's new files and so writes them into its own log too; before the
-/// drive sees that, it edits one and removes the other. What the laptop carried back is behind
-/// the drive, not beside it: no conflict copy, the removal stays a removal, on both sides.
+/// The laptop takes the drive's new file and so writes it into its own log too; before the
+/// drive sees that, it edits the file. What the laptop carried back is behind the drive's
+/// edit, not beside it: no conflict copy, on either side.
 #[test]
 fn versions_carried_back_by_the_other_device_are_behind_not_beside() {
     let a = Backed::new();
@@ -988,19 +988,16 @@ fn versions_carried_back_by_the_other_device_are_behind_not_beside() {
 
     // New on the drive; the drive goes away before the laptop carries them back.
     std::fs::write(am.join("notes.txt"), b"notes, first version\n").unwrap();
-    std::fs::write(am.join("old.txt"), b"soon removed\n").unwrap();
     a.wait_drained(&ma, Duration::from_secs(60));
     ma.unmount();
     eventually("the laptop takes the drive's files", &[&mb], || {
         read(&bm.join("notes.txt")).as_deref() == Some(&b"notes, first version\n"[..])
-            && bm.join("old.txt").exists()
     });
     bb.wait_drained(&mb, Duration::from_secs(60));
     mb.unmount();
 
-    // Meanwhile, on the drive alone: an edit and a removal.
+    // Meanwhile, on the drive alone: an edit.
     std::fs::write(a.pocket.root.join("notes.txt"), b"notes, second version\n").unwrap();
-    std::fs::remove_file(a.pocket.root.join("old.txt")).unwrap();
     let since = now_rfc3339();
     let ma = a.mount();
     taken_all_of(&a, &ma, "laptop", &since);
@@ -1008,17 +1005,11 @@ fn versions_carried_back_by_the_other_device_are_behind_not_beside() {
         read(&am.join("notes.txt")).unwrap(),
         b"notes, second version\n"
     );
-    assert!(
-        !am.join("old.txt").exists(),
-        "a removed file came back from the laptop:\n{}",
-        show(&am)
-    );
     assert!(copies(&am, "notes").is_empty(), "{}", show(&am));
     a.wait_drained(&ma, Duration::from_secs(60));
 
     let mb = bb.mount();
     settle("both agree", &ma, &mb, &am, &bm);
-    assert!(!bm.join("old.txt").exists(), "{}", show(&bm));
     assert!(copies(&bm, "notes").is_empty(), "{}", show(&bm));
     assert_eq!(
         read(&bm.join("notes.txt")).unwrap(),

@@ -88,7 +88,7 @@ fn print_of(f: &FileState) -> Option<Print> {
 fn prints(tree: &Tree) -> BTreeMap<Vec<u8>, Print> {
     let mut out = BTreeMap::new();
     for (path, id) in tree.paths() {
-        if tree.pending.contains_key(&id) || tree.broken.contains(&id) {
+        if tree.pending.contains_key(&id) || tree.broken.contains(&id) || is_temp(&path) {
             continue;
         }
         if let Some(p) = tree.files.get(&id).and_then(print_of) {
@@ -96,6 +96,54 @@ fn prints(tree: &Tree) -> BTreeMap<Vec<u8>, Print> {
         }
     }
     out
+}
+
+/// The names of the files a pull writes before renaming them into place.
+const TEMP_PREFIX: &[u8] = b".backpocket-pull-";
+
+/// A pull's temporary file (a crash can leave one behind, and a drain may carry it into a
+/// tree before it is cleaned up): never taken from another device.
+fn is_temp(path: &[u8]) -> bool {
+    let name = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
+    name.starts_with(TEMP_PREFIX)
+}
+
+/// The folders a round put temporary files in, listed (and made durable) before the first
+/// one goes there: a round cut short by a crash or a power cut leaves its temporary files
+/// behind, and the next round removes them.
+fn temps_path(meta_dir: &Path) -> PathBuf {
+    meta_dir.join("pull-temporaries")
+}
+
+/// Removes what a round cut short left behind.
+fn clean_temps(pocket: &Pocket<'_>) -> Result<()> {
+    let list = temps_path(pocket.meta_dir);
+    let Ok(text) = std::fs::read(&list) else {
+        return Ok(());
+    };
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Some(rel) = hex::decode(line).ok() else {
+            continue;
+        };
+        let dir = crate::os::join(pocket.root, &rel);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if name.as_encoded_bytes().starts_with(TEMP_PREFIX) {
+                let p = e.path();
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {
+                        info!(file = %p.display(), "removed what a pull cut short left behind")
+                    }
+                    Err(e) => warn!(file = %p.display(), "cannot remove a pull's leftover: {e}"),
+                }
+            }
+        }
+    }
+    std::fs::remove_file(&list)
+        .map_err(|e| Error::io(format!("cannot remove {}", list.display()), e))
 }
 
 /// What was last taken from one device.
@@ -284,12 +332,17 @@ pub fn pull(
     if !vault.has_devices() {
         return Ok(report);
     }
+    if !(pocket.still_there)() {
+        return Ok(report);
+    }
+    clean_temps(pocket)?;
     let me = vault.device().to_owned();
     let my_chain = match devices.iter().find(|d| d.record.id == me) {
         Some(d) if !d.first => me.clone(),
         _ => String::new(),
     };
     let mut index_loaded = false;
+    let temp_dirs = std::cell::RefCell::new(BTreeSet::new());
     for d in devices {
         if d.record.id == me || d.record.removed_ns.is_some() {
             continue;
@@ -334,6 +387,7 @@ pub fn pull(
             their_id: &id,
             my_id: &me,
             my_chain: &my_chain,
+            temp_dirs: &temp_dirs,
             mine_before: None,
             looked_at: BTreeSet::new(),
             unsynced: Default::default(),
@@ -367,6 +421,11 @@ pub fn pull(
         } else {
             seen.remove(&id);
         }
+    }
+    // Every temporary file was renamed into place or removed; the list goes (and anything a
+    // failed write could not remove with it).
+    if !temp_dirs.borrow().is_empty() {
+        clean_temps(pocket)?;
     }
     Ok(report)
 }
@@ -438,6 +497,8 @@ struct Apply<'a, 'p> {
     my_id: &'a str,
     /// This device's own chain in the vault ("" for the first pocket's `log/`).
     my_chain: &'a str,
+    /// The folders this round listed in [`temps_path`] (shared by the devices of a round).
+    temp_dirs: &'a std::cell::RefCell<BTreeSet<Vec<u8>>>,
     /// The versions this device's own chain held at each path this round looks at, since
     /// its newest checkpoint: read once, when a path first needs it.
     mine_before: Option<HashMap<Vec<u8>, Vec<Print>>>,
@@ -538,6 +599,38 @@ impl Apply<'_, '_> {
         crate::os::join(self.pocket.root, path)
     }
 
+    /// Lists the folder of `at` in [`temps_path`] before a temporary file goes there.
+    fn note_temp_dir(&self, at: &[u8]) -> Result<()> {
+        let dir = match at.iter().rposition(|b| *b == b'/') {
+            Some(i) => at[..i].to_vec(),
+            None => Vec::new(),
+        };
+        if self.temp_dirs.borrow().contains(&dir) {
+            return Ok(());
+        }
+        let list = temps_path(self.pocket.meta_dir);
+        let io = |e| Error::io(format!("cannot write {}", list.display()), e);
+        if let Some(parent) = list.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let new = !list.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&list)
+            .map_err(io)?;
+        f.write_all(format!("{}\n", hex::encode(&dir)).as_bytes())
+            .map_err(io)?;
+        f.sync_all().map_err(io)?;
+        if new {
+            if let Some(parent) = list.parent() {
+                sync_path(parent).map_err(io)?;
+            }
+        }
+        self.temp_dirs.borrow_mut().insert(dir);
+        Ok(())
+    }
+
     /// `p`'s folder gained, lost or renamed an entry.
     fn entry_changed(&self, p: &Path) {
         if let Some(dir) = p.parent() {
@@ -626,11 +719,12 @@ impl Apply<'_, '_> {
             return Ok(true);
         }
         let uncarried = mine.is_none() && local.stat.is_some();
-        let unchanged_here = local.stat.is_some() && mine == b && !uncarried;
-        if !unchanged_here && self.was_mine(path, t)? {
-            // Theirs is a version this device had here and moved on from (changed or removed
-            // since): they took it from here and carried it back before taking what followed.
-            // It is behind ours, not beside it, and in this device's history already.
+        if mine.is_some() && mine != b && self.was_mine(path, t)? {
+            // Both changed, and theirs is a version this device had here and moved on from:
+            // they took it from here and carried it back before taking what followed. It is
+            // behind ours, not beside it, and in this device's history already. (Not asked
+            // where the file is gone here: a version there of a path removed here may as well
+            // be theirs anew, the same bytes made again, and a change wins over a removal.)
             return Ok(true);
         }
         if local.stat.is_none() || (mine == b && !uncarried) {
@@ -726,10 +820,7 @@ impl Apply<'_, '_> {
         if mine.kind == KIND_DIR {
             return Ok(false);
         }
-        let dir = to.parent().expect("a path in the pocket");
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("cannot make {}", dir.display()), e))?;
-        self.entry_changed(dir);
+        self.make_parents(new)?;
         if !same_stat(local.stat.as_ref(), &from) || std::fs::symlink_metadata(&to).is_ok() {
             return Ok(false);
         }
@@ -863,12 +954,45 @@ impl Apply<'_, '_> {
     }
 
     fn make_dir(&mut self, path: &[u8], t: &Print) -> Result<()> {
+        self.make_parents(path)?;
         let p = self.abs(path);
-        std::fs::create_dir_all(&p)
-            .map_err(|e| Error::io(format!("cannot make {}", p.display()), e))?;
-        self.entry_changed(&p);
+        match std::fs::create_dir(&p) {
+            Ok(()) => self.entry_changed(&p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(format!("cannot make {}", p.display()), e)),
+        }
         self.set_mode(path, t)?;
         self.report.written += 1;
+        Ok(())
+    }
+
+    /// Makes the folders above `path` that are missing, each with the mode it has in their
+    /// tree (a folder made with the process's default mode would count as changed here, and
+    /// its newer time would then keep that mode against theirs).
+    fn make_parents(&mut self, path: &[u8]) -> Result<()> {
+        let mut end = 0;
+        while let Some(i) = path[end..].iter().position(|b| *b == b'/') {
+            end += i;
+            let dir = &path[..end];
+            end += 1;
+            let p = self.abs(dir);
+            match std::fs::create_dir(&p) {
+                Ok(()) => {
+                    self.entry_changed(&p);
+                    let theirs = self
+                        .tree
+                        .lookup(dir)
+                        .and_then(|id| self.tree.files.get(&id))
+                        .and_then(print_of)
+                        .filter(|t| t.kind == KIND_DIR);
+                    if let Some(t) = theirs {
+                        self.set_mode(dir, &t)?;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(format!("cannot make {}", p.display()), e)),
+            }
+        }
         Ok(())
     }
 
@@ -906,9 +1030,13 @@ impl Apply<'_, '_> {
         };
         let dest = self.abs(at);
         let dir = dest.parent().expect("a path in the pocket").to_owned();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot make {}", dir.display()), e))?;
-        let tmp = dir.join(format!(".backpocket-pull-{}", crate::vault::random_hex(8)?));
+        self.make_parents(at)?;
+        self.note_temp_dir(at)?;
+        let tmp = dir.join(format!(
+            "{}{}",
+            String::from_utf8_lossy(TEMP_PREFIX),
+            crate::vault::random_hex(8)?
+        ));
         let made = self.fill(&tmp, f, t);
         if let Err(e) = made {
             let _ = std::fs::remove_file(&tmp);

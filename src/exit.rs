@@ -70,6 +70,7 @@ pub fn code_of(e: &anyhow::Error) -> ExitCode {
             if matches!(
                 p,
                 platform::Error::Locked { .. }
+                    | platform::Error::HeldByDeadDaemon { .. }
                     | platform::Error::MountpointBusy(..)
                     | platform::Error::MountpointNotEmpty(..)
             ) {

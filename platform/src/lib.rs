@@ -45,6 +45,11 @@ pub enum Error {
         path: std::path::PathBuf,
         pid: String,
     },
+    #[error("the pocket {path} is held by process {pid}, a daemon that was killed but still waits on a call to its own mount; `umount -f` on its mountpoint (as root; `grep fuse.backpocket /proc/self/mounts` lists them) frees it, then mount again (nothing is lost: the journal is on the drive)")]
+    HeldByDeadDaemon {
+        path: std::path::PathBuf,
+        pid: String,
+    },
     #[error("{0} is not a mounted pocket (nothing to do); `grep fuse.backpocket /proc/self/mounts` lists the mounted ones")]
     NotMounted(std::path::PathBuf),
     #[error("{0} exists and was not written by backpocket; move it away first")]

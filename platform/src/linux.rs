@@ -255,9 +255,22 @@ impl PocketLock {
             Err(rustix::io::Errno::WOULDBLOCK) => {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim().to_owned();
+                // A killed daemon whose thread waits on its own mount: a zombie that keeps
+                // its files (and this lock) until the mount's connection is aborted.
+                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+                    .unwrap_or(false);
+                if zombie {
+                    return Err(Error::HeldByDeadDaemon {
+                        path: pocket.to_owned(),
+                        pid,
+                    });
+                }
                 return Err(Error::Locked {
                     path: pocket.to_owned(),
-                    pid: pid.trim().to_owned(),
+                    pid,
                 });
             }
             Err(e) => {

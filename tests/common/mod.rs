@@ -158,6 +158,27 @@ impl Pocket {
     }
 }
 
+/// Aborts the FUSE connection of the mount at `mnt`: every call waiting on it fails, and its
+/// daemon can exit. `umount -f` does it (the unmount itself may then fail as busy: a stale
+/// mount, cleaned up by the next mount); else the connection's `abort` file (root, fusectl).
+pub fn abort_fuse_connection(mnt: &Path) {
+    let _ = Command::new("umount")
+        .arg("-f")
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .status();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mnt.to_string_lossy();
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() > 4 && f[4] == want {
+            if let Some(minor) = f[2].split(':').nth(1) {
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
+        }
+    }
+}
+
 /// A foreground `backpocket mount` child process.
 pub struct Mounted {
     pub child: Option<Child>,
@@ -264,11 +285,28 @@ impl Mounted {
         self.child.as_ref().unwrap().id()
     }
 
-    /// kill -9: no unmount, no journal close.
-    pub fn kill9(mut self) {
+    /// kill -9: no unmount, no journal close. Returns whether the daemon hung instead of
+    /// dying: a thread of it in a call on its own mount that a thread now dead had taken
+    /// (the pull writes through the mount) waits for an answer that cannot come, holding the
+    /// process as a zombie with the mount's connection open; its connection is then aborted,
+    /// as `umount -f` would (docs/devices.md, known limits).
+    pub fn kill9(mut self) -> bool {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
-        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "NOTE: the daemon of {} did not die of kill -9 in 5 s (a call on its own mount waits for an answer); aborting its FUSE connection",
+                    self.mnt.display()
+                );
+                abort_fuse_connection(&self.mnt);
+                child.wait().unwrap();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Unmounts through the command and waits for the daemon to exit; returns its stderr.

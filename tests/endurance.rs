@@ -24,11 +24,12 @@
 //! - a member of a group destination (a vault spread 2 of 3 over three folders) unplugged
 //!   once the round's drains have made every member whole: the restore comes from the other
 //!   two, and once it is back a drain must catch it up (`verify` finds every member whole);
-//! - a second device: a laptop joined to the vault takes its turn after every third round
-//!   (on exFAT the power-cut turns only). It takes the drive's work, works in `lap/` (making what devices carry: no hard links,
-//!   xattrs or holes), is killed with -9 now and then, and its own chain must restore exactly
-//!   what it holds; then the drive takes the laptop's work, plainly, cut by a kill -9, or cut
-//!   by a power cut, in turn, and must end with it exactly, neither device behind the other.
+//! - a second device: a laptop joined to the vault takes its turn after rounds 4 and 7 (7
+//!   only on exFAT; then two of every nine rounds). It takes the drive's work, works in
+//!   `lap/` (making what devices carry: no hard links, xattrs or holes), is killed with -9
+//!   while it works, and its own chain must restore exactly what it holds; then the drive
+//!   takes the laptop's work cut by a kill -9, or by a power cut, and must end with it
+//!   exactly after a remount, neither device behind the other.
 //!   Maintenance, `forget --prune` and repair run on a vault with both devices' chains.
 //!
 //! ```text
@@ -1462,10 +1463,11 @@ fn round(
     if let Some(i) = away {
         member_back(b, i, r, &pf, tally)?;
     }
-    // The laptop's turn every third round (1, 4, 7, 10, ...), the drive taking its work
-    // plainly, cut by a kill -9, then by a power cut, in turn; on exFAT the power-cut turns
-    // only (its FUSE driver killed), as each turn costs about 90 s of the short profile.
-    if b.laptop.is_some() && r % 3 == 1 && (!b.exfat || (r / 3) % 3 == 2) {
+    // The laptop's turn in rounds 4, 7, 13, 16, ...: the drive taking its work cut by a
+    // kill -9, then by a power cut; on exFAT the power-cut turns only (its FUSE driver
+    // killed). Each turn costs about 90 s: the short profile has three.
+    let turn = (r / 3) % 3;
+    if b.laptop.is_some() && r % 3 == 1 && turn != 0 && (!b.exfat || turn == 2) {
         laptop_turn(b, models, lap, rng, r, tally)?;
     }
     tally.rounds += 1;
@@ -1561,9 +1563,9 @@ fn laptop_turn(
     let l = b.laptop.as_ref().expect("a laptop");
     let none = BTreeSet::new();
     let seed = rng.next();
-    let kill_at = rng
-        .chance(0.3)
-        .then(|| Duration::from_millis(300 + rng.below(WRITE_PHASE.as_millis() as u64 - 600)));
+    let kill_at = Some(Duration::from_millis(
+        300 + rng.below(WRITE_PHASE.as_millis() as u64 - 600),
+    ));
     let drive_fault = match (r / 3) % 3 {
         2 if b.drive.is_none() => 1,
         f => f,

@@ -925,7 +925,7 @@ struct Bench {
     sshd: Option<std::sync::Mutex<Sshd>>,
     office: Option<Office>,
     /// A second device (a laptop) joined to the vault `v`: a pocket on the machine's own
-    /// disk, mounted beside the drive, its writer working in `lap/` while the drive's work.
+    /// disk that takes turns with the drive ([`laptop_turn`]), its writer working in `lap/`.
     laptop: Option<Backed>,
 }
 

@@ -12,13 +12,22 @@ use std::time::{Duration, Instant};
 use common::backed::{ok_out, Backed};
 use common::{ok, run, Mounted, Pocket};
 
-/// The second device: a pocket joined to `vault`, named `name`.
-fn join(first: &Backed, vault: &Path, name: &str) -> Pocket {
+/// The first pocket (the drive), with a vault `home` in a folder beside it.
+fn drive_with_vault() -> (Backed, PathBuf) {
+    let a = Backed::new();
+    let vault = a.pocket.tmp.path().join("vault");
+    std::fs::create_dir(&vault).unwrap();
+    a.dest("home", &vault, "vault");
+    (a, vault)
+}
+
+/// The second device: a pocket joined to `vault`, named `name`, with the first's passphrase.
+fn join(first: &Backed, vault: &Path, name: &str) -> Backed {
     join_url(first, vault.to_str().unwrap(), name, &[])
 }
 
 /// A device joined to the vault at `url` (with `env` for a remote one).
-fn join_url(first: &Backed, url: &str, name: &str, env: &[(&str, String)]) -> Pocket {
+fn join_url(first: &Backed, url: &str, name: &str, env: &[(&str, String)]) -> Backed {
     let tmp = tempfile::Builder::new()
         .prefix("bp-device")
         .tempdir()
@@ -39,7 +48,10 @@ fn join_url(first: &Backed, url: &str, name: &str, env: &[(&str, String)]) -> Po
         None,
         env,
     ));
-    p
+    Backed {
+        pocket: p,
+        pass: first.pass.clone(),
+    }
 }
 
 /// Waits until `f` holds, showing both daemons' logs if it never does.
@@ -188,10 +200,7 @@ fn visible(dir: &Path) -> std::collections::BTreeMap<Vec<u8>, String> {
 
 #[test]
 fn two_devices_mounted_at_once_take_each_others_changes_and_lose_nothing() {
-    let a = Backed::new();
-    let vault = a.pocket.tmp.path().join("vault");
-    std::fs::create_dir(&vault).unwrap();
-    a.dest("home", &vault, "vault");
+    let (a, vault) = drive_with_vault();
     // A mirror of the drive's own: not the laptop's to write.
     a.dest("desk", &a.pocket.tmp.path().join("desk-mirror"), "mirror");
     std::fs::write(a.pocket.root.join("report.txt"), b"first draft\n").unwrap();
@@ -223,21 +232,17 @@ fn two_devices_mounted_at_once_take_each_others_changes_and_lose_nothing() {
     );
     assert!(!intruder.join(".backpocket").exists());
 
-    let b = join(&a, &vault, "laptop");
+    let bb = join(&a, &vault, "laptop");
     assert_eq!(
-        read(&b.root.join("report.txt")).unwrap(),
+        read(&bb.pocket.root.join("report.txt")).unwrap(),
         b"first draft\n",
         "the joined pocket starts with the vault's files"
     );
-    let dests = ok(&["dest", "list", "--pocket", b.p()]);
+    let dests = ok(&["dest", "list", "--pocket", bb.pocket.p()]);
     assert!(
         dests.contains("home") && !dests.contains("desk"),
         "the laptop drains to the shared vault only, not to the drive's mirror: {dests}"
     );
-    let bb = Backed {
-        pocket: b,
-        pass: a.pass.clone(),
-    };
     let mb = bb.mount();
     let (am, bm) = (a.pocket.mnt.clone(), bb.pocket.mnt.clone());
 
@@ -451,17 +456,11 @@ fn concurrent_work_on_two_devices_cut_apart_and_joined_again_loses_nothing() {
     let seed = common::seed_from_env("BACKPOCKET_DEVICES_SEED");
     eprintln!("seed {seed} (again with BACKPOCKET_DEVICES_SEED={seed})");
     let mut rng = common::Rng(seed);
-    let a = Backed::new();
-    let vault = a.pocket.tmp.path().join("vault");
-    std::fs::create_dir(&vault).unwrap();
-    a.dest("home", &vault, "vault");
+    let (a, vault) = drive_with_vault();
     std::fs::write(a.pocket.root.join("a.txt"), b"to begin with\n").unwrap();
     let ma = a.mount();
     a.wait_drained(&ma, Duration::from_secs(60));
-    let b = Backed {
-        pocket: join(&a, &vault, "laptop"),
-        pass: a.pass.clone(),
-    };
+    let b = join(&a, &vault, "laptop");
     let mb = b.mount();
     let mut wa = Worker {
         mnt: a.pocket.mnt.clone(),
@@ -555,10 +554,7 @@ fn two_devices_share_a_vault_on_an_sftp_server() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", own_ssh.display(), client.path);
-    let laptop = Backed {
-        pocket: join_url(&a, &url, "laptop", &[("PATH", path)]),
-        pass: a.pass.clone(),
-    };
+    let laptop = join_url(&a, &url, "laptop", &[("PATH", path)]);
     assert_eq!(
         read(&laptop.pocket.root.join("plan.txt")).unwrap(),
         b"the plan\n"
@@ -602,14 +598,8 @@ fn three_devices_share_a_vault_in_an_s3_bucket() {
     let mut env = garage.env();
     env.push(("AWS_ENDPOINT_URL", garage.endpoint()));
     env.push(("AWS_REGION", "garage".into()));
-    let laptop = Backed {
-        pocket: join_url(&a, url, "laptop", &env),
-        pass: a.pass.clone(),
-    };
-    let desktop = Backed {
-        pocket: join_url(&a, url, "desktop", &env),
-        pass: a.pass.clone(),
-    };
+    let laptop = join_url(&a, url, "laptop", &env);
+    let desktop = join_url(&a, url, "desktop", &env);
     assert_eq!(
         read(&desktop.pocket.root.join("plan.txt")).unwrap(),
         b"the plan\n"
@@ -667,10 +657,7 @@ fn three_devices_share_a_vault_in_an_s3_bucket() {
 #[test]
 fn an_xmpp_server_brings_changes_at_once_and_says_who_is_online() {
     let mut xmpp = common::servers::Prosody::start();
-    let a = Backed::new();
-    let vault = a.pocket.tmp.path().join("vault");
-    std::fs::create_dir(&vault).unwrap();
-    a.dest("home", &vault, "vault");
+    let (a, vault) = drive_with_vault();
     let push = |p: &Pocket, password: &str| {
         common::run_env(
             &[
@@ -717,11 +704,7 @@ fn an_xmpp_server_brings_changes_at_once_and_says_who_is_online() {
     let ma = mount(&a);
     a.wait_drained(&ma, Duration::from_secs(60));
     // The laptop joins after: the account comes with the config.
-    let b = join(&a, &vault, "laptop");
-    let bb = Backed {
-        pocket: b,
-        pass: a.pass.clone(),
-    };
+    let bb = join(&a, &vault, "laptop");
     let mb = mount(&bb);
     let (am, bm) = (a.pocket.mnt.clone(), bb.pocket.mnt.clone());
     // Polling every 300 s would take minutes: within 60 s is push at work.
@@ -821,18 +804,11 @@ fn an_xmpp_server_brings_changes_at_once_and_says_who_is_online() {
 /// same way on both sides.
 #[test]
 fn clocks_hours_apart_lose_nothing_and_are_reported() {
-    let a = Backed::new();
-    let vault = a.pocket.tmp.path().join("vault");
-    std::fs::create_dir(&vault).unwrap();
-    a.dest("home", &vault, "vault");
+    let (a, vault) = drive_with_vault();
     std::fs::write(a.pocket.root.join("report.txt"), b"first draft\n").unwrap();
     let ma = a.mount();
     a.wait_drained(&ma, Duration::from_secs(60));
-    let b = join(&a, &vault, "laptop");
-    let bb = Backed {
-        pocket: b,
-        pass: a.pass.clone(),
-    };
+    let bb = join(&a, &vault, "laptop");
     let behind = common::clock_3h_behind();
     let mb = Mounted::start_with(
         &bb.pocket.root,
@@ -885,10 +861,7 @@ fn clocks_hours_apart_lose_nothing_and_are_reported() {
 /// 300 s), then the drive mounts alone and takes the rename, then the laptop takes the result.
 #[test]
 fn a_rename_against_an_edit_keeps_the_edit_at_the_new_name() {
-    let a = Backed::new();
-    let vault = a.pocket.tmp.path().join("vault");
-    std::fs::create_dir(&vault).unwrap();
-    a.dest("home", &vault, "vault");
+    let (a, vault) = drive_with_vault();
     std::fs::write(a.pocket.root.join("draft.txt"), b"first draft\n").unwrap();
     let slow = ["env".to_owned(), "BACKPOCKET_PULL_POLL_SECS=300".to_owned()];
     let mount_slow = |b: &Backed| {
@@ -901,11 +874,7 @@ fn a_rename_against_an_edit_keeps_the_edit_at_the_new_name() {
     };
     let ma = mount_slow(&a);
     a.wait_drained(&ma, Duration::from_secs(60));
-    let b = join(&a, &vault, "laptop");
-    let bb = Backed {
-        pocket: b,
-        pass: a.pass.clone(),
-    };
+    let bb = join(&a, &vault, "laptop");
     let mb = mount_slow(&bb);
     let (am, bm) = (a.pocket.mnt.clone(), bb.pocket.mnt.clone());
     // Both have looked at the other once (the drive notices the join within 10 s).
@@ -969,18 +938,11 @@ fn now_rfc3339() -> String {
 /// edit, not beside it: no conflict copy, on either side.
 #[test]
 fn versions_carried_back_by_the_other_device_are_behind_not_beside() {
-    let a = Backed::new();
-    let vault = a.pocket.tmp.path().join("vault");
-    std::fs::create_dir(&vault).unwrap();
-    a.dest("home", &vault, "vault");
+    let (a, vault) = drive_with_vault();
     std::fs::write(a.pocket.root.join("readme.txt"), b"shared\n").unwrap();
     let ma = a.mount();
     a.wait_drained(&ma, Duration::from_secs(60));
-    let b = join(&a, &vault, "laptop");
-    let bb = Backed {
-        pocket: b,
-        pass: a.pass.clone(),
-    };
+    let bb = join(&a, &vault, "laptop");
     let (am, bm) = (a.pocket.mnt.clone(), bb.pocket.mnt.clone());
     let mb = bb.mount();
     bb.wait_drained(&mb, Duration::from_secs(60));

@@ -461,7 +461,7 @@ fn first_base(
         return Ok(base);
     }
     let mut seen_here: BTreeSet<Vec<u8>> = BTreeSet::new();
-    vault.replay_chain_all(chain, &mut |tree, _, _| {
+    vault.replay_chain(chain, true, &mut |tree, _, _| {
         for (path, m) in &differ {
             if seen_here.contains(*path) {
                 continue;
@@ -861,7 +861,7 @@ impl Apply<'_, '_> {
             let mut seen: HashMap<Vec<u8>, Vec<Print>> = HashMap::new();
             let looked_at = &self.looked_at;
             self.vault
-                .replay_chain_recent(self.my_chain, &mut |tree, _, _| {
+                .replay_chain(self.my_chain, false, &mut |tree, _, _| {
                     for p in looked_at {
                         let had = tree
                             .lookup(p)

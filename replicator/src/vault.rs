@@ -926,7 +926,7 @@ impl Vault {
     /// A chain's tree at log object `gen` (None if the chain does not hold it).
     pub(crate) fn chain_tree_at(&self, chain: &str, gen: u64) -> Result<Option<Tree>> {
         let mut found = None;
-        self.replay_chain_all(chain, &mut |tree, point, _| {
+        self.replay_chain(chain, true, &mut |tree, point, _| {
             if point.gen == gen {
                 found = Some(tree.clone());
             }
@@ -944,29 +944,18 @@ impl Vault {
             .map(|r| (r.tree, r.head)))
     }
 
-    /// Replays a device's whole chain from its oldest checkpoint, calling `visit` with the
-    /// tree after each object.
-    pub(crate) fn replay_chain_all(
+    /// Replays a device's chain, calling `visit` with the tree after each object: from its
+    /// oldest checkpoint (its whole history the vault keeps), or from its newest (what loading
+    /// its tree reads anyway).
+    pub(crate) fn replay_chain(
         &self,
         chain: &str,
+        from_oldest: bool,
         visit: &mut dyn FnMut(&Tree, &Point, &LogObject) -> Result<()>,
     ) -> Result<()> {
         let trashed = self.trashed()?;
         let map = self.chain_map(chain, &trashed.keys)?;
-        self.replay_map(map, None, true, visit)?;
-        Ok(())
-    }
-
-    /// Replays a device's chain from its newest checkpoint (what loading its tree reads
-    /// anyway), calling `visit` with the tree after each object.
-    pub(crate) fn replay_chain_recent(
-        &self,
-        chain: &str,
-        visit: &mut dyn FnMut(&Tree, &Point, &LogObject) -> Result<()>,
-    ) -> Result<()> {
-        let trashed = self.trashed()?;
-        let map = self.chain_map(chain, &trashed.keys)?;
-        self.replay_map(map, None, false, visit)?;
+        self.replay_map(map, None, from_oldest, visit)?;
         Ok(())
     }
 

@@ -106,28 +106,16 @@ fn keep_shared_only(config: &mut Config, from: &str, key: &replicator::Key) -> R
         // Joined by another address than the first pocket's (a share mounted elsewhere, the
         // server by another name): reached as the join reached it, credentials included.
         let name = "vault";
-        let access = replicator::Access::from_env();
         let secrets = replicator::Secrets::from_env();
         let credentials = match local(from) {
             None if !secrets.is_empty() => Some(replicator::seal_secrets(key, name, &secrets)?),
             _ => None,
         };
+        let url = local(from).map_or_else(|| from.to_owned(), |p| p.to_string_lossy().into_owned());
         config.destinations.push(crate::pocket::DestConfig {
             name: name.into(),
-            url: local(from).map_or_else(|| from.to_owned(), |p| p.to_string_lossy().into_owned()),
-            mode: Mode::Vault,
-            keep_versions_days: 30,
-            when: Vec::new(),
-            endpoint: access.endpoint.clone(),
-            region: access.region.clone(),
-            virtual_host_style: false,
-            connections: None,
-            bandwidth_limit: None,
             credentials,
-            warn_after: None,
-            k: None,
-            members: Vec::new(),
-            folder: None,
+            ..crate::pocket::DestConfig::for_url(&url)
         });
     }
     Ok(left.into_iter().map(|d| d.name).collect())

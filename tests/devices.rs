@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 use common::backed::{ok_out, Backed};
 use common::{ok, run, Mounted, Pocket};
 
+/// Mounts `b` polling the vault only every 300 s: what arrives sooner came by push, and the
+/// order of the devices' rounds is the test's.
+fn mount_slow(b: &Backed) -> Mounted {
+    Mounted::start_with(
+        &b.pocket.root,
+        &b.pocket.mnt,
+        &["--passphrase-file", b.pf()],
+        &["env".to_owned(), "BACKPOCKET_PULL_POLL_SECS=300".to_owned()],
+    )
+}
+
 /// The first pocket (the drive), with a vault `home` in a folder beside it.
 fn drive_with_vault() -> (Backed, PathBuf) {
     let a = Backed::new();
@@ -692,20 +703,11 @@ fn an_xmpp_server_brings_changes_at_once_and_says_who_is_online() {
     );
 
     std::fs::write(a.pocket.root.join("plan.txt"), b"the plan\n").unwrap();
-    let slow = ["env".to_owned(), "BACKPOCKET_PULL_POLL_SECS=300".to_owned()];
-    let mount = |b: &Backed| {
-        Mounted::start_with(
-            &b.pocket.root,
-            &b.pocket.mnt,
-            &["--passphrase-file", b.pf()],
-            &slow,
-        )
-    };
-    let ma = mount(&a);
+    let ma = mount_slow(&a);
     a.wait_drained(&ma, Duration::from_secs(60));
     // The laptop joins after: the account comes with the config.
     let bb = join(&a, &vault, "laptop");
-    let mb = mount(&bb);
+    let mb = mount_slow(&bb);
     let (am, bm) = (a.pocket.mnt.clone(), bb.pocket.mnt.clone());
     // Polling every 300 s would take minutes: within 60 s is push at work.
     fn in_time(
@@ -863,15 +865,6 @@ fn clocks_hours_apart_lose_nothing_and_are_reported() {
 fn a_rename_against_an_edit_keeps_the_edit_at_the_new_name() {
     let (a, vault) = drive_with_vault();
     std::fs::write(a.pocket.root.join("draft.txt"), b"first draft\n").unwrap();
-    let slow = ["env".to_owned(), "BACKPOCKET_PULL_POLL_SECS=300".to_owned()];
-    let mount_slow = |b: &Backed| {
-        Mounted::start_with(
-            &b.pocket.root,
-            &b.pocket.mnt,
-            &["--passphrase-file", b.pf()],
-            &slow,
-        )
-    };
     let ma = mount_slow(&a);
     a.wait_drained(&ma, Duration::from_secs(60));
     let bb = join(&a, &vault, "laptop");
@@ -979,4 +972,39 @@ fn versions_carried_back_by_the_other_device_are_behind_not_beside() {
     );
     mb.unmount();
     ma.unmount();
+}
+
+/// A device that joins the vault by another address than the first pocket's (here a link to
+/// the folder, as a share mounted elsewhere) gets a destination of its own for it, which
+/// drains; the first pocket's entry is not copied.
+#[test]
+fn a_device_joined_by_another_address_drains_to_it() {
+    let (a, vault) = drive_with_vault();
+    std::fs::write(a.pocket.root.join("report.txt"), b"first draft\n").unwrap();
+    ok(&[
+        "sync",
+        "--pocket",
+        a.pocket.p(),
+        "--passphrase-file",
+        a.pf(),
+    ]);
+    let elsewhere = a.pocket.tmp.path().join("share");
+    std::os::unix::fs::symlink(&vault, &elsewhere).unwrap();
+    let bb = join(&a, &elsewhere, "laptop");
+    let dests = ok(&["dest", "list", "--pocket", bb.pocket.p()]);
+    assert!(
+        dests.contains("vault")
+            && dests.contains(elsewhere.to_str().unwrap())
+            && !dests.contains("home"),
+        "{dests}"
+    );
+    std::fs::write(bb.pocket.root.join("notes.txt"), b"from the laptop\n").unwrap();
+    let out = ok(&[
+        "sync",
+        "--pocket",
+        bb.pocket.p(),
+        "--passphrase-file",
+        bb.pf(),
+    ]);
+    assert!(out.contains("up to date"), "{out}");
 }

@@ -354,6 +354,8 @@ fn main() {
                     owners: false,
                     // As `backpocket restore` does.
                     workers: 8,
+                    map_names: false,
+                    specials: true,
                 },
                 &Progress::default(),
             )

@@ -793,6 +793,7 @@ pub fn restore_mirror(
         }
         let to = target.join(OsStr::from_bytes(rel));
         set_meta(&to, &tree.files[id], owners)
+            .map(|_| ())
             .map_err(|e| Error::io(format!("cannot set the attributes of {}", to.display()), e))?;
     }
     if paths.is_empty() {

@@ -25,6 +25,14 @@ pub struct RestoreOptions {
     /// Set owners (only root can).
     pub owners: bool,
     pub workers: usize,
+    /// The target's drive cannot spell every name (exFAT, FAT): names are made under the
+    /// look-alikes a pocket on that drive uses (`journal::spelling`), which a pocket made there
+    /// later reads back as the real names.
+    pub map_names: bool,
+    /// The target's drive can hold symlinks, fifos, sockets and devices; where not (exFAT,
+    /// FAT: its driver may even make a regular file before it fails), they are left out and
+    /// listed.
+    pub specials: bool,
 }
 
 /// What a restore did.
@@ -46,6 +54,63 @@ pub struct RestoreReport {
     /// large file uploading beside the drain) and never arrived: restored as the destination
     /// held them before.
     pub earlier: Vec<Vec<u8>>,
+    /// Other names of a file, made as copies of it: the target's filesystem has no hard
+    /// links (exFAT, FAT).
+    pub copies: Vec<Vec<u8>>,
+    /// Names made under their look-alikes ([`RestoreOptions::map_names`]): (name, as made).
+    pub renamed: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Entries restored without something the target's drive cannot hold (their xattrs).
+    pub not_kept: Vec<(Vec<u8>, String)>,
+}
+
+/// The target's filesystem cannot make this kind of entry (a symlink on exFAT).
+fn cannot_make_here(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        e.kind() == std::io::ErrorKind::Unsupported
+    }
+}
+
+/// Why an entry the drive cannot hold was left out.
+const NOT_ON_THIS_DRIVE: &str = "this drive cannot hold it (restore onto ext4, XFS or btrfs, or make a pocket of it with `backpocket init --from`, for an exact copy)";
+
+/// `rel` as the drive holds it, each name under its look-alike where it needs one.
+fn drive_path(rel: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if rel.split(|&b| b == b'/').all(|n| {
+        matches!(
+            journal::spelling::to_drive(n),
+            std::borrow::Cow::Borrowed(_)
+        )
+    }) {
+        return std::borrow::Cow::Borrowed(rel);
+    }
+    let mapped: Vec<Vec<u8>> = rel
+        .split(|&b| b == b'/')
+        .map(|n| journal::spelling::to_drive(n).into_owned())
+        .collect();
+    std::borrow::Cow::Owned(mapped.join(&b'/'))
+}
+
+/// The target's filesystem cannot link (rather than this link being wrong).
+fn no_hard_links(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        e.kind() == std::io::ErrorKind::Unsupported
+    }
 }
 
 /// Restores the vault's tree at `opts.at` into `opts.target`, which must be missing or empty.
@@ -78,7 +143,21 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     // Never a silently wrong file: one whose contents are unknown is not made.
     entries.retain(|(_, id)| !tree.broken.contains(id));
     let target = &opts.target;
-    let abs = |rel: &[u8]| crate::os::join(target, rel);
+    let abs = |rel: &[u8]| {
+        if opts.map_names {
+            crate::os::join(target, &drive_path(rel))
+        } else {
+            crate::os::join(target, rel)
+        }
+    };
+    if opts.map_names {
+        for (rel, _) in &entries {
+            let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+            if let std::borrow::Cow::Owned(m) = journal::spelling::to_drive(name) {
+                report.renamed.push((rel.clone(), m));
+            }
+        }
+    }
 
     // 1. The tree's shape: folders, files (at full size, so holes stay holes), links.
     let mut first_name: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -86,6 +165,8 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     // A file's other names, made as hard links before its data is written: a file refused
     // for damaged data must go under every one of them.
     let mut other_names: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
+    // Other names made as copies, which get their metadata as the first name does.
+    let mut copies: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for (rel, id) in &entries {
         let f = &tree.files[id];
         let p = abs(rel);
@@ -101,11 +182,24 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
                 })
             }
             KIND_FILE => {
-                if let Some(first) = first_name.get(id) {
-                    other_names.entry(abs(first)).or_default().push(p.clone());
-                    std::fs::hard_link(abs(first), &p)
+                let linked = match first_name.get(id) {
+                    None => None,
+                    Some(first) => match std::fs::hard_link(abs(first), &p) {
+                        Err(e) if no_hard_links(&e) => {
+                            copies.insert(p.clone());
+                            report.copies.push(rel.clone());
+                            None
+                        }
+                        r => {
+                            other_names.entry(abs(first)).or_default().push(p.clone());
+                            Some(r)
+                        }
+                    },
+                };
+                if let Some(r) = linked {
+                    r
                 } else {
-                    first_name.insert(*id, rel.clone());
+                    first_name.entry(*id).or_insert_with(|| rel.clone());
                     report.files += 1;
                     let size = f.content.as_ref().map_or(f.meta.size, |c| c.size);
                     let r = std::fs::OpenOptions::new()
@@ -120,10 +214,23 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
                     r
                 }
             }
+            // Links, fifos, sockets, devices.
+            _ if !opts.specials => {
+                report.skipped.push((rel.clone(), NOT_ON_THIS_DRIVE.into()));
+                continue;
+            }
             KIND_SYMLINK => {
-                report.symlinks += 1;
                 let t = f.target.clone().unwrap_or_default();
-                make_symlink(&t, &p)
+                match make_symlink(&t, &p) {
+                    Err(e) if cannot_make_here(&e) => {
+                        report.skipped.push((rel.clone(), NOT_ON_THIS_DRIVE.into()));
+                        continue;
+                    }
+                    r => {
+                        report.symlinks += 1;
+                        r
+                    }
+                }
             }
             kind => {
                 if let Some(first) = first_name.get(id) {
@@ -135,6 +242,10 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
                         Ok(true) => Ok(()),
                         Ok(false) => {
                             report.skipped.push((rel.clone(), NOT_ROOT.into()));
+                            continue;
+                        }
+                        Err(e) if cannot_make_here(&e) => {
+                            report.skipped.push((rel.clone(), NOT_ON_THIS_DRIVE.into()));
                             continue;
                         }
                         Err(e) => Err(e),
@@ -240,11 +351,17 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
         if failed_paths.contains(&p) || report.skipped.iter().any(|(s, _)| s == rel) {
             continue;
         }
-        if !done_ids.insert(*id) {
+        if !copies.contains(&p) && !done_ids.insert(*id) {
             continue;
         }
-        set_meta(&p, &tree.files[id], opts.owners)
+        let xattrs_kept = set_meta(&p, &tree.files[id], opts.owners)
             .map_err(|e| Error::io(format!("cannot set the attributes of {}", p.display()), e))?;
+        if !xattrs_kept {
+            report.not_kept.push((
+                rel.clone(),
+                "its extended attributes (this drive has none)".into(),
+            ));
+        }
     }
     if let Some(root) = tree.files.get(&tree.root) {
         if opts.paths.is_empty() {
@@ -453,16 +570,25 @@ fn write_targets(
 }
 
 /// Sets what the file's record says: xattrs, owner (`owners`: only root can), mode, mtime.
+/// False when the drive has no xattrs to set (the rest is set all the same).
 #[cfg(unix)]
-pub(crate) fn set_meta(p: &Path, f: &FileState, owners: bool) -> std::io::Result<()> {
+pub(crate) fn set_meta(p: &Path, f: &FileState, owners: bool) -> std::io::Result<bool> {
     use rustix::fs::{AtFlags, Mode, Timespec, Timestamps, CWD};
+    let mut xattrs_kept = true;
     for x in &f.xattrs {
-        rustix::fs::lsetxattr(
+        match rustix::fs::lsetxattr(
             p,
             &*crate::os::os_name(&x.name),
             &x.value,
             rustix::fs::XattrFlags::empty(),
-        )?;
+        ) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                xattrs_kept = false;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     if owners {
         rustix::fs::chownat(
@@ -490,15 +616,15 @@ pub(crate) fn set_meta(p: &Path, f: &FileState, owners: bool) -> std::io::Result
         },
         AtFlags::SYMLINK_NOFOLLOW,
     )?;
-    Ok(())
+    Ok(xattrs_kept)
 }
 
 /// Windows keeps no owners, modes or xattrs: a file without write bits becomes read-only,
 /// and files get their modification time back.
 #[cfg(not(unix))]
-pub(crate) fn set_meta(p: &Path, f: &FileState, _owners: bool) -> std::io::Result<()> {
+pub(crate) fn set_meta(p: &Path, f: &FileState, _owners: bool) -> std::io::Result<bool> {
     if f.meta.kind != KIND_FILE {
-        return Ok(());
+        return Ok(f.xattrs.is_empty());
     }
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(f.meta.mtime_ns.max(0) as u64);
     std::fs::OpenOptions::new()
@@ -510,7 +636,7 @@ pub(crate) fn set_meta(p: &Path, f: &FileState, _owners: bool) -> std::io::Resul
         perms.set_readonly(true);
         std::fs::set_permissions(p, perms)?;
     }
-    Ok(())
+    Ok(f.xattrs.is_empty())
 }
 
 /// One version of a file that a destination holds.

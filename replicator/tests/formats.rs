@@ -391,6 +391,8 @@ fn restore_whole(vault: &Vault, out: &Path) {
             paths: Vec::new(),
             owners: is_root(),
             workers: 2,
+            map_names: false,
+            specials: true,
         },
         &Progress::default(),
     )

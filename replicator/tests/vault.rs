@@ -907,6 +907,8 @@ fn a_damaged_file_is_refused_under_every_name_it_has() {
             paths: Vec::new(),
             owners: false,
             workers: 2,
+            map_names: false,
+            specials: true,
         },
         &Progress::default(),
     )
@@ -1143,6 +1145,8 @@ fn replaced_objects_stay_for_the_grace_period_and_readers_ignore_them() {
             paths: Vec::new(),
             owners: rustix::process::geteuid().is_root(),
             workers: 2,
+            map_names: false,
+            specials: true,
         },
         &Progress::default(),
     )

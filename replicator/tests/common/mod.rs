@@ -55,6 +55,8 @@ pub fn restore_all(
             paths: Vec::new(),
             owners,
             workers: 2,
+            map_names: false,
+            specials: true,
         },
         &Progress::default(),
     )

@@ -69,8 +69,7 @@ pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Res
     let left_out = keep_shared_only(&mut config, from, &key)?;
     vault.join_device(&config.id, &name, &first_name, head.gen)?;
     keys::adopt(&mut config, &key)?;
-    crate::backup::restore_into(vault, dir)?;
-    crate::init_with(dir, config)?;
+    crate::backup::init_restored(vault, dir, config)?;
     let meta = dir.canonicalize()?.join(crate::pocket::DIR);
     replicator::pull::record_base(&meta, &first_id, head.gen, &tree)?;
     println!(

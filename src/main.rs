@@ -925,6 +925,16 @@ fn init(dir: &Path) -> Result<()> {
 
 /// Makes a pocket of `dir` with `config` (new, or the one a destination kept).
 pub fn init_with(dir: &Path, config: pocket::Config) -> Result<()> {
+    init_filled(dir, config, |_, _| Ok(()))
+}
+
+/// Makes a pocket of `dir` with `config`, filled by `fill` once its journal records (before
+/// the config is written: a folder with a config is a complete pocket).
+pub fn init_filled(
+    dir: &Path,
+    config: pocket::Config,
+    fill: impl FnOnce(&Pocket, &journal::Journal) -> Result<()>,
+) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!(
             "{} exists and is not a folder; give a folder (it is created if missing)",
@@ -954,6 +964,11 @@ pub fn init_with(dir: &Path, config: pocket::Config) -> Result<()> {
         Err(e) => return Err(e).context("cannot create the journal"),
     };
     p.adapt_journal(&journal)?;
+    // Settled after: what the fill wrote is on the drive, and the scan need not read it again.
+    if let Err(e) = fill(&p, &journal).and_then(|()| Ok(journal.handle().settle()?)) {
+        let _ = journal.close();
+        return Err(e);
+    }
     let spinner = spinner(&format!("adopting the files in {}", root.display()));
     let report = journal::scan(&p.root, &p.journal_path(), &journal.handle());
     if let Some(s) = spinner {

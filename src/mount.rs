@@ -171,30 +171,13 @@ fn serve(
         }
     };
 
-    let options = fs_driver::Options {
-        quiet_period: Duration::from_secs(config.journal.quiet_period_secs.max(1)),
-    };
     let handle = (!args.no_journal).then(|| journal.handle());
-    let mut core = fs_driver::PocketFs::new(&pocket.root, handle, options)
-        .map_err(|e| anyhow::anyhow!("cannot open the pocket {}: {e}", pocket.root.display()))?;
-    // A drive without modes and owners (exFAT, FAT): the mount keeps them, from the catalog
-    // on, and the kernel checks permissions against them (the drive lets anyone do anything).
-    let keeps = pocket.drive().filter(|d| !d.modes);
-    if let Some(d) = &keeps {
-        let (files, xattrs) = journal::Reader::open(&pocket.journal_path())
-            .and_then(|r| Ok((r.all_files()?, r.all_xattrs()?)))
-            .context("cannot read the modes, owners and xattrs the journal keeps for this drive; check that the drive is present (`backpocket journal status` says whether the journal can be read)")?;
-        core.keep_metadata(
-            i64::try_from(d.time_granularity_ns).unwrap_or(i64::MAX),
-            files.into_iter().map(|(id, meta, _)| (id, meta)),
-            xattrs,
-        );
-    }
-    let core = Arc::new(core);
+    let quiet = Duration::from_secs(config.journal.quiet_period_secs.max(1));
+    let (core, keeps) = pocket_fs(pocket, handle, quiet)?;
     let cfg = fs_driver::fuse::MountConfig {
         fsname: pocket.root.to_string_lossy().into_owned(),
         allow_other: args.allow_other,
-        default_permissions: args.default_permissions || keeps.is_some(),
+        default_permissions: args.default_permissions || keeps,
         opts: fs_driver::fuse::MountOptions {
             ttl: Duration::from_secs_f64(args.ttl.max(0.0)),
             passthrough: !args.no_passthrough,
@@ -284,4 +267,78 @@ fn serve(
          is lost: the next mount scans the pocket and records what the journal is missing",
     )?;
     Ok(())
+}
+
+/// The filesystem over `pocket`, and whether it keeps what the drive cannot (modes, owners,
+/// links and xattrs on exFAT or FAT): then the kernel must check permissions against what it
+/// shows, since the drive lets anyone do anything.
+fn pocket_fs(
+    pocket: &Pocket,
+    handle: Option<journal::JournalHandle>,
+    quiet_period: Duration,
+) -> Result<(Arc<fs_driver::PocketFs>, bool)> {
+    let options = fs_driver::Options { quiet_period };
+    let mut core = fs_driver::PocketFs::new(&pocket.root, handle, options)
+        .map_err(|e| anyhow::anyhow!("cannot open the pocket {}: {e}", pocket.root.display()))?;
+    // The mount keeps it from the catalog on.
+    let keeps = pocket.drive().filter(|d| !d.modes);
+    if let Some(d) = &keeps {
+        let (files, xattrs) = journal::Reader::open(&pocket.journal_path())
+            .and_then(|r| Ok((r.all_files()?, r.all_xattrs()?)))
+            .context("cannot read the modes, owners and xattrs the journal keeps for this drive; check that the drive is present (`backpocket journal status` says whether the journal can be read)")?;
+        core.keep_metadata(
+            i64::try_from(d.time_granularity_ns).unwrap_or(i64::MAX),
+            files.into_iter().map(|(id, meta, _)| (id, meta)),
+            xattrs,
+        );
+    }
+    Ok((Arc::new(core), keeps.is_some()))
+}
+
+/// Runs `work` in a private mount of `pocket` (a fresh folder only this user can enter), so
+/// that what it makes there goes into the pocket as through the user's mount: on a drive that
+/// cannot keep modes, links, xattrs or some names (exFAT, FAT), into the journal, which is the
+/// only place they can live. Nothing drains meanwhile; the caller holds the pocket's lock and
+/// gives the journal it opened.
+pub fn in_private_mount<T>(
+    pocket: &Pocket,
+    journal: &journal::Journal,
+    work: impl FnOnce(&std::path::Path) -> Result<T>,
+) -> Result<T> {
+    let dir = tempfile::Builder::new()
+        .prefix("backpocket-private-")
+        .tempdir()
+        .context("cannot make a private mountpoint in the system's temporary folder")?;
+    let (core, keeps) = pocket_fs(pocket, Some(journal.handle()), Duration::from_secs(1))?;
+    let cfg = fs_driver::fuse::MountConfig {
+        fsname: pocket.root.to_string_lossy().into_owned(),
+        allow_other: false,
+        default_permissions: keeps,
+        opts: fs_driver::fuse::MountOptions::default(),
+    };
+    let mut mount = fs_driver::fuse::mount(core, dir.path(), &cfg).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot mount the pocket at {} to fill it ({e}); is fuse3 installed, and /dev/fuse usable by you?",
+            dir.path().display()
+        )
+    })?;
+    let mut unmounter = mount.unmounter();
+    let session = std::thread::Builder::new()
+        .name("private-mount".into())
+        .spawn(move || mount.run())?;
+    let res = work(dir.path());
+    let unmounted = unmounter.unmount();
+    let served = session
+        .join()
+        .map_err(|_| anyhow::anyhow!("the private mount's session panicked"))?;
+    let out = res?;
+    unmounted.with_context(|| {
+        format!(
+            "cannot unmount the private mount at {}; run `umount {}`",
+            dir.path().display(),
+            dir.path().display()
+        )
+    })?;
+    served.context("the private mount's session ended with an error")?;
+    Ok(out)
 }

@@ -1132,3 +1132,140 @@ fn on_exfat_names_the_drive_cannot_spell_are_kept() {
     assert_eq!(names(&restored), want, "the backup has the real names");
     assert_eq!(fs::read(restored.join(odd)).unwrap(), b"not UTF-8");
 }
+
+/// A drive lost, a new exFAT stick bought: `init --from` must give a pocket that shows what
+/// the old one held, everything the stick cannot keep included (modes, owners, exact times,
+/// links, a fifo, xattrs, names it cannot spell), in its journal where the mount and the
+/// backups read it. Hard links, which neither exFAT nor the mount on it has, become copies.
+#[test]
+fn init_from_onto_exfat_gives_back_what_the_drive_cannot_keep() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::ffi::OsStringExt;
+    use std::os::unix::fs::PermissionsExt;
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let lost = tmp.path().join("lost");
+    fs::create_dir(&lost).unwrap();
+    ok(&["init", lost.to_str().unwrap()]);
+    let (pass, vault) = add_vault(&lost, tmp.path());
+    let at = |rel: &str| lost.join(rel);
+    fs::create_dir(at("d")).unwrap();
+    fs::write(at("d/a.txt"), b"kept with its mode").unwrap();
+    fs::set_permissions(at("d/a.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    rustix::fs::setxattr(
+        at("d/a.txt"),
+        "user.origin",
+        b"the lost drive",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    fs::hard_link(at("d/a.txt"), at("d/also a.txt")).unwrap();
+    std::os::unix::fs::symlink("a.txt", at("d/link")).unwrap();
+    std::os::unix::fs::lchown(at("d/link"), Some(1234), Some(1234)).unwrap();
+    fs::write(at("12:30 meeting?.txt"), b"agenda").unwrap();
+    fs::write(
+        lost.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")),
+        b"latin-1",
+    )
+    .unwrap();
+    fs::create_dir(at("private")).unwrap();
+    fs::write(at("private/key"), b"secret").unwrap();
+    std::os::unix::fs::chown(at("private/key"), Some(1234), Some(5678)).unwrap();
+    fs::set_permissions(at("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    let fifo = std::ffi::CString::new(at("pipe").into_os_string().into_vec()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let exact = fs::File::options().write(true).open(at("d/a.txt")).unwrap();
+    exact
+        .set_times(fs::FileTimes::new().set_modified(
+            std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789),
+        ))
+        .unwrap();
+    drop(exact);
+    ok(&[
+        "sync",
+        "--pocket",
+        lost.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    // What the new pocket must show: the same, with the hard link a copy.
+    let mut want = exact_tree(&lost);
+    let copy = want.get_mut(b"d/also a.txt".as_slice()).unwrap();
+    *copy = copy.split(" hardlink-of=").next().unwrap().to_owned()
+        + &copy[copy.find(" xattrs=").unwrap()..];
+
+    let drive = Drive::new(tmp.path(), "exfat", 128);
+    let root = drive.dir.join("work");
+    let out = run(
+        &[
+            "init",
+            "--from",
+            vault.to_str().unwrap(),
+            root.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+        None,
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "init --from: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("copied d/also a.txt"), "{said}");
+    let p = mountable(&root, tmp.path());
+    let m = p.mount(&[]);
+    assert_same_tree(&want, &exact_tree(&m.mnt));
+    m.unmount();
+    // The journal holds what the drive holds: a replug finds nothing to record.
+    drive.replug();
+    let r = scan_report(&root);
+    assert_eq!(counts(&r), [0; 6], "a replug after init --from: {r}");
+    let m = p.mount(&[]);
+    assert_same_tree(&want, &exact_tree(&m.mnt));
+    m.unmount();
+
+    // A plain restore onto the stick, not a pocket: what it can hold, with the rest said. (The
+    // new pocket has drained since: its point holds the copy, no hard link.)
+    let plain = drive.dir.join("plain");
+    let out = run(
+        &[
+            "restore",
+            "--from",
+            vault.to_str().unwrap(),
+            "--to",
+            plain.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+        None,
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "restore: {said}{warned}");
+    assert!(
+        warned.contains("cannot keep modes, owners and exact times"),
+        "{warned}"
+    );
+    for line in [
+        "skipped d/link: this drive cannot hold it",
+        "skipped pipe: this drive cannot hold it",
+        "renamed 12:30 meeting?.txt to 12\u{F022}30 meeting\u{F025}.txt",
+        "restored d/a.txt without its extended attributes",
+    ] {
+        assert!(said.contains(line), "{line} in: {said}");
+    }
+    assert_eq!(
+        fs::read(plain.join("12\u{F022}30 meeting\u{F025}.txt")).unwrap(),
+        b"agenda"
+    );
+    assert_eq!(fs::read(plain.join("caf\u{F0E9}.txt")).unwrap(), b"latin-1");
+    assert_eq!(fs::read(plain.join("private/key")).unwrap(), b"secret");
+    assert_eq!(
+        fs::read(plain.join("d/also a.txt")).unwrap(),
+        b"kept with its mode"
+    );
+    assert!(!plain.join("d/link").exists() && !plain.join("pipe").exists());
+}

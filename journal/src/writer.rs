@@ -338,7 +338,11 @@ impl JournalHandle {
         Ok(())
     }
 
-    fn settle(&self) -> Result<()> {
+    /// What [`Journal::close`] does before stopping: everything queued committed, the drive's
+    /// whole filesystem durable, then the unsynced files forgotten. For a session that ends
+    /// while the journal stays open (a private mount that filled a new pocket); call it once
+    /// nothing writes to the pocket.
+    pub fn settle(&self) -> Result<()> {
         self.ask(Msg::Settle, "the journal could not settle the drive")
     }
 }

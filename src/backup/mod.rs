@@ -12,7 +12,7 @@ pub use dest::{
     dest_replace, setup, RemoteArgs,
 };
 pub use history::{forget, log, maintain, prune};
-pub use restore::{init_from, restore, restore_into};
+pub use restore::{init_from, init_restored, restore};
 pub use sync::sync;
 pub use verify::{repair, verify};
 

@@ -48,35 +48,93 @@ pub fn restore(
         .iter()
         .map(|p| p.as_os_str().as_bytes().to_vec())
         .collect();
-    restore_vault(&opened.vault, to, at, paths, json)
+    restore_vault(&opened.vault, to, to, at, paths, json)
 }
 
-/// Restores a vault's point into `to`, with a progress bar, and says what it did.
-/// The newest point of `vault` into `to` (a new pocket's folder).
-pub fn restore_into(vault: &Vault, to: &Path) -> Result<()> {
-    restore_vault(vault, to, None, Vec::new(), false)
+/// Makes a pocket of `dir` (missing or empty) holding the newest point of `vault`, with
+/// `config`. On a drive that keeps everything the files are restored onto it and adopted. On
+/// one that keeps less (exFAT, FAT) they go in through a private mount, so that what the drive
+/// cannot hold (modes, owners, exact times, links, xattrs, names it cannot spell) lands in the
+/// journal as the user's mount would put it there: the new pocket shows all of it, and its
+/// backups keep it.
+pub fn init_restored(vault: &Vault, dir: &Path, config: Config) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let drive = platform::drive::probe(&dir.join(".backpocket-probe"));
+    let exact = match &drive {
+        Ok(d) => d.modes && d.symlinks && d.xattrs && d.any_name,
+        // Tried again by the pocket; a plain restore says what fails, if anything does.
+        Err(_) => true,
+    };
+    if exact {
+        restore_vault(vault, dir, dir, None, Vec::new(), false)?;
+        return crate::init_with(dir, config);
+    }
+    crate::init_filled(dir, config, |pocket, journal| {
+        crate::mount::in_private_mount(pocket, journal, |mnt| {
+            restore_vault(vault, mnt, dir, None, Vec::new(), false)
+        })
+    })
 }
 
+/// Restores a point of `vault` into `to` (shown to the user as `shown`), with a progress bar,
+/// and says what it did.
 fn restore_vault(
     vault: &Vault,
     to: &Path,
+    shown: &Path,
     at: Option<i64>,
     paths: Vec<Vec<u8>>,
     json: bool,
 ) -> Result<()> {
     let progress = Progress::default();
+    // What the drive holding `to` can keep (a private mount of a new pocket keeps everything).
+    let drive = (to == shown).then(|| target_drive(to)).flatten();
+    if let Some(d) = &drive {
+        let lost: Vec<&str> = [
+            (d.modes, "modes, owners and exact times"),
+            (d.symlinks, "symbolic links, fifos and devices (left out)"),
+            (d.hard_links, "hard links (made as copies)"),
+            (d.xattrs, "extended attributes"),
+            (d.any_name, "some names (made under look-alikes)"),
+            (!d.case_insensitive, "names that differ only in case"),
+        ]
+        .into_iter()
+        .filter_map(|(kept, what)| (!kept).then_some(what))
+        .collect();
+        if !lost.is_empty() {
+            eprintln!(
+                "backpocket: {} is on a drive ({}) that cannot keep {}: the files come back \
+                 without them. For an exact copy restore onto ext4, XFS or btrfs, or make a \
+                 pocket of it (`backpocket init --from`), whose journal keeps them.",
+                to.display(),
+                d.fs,
+                lost.join(", ")
+            );
+        }
+    }
     let opts = replicator::RestoreOptions {
         target: to.to_owned(),
         at,
         paths,
-        owners: rustix::process::geteuid().is_root(),
+        // (A drive without modes refuses a chown.)
+        owners: rustix::process::geteuid().is_root() && drive.as_ref().is_none_or(|d| d.modes),
         workers: 8,
+        map_names: drive.as_ref().is_some_and(|d| !d.any_name),
+        specials: drive.as_ref().is_none_or(|d| d.symlinks),
     };
     let started = std::time::Instant::now();
     let report = with_progress(&progress, "restoring", || {
         replicator::restore(vault, &opts, &progress)
     })?;
-    print_restore(&report, to, started.elapsed(), json)
+    print_restore(&report, shown, started.elapsed(), json)
+}
+
+/// What the drive that will hold `to` can keep, tried beside it; None if it cannot be tried
+/// (the restore then says what fails, if anything does).
+fn target_drive(to: &Path) -> Option<platform::drive::DriveTraits> {
+    let dir = to.ancestors().find(|a| a.is_dir())?;
+    let scratch = dir.join(format!(".backpocket-probe-{}", std::process::id()));
+    platform::drive::probe(&scratch).ok()
 }
 
 fn print_restore(
@@ -96,6 +154,9 @@ fn print_restore(
                 "failed": report.failed.iter().map(|(p, e)| json!({"path": lossy(p), "error": e})).collect::<Vec<_>>(),
                 "skipped": report.skipped.iter().map(|(p, e)| json!({"path": lossy(p), "reason": e})).collect::<Vec<_>>(),
                 "earlier_version": report.earlier.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
+                "copies_of_hard_links": report.copies.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
+                "renamed": report.renamed.iter().map(|(p, m)| json!({"path": lossy(p), "as": lossy(m)})).collect::<Vec<_>>(),
+                "not_kept": report.not_kept.iter().map(|(p, e)| json!({"path": lossy(p), "what": e})).collect::<Vec<_>>(),
             }))?
         );
     } else {
@@ -114,6 +175,22 @@ fn print_restore(
         }
         for (p, e) in &report.failed {
             println!("  NOT restored {}: {e}", lossy(p));
+        }
+        for (p, m) in &report.renamed {
+            println!(
+                "  renamed {} to {}: this drive cannot spell the name (a pocket made here reads it back)",
+                lossy(p),
+                lossy(m)
+            );
+        }
+        for (p, what) in &report.not_kept {
+            println!("  restored {} without {what}", lossy(p));
+        }
+        for p in &report.copies {
+            println!(
+                "  copied {}: another name of a file, made as a copy of it (this drive has no hard links)",
+                lossy(p)
+            );
         }
         for p in &report.earlier {
             println!(
@@ -180,8 +257,7 @@ pub fn init_from(from: &str, dir: &Path, args: &KeyArgs) -> Result<()> {
     let text = String::from_utf8(text).context("the stored pocket config is not text")?;
     let config: Config =
         toml::from_str(&text).context("the stored pocket config cannot be read")?;
-    restore_vault(&opened.vault, dir, None, Vec::new(), false)?;
-    crate::init_with(dir, config)?;
+    init_restored(&opened.vault, dir, config)?;
     println!(
         "the new pocket backs up to the same destinations ({}); mount it with: backpocket mount {} MOUNTPOINT",
         p_names(&p_config_names(dir)?),

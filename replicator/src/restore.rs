@@ -81,22 +81,6 @@ fn cannot_make_here(e: &std::io::Error) -> bool {
 /// Why an entry the drive cannot hold was left out.
 const NOT_ON_THIS_DRIVE: &str = "this drive cannot hold it (restore onto ext4, XFS or btrfs, or make a pocket of it with `backpocket init --from`, for an exact copy)";
 
-/// `rel` as the drive holds it, each name under its look-alike where it needs one.
-fn drive_path(rel: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if rel.split(|&b| b == b'/').all(|n| {
-        matches!(
-            journal::spelling::to_drive(n),
-            std::borrow::Cow::Borrowed(_)
-        )
-    }) {
-        return std::borrow::Cow::Borrowed(rel);
-    }
-    let mapped: Vec<Vec<u8>> = rel
-        .split(|&b| b == b'/')
-        .map(|n| journal::spelling::to_drive(n).into_owned())
-        .collect();
-    std::borrow::Cow::Owned(mapped.join(&b'/'))
-}
 
 /// The target's filesystem cannot link (rather than this link being wrong).
 fn no_hard_links(e: &std::io::Error) -> bool {
@@ -145,7 +129,7 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     let target = &opts.target;
     let abs = |rel: &[u8]| {
         if opts.map_names {
-            crate::os::join(target, &drive_path(rel))
+            crate::os::join(target, &journal::spelling::path_to_drive(rel))
         } else {
             crate::os::join(target, rel)
         }

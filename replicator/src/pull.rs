@@ -332,6 +332,8 @@ pub fn pull(
     if !vault.has_devices() {
         return Ok(report);
     }
+    // Taken before the check: if the pocket is still there after, this was its device.
+    let root_dev = device_of(pocket.root);
     if !(pocket.still_there)() {
         return Ok(report);
     }
@@ -391,6 +393,7 @@ pub fn pull(
             mine_before: None,
             looked_at: BTreeSet::new(),
             unsynced: Default::default(),
+            root_dev,
             report: &mut report,
         };
         let kept = ctx.merge(&base, &theirs);
@@ -506,6 +509,8 @@ struct Apply<'a, 'p> {
     looked_at: BTreeSet<Vec<u8>>,
     /// Folders whose entries changed, and entries whose mode changed, not yet fsynced.
     unsynced: std::cell::RefCell<BTreeSet<PathBuf>>,
+    /// The device the pocket's root was on when the round began (the mount's).
+    root_dev: Option<u64>,
     report: &'a mut PullReport,
 }
 
@@ -956,7 +961,7 @@ impl Apply<'_, '_> {
     fn make_dir(&mut self, path: &[u8], t: &Print) -> Result<()> {
         self.make_parents(path)?;
         let p = self.abs(path);
-        match std::fs::create_dir(&p) {
+        match make_dir_in_pocket(self.root_dev, &p) {
             Ok(()) => self.entry_changed(&p),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io(format!("cannot make {}", p.display()), e)),
@@ -976,7 +981,7 @@ impl Apply<'_, '_> {
             let dir = &path[..end];
             end += 1;
             let p = self.abs(dir);
-            match std::fs::create_dir(&p) {
+            match make_dir_in_pocket(self.root_dev, &p) {
                 Ok(()) => {
                     self.entry_changed(&p);
                     let theirs = self
@@ -1067,13 +1072,10 @@ impl Apply<'_, '_> {
     fn fill(&self, tmp: &Path, f: &FileState, t: &Print) -> Result<()> {
         let io = |e: std::io::Error| Error::io(format!("cannot write {}", tmp.display()), e);
         if t.kind == KIND_SYMLINK {
-            return make_link(f.target.as_deref().unwrap_or_default(), tmp).map_err(io);
+            return make_link(self.root_dev, f.target.as_deref().unwrap_or_default(), tmp)
+                .map_err(io);
         }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(tmp)
-            .map_err(io)?;
+        let file = new_file_in_pocket(self.root_dev, tmp).map_err(io)?;
         if let Some(c) = &f.content {
             for e in &c.extents {
                 let mut off = e.offset;
@@ -1196,13 +1198,93 @@ fn sync_path(_p: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(unix)]
-fn make_link(target: &[u8], at: &Path) -> std::io::Result<()> {
-    std::os::unix::fs::symlink(&*crate::os::os_name(target), at)
+fn make_link(root_dev: Option<u64>, target: &[u8], at: &Path) -> std::io::Result<()> {
+    let (dir, name) = pocket_folder_of(root_dev, at)?;
+    rustix::fs::symlinkat(&*crate::os::os_name(target), &dir, name)?;
+    Ok(())
+}
+
+/// The device `p` is on.
+#[cfg(unix)]
+fn device_of(p: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| m.dev())
+}
+
+#[cfg(not(unix))]
+fn device_of(_p: &Path) -> Option<u64> {
+    None
+}
+
+/// The folder `p` is to be made in, opened, and `p`'s name, when that folder is on the
+/// pocket's device (`root_dev`, the mount's). The mount may end at any moment, and the same
+/// path then leads into the bare mountpoint, which must never be written; what is made
+/// through this descriptor goes into the mount, or fails once it is gone.
+#[cfg(unix)]
+fn pocket_folder_of(
+    root_dev: Option<u64>,
+    p: &Path,
+) -> std::io::Result<(rustix::fd::OwnedFd, &std::ffi::OsStr)> {
+    use rustix::fs::{Mode, OFlags};
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    let dir = rustix::fs::open(
+        parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    if let Some(dev) = root_dev {
+        if rustix::fs::fstat(&dir)?.st_dev as u64 != dev {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the pocket's mount is gone",
+            ));
+        }
+    }
+    Ok((dir, name))
+}
+
+/// A folder made at `p` in the pocket ([`pocket_folder_of`]), with every mode bit the
+/// process's mask lets through (set as theirs after).
+#[cfg(unix)]
+fn make_dir_in_pocket(root_dev: Option<u64>, p: &Path) -> std::io::Result<()> {
+    let (dir, name) = pocket_folder_of(root_dev, p)?;
+    rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_dir_in_pocket(_root_dev: Option<u64>, p: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(p)
+}
+
+/// A new file at `p` in the pocket ([`pocket_folder_of`]), for writing; its mode is set
+/// after.
+#[cfg(unix)]
+fn new_file_in_pocket(root_dev: Option<u64>, p: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let (dir, name) = pocket_folder_of(root_dev, p)?;
+    let fd = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+#[cfg(not(unix))]
+fn new_file_in_pocket(_root_dev: Option<u64>, p: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(p)
 }
 
 /// Windows makes links only with a privilege most users lack: not carried there.
 #[cfg(not(unix))]
-fn make_link(_target: &[u8], _at: &Path) -> std::io::Result<()> {
+fn make_link(_root_dev: Option<u64>, _target: &[u8], _at: &Path) -> std::io::Result<()> {
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
         "symbolic links are not carried to this system",

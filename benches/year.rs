@@ -356,6 +356,7 @@ fn main() {
                     workers: 8,
                     map_names: false,
                     specials: true,
+                    case_insensitive: false,
                 },
                 &Progress::default(),
             )

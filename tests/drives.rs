@@ -1168,6 +1168,9 @@ fn init_from_onto_exfat_gives_back_what_the_drive_cannot_keep() {
         b"latin-1",
     )
     .unwrap();
+    // Names that differ only in case, which exFAT takes for one.
+    fs::write(at("Makefile"), b"all: build").unwrap();
+    fs::write(at("makefile"), b"# lower-case twin").unwrap();
     fs::create_dir(at("private")).unwrap();
     fs::write(at("private/key"), b"secret").unwrap();
     std::os::unix::fs::chown(at("private/key"), Some(1234), Some(5678)).unwrap();
@@ -1194,6 +1197,9 @@ fn init_from_onto_exfat_gives_back_what_the_drive_cannot_keep() {
     let copy = want.get_mut(b"d/also a.txt".as_slice()).unwrap();
     *copy = copy.split(" hardlink-of=").next().unwrap().to_owned()
         + &copy[copy.find(" xattrs=").unwrap()..];
+    // And the second of the twins numbered.
+    let twin = want.remove(b"makefile".as_slice()).unwrap();
+    want.insert(b"makefile (2)".to_vec(), twin);
 
     let drive = Drive::new(tmp.path(), "exfat", 128);
     let root = drive.dir.join("work");
@@ -1215,20 +1221,9 @@ fn init_from_onto_exfat_gives_back_what_the_drive_cannot_keep() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains("copied d/also a.txt"), "{said}");
-    let p = mountable(&root, tmp.path());
-    let m = p.mount(&[]);
-    assert_same_tree(&want, &exact_tree(&m.mnt));
-    m.unmount();
-    // The journal holds what the drive holds: a replug finds nothing to record.
-    drive.replug();
-    let r = scan_report(&root);
-    assert_eq!(counts(&r), [0; 6], "a replug after init --from: {r}");
-    let m = p.mount(&[]);
-    assert_same_tree(&want, &exact_tree(&m.mnt));
-    m.unmount();
+    assert!(said.contains("renamed makefile to makefile (2)"), "{said}");
 
-    // A plain restore onto the stick, not a pocket: what it can hold, with the rest said. (The
-    // new pocket has drained since: its point holds the copy, no hard link.)
+    // A plain restore onto the stick, not a pocket: what it can hold, with the rest said.
     let plain = drive.dir.join("plain");
     let out = run(
         &[
@@ -1254,6 +1249,8 @@ fn init_from_onto_exfat_gives_back_what_the_drive_cannot_keep() {
         "skipped pipe: this drive cannot hold it",
         "renamed 12:30 meeting?.txt to 12\u{F022}30 meeting\u{F025}.txt",
         "restored d/a.txt without its extended attributes",
+        "renamed makefile to makefile (2)",
+        "copied d/also a.txt",
     ] {
         assert!(said.contains(line), "{line} in: {said}");
     }
@@ -1263,9 +1260,26 @@ fn init_from_onto_exfat_gives_back_what_the_drive_cannot_keep() {
     );
     assert_eq!(fs::read(plain.join("caf\u{F0E9}.txt")).unwrap(), b"latin-1");
     assert_eq!(fs::read(plain.join("private/key")).unwrap(), b"secret");
+    assert_eq!(fs::read(plain.join("Makefile")).unwrap(), b"all: build");
+    assert_eq!(
+        fs::read(plain.join("makefile (2)")).unwrap(),
+        b"# lower-case twin"
+    );
     assert_eq!(
         fs::read(plain.join("d/also a.txt")).unwrap(),
         b"kept with its mode"
     );
     assert!(!plain.join("d/link").exists() && !plain.join("pipe").exists());
+
+    let p = mountable(&root, tmp.path());
+    let m = p.mount(&[]);
+    assert_same_tree(&want, &exact_tree(&m.mnt));
+    m.unmount();
+    // The journal holds what the drive holds: a replug finds nothing to record.
+    drive.replug();
+    let r = scan_report(&root);
+    assert_eq!(counts(&r), [0; 6], "a replug after init --from: {r}");
+    let m = p.mount(&[]);
+    assert_same_tree(&want, &exact_tree(&m.mnt));
+    m.unmount();
 }

@@ -1372,4 +1372,25 @@ mod tests {
         assert!(gone.contains_key(&file("a").hash) && gone.contains_key(&file("e").hash));
         assert!(!gone.contains_key(&file("s").hash), "unchanged there");
     }
+
+    /// Once the mount is gone its path leads into the bare mountpoint, on another device:
+    /// nothing is made there.
+    #[cfg(unix)]
+    #[test]
+    fn nothing_is_made_off_the_pockets_device() {
+        let tmp = tempfile::tempdir().unwrap();
+        let here = device_of(tmp.path());
+        let elsewhere = device_of(Path::new("/proc"));
+        assert_ne!(here, elsewhere);
+        let at = |n: &str| tmp.path().join(n);
+        assert!(make_dir_in_pocket(elsewhere, &at("d")).is_err());
+        assert!(new_file_in_pocket(elsewhere, &at("f")).is_err());
+        assert!(make_link(elsewhere, b"f", &at("l")).is_err());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        // On its own device all three are made.
+        make_dir_in_pocket(here, &at("d")).unwrap();
+        new_file_in_pocket(here, &at("d/f")).unwrap();
+        make_link(here, b"f", &at("d/l")).unwrap();
+        assert_eq!(std::fs::read_dir(at("d")).unwrap().count(), 2);
+    }
 }

@@ -33,6 +33,80 @@ pub struct RestoreOptions {
     /// FAT: its driver may even make a regular file before it fails), they are left out and
     /// listed.
     pub specials: bool,
+    /// The target's drive takes names that differ only in case for one (exFAT, FAT): the
+    /// second of such names is made as `NAME (2).EXT`, never over the first.
+    pub case_insensitive: bool,
+}
+
+/// Where each entry is made, for those not made at their own path: names the drive cannot
+/// spell under their look-alikes (`map_names`), the later of names that differ only in case
+/// under a numbered name (`case_insensitive`), and whatever is under those. Entries come
+/// parents first. Also the renamed entries, with the name each got.
+#[allow(clippy::type_complexity)]
+fn names_here(
+    entries: &[(Vec<u8>, u64)],
+    map_names: bool,
+    case_insensitive: bool,
+) -> (HashMap<Vec<u8>, Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>) {
+    let mut made_as: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut renamed = Vec::new();
+    if !map_names && !case_insensitive {
+        return (made_as, renamed);
+    }
+    // Names taken in each folder as made, folded.
+    let mut taken: std::collections::HashSet<(Vec<u8>, String)> = std::collections::HashSet::new();
+    let fold = |n: &[u8]| String::from_utf8_lossy(n).to_lowercase();
+    for (rel, _) in entries {
+        if rel.is_empty() {
+            continue;
+        }
+        let (parent, name) = match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&rel[..0], &rel[..]),
+        };
+        let parent_made = made_as
+            .get(parent)
+            .cloned()
+            .unwrap_or_else(|| parent.to_vec());
+        let mut here = if map_names {
+            journal::spelling::to_drive(name).into_owned()
+        } else {
+            name.to_vec()
+        };
+        if case_insensitive {
+            let base = here.clone();
+            let mut k = 2;
+            while !taken.insert((parent_made.clone(), fold(&here))) {
+                here = numbered(&base, k);
+                k += 1;
+            }
+        }
+        if here != name {
+            renamed.push((rel.clone(), here.clone()));
+        }
+        if here != name || parent_made != parent {
+            let mut full = parent_made;
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(&here);
+            made_as.insert(rel.clone(), full);
+        }
+    }
+    (made_as, renamed)
+}
+
+/// `NAME (k).EXT` for `NAME.EXT`.
+fn numbered(name: &[u8], k: usize) -> Vec<u8> {
+    let dot = name
+        .iter()
+        .rposition(|&b| b == b'.')
+        .filter(|&i| i > 0)
+        .unwrap_or(name.len());
+    let mut out = name[..dot].to_vec();
+    out.extend_from_slice(format!(" ({k})").as_bytes());
+    out.extend_from_slice(&name[dot..]);
+    out
 }
 
 /// What a restore did.
@@ -81,7 +155,6 @@ fn cannot_make_here(e: &std::io::Error) -> bool {
 /// Why an entry the drive cannot hold was left out.
 const NOT_ON_THIS_DRIVE: &str = "this drive cannot hold it (restore onto ext4, XFS or btrfs, or make a pocket of it with `backpocket init --from`, for an exact copy)";
 
-
 /// The target's filesystem cannot link (rather than this link being wrong).
 fn no_hard_links(e: &std::io::Error) -> bool {
     #[cfg(unix)]
@@ -127,21 +200,9 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     // Never a silently wrong file: one whose contents are unknown is not made.
     entries.retain(|(_, id)| !tree.broken.contains(id));
     let target = &opts.target;
-    let abs = |rel: &[u8]| {
-        if opts.map_names {
-            crate::os::join(target, &journal::spelling::path_to_drive(rel))
-        } else {
-            crate::os::join(target, rel)
-        }
-    };
-    if opts.map_names {
-        for (rel, _) in &entries {
-            let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
-            if let std::borrow::Cow::Owned(m) = journal::spelling::to_drive(name) {
-                report.renamed.push((rel.clone(), m));
-            }
-        }
-    }
+    let (made_as, renamed) = names_here(&entries, opts.map_names, opts.case_insensitive);
+    report.renamed = renamed;
+    let abs = |rel: &[u8]| crate::os::join(target, made_as.get(rel).map_or(rel, |m| m.as_slice()));
 
     // 1. The tree's shape: folders, files (at full size, so holes stay holes), links.
     let mut first_name: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -666,4 +727,61 @@ pub(crate) fn versions_replayed(vault: &Vault, path: &[u8]) -> Result<Vec<Versio
         Ok(())
     })?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(names: &[&str]) -> Vec<(Vec<u8>, u64)> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_bytes().to_vec(), i as u64))
+            .collect()
+    }
+
+    #[test]
+    fn names_differing_in_case_get_numbers_and_what_is_under_them_follows() {
+        let entries = paths(&[
+            "Src",
+            "Src/Makefile",
+            "Src/makefile",
+            "Src/makefile (2)",
+            "src",
+            "src/a:b.txt",
+            "x.tar.gz",
+            "X.tar.gz",
+        ]);
+        let (made_as, renamed) = names_here(&entries, true, true);
+        let at = |rel: &str| {
+            String::from_utf8(made_as.get(rel.as_bytes()).cloned().unwrap_or(rel.into())).unwrap()
+        };
+        assert_eq!(at("Src/Makefile"), "Src/Makefile");
+        assert_eq!(at("Src/makefile"), "Src/makefile (2)");
+        // A real name the numbering took is numbered in its turn.
+        assert_eq!(at("Src/makefile (2)"), "Src/makefile (2) (2)");
+        assert_eq!(at("src"), "src (2)");
+        assert_eq!(at("src/a:b.txt"), "src (2)/a\u{F022}b.txt");
+        assert_eq!(at("X.tar.gz"), "X.tar (2).gz");
+        let names: Vec<String> = renamed
+            .iter()
+            .map(|(r, _)| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Src/makefile",
+                "Src/makefile (2)",
+                "src",
+                "src/a:b.txt",
+                "X.tar.gz"
+            ]
+        );
+        // A drive that keeps everything: nothing moves.
+        assert!(names_here(&entries, false, false).0.is_empty());
+        // Case kept, names spelled: only the odd name.
+        let (made_as, _) = names_here(&entries, true, false);
+        assert_eq!(made_as.len(), 1);
+    }
 }

@@ -393,6 +393,7 @@ fn restore_whole(vault: &Vault, out: &Path) {
             workers: 2,
             map_names: false,
             specials: true,
+            case_insensitive: false,
         },
         &Progress::default(),
     )

@@ -909,6 +909,7 @@ fn a_damaged_file_is_refused_under_every_name_it_has() {
             workers: 2,
             map_names: false,
             specials: true,
+            case_insensitive: false,
         },
         &Progress::default(),
     )
@@ -1147,6 +1148,7 @@ fn replaced_objects_stay_for_the_grace_period_and_readers_ignore_them() {
             workers: 2,
             map_names: false,
             specials: true,
+            case_insensitive: false,
         },
         &Progress::default(),
     )

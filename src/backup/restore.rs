@@ -48,7 +48,36 @@ pub fn restore(
         .iter()
         .map(|p| p.as_os_str().as_bytes().to_vec())
         .collect();
-    restore_vault(&opened.vault, to, to, at, paths, json)
+    let drive = target_drive(to);
+    if let Some(d) = &drive {
+        say_what_the_drive_loses(to, d);
+    }
+    restore_vault(&opened.vault, to, to, at, paths, json, drive.as_ref())
+}
+
+/// Before a plain restore onto a drive that keeps less (exFAT, FAT): what will be missing.
+fn say_what_the_drive_loses(to: &Path, d: &platform::drive::DriveTraits) {
+    let lost: Vec<&str> = [
+        (d.modes, "modes, owners and exact times"),
+        (d.symlinks, "symbolic links, fifos and devices (left out)"),
+        (d.hard_links, "hard links (made as copies)"),
+        (d.xattrs, "extended attributes"),
+        (d.any_name, "some names (made under look-alikes)"),
+        (!d.case_insensitive, "names that differ only in case"),
+    ]
+    .into_iter()
+    .filter_map(|(kept, what)| (!kept).then_some(what))
+    .collect();
+    if !lost.is_empty() {
+        eprintln!(
+            "backpocket: {} is on a drive ({}) that cannot keep {}: the files come back \
+                 without them. For an exact copy restore onto ext4, XFS or btrfs, or make a \
+                 pocket of it (`backpocket init --from`), whose journal keeps them.",
+            to.display(),
+            d.fs,
+            lost.join(", ")
+        );
+    }
 }
 
 /// Makes a pocket of `dir` (missing or empty) holding the newest point of `vault`, with
@@ -66,18 +95,34 @@ pub fn init_restored(vault: &Vault, dir: &Path, config: Config) -> Result<()> {
         Err(_) => true,
     };
     if exact {
-        restore_vault(vault, dir, dir, None, Vec::new(), false)?;
+        restore_vault(
+            vault,
+            dir,
+            dir,
+            None,
+            Vec::new(),
+            false,
+            drive.as_ref().ok(),
+        )?;
         return crate::init_with(dir, config);
     }
+    // The mount keeps all but hard links (copies) and names that differ only in case.
+    let mounted = drive.ok().map(|d| platform::drive::DriveTraits {
+        modes: true,
+        symlinks: true,
+        xattrs: true,
+        any_name: true,
+        ..d
+    });
     crate::init_filled(dir, config, |pocket, journal| {
         crate::mount::in_private_mount(pocket, journal, |mnt| {
-            restore_vault(vault, mnt, dir, None, Vec::new(), false)
+            restore_vault(vault, mnt, dir, None, Vec::new(), false, mounted.as_ref())
         })
     })
 }
 
 /// Restores a point of `vault` into `to` (shown to the user as `shown`), with a progress bar,
-/// and says what it did.
+/// and says what it did. `drive`: what the target keeps, where it was found.
 fn restore_vault(
     vault: &Vault,
     to: &Path,
@@ -85,42 +130,19 @@ fn restore_vault(
     at: Option<i64>,
     paths: Vec<Vec<u8>>,
     json: bool,
+    drive: Option<&platform::drive::DriveTraits>,
 ) -> Result<()> {
     let progress = Progress::default();
-    // What the drive holding `to` can keep (a private mount of a new pocket keeps everything).
-    let drive = (to == shown).then(|| target_drive(to)).flatten();
-    if let Some(d) = &drive {
-        let lost: Vec<&str> = [
-            (d.modes, "modes, owners and exact times"),
-            (d.symlinks, "symbolic links, fifos and devices (left out)"),
-            (d.hard_links, "hard links (made as copies)"),
-            (d.xattrs, "extended attributes"),
-            (d.any_name, "some names (made under look-alikes)"),
-            (!d.case_insensitive, "names that differ only in case"),
-        ]
-        .into_iter()
-        .filter_map(|(kept, what)| (!kept).then_some(what))
-        .collect();
-        if !lost.is_empty() {
-            eprintln!(
-                "backpocket: {} is on a drive ({}) that cannot keep {}: the files come back \
-                 without them. For an exact copy restore onto ext4, XFS or btrfs, or make a \
-                 pocket of it (`backpocket init --from`), whose journal keeps them.",
-                to.display(),
-                d.fs,
-                lost.join(", ")
-            );
-        }
-    }
     let opts = replicator::RestoreOptions {
         target: to.to_owned(),
         at,
         paths,
         // (A drive without modes refuses a chown.)
-        owners: rustix::process::geteuid().is_root() && drive.as_ref().is_none_or(|d| d.modes),
+        owners: rustix::process::geteuid().is_root() && drive.is_none_or(|d| d.modes),
         workers: 8,
-        map_names: drive.as_ref().is_some_and(|d| !d.any_name),
-        specials: drive.as_ref().is_none_or(|d| d.symlinks),
+        map_names: drive.is_some_and(|d| !d.any_name),
+        specials: drive.is_none_or(|d| d.symlinks),
+        case_insensitive: drive.is_some_and(|d| d.case_insensitive),
     };
     let started = std::time::Instant::now();
     let report = with_progress(&progress, "restoring", || {

@@ -57,6 +57,7 @@ pub fn restore_all(
             workers: 2,
             map_names: false,
             specials: true,
+            case_insensitive: false,
         },
         &Progress::default(),
     )

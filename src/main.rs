@@ -925,16 +925,27 @@ fn init(dir: &Path) -> Result<()> {
 
 /// Makes a pocket of `dir` with `config` (new, or the one a destination kept).
 pub fn init_with(dir: &Path, config: pocket::Config) -> Result<()> {
-    init_filled(dir, config, |_, _| Ok(()))
+    let adopted = init_filled(dir, config, |_, _| Ok(()))?;
+    let root = dir.canonicalize()?;
+    println!(
+        "made a pocket at {} ({adopted} existing entries adopted)",
+        root.display()
+    );
+    println!(
+        "mount it with: backpocket mount {} MOUNTPOINT",
+        root.display()
+    );
+    Ok(())
 }
 
 /// Makes a pocket of `dir` with `config`, filled by `fill` once its journal records (before
-/// the config is written: a folder with a config is a complete pocket).
+/// the config is written: a folder with a config is a complete pocket). Returns how many
+/// entries the journal adopted after the fill.
 pub fn init_filled(
     dir: &Path,
     config: pocket::Config,
     fill: impl FnOnce(&Pocket, &journal::Journal) -> Result<()>,
-) -> Result<()> {
+) -> Result<u64> {
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!(
             "{} exists and is not a folder; give a folder (it is created if missing)",
@@ -978,16 +989,7 @@ pub fn init_filled(
     journal.close()?;
     // The config last: a folder with a config is a complete pocket.
     pocket::write_durably(&p.config_path(), text.as_bytes())?;
-    println!(
-        "made a pocket at {} ({} existing entries adopted)",
-        root.display(),
-        report.created
-    );
-    println!(
-        "mount it with: backpocket mount {} MOUNTPOINT",
-        root.display()
-    );
-    Ok(())
+    Ok(report.created)
 }
 
 /// A flag set by the first of `signals` (Ctrl-C, SIGTERM…): long waits end cleanly instead of

@@ -104,7 +104,7 @@ pub fn init_restored(vault: &Vault, dir: &Path, config: Config) -> Result<()> {
             false,
             drive.as_ref().ok(),
         )?;
-        return crate::init_with(dir, config);
+        return crate::init_filled(dir, config, |_, _| Ok(())).map(drop);
     }
     // The mount keeps all but hard links (copies) and names that differ only in case.
     let mounted = drive.ok().map(|d| platform::drive::DriveTraits {
@@ -119,6 +119,7 @@ pub fn init_restored(vault: &Vault, dir: &Path, config: Config) -> Result<()> {
             restore_vault(vault, mnt, dir, None, Vec::new(), false, mounted.as_ref())
         })
     })
+    .map(drop)
 }
 
 /// Restores a point of `vault` into `to` (shown to the user as `shown`), with a progress bar,

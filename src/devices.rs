@@ -31,9 +31,7 @@ pub fn own_name(config: &Config) -> String {
 /// `init DIR --join DEST`: a new pocket in DIR that joins the vault at DEST as a device of its
 /// own, with the vault's files and the vault as its destination.
 pub fn join(from: &str, dir: &Path, name: Option<String>, args: &KeyArgs) -> Result<()> {
-    if dir.join(crate::pocket::DIR).exists() {
-        bail!("{} is already a pocket", dir.display());
-    }
+    crate::backup::refuse_a_pocket(dir)?;
     if from.starts_with("group:") {
         bail!("devices cannot share a group spread over several places yet; join a folder, SFTP or S3 vault");
     }

@@ -1203,17 +1203,29 @@ fn init_from_onto_exfat_gives_back_what_the_drive_cannot_keep() {
 
     let drive = Drive::new(tmp.path(), "exfat", 128);
     let root = drive.dir.join("work");
-    let out = run(
-        &[
-            "init",
-            "--from",
-            vault.to_str().unwrap(),
-            root.to_str().unwrap(),
-            "--passphrase-file",
-            pass.to_str().unwrap(),
-        ],
-        None,
+    let init_from = || {
+        run(
+            &[
+                "init",
+                "--from",
+                vault.to_str().unwrap(),
+                root.to_str().unwrap(),
+                "--passphrase-file",
+                pass.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    // What a cut one leaves (a journal, no config) is said, not taken for a pocket.
+    fs::create_dir_all(root.join(".backpocket")).unwrap();
+    let out = init_from();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("never finished"),
+        "{said}"
     );
+    fs::remove_dir_all(&root).unwrap();
+    let out = init_from();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

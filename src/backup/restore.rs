@@ -80,6 +80,22 @@ fn say_what_the_drive_loses(to: &Path, d: &platform::drive::DriveTraits) {
     }
 }
 
+/// Refuses `dir` for a new pocket from a vault when it is one already, or the start of one.
+pub fn refuse_a_pocket(dir: &Path) -> Result<()> {
+    let meta = dir.join(crate::pocket::DIR);
+    if meta.join("config.toml").exists() {
+        bail!("{} is already a pocket", dir.display());
+    }
+    if meta.exists() {
+        bail!(
+            "{} holds a pocket that was never finished (an `init --from` or `init --join` cut \
+             short: it has no config); remove the folder and run the command again",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Makes a pocket of `dir` (missing or empty) holding the newest point of `vault`, with
 /// `config`. On a drive that keeps everything the files are restored onto it and adopted. On
 /// one that keeps less (exFAT, FAT) they go in through a private mount, so that what the drive
@@ -269,9 +285,7 @@ fn restore_mirror(url: &str, to: &Path, paths: &[PathBuf], json: bool) -> Result
 
 /// `init --from DEST DIR`: a new drive from a destination.
 pub fn init_from(from: &str, dir: &Path, args: &KeyArgs) -> Result<()> {
-    if dir.join(crate::pocket::DIR).exists() {
-        bail!("{} is already a pocket", dir.display());
-    }
+    refuse_a_pocket(dir)?;
     // The drive is lost: the destination alone, and the passphrase.
     let opened = open_vault_of(None, from, args)?;
     let text = opened.vault.pocket_config()?.ok_or_else(|| {

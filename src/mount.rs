@@ -327,18 +327,19 @@ pub fn in_private_mount<T>(
         .name("private-mount".into())
         .spawn(move || mount.run())?;
     let res = work(dir.path());
-    let unmounted = unmounter.unmount();
+    if let Err(e) = unmounter.unmount() {
+        // (Something is inside it.) The session ends with this process.
+        let e = anyhow::Error::from(e).context(format!(
+            "cannot unmount the private mount at {}; run `umount {}`",
+            dir.path().display(),
+            dir.path().display()
+        ));
+        return Err(res.err().unwrap_or(e));
+    }
     let served = session
         .join()
         .map_err(|_| anyhow::anyhow!("the private mount's session panicked"))?;
     let out = res?;
-    unmounted.with_context(|| {
-        format!(
-            "cannot unmount the private mount at {}; run `umount {}`",
-            dir.path().display(),
-            dir.path().display()
-        )
-    })?;
     served.context("the private mount's session ended with an error")?;
     Ok(out)
 }

@@ -216,11 +216,13 @@ fn print_restore(
             println!("  NOT restored {}: {e}", lossy(p));
         }
         for (p, m) in &report.renamed {
-            println!(
-                "  renamed {} to {}: this drive cannot spell the name (a pocket made here reads it back)",
-                lossy(p),
-                lossy(m)
-            );
+            let name = p.rsplit(|&b| b == b'/').next().unwrap_or(p);
+            let why = if journal::spelling::from_drive(m) == name {
+                "this drive cannot spell the name (a pocket made here reads it back)"
+            } else {
+                "a name differing only in case is there, and this drive takes both for one"
+            };
+            println!("  renamed {} to {}: {why}", lossy(p), lossy(m));
         }
         for (p, what) in &report.not_kept {
             println!("  restored {} without {what}", lossy(p));

@@ -309,6 +309,8 @@ pub fn in_private_mount<T>(
         .prefix("backpocket-private-")
         .tempdir()
         .context("cannot make a private mountpoint in the system's temporary folder")?;
+    // A descriptor for each file the kernel caches, beside what `work` keeps open.
+    platform::raise_fd_limit();
     let (core, keeps) = pocket_fs(pocket, Some(journal.handle()), Duration::from_secs(1))?;
     let cfg = fs_driver::fuse::MountConfig {
         fsname: pocket.root.to_string_lossy().into_owned(),

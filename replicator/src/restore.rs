@@ -135,6 +135,9 @@ pub struct RestoreReport {
     pub renamed: Vec<(Vec<u8>, Vec<u8>)>,
     /// Entries restored without something the target's drive cannot hold (their xattrs).
     pub not_kept: Vec<(Vec<u8>, String)>,
+    /// Files that could not be written here (the target full, out of open files): the
+    /// destination's data is fine, and a restore once that is mended brings them.
+    pub unwritten: Vec<(Vec<u8>, String)>,
 }
 
 /// The target's filesystem cannot make this kind of entry (a symlink on exFAT).
@@ -342,14 +345,16 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     }
     let packs: Vec<_> = by_pack.into_iter().collect();
     let next = AtomicUsize::new(0);
+    let workers = opts.workers.clamp(1, 16);
+    let open_cap = open_files_per_worker(workers);
     std::thread::scope(|s| {
-        for _ in 0..opts.workers.clamp(1, 16) {
+        for _ in 0..workers {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((pack, blobs)) = packs.get(i) else {
                     break;
                 };
-                for (fi, e) in restore_pack(vault, pack, blobs, &writes, progress) {
+                for (fi, e) in restore_pack(vault, pack, blobs, &writes, open_cap, progress) {
                     failed.lock().push((writes[fi].0.clone(), e));
                 }
             });
@@ -372,15 +377,14 @@ pub fn restore(vault: &Vault, opts: &RestoreOptions, progress: &Progress) -> Res
     failed.sort();
     let failed_paths: std::collections::HashSet<PathBuf> =
         failed.iter().map(|(p, _)| p.clone()).collect();
-    report.failed = failed
-        .into_iter()
-        .map(|(p, e)| {
-            (
-                crate::os::name_bytes(p.strip_prefix(target).unwrap_or(&p).as_os_str()).to_vec(),
-                e,
-            )
-        })
-        .collect();
+    for (p, e) in failed {
+        let rel = crate::os::name_bytes(p.strip_prefix(target).unwrap_or(&p).as_os_str()).to_vec();
+        if e.starts_with(UNWRITTEN) {
+            report.unwritten.push((rel, e));
+        } else {
+            report.failed.push((rel, e));
+        }
+    }
     for p in &failed_paths {
         // Never leave a file that looks restored but is not, under any of its names.
         let _ = std::fs::remove_file(p);
@@ -517,11 +521,28 @@ pub(crate) fn select(tree: &Tree, wanted: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, u6
 
 type Targets = Vec<(BlobEntry, Vec<(usize, u64)>)>;
 
+/// How many files each restore worker may keep open: a share of the process's open-files
+/// limit (1024 for a user by default, where eight workers keeping 256 each ran out, and every
+/// file then refused was lost to the restore).
+fn open_files_per_worker(workers: usize) -> usize {
+    #[cfg(unix)]
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    #[cfg(not(unix))]
+    let limit = 8192u64;
+    (limit.saturating_sub(128) / (2 * workers as u64)).clamp(4, 256) as usize
+}
+
+/// How a failure to write the target (not the destination's data) begins.
+const UNWRITTEN: &str = "cannot write ";
+
 fn restore_pack(
     vault: &Vault,
     pack: &str,
     blobs: &Targets,
     writes: &[(PathBuf, &Content)],
+    open_cap: usize,
     progress: &Progress,
 ) -> Vec<(usize, String)> {
     let key = Vault::pack_key(pack);
@@ -565,12 +586,16 @@ fn restore_pack(
             let mut at = blob.clone();
             at.offset -= start;
             let data = vault.open_blob(&bytes, &at);
-            if let Err(e) = write_targets(data, targets, writes, &mut open, &mut failed, progress) {
+            if let Err(e) = write_targets(
+                data,
+                targets,
+                writes,
+                (&mut open, open_cap),
+                &mut failed,
+                progress,
+            ) {
                 fail_all(targets, &e, &mut failed);
             }
-        }
-        if open.len() > 256 {
-            open.clear();
         }
     }
     failed
@@ -582,7 +607,7 @@ fn write_targets(
     data: Result<Vec<u8>>,
     targets: &[(usize, u64)],
     writes: &[(PathBuf, &Content)],
-    open: &mut HashMap<usize, std::fs::File>,
+    (open, open_cap): (&mut HashMap<usize, std::fs::File>, usize),
     failed: &mut Vec<(usize, String)>,
     progress: &Progress,
 ) -> Result<()> {
@@ -590,20 +615,23 @@ fn write_targets(
         let data = data?;
         for (f, off) in targets {
             let path = &writes[*f].0;
+            if open.len() >= open_cap && !open.contains_key(f) {
+                open.clear();
+            }
             let file = match open.entry(*f) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     match std::fs::OpenOptions::new().write(true).open(path) {
                         Ok(file) => v.insert(file),
                         Err(e) => {
-                            failed.push((*f, format!("cannot write {}: {e}", path.display())));
+                            failed.push((*f, format!("{UNWRITTEN}{}: {e}", path.display())));
                             continue;
                         }
                     }
                 }
             };
             if let Err(e) = crate::os::write_all_at(file, &data, *off) {
-                failed.push((*f, format!("cannot write {}: {e}", path.display())));
+                failed.push((*f, format!("{UNWRITTEN}{}: {e}", path.display())));
                 continue;
             }
             progress

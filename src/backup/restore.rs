@@ -150,6 +150,8 @@ fn restore_vault(
     drive: Option<&platform::drive::DriveTraits>,
 ) -> Result<()> {
     let progress = Progress::default();
+    // The workers keep files open as far as the limit lets them.
+    platform::raise_fd_limit();
     let opts = replicator::RestoreOptions {
         target: to.to_owned(),
         at,
@@ -191,6 +193,7 @@ fn print_restore(
                 "files": report.files, "dirs": report.dirs, "symlinks": report.symlinks,
                 "other": report.other, "bytes": report.bytes,
                 "failed": report.failed.iter().map(|(p, e)| json!({"path": lossy(p), "error": e})).collect::<Vec<_>>(),
+                "unwritten": report.unwritten.iter().map(|(p, e)| json!({"path": lossy(p), "error": e})).collect::<Vec<_>>(),
                 "skipped": report.skipped.iter().map(|(p, e)| json!({"path": lossy(p), "reason": e})).collect::<Vec<_>>(),
                 "earlier_version": report.earlier.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
                 "copies_of_hard_links": report.copies.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
@@ -212,7 +215,7 @@ fn print_restore(
         for (p, why) in &report.skipped {
             println!("  skipped {}: {why}", lossy(p));
         }
-        for (p, e) in &report.failed {
+        for (p, e) in report.failed.iter().chain(&report.unwritten) {
             println!("  NOT restored {}: {e}", lossy(p));
         }
         for (p, m) in &report.renamed {
@@ -239,6 +242,17 @@ fn print_restore(
                 lossy(p)
             );
         }
+    }
+    if !report.unwritten.is_empty() {
+        return Err(Failure::new(
+            ExitCode::Error,
+            anyhow!(
+                "{} files could not be written to {} (named above with the reason; the destination's data for them is fine): mend that (free space, or a larger open-files limit) and restore again",
+                report.unwritten.len(),
+                to.display()
+            ),
+        )
+        .into());
     }
     if !report.failed.is_empty() {
         return Err(Failure::new(

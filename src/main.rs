@@ -153,6 +153,11 @@ enum Command {
         /// The pocket as it was at this time (UTC): "2026-11-20 10:00" or RFC 3339.
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
+        /// In a vault several devices write: this device's files, as its own history holds
+        /// them (its name or id, as `backpocket devices` shows it). Default: this pocket's
+        /// own, or the vault's first pocket's when there is no pocket here.
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
         /// Only these paths (relative to the pocket) and what is under them.
         paths: Vec<PathBuf>,
         #[command(flatten)]
@@ -708,6 +713,7 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
             from,
             to,
             at,
+            device,
             paths,
             pocket,
             json,
@@ -715,8 +721,11 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
             pocket.pocket.as_deref(),
             &from,
             &to,
-            at.as_deref(),
-            &paths,
+            backup::Wanted {
+                at: at.as_deref(),
+                device: device.as_deref(),
+                paths: &paths,
+            },
             json,
             key,
         ),

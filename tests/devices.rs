@@ -928,7 +928,8 @@ fn now_rfc3339() -> String {
 
 /// The laptop takes the drive's new file and so writes it into its own log too; before the
 /// drive sees that, it edits the file. What the laptop carried back is behind the drive's
-/// edit, not beside it: no conflict copy, on either side.
+/// edit, not beside it: no conflict copy, on either side. Then `log` says which device made
+/// each version, and `restore --device` gives back the laptop's own history.
 #[test]
 fn versions_carried_back_by_the_other_device_are_behind_not_beside() {
     let (a, vault) = drive_with_vault();
@@ -969,6 +970,80 @@ fn versions_carried_back_by_the_other_device_are_behind_not_beside() {
     assert_eq!(
         read(&bm.join("notes.txt")).unwrap(),
         b"notes, second version\n"
+    );
+
+    // The laptop edits and the drive takes it: on either side `log` names the device that
+    // made each version, whichever chain it is read from.
+    let third = b"notes, third version, from the laptop\n";
+    std::fs::write(bm.join("notes.txt"), third).unwrap();
+    eventually("the drive takes the laptop's edit", &[&ma, &mb], || {
+        read(&am.join("notes.txt")).as_deref() == Some(&third[..])
+    });
+    bb.wait_drained(&mb, Duration::from_secs(60));
+    a.wait_drained(&ma, Duration::from_secs(60));
+    let made_by = |p: &Backed| -> Vec<(String, bool)> {
+        let log = ok(&[
+            "log",
+            "notes.txt",
+            "--pocket",
+            p.pocket.p(),
+            "--passphrase-file",
+            p.pf(),
+            "--json",
+        ]);
+        let log: serde_json::Value = serde_json::from_str(&log).unwrap();
+        log[0]["versions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{log:#}"))
+            .iter()
+            .map(|v| (v["device"].as_str().unwrap().to_owned(), v["here"] == true))
+            .collect()
+    };
+    let here = |n: &str| (n.to_owned(), true);
+    let want = vec![here("drive"), here("drive"), here("laptop")];
+    assert_eq!(made_by(&a), want, "the drive's log");
+    assert_eq!(made_by(&bb), want, "the laptop's log");
+
+    // From the drive's pocket, the laptop's own history, named as such.
+    let to = a.pocket.tmp.path().join("laptop-restored");
+    let restored = ok(&[
+        "restore",
+        "--from",
+        "home",
+        "--to",
+        to.to_str().unwrap(),
+        "--device",
+        "laptop",
+        "--pocket",
+        a.pocket.p(),
+        "--passphrase-file",
+        a.pf(),
+        "--json",
+    ]);
+    let restored: serde_json::Value = serde_json::from_str(&restored).unwrap();
+    assert_eq!(restored["device"], "laptop", "{restored:#}");
+    assert_eq!(read(&to.join("notes.txt")).unwrap(), third);
+    let wrong = run(
+        &[
+            "restore",
+            "--from",
+            "home",
+            "--to",
+            a.pocket.tmp.path().join("nobody").to_str().unwrap(),
+            "--device",
+            "nobody",
+            "--pocket",
+            a.pocket.p(),
+            "--passphrase-file",
+            a.pf(),
+        ],
+        None,
+    );
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("no device nobody") && said.contains("laptop"),
+        "{said}"
     );
     mb.unmount();
     ma.unmount();

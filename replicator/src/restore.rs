@@ -721,6 +721,12 @@ pub struct Version {
     pub size: u64,
     pub mtime_ns: i64,
     pub kind: u8,
+    /// The name of the device that made it, in a vault several devices write (None in a
+    /// vault of one pocket, where there is no one else to name).
+    pub device: Option<String>,
+    /// Whether this pocket's own history holds it at this path (else only another device's
+    /// does: `restore --device` gives it back).
+    pub here: bool,
 }
 
 /// The distinct versions of `path` across the vault's history, oldest first: from the
@@ -749,6 +755,8 @@ pub(crate) fn versions_replayed(vault: &Vault, path: &[u8]) -> Result<Vec<Versio
                 size: f.meta.size,
                 mtime_ns: f.meta.mtime_ns,
                 kind: f.meta.kind,
+                device: None,
+                here: true,
             });
             last = Some(now);
         }

@@ -316,6 +316,11 @@ impl Vault {
         self.chain = chain.to_owned();
     }
 
+    /// The chain this handle follows (`""`: the first pocket's).
+    pub(crate) fn chain(&self) -> &str {
+        &self.chain
+    }
+
     /// The device whose log this handle follows.
     pub fn device(&self) -> &str {
         if self.chain.is_empty() {

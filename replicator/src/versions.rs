@@ -1,6 +1,7 @@
 //! `log FILE` from a per-path version index, not by replaying the log on every question.
 //!
-//! The index is a cache on the drive (`.backpocket/cache/<vault id>/versions.db`, SQLite): for
+//! The index is a cache on the drive (`.backpocket/cache/<vault id>/versions.db`, SQLite; a
+//! `versions-<device>.db` beside it for each other device's chain of a shared vault): for
 //! each path, a row at every point where what the path holds changed (another file, size,
 //! modification time or contents), or where it stopped holding anything. It remembers the
 //! point it was built up to (gen and hash) and the tree there; each question first checks that
@@ -25,17 +26,112 @@ fn db_err(e: rusqlite::Error) -> Error {
 
 /// The versions of `path`, oldest first, from the index in `cache_dir` (built or brought up
 /// to date first), or from an index built in memory when there is no cache.
+///
+/// In a vault several devices write, each version says which device made it: a version this
+/// handle's chain holds is the device's whose chain held the same thing (kind, size and
+/// modification time to the nanosecond) earliest, since a version one device carries from
+/// another keeps its time. Contents are not compared: two devices may chunk the same bytes
+/// differently (a patch of a large file against a whole new file). Versions only other
+/// devices hold (replaced before this device took them, or kept here under a conflict name)
+/// are listed too, not `here`. "Earliest" is by each device's own clock: with clocks hours
+/// apart the device that carried a version can be named instead of the one that made it.
 pub fn versions_indexed(
     vault: &Vault,
     path: &[u8],
     cache_dir: Option<&Path>,
 ) -> Result<Vec<Version>> {
+    let own = vault.chain().to_owned();
+    let mine = chain_versions(vault, &own, path, cache_dir)?;
+    if !vault.has_devices() {
+        return Ok(mine.into_iter().map(|(v, _)| v).collect());
+    }
+    let devices = vault.devices()?;
+    let chain_of = |d: &crate::devices::DeviceInfo| {
+        if d.first {
+            String::new()
+        } else {
+            d.record.id.clone()
+        }
+    };
+    let name_of = |chain: &str| {
+        devices
+            .iter()
+            .find(|d| chain_of(d) == chain)
+            .map(|d| d.record.name.clone())
+            .unwrap_or_else(|| vault.device().to_owned())
+    };
+    // The earliest row of each version among the other devices' chains.
+    let mut elsewhere: HashMap<Key, (Version, String)> = HashMap::new();
+    for d in &devices {
+        let chain = chain_of(d);
+        if chain == own {
+            continue;
+        }
+        for (v, key) in chain_versions(vault, &chain, path, cache_dir)? {
+            match elsewhere.get(&key) {
+                Some((e, _)) if e.time_ns <= v.time_ns => {}
+                _ => {
+                    elsewhere.insert(key, (v, chain.clone()));
+                }
+            }
+        }
+    }
+    let mut held = HashSet::new();
+    let mine: Vec<Version> = mine
+        .into_iter()
+        .map(|(mut v, key)| {
+            v.device = Some(match elsewhere.get(&key) {
+                Some((e, chain)) if e.time_ns < v.time_ns => name_of(chain),
+                _ => name_of(&own),
+            });
+            held.insert(key);
+            v
+        })
+        .collect();
+    let mut others: Vec<Version> = elsewhere
+        .into_iter()
+        .filter(|(key, _)| !held.contains(key))
+        .map(|(_, (mut v, chain))| {
+            v.device = Some(name_of(&chain));
+            v.here = false;
+            v
+        })
+        .collect();
+    others.sort_by_key(|v| v.time_ns);
+    // This chain's own order stays; the others' versions go in by time.
+    let mut out = Vec::with_capacity(mine.len() + others.len());
+    let mut others = others.into_iter().peekable();
+    for v in mine {
+        while let Some(o) = others.next_if(|o| o.time_ns < v.time_ns) {
+            out.push(o);
+        }
+        out.push(v);
+    }
+    out.extend(others);
+    Ok(out)
+}
+
+/// What makes two chains' versions the same version: kind, size and modification time (file
+/// ids differ between devices).
+type Key = (u8, u64, i64);
+
+/// One chain's versions of `path`, from its own index.
+fn chain_versions(
+    vault: &Vault,
+    chain: &str,
+    path: &[u8],
+    cache_dir: Option<&Path>,
+) -> Result<Vec<(Version, Key)>> {
     let conn = match cache_dir {
         Some(d) => {
             let dir = d.join(&vault.config.id);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-            let p = dir.join("versions.db");
+            let p = if chain.is_empty() {
+                dir.join("versions.db")
+            } else {
+                dir.join(format!("versions-{chain}.db"))
+            };
             match open_db(&p) {
                 Ok(c) => c,
                 Err(_) => {
@@ -52,7 +148,7 @@ pub fn versions_indexed(
         }
     };
     let mut index = Index { conn };
-    index.update(vault)?;
+    index.update(vault, chain)?;
     index.query(path)
 }
 
@@ -287,8 +383,8 @@ impl Index {
     }
 
     /// Brings the index up to the vault's newest point.
-    fn update(&mut self, vault: &Vault) -> Result<()> {
-        let map = vault.log_map()?;
+    fn update(&mut self, vault: &Vault, chain: &str) -> Result<()> {
+        let map = vault.chain_map(chain, &vault.trashed()?.keys)?;
         let Some(&newest) = map.at.keys().next_back() else {
             return Ok(());
         };
@@ -454,7 +550,7 @@ impl Index {
         tx.commit().map_err(db_err)
     }
 
-    fn query(&self, path: &[u8]) -> Result<Vec<Version>> {
+    fn query(&self, path: &[u8]) -> Result<Vec<(Version, Key)>> {
         let path: Vec<u8> = path
             .split(|b| *b == b'/')
             .filter(|c| !c.is_empty())
@@ -469,13 +565,17 @@ impl Index {
             .map_err(db_err)?;
         let rows = st
             .query_map([&path], |r| {
-                Ok(Version {
+                let v = Version {
                     time_ns: r.get(0)?,
                     seq: r.get::<_, i64>(1)? as u64,
                     size: r.get::<_, i64>(2)? as u64,
                     mtime_ns: r.get(3)?,
                     kind: r.get(4)?,
-                })
+                    device: None,
+                    here: true,
+                };
+                let key = (v.kind, v.size, v.mtime_ns);
+                Ok((v, key))
             })
             .map_err(db_err)?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
@@ -715,5 +815,90 @@ mod tests {
             rich >= seeds,
             "the histories are too plain to test anything ({rich})"
         );
+    }
+
+    /// A version one device carried from another is named by the device that made it, in
+    /// either device's `log`; a version only the other device's history holds is listed as
+    /// not here; and the answer is the same from the cache and from memory.
+    #[test]
+    fn each_version_names_the_device_that_made_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rt, mut vault) = crate::vault::test_vault(tmp.path());
+        vault.join_device("a1a1", "laptop", "drive", 0).unwrap();
+        let mut vault = vault.with_cache(&tmp.path().join("cache"));
+        // (time of the point, size, modification time): each device's own clock.
+        let write = |vault: &mut Vault, chain: &str, file: u64, points: &[(i64, u64, i64)]| {
+            vault.set_chain(chain);
+            let mut head = Head::default();
+            let mut tree = Tree::new(1);
+            tree.apply(&VChange::Create {
+                parent: 1,
+                name: b"doc".to_vec(),
+                file,
+                meta: meta(KIND_FILE, 0, 0),
+            });
+            for &(time_ns, size, mtime) in points {
+                tree.apply(&VChange::Content {
+                    file,
+                    meta: meta(KIND_FILE, size, mtime),
+                    content: Content {
+                        size,
+                        extents: Vec::new(),
+                    },
+                });
+                let pos = Position {
+                    gen: head.gen + 1,
+                    prev: head.hash,
+                    journal_id: 1,
+                    seq: head.gen + 1,
+                    time_ns,
+                    written_ns: 0,
+                };
+                head = vault
+                    .append_log(&head, &LogObject::Checkpoint(tree.to_checkpoint(pos)))
+                    .unwrap();
+            }
+        };
+        // The drive makes 1, takes the laptop's 2, makes 4; the laptop takes 1, makes 2 and
+        // then 3, which the drive never took (4 came first).
+        write(&mut vault, "", 2, &[(10, 1, 5), (40, 2, 30), (60, 4, 55)]);
+        write(
+            &mut vault,
+            "a1a1",
+            7,
+            &[(20, 1, 5), (31, 2, 30), (35, 3, 34)],
+        );
+        let shown = |vault: &Vault, cached: bool| -> Vec<(i64, u64, String, bool)> {
+            let vs = if cached {
+                crate::restore::versions(vault, b"doc").unwrap()
+            } else {
+                versions_indexed(vault, b"doc", None).unwrap()
+            };
+            vs.into_iter()
+                .map(|v| (v.time_ns, v.size, v.device.unwrap(), v.here))
+                .collect()
+        };
+        let s = |n: &str| n.to_owned();
+        vault.set_chain("");
+        let drive = vec![
+            (10, 1, s("drive"), true),
+            (35, 3, s("laptop"), false),
+            (40, 2, s("laptop"), true),
+            (60, 4, s("drive"), true),
+        ];
+        for cached in [true, false, true] {
+            assert_eq!(shown(&vault, cached), drive, "cached: {cached}");
+        }
+        vault.set_chain("a1a1");
+        let laptop = vec![
+            (20, 1, s("drive"), true),
+            (31, 2, s("laptop"), true),
+            (35, 3, s("laptop"), true),
+            (60, 4, s("drive"), false),
+        ];
+        for cached in [true, false] {
+            assert_eq!(shown(&vault, cached), laptop, "cached: {cached}");
+        }
+        rt.shutdown_background();
     }
 }

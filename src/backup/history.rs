@@ -49,16 +49,26 @@ pub fn log(
         if !json {
             println!("{} ({} versions):", d.name, versions.len());
             for v in &versions {
+                // In a vault several devices write: who made each version, and whether this
+                // pocket's own history has it (else `restore --device` gives it back).
+                let by = match (&v.device, v.here) {
+                    (None, _) => String::new(),
+                    (Some(n), true) => format!("  by {n}"),
+                    (Some(n), false) => format!("  by {n}, not taken here (restore --device {n})"),
+                };
                 println!(
-                    "  {}  {:>10}  modified {}",
+                    "  {}  {:>10}  modified {}{by}",
                     rfc3339(v.time_ns),
                     bytes(v.size),
                     rfc3339(v.mtime_ns)
                 );
             }
         }
-        out.push(json!({"destination": d.name, "versions": versions.iter().map(|v| json!({
-            "time": rfc3339(v.time_ns), "seq": v.seq, "size": v.size, "mtime": rfc3339(v.mtime_ns)})).collect::<Vec<_>>()}));
+        out.push(
+            json!({"destination": d.name, "versions": versions.iter().map(|v| json!({
+            "time": rfc3339(v.time_ns), "seq": v.seq, "size": v.size, "mtime": rfc3339(v.mtime_ns),
+            "device": v.device, "here": v.here})).collect::<Vec<_>>()}),
+        );
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

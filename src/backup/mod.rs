@@ -12,7 +12,7 @@ pub use dest::{
     dest_replace, setup, RemoteArgs,
 };
 pub use history::{forget, log, maintain, prune};
-pub use restore::{init_from, init_restored, refuse_a_pocket, restore};
+pub use restore::{init_from, init_restored, refuse_a_pocket, restore, Wanted};
 pub use sync::sync;
 pub use verify::{repair, verify};
 

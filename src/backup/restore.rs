@@ -14,16 +14,24 @@ use crate::keys::KeyArgs;
 use crate::pocket::{Config, Pocket};
 use crate::report::{bytes, rfc3339};
 
+/// What `restore` gives back: which device's history (`--device`), as of when (`--at`), and
+/// which paths (all when empty).
+pub struct Wanted<'a> {
+    pub at: Option<&'a str>,
+    pub device: Option<&'a str>,
+    pub paths: &'a [PathBuf],
+}
+
 /// `restore`.
 pub fn restore(
     pocket: Option<&Path>,
     from: &str,
     to: &Path,
-    at: Option<&str>,
-    paths: &[PathBuf],
+    wanted: Wanted<'_>,
     json: bool,
     args: &KeyArgs,
 ) -> Result<()> {
+    let Wanted { at, device, paths } = wanted;
     let at = at.map(parse_time).transpose()?;
     let t = std::path::absolute(to)?;
     let in_pocket = Pocket::find(pocket).is_ok_and(|p| t.starts_with(&p.root));
@@ -41,9 +49,15 @@ pub fn restore(
         );
     }
     if let Some(mirror) = mirror_url(pocket, from) {
+        if device.is_some() {
+            bail!(
+                "{from} is a mirror: it holds one tree, whoever wrote it; restore without --device"
+            );
+        }
         return restore_mirror(&mirror, to, paths, json);
     }
     let opened = open_vault(pocket, from, args)?;
+    let vault = on_device(opened.vault, device)?;
     let paths = paths
         .iter()
         .map(|p| p.as_os_str().as_bytes().to_vec())
@@ -52,7 +66,52 @@ pub fn restore(
     if let Some(d) = &drive {
         say_what_the_drive_loses(to, d);
     }
-    restore_vault(&opened.vault, to, to, at, paths, json, drive.as_ref())
+    restore_vault(&vault, to, to, at, paths, json, drive.as_ref())
+}
+
+/// The handle on `device`'s own history (by name or id) in a vault several devices write.
+fn on_device(vault: Vault, device: Option<&str>) -> Result<Vault> {
+    let Some(wanted) = device else {
+        return Ok(vault);
+    };
+    let devices = if vault.has_devices() {
+        vault.devices()?
+    } else {
+        Vec::new()
+    };
+    match devices
+        .iter()
+        .find(|d| d.record.name == wanted || d.record.id == wanted)
+    {
+        Some(d) => Ok(vault.on_chain(&d.record.id)),
+        None if devices.is_empty() => Err(Failure::new(
+            ExitCode::Usage,
+            anyhow!("only one pocket writes this vault; restore without --device {wanted}"),
+        )
+        .into()),
+        None => Err(Failure::new(
+            ExitCode::Usage,
+            anyhow!(
+                "no device {wanted} writes this vault; its devices are {}",
+                devices
+                    .iter()
+                    .map(|d| d.record.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .into()),
+    }
+}
+
+/// The name of the device whose history `vault` follows, in a vault several devices write.
+fn whose(vault: &Vault) -> Option<String> {
+    if !vault.has_devices() {
+        return None;
+    }
+    let devices = vault.devices().ok()?;
+    let d = devices.iter().find(|d| d.record.id == vault.device())?;
+    Some(d.record.name.clone())
 }
 
 /// Before a plain restore onto a drive that keeps less (exFAT, FAT): what will be missing.
@@ -167,7 +226,13 @@ fn restore_vault(
     let report = with_progress(&progress, "restoring", || {
         replicator::restore(vault, &opts, &progress)
     })?;
-    print_restore(&report, shown, started.elapsed(), json)
+    print_restore(
+        &report,
+        shown,
+        whose(vault).as_deref(),
+        started.elapsed(),
+        json,
+    )
 }
 
 /// What the drive that will hold `to` can keep, tried beside it; None if it cannot be tried
@@ -178,9 +243,11 @@ fn target_drive(to: &Path) -> Option<platform::drive::DriveTraits> {
     platform::drive::probe(&scratch).ok()
 }
 
+/// `whose`: the device whose files these are, in a vault several devices write.
 fn print_restore(
     report: &replicator::RestoreReport,
     to: &Path,
+    whose: Option<&str>,
     elapsed: Duration,
     json: bool,
 ) -> Result<()> {
@@ -189,7 +256,7 @@ fn print_restore(
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "target": to, "point": rfc3339(report.point_time_ns), "seq": report.point_seq,
+                "target": to, "device": whose, "point": rfc3339(report.point_time_ns), "seq": report.point_seq,
                 "files": report.files, "dirs": report.dirs, "symlinks": report.symlinks,
                 "other": report.other, "bytes": report.bytes,
                 "failed": report.failed.iter().map(|(p, e)| json!({"path": lossy(p), "error": e})).collect::<Vec<_>>(),
@@ -202,8 +269,12 @@ fn print_restore(
             }))?
         );
     } else {
+        let pocket = match whose {
+            Some(name) => format!("{name}'s pocket"),
+            None => "the pocket".to_owned(),
+        };
         println!(
-            "restored the pocket as of {} into {}: {} files, {} folders, {} symlinks, {} in {:.1}s",
+            "restored {pocket} as of {} into {}: {} files, {} folders, {} symlinks, {} in {:.1}s",
             rfc3339(report.point_time_ns),
             to.display(),
             report.files,
@@ -296,7 +367,7 @@ fn restore_mirror(url: &str, to: &Path, paths: &[PathBuf], json: bool) -> Result
             &progress,
         )
     })?;
-    print_restore(&report, to, started.elapsed(), json)
+    print_restore(&report, to, None, started.elapsed(), json)
 }
 
 /// `init --from DEST DIR`: a new drive from a destination.

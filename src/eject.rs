@@ -73,7 +73,9 @@ pub fn unmount_and_wait(
     wait: Duration,
 ) -> Result<Option<Pocket>> {
     // Busy with nothing open is a look in passing (a `stat` of the mountpoint, a shell's
-    // completion): it is over in a moment, so the unmount is tried again for a while.
+    // completion): it is over in a moment, so the unmount is tried again for a while. Busy
+    // with only the daemon's own files open is its pull writing or reading another device's
+    // change: that ends by itself too, so it is waited for (up to `wait`).
     let started = Instant::now();
     loop {
         match platform::unmount(mp, lazy) {
@@ -84,9 +86,28 @@ pub fn unmount_and_wait(
                 if !is_busy {
                     return Err(e.into());
                 }
-                let open = platform::open_under(mp);
-                if !open.is_empty() || started.elapsed() > Duration::from_secs(3) {
-                    return Err(busy(mp, &open));
+                let all = platform::open_under(mp);
+                let open = not_the_daemons(source, all.clone());
+                let daemon_only = open.is_empty() && !all.is_empty();
+                let patience = if daemon_only {
+                    wait
+                } else {
+                    Duration::from_secs(3)
+                };
+                if daemon_only && started.elapsed() > patience {
+                    return Err(Failure::new(
+                        ExitCode::Busy,
+                        anyhow!(
+                            "{} is still taking another device's change ({}); try again when it \
+                             is done",
+                            mp.display(),
+                            all[0].path.display()
+                        ),
+                    )
+                    .into());
+                }
+                if !open.is_empty() || started.elapsed() > patience {
+                    return Err(busy(mp, &all));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -131,6 +152,18 @@ pub fn unmount_and_wait(
     }
 }
 
+/// What is open under the mount but by others than the pocket's own daemon (the holder of its
+/// lock), whose pull opens files in its mount for a moment to take other devices' changes.
+fn not_the_daemons(pocket: &Path, open: Vec<platform::OpenUnder>) -> Vec<platform::OpenUnder> {
+    let daemon: Option<u32> = Pocket::at(pocket).ok().and_then(|p| {
+        match platform::PocketLock::acquire(&p.lock_path(), &p.root) {
+            Err(platform::Error::Locked { pid, .. }) => pid.parse().ok(),
+            _ => None,
+        }
+    });
+    open.into_iter().filter(|o| Some(o.pid) != daemon).collect()
+}
+
 /// `backpocket unmount`.
 pub fn unmount(mountpoint: &Path) -> Result<()> {
     let mp = mountpoint
@@ -166,7 +199,7 @@ pub struct EjectOptions {
 pub fn eject(path: &Path, opts: &EjectOptions) -> Result<()> {
     let entry = find_mount(path)?;
     let mp = entry.mountpoint.clone();
-    let open = platform::open_under(&mp);
+    let open = not_the_daemons(&entry.source, platform::open_under(&mp));
     if !open.is_empty() && !opts.force {
         return Err(busy(&mp, &open));
     }

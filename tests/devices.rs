@@ -1083,3 +1083,47 @@ fn a_device_joined_by_another_address_drains_to_it() {
     ]);
     assert!(out.contains("up to date"), "{out}");
 }
+
+/// `unmount` while the pull is writing another device's large file into the mount: the
+/// daemon's own open file is not the user's, so the unmount waits for it instead of refusing
+/// the user ("in use") and leaving the mount up.
+#[test]
+fn unmount_waits_for_the_pull_instead_of_refusing() {
+    let (a, vault) = drive_with_vault();
+    let ma = a.mount();
+    a.wait_drained(&ma, Duration::from_secs(60));
+    let bb = join(&a, &vault, "laptop");
+    let bm = bb.pocket.mnt.clone();
+    let mb = bb.mount();
+    bb.wait_drained(&mb, Duration::from_secs(60));
+    // Large and not compressible: the laptop takes a while to write it.
+    let mut big = vec![0u8; 192 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for c in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    std::fs::write(a.pocket.mnt.join("big.bin"), &big).unwrap();
+    a.wait_drained(&ma, Duration::from_secs(120));
+    // Caught in the act: the pull's temporary file is there, the file not yet.
+    let start = Instant::now();
+    let writing = loop {
+        let names: Vec<String> = std::fs::read_dir(&bm)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if names.iter().any(|n| n.starts_with(".backpocket-pull-")) {
+            break true;
+        }
+        if names.iter().any(|n| n == "big.bin") || start.elapsed() > Duration::from_secs(120) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(writing, "the pull was never seen writing: {}", mb.log());
+    mb.unmount();
+    ma.unmount();
+}

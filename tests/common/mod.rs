@@ -324,6 +324,14 @@ impl Mounted {
         let out = run(&["unmount", self.mnt.to_str().unwrap()], None);
         if !out.status.success() {
             let _ = child.kill();
+            // A daemon killed while a call on its own mount waits would never end.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if child.try_wait().unwrap().is_none() {
+                abort_fuse_connection(&self.mnt);
+            }
         }
         let status = child.wait().unwrap();
         if let Some(d) = self.drain.take() {

@@ -384,7 +384,7 @@ pub fn spawn_pull(
             let mut vault: Option<(String, Vault)> = None;
             // What earlier sessions took, from the bases on the drive (read once here).
             let mut seen = replicator::pull::taken(&meta);
-            let mut snapshot = Snapshot::default();
+            let mut snapshot = Snapshot::resume(&meta);
             let mut stores = Stores::default();
             let mut listed: Option<(Vec<replicator::devices::DeviceInfo>, Instant)> = None;
             let mut next_open = Instant::now();
@@ -477,6 +477,13 @@ pub fn spawn_pull(
                     };
                     match pulled {
                         Ok(r) => {
+                            if !r.last.is_empty() {
+                                // Who changed what is in `journal status` at once.
+                                snapshot.took(&r.last);
+                                if let Some((d, _)) = &listed {
+                                    snapshot.save(&meta, v.device(), d, &seen, &live);
+                                }
+                            }
                             if r.written + r.removed + r.conflicts.len() > 0 {
                                 info!(
                                     from = ?r.taken_from,
@@ -637,9 +644,48 @@ pub fn clock_offset(ahead_secs: i64) -> String {
 #[derive(Default)]
 struct Snapshot {
     last: Option<(serde_json::Value, Instant)>,
+    /// Per device id, the last of its changes taken here: `{path, removed, at_ns}` (kept
+    /// across mounts through the file itself).
+    changes: BTreeMap<String, serde_json::Value>,
 }
 
 impl Snapshot {
+    /// Starts from what the last mount wrote, so that who changed what last survives a
+    /// remount.
+    fn resume(meta: &Path) -> Snapshot {
+        let mut s = Snapshot::default();
+        let old: Option<serde_json::Value> = std::fs::read(meta.join("devices.json"))
+            .ok()
+            .and_then(|raw| serde_json::from_slice(&raw).ok());
+        for d in old
+            .as_ref()
+            .and_then(|v| v["devices"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(id), c) = (d["id"].as_str(), &d["last_change"]) {
+                if c.is_object() {
+                    s.changes.insert(id.to_owned(), c.clone());
+                }
+            }
+        }
+        s
+    }
+
+    /// Notes the last change a pull round took from each device.
+    fn took(&mut self, last: &BTreeMap<String, (Vec<u8>, bool)>) {
+        for (id, (path, removed)) in last {
+            self.changes.insert(
+                id.clone(),
+                serde_json::json!({
+                    "path": String::from_utf8_lossy(path),
+                    "removed": removed,
+                    "at_ns": replicator_now(),
+                }),
+            );
+        }
+    }
+
     /// `taken`: the newest log object taken from each device (the pull's own count, so the
     /// bases on the drive are not read again for it).
     fn save(
@@ -664,6 +710,7 @@ impl Snapshot {
                     "log_objects": d.head_gen,
                     "behind": (!this).then(|| d.head_gen.saturating_sub(taken.get(&d.record.id).copied().unwrap_or(0))),
                     "removed": d.record.removed_ns.is_some(),
+                    "last_change": self.changes.get(&d.record.id),
                 })
             })
             .collect();

@@ -205,6 +205,11 @@ pub fn status(p: &Pocket, json: bool) -> Result<()> {
                     "behind_log_objects": d["behind"],
                     "removed": d["removed"],
                     "clock_ahead_secs": d["clock_ahead_secs"],
+                    "last_change": d["last_change"].is_object().then(|| json!({
+                        "path": d["last_change"]["path"],
+                        "removed": d["last_change"]["removed"],
+                        "taken": d["last_change"]["at_ns"].as_i64().map(rfc3339),
+                    })),
                 })).collect::<Vec<_>>(),
                 "conflicts": v["conflicts"],
             })),
@@ -328,6 +333,20 @@ fn print_devices(v: &serde_json::Value) {
             }
         };
         println!("  {name:<12} {state}");
+        // Who changed what: the last of its changes taken here.
+        let c = &d["last_change"];
+        if let (Some(path), Some(at)) = (c["path"].as_str(), c["at_ns"].as_i64()) {
+            let what = if c["removed"] == true {
+                "removed"
+            } else {
+                "changed"
+            };
+            println!(
+                "  {:<12} last took its change: {what} {path}, {}",
+                "",
+                ago(at)
+            );
+        }
     }
     match v["conflicts"].as_u64() {
         Some(0) | None => {}

@@ -295,6 +295,9 @@ pub struct PullReport {
     pub deferred: usize,
     /// ...or that could not be applied (an error, logged).
     pub failed: usize,
+    /// Per device (by id), the last of its changes this round applied here: the path, and
+    /// whether it was a removal. What `journal status` shows as who changed what.
+    pub last: BTreeMap<String, (Vec<u8>, bool)>,
 }
 
 /// The pocket as the pull sees it: where to write, and who this device is.
@@ -844,7 +847,7 @@ impl Apply<'_, '_> {
                 "the other device renamed a file edited here: the edit follows the new name"
             );
         }
-        self.report.written += 1;
+        self.took(new, false);
         Ok(true)
     }
 
@@ -967,7 +970,7 @@ impl Apply<'_, '_> {
             Err(e) => return Err(Error::io(format!("cannot make {}", p.display()), e)),
         }
         self.set_mode(path, t)?;
-        self.report.written += 1;
+        self.took(path, false);
         Ok(())
     }
 
@@ -1064,7 +1067,7 @@ impl Apply<'_, '_> {
         if let Some((path, who)) = conflict {
             self.note_conflict(path, at, who);
         }
-        self.report.written += 1;
+        self.took(at, false);
         Ok(true)
     }
 
@@ -1094,6 +1097,18 @@ impl Apply<'_, '_> {
         Ok(())
     }
 
+    /// Counts a change of theirs applied at `path` (a removal or not).
+    fn took(&mut self, path: &[u8], removed: bool) {
+        if removed {
+            self.report.removed += 1;
+        } else {
+            self.report.written += 1;
+        }
+        self.report
+            .last
+            .insert(self.their_id.to_owned(), (path.to_vec(), removed));
+    }
+
     /// The other device removed `path` (the base had `b`): removed here too if unchanged.
     fn remove(&mut self, path: &[u8], b: &Print) -> Result<bool> {
         let p = self.abs(path);
@@ -1106,7 +1121,7 @@ impl Apply<'_, '_> {
             return match std::fs::remove_dir(&p) {
                 Ok(()) => {
                     self.entry_changed(&p);
-                    self.report.removed += 1;
+                    self.took(path, true);
                     Ok(true)
                 }
                 Err(_) => Ok(true),
@@ -1127,7 +1142,7 @@ impl Apply<'_, '_> {
         std::fs::remove_file(&p)
             .map_err(|e| Error::io(format!("cannot remove {}", p.display()), e))?;
         self.entry_changed(&p);
-        self.report.removed += 1;
+        self.took(path, true);
         Ok(true)
     }
 }

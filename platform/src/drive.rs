@@ -84,6 +84,25 @@ impl DriveTraits {
 }
 
 impl DriveTraits {
+    /// What a plain folder on this drive (a restore's target, no journal beside it) cannot
+    /// keep, in words for a user; empty for a POSIX filesystem.
+    pub fn lost_in_a_plain_folder(&self) -> Vec<&'static str> {
+        [
+            (self.modes, "modes, owners and exact times"),
+            (
+                self.symlinks,
+                "symbolic links, fifos and devices (left out)",
+            ),
+            (self.hard_links, "hard links (made as copies)"),
+            (self.xattrs, "extended attributes"),
+            (self.any_name, "some names (made under look-alikes)"),
+            (!self.case_insensitive, "names that differ only in case"),
+        ]
+        .into_iter()
+        .filter_map(|(kept, what)| (!kept).then_some(what))
+        .collect()
+    }
+
     /// What the drive itself cannot keep but the pocket's journal keeps for it (a drive
     /// without modes: exFAT, FAT), in words for a user.
     pub fn kept_by_the_journal(&self) -> Vec<String> {

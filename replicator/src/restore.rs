@@ -158,19 +158,14 @@ fn cannot_make_here(e: &std::io::Error) -> bool {
 /// Why an entry the drive cannot hold was left out.
 const NOT_ON_THIS_DRIVE: &str = "this drive cannot hold it (restore onto ext4, XFS or btrfs, or make a pocket of it with `backpocket init --from`, for an exact copy)";
 
-/// The target's filesystem cannot link (rather than this link being wrong).
+/// The target's filesystem cannot link (rather than this link being wrong): it cannot make
+/// links at all, or not this many to one file (EMLINK).
 fn no_hard_links(e: &std::io::Error) -> bool {
     #[cfg(unix)]
-    {
-        matches!(
-            e.raw_os_error(),
-            Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK)
-        )
+    if e.raw_os_error() == Some(libc::EMLINK) {
+        return true;
     }
-    #[cfg(not(unix))]
-    {
-        e.kind() == std::io::ErrorKind::Unsupported
-    }
+    cannot_make_here(e)
 }
 
 /// Restores the vault's tree at `opts.at` into `opts.target`, which must be missing or empty.

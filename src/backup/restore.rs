@@ -116,17 +116,7 @@ fn whose(vault: &Vault) -> Option<String> {
 
 /// Before a plain restore onto a drive that keeps less (exFAT, FAT): what will be missing.
 fn say_what_the_drive_loses(to: &Path, d: &platform::drive::DriveTraits) {
-    let lost: Vec<&str> = [
-        (d.modes, "modes, owners and exact times"),
-        (d.symlinks, "symbolic links, fifos and devices (left out)"),
-        (d.hard_links, "hard links (made as copies)"),
-        (d.xattrs, "extended attributes"),
-        (d.any_name, "some names (made under look-alikes)"),
-        (!d.case_insensitive, "names that differ only in case"),
-    ]
-    .into_iter()
-    .filter_map(|(kept, what)| (!kept).then_some(what))
-    .collect();
+    let lost = d.lost_in_a_plain_folder();
     if !lost.is_empty() {
         eprintln!(
             "backpocket: {} is on a drive ({}) that cannot keep {}: the files come back \

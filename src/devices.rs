@@ -322,9 +322,12 @@ pub fn remove(p: &Pocket, name: &str, args: &KeyArgs) -> Result<()> {
     Ok(())
 }
 
-/// The mount's pull: takes the other devices' changes into the mount, says this device is
-/// online, and waits between rounds from 1 s (something just changed) to 2 s while another
-/// device is online, 8 s while none is.
+/// The mount's pull, in a process of its own (`backpocket pull-helper`), started and stopped
+/// with the mount: it writes into the mount, and a process must never wait on its own mount.
+/// A daemon killed while one of its threads waited there could not exit (its own FUSE
+/// connection holds it, and it would hold the pocket until `umount -f`); the helper instead
+/// dies with the daemon (parent-death signal), and its calls on the mount fail once the
+/// daemon is gone. A helper that ends early is started again.
 pub fn spawn_pull(
     pocket: Pocket,
     config: Config,
@@ -332,256 +335,108 @@ pub fn spawn_pull(
     mountpoint: PathBuf,
     drained: crossbeam_channel::Receiver<(String, u64)>,
     stop: Arc<AtomicBool>,
+    log_to: Option<PathBuf>,
 ) -> Option<std::thread::JoinHandle<()>> {
     let key = key?;
     if !config.destinations.iter().any(|d| d.mode == Mode::Vault) {
         return None;
     }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            warn!("cannot pull the other devices' changes: cannot find this program ({e})");
+            return None;
+        }
+    };
+    let start = move || -> std::io::Result<std::process::Child> {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("pull-helper")
+            .arg("--pocket")
+            .arg(&pocket.root)
+            .arg("--mountpoint")
+            .arg(&mountpoint)
+            .arg("--parent")
+            .arg(std::process::id().to_string());
+        if let Some(l) = &log_to {
+            cmd.arg("--log-file").arg(l);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        if let Err(e) = child
+            .stdin
+            .as_mut()
+            .map_or(Ok(()), |i| writeln!(i, "{hex}"))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok(child)
+    };
     let t = std::thread::Builder::new()
         .name("pull".into())
         .spawn(move || {
-            let rt = match replicator::runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!("cannot pull the other devices' changes: {e}");
-                    return;
-                }
-            };
-            let mut name = own_name(&config);
-            let meta = pocket.meta_dir();
-            // The mount is a filesystem of its own: once it ends, the mountpoint's device differs
-            // from what it was while mounted, and nothing is written there.
-            let dev_of = |p: &Path| {
-                std::fs::metadata(p)
-                    .ok()
-                    .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
-            };
-            let pocket_dev = dev_of(&pocket.root);
-            // The mount's device, once it serves. Looked at only once a vault devices joined
-            // is open: a look holds the mountpoint for a moment, and an unmount at that
-            // moment finds it busy (a pocket that shares nothing must never cause that).
-            let mounted_dev = std::cell::Cell::new(None::<u64>);
-            let serving = || {
-                if mounted_dev.get().is_none() {
-                    match dev_of(&mountpoint) {
-                        Some(d)
-                            if Some(d) != pocket_dev
-                                && d != dev_of(mountpoint.parent().unwrap_or(&mountpoint))
-                                    .unwrap_or(0) =>
-                        {
-                            mounted_dev.set(Some(d))
-                        }
-                        _ => {}
-                    }
-                }
-                mounted_dev.get().is_some()
-            };
-            let still_there = || {
-                !stop.load(Ordering::Relaxed)
-                    && mounted_dev.get().is_some()
-                    && dev_of(&mountpoint) == mounted_dev.get()
-            };
-            let mut vault: Option<(String, Vault)> = None;
-            // What earlier sessions took, from the bases on the drive (read once here).
-            let mut seen = replicator::pull::taken(&meta);
-            let mut snapshot = Snapshot::resume(&meta);
-            let mut stores = Stores::default();
-            let mut listed: Option<(Vec<replicator::devices::DeviceInfo>, Instant)> = None;
-            let mut next_open = Instant::now();
-            let mut last_presence: Option<Instant> = None;
-            let mut delay = Duration::from_secs(1);
-            // The XMPP connection, once devices joined and the config names a server: the
-            // others hear of this device's drains at once, and it of theirs.
-            let mut push: Option<crate::push::Push> = None;
-            let mut push_tried = false;
-            let (mut push_open, mut drained_open) = (true, true);
-            // A fixed time between polls, for tests that show push at work (slow polling)
-            // and for tuning.
-            let poll_every = std::env::var("BACKPOCKET_PULL_POLL_SECS")
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let mut live = Liveness::default();
+            use std::io::Write;
+            let mut child: Option<std::process::Child> = None;
+            let mut next_start = Instant::now();
+            let mut started = Instant::now();
+            let mut backoff = Duration::from_secs(5);
             while !stop.load(Ordering::Relaxed) {
-                if vault.is_none() && Instant::now() >= next_open {
-                    match stores.shared(&pocket, &config, &key, &rt) {
-                        Ok(v) => vault = v,
-                        Err(e) => debug!("pull: {e:#}"),
-                    }
-                    // The name the other devices know this one by (their copies of its
-                    // versions carry it, so both sides must spell it alike).
-                    if let Some((_, v)) = &vault {
-                        if let Ok(Some(r)) = v.device_record(v.device()) {
-                            name = r.name;
-                        }
-                    }
-                    // A vault no device joined yet is looked at again every 10 s (one
-                    // small read): a device that joins is heard from soon.
-                    next_open = Instant::now() + Duration::from_secs(10);
-                }
-                if let (Some((_, v)), None, false, Some(cfg)) =
-                    (&vault, &push, push_tried, &config.push)
-                {
-                    push_tried = true;
-                    match crate::push::Account::open(cfg, &key) {
-                        Ok(a) => {
-                            let node = format!("backpocket-{}", v.config.id);
-                            push = Some(crate::push::Push::start(rt.handle(), a, v.device(), node));
+                if child.is_none() && Instant::now() >= next_start {
+                    match start() {
+                        Ok(c) => {
+                            child = Some(c);
+                            started = Instant::now();
                         }
                         Err(e) => {
-                            warn!("no push: {e:#}; the other devices' changes come by polling")
+                            warn!("cannot start pulling the other devices' changes: {e}");
+                            next_start = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(Duration::from_secs(300));
                         }
                     }
                 }
-                if let Some((dest, v)) = &vault {
-                    if last_presence
-                        .is_none_or(|t| t.elapsed() >= replicator::devices::PRESENCE_EVERY)
-                    {
-                        let said = v.put_presence(true, 0);
-                        match said {
-                            Ok(()) => last_presence = Some(Instant::now()),
-                            Err(e) => {
-                                debug!("pull: cannot say this device is online at {dest}: {e}")
-                            }
+                if let Some(c) = child.as_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        warn!("the pull ended by itself ({status}); starting it again");
+                        child = None;
+                        // A helper that had been running a while starts again soon.
+                        if started.elapsed() > Duration::from_secs(300) {
+                            backoff = Duration::from_secs(5);
                         }
-                    }
-                    let p = replicator::pull::Pocket {
-                        root: &mountpoint,
-                        meta_dir: &meta,
-                        name: &name,
-                        still_there: &still_there,
-                    };
-                    // Who the devices are, and when each was last seen: read every 30 s.
-                    if listed
-                        .as_ref()
-                        .is_none_or(|(_, t)| t.elapsed() >= replicator::devices::PRESENCE_EVERY)
-                    {
-                        match v.devices() {
-                            Ok(d) => {
-                                live.listed(&d);
-                                snapshot.save(&meta, v.device(), &d, &seen, &live);
-                                listed = Some((d, Instant::now()));
-                            }
-                            Err(e) => debug!("pull: cannot list the devices at {dest}: {e}"),
-                        }
-                    }
-                    let devices = listed
-                        .as_ref()
-                        .map(|(d, _)| d.as_slice())
-                        .unwrap_or_default();
-                    let pulled = if serving() {
-                        replicator::pull::pull(v, &p, devices, &mut seen)
-                    } else {
-                        // Not serving yet: the next round.
-                        Ok(Default::default())
-                    };
-                    match pulled {
-                        Ok(r) => {
-                            if !r.last.is_empty() {
-                                // Who changed what is in `journal status` at once.
-                                snapshot.took(&r.last);
-                                if let Some((d, _)) = &listed {
-                                    snapshot.save(&meta, v.device(), d, &seen, &live);
-                                }
-                            }
-                            if r.written + r.removed + r.conflicts.len() > 0 {
-                                info!(
-                                    from = ?r.taken_from,
-                                    written = r.written,
-                                    removed = r.removed,
-                                    conflicts = r.conflicts.len(),
-                                    "took the other devices' changes"
-                                );
-                                delay = Duration::from_secs(1);
-                            } else if r.deferred > 0 && r.failed == 0 {
-                                delay = Duration::from_secs(1);
-                            } else {
-                                // Another device online is likely to write soon: look
-                                // every 2 s; every 8 s when none is.
-                                let others_online = devices
-                                    .iter()
-                                    .any(|d| d.record.id != v.device() && live.online(d));
-                                let most = if others_online { 2 } else { 8 };
-                                delay = (delay * 2).min(Duration::from_secs(most));
-                            }
-                        }
-                        Err(e) => {
-                            warn!("cannot take the other devices' changes from {dest}: {e}");
-                            delay =
-                                (delay * 2).clamp(Duration::from_secs(2), Duration::from_secs(30));
-                            vault = None;
-                            listed = None;
-                            next_open = Instant::now();
-                        }
+                        next_start = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(300));
+                        continue;
                     }
                 }
-                // Until the next look: woken at once by a notice that another device wrote.
-                let until = match &vault {
-                    Some(_) => Instant::now() + poll_every.unwrap_or(delay),
-                    // Until the vault is looked at again.
-                    None => next_open.max(Instant::now() + Duration::from_millis(100)),
-                };
-                let (never, never_heard) = (crossbeam_channel::never(), crossbeam_channel::never());
-                while !stop.load(Ordering::Relaxed) {
-                    // A channel whose other end is gone is not listened to (it would answer
-                    // at once, forever).
-                    let drained = if drained_open { &drained } else { &never };
-                    let heard = match &push {
-                        Some(p) if push_open => p.heard(),
-                        _ => &never_heard,
-                    };
-                    let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
+                // This device's drains, passed on for the helper to announce.
+                match drained.recv_timeout(Duration::from_millis(100)) {
+                    Ok((dest, gen)) => {
+                        if let Some(i) = child.as_mut().and_then(|c| c.stdin.as_mut()) {
+                            let _ = writeln!(i, "{dest}\t{gen}");
+                        }
                     }
-                    let tick = left.min(Duration::from_millis(100));
-                    crossbeam_channel::select! {
-                        recv(drained) -> m => match m {
-                            // This device's drain wrote to the shared vault: tell the others.
-                            Ok((d, gen)) => {
-                                if let (Some(p), Some((dest, _))) = (&push, &vault) {
-                                    if &d == dest {
-                                        p.wrote(gen);
-                                    }
-                                }
-                            }
-                            Err(_) => drained_open = false,
-                        },
-                        recv(heard) -> m => match m {
-                            Ok(crate::push::Heard::Wrote { device, gen }) => {
-                                if seen.get(&device).is_none_or(|s| *s < gen) {
-                                    debug!(device, gen, "push: another device wrote");
-                                    delay = Duration::from_secs(1);
-                                    break;
-                                }
-                            }
-                            Ok(crate::push::Heard::Presence { device, online }) => {
-                                live.xmpp.insert(device, online);
-                                // Shown at once (the devices are listed again now), and the
-                                // poll is quicker while another device is online.
-                                listed = None;
-                                delay = Duration::from_secs(1);
-                                break;
-                            }
-                            Ok(crate::push::Heard::Connected) => {
-                                // What was written while this one was not connected.
-                                live.xmpp.clear();
-                                delay = Duration::from_secs(1);
-                                break;
-                            }
-                            Err(_) => push_open = false,
-                        },
-                        default(tick) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        std::thread::sleep(Duration::from_millis(100))
                     }
                 }
             }
-            if let Some(p) = push.take() {
-                p.stop(rt.handle());
-            }
-            if let Some((_, v)) = &vault {
-                if last_presence.is_some() {
-                    let _ = v.put_presence(false, 0);
+            // Its standard input closing is its signal to stop (it says it is offline first).
+            if let Some(mut c) = child {
+                drop(c.stdin.take());
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
+                if matches!(c.try_wait(), Ok(None)) {
+                    warn!("the pull did not stop within 10 s; ending it");
+                    let _ = c.kill();
+                }
+                let _ = c.wait();
             }
         });
     match t {
@@ -589,6 +444,327 @@ pub fn spawn_pull(
         Err(e) => {
             warn!("cannot start pulling the other devices' changes: {e}");
             None
+        }
+    }
+}
+
+/// `backpocket pull-helper`: the mount's pull (see [`spawn_pull`]). Its standard input gives
+/// the vault's key (hex, one line), then this device's drains (`DEST<TAB>GEN` lines); it
+/// stops when that input ends.
+pub fn pull_helper(
+    pocket_dir: &Path,
+    mountpoint: &Path,
+    parent: u32,
+    log_file: Option<&Path>,
+) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            .context("cannot tie the pull to its mount's life")?;
+        // The mount may have ended before the line above.
+        if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
+            return Ok(());
+        }
+    }
+    let _ = parent;
+    let logged = log_file.and_then(|l| {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(l)
+            .ok()?;
+        tracing_subscriber::fmt()
+            .with_env_filter(crate::log_filter("info"))
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init()
+            .ok()
+    });
+    if logged.is_none() {
+        crate::init_logging("info");
+    }
+    use std::io::BufRead;
+    let mut lines = std::io::stdin().lock().lines();
+    let hex = lines
+        .next()
+        .transpose()?
+        .ok_or_else(|| anyhow!("no key given"))?;
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+        .collect::<std::result::Result<_, _>>()
+        .context("a malformed key")?;
+    let key = replicator::Key::from_bytes(&bytes)?;
+    let pocket = Pocket::at(pocket_dir)?;
+    let config = pocket.config()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, drained) = crossbeam_channel::bounded(16);
+    {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("pull-input".into())
+            .spawn(move || {
+                for line in std::io::stdin().lock().lines() {
+                    let Ok(line) = line else { break };
+                    if let Some((dest, gen)) = line.split_once('\t') {
+                        if let Ok(gen) = gen.parse::<u64>() {
+                            let _ = tx.send((dest.to_owned(), gen));
+                        }
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+            })?;
+    }
+    drop(lines);
+    pull_loop(pocket, config, key, mountpoint.to_owned(), drained, stop);
+    Ok(())
+}
+
+/// Takes every other device's changes into the mount, says this device is online, and waits
+/// between rounds from 1 s (something just changed) to 2 s while another device is online,
+/// 8 s while none is.
+fn pull_loop(
+    pocket: Pocket,
+    config: Config,
+    key: replicator::Key,
+    mountpoint: PathBuf,
+    drained: crossbeam_channel::Receiver<(String, u64)>,
+    stop: Arc<AtomicBool>,
+) {
+    let rt = match replicator::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!("cannot pull the other devices' changes: {e}");
+            return;
+        }
+    };
+    let mut name = own_name(&config);
+    let meta = pocket.meta_dir();
+    // The mount is a filesystem of its own: once it ends, the mountpoint's device differs
+    // from what it was while mounted, and nothing is written there.
+    let dev_of = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+    };
+    let pocket_dev = dev_of(&pocket.root);
+    // The mount's device, once it serves. Looked at only once a vault devices joined
+    // is open: a look holds the mountpoint for a moment, and an unmount at that
+    // moment finds it busy (a pocket that shares nothing must never cause that).
+    let mounted_dev = std::cell::Cell::new(None::<u64>);
+    let serving = || {
+        if mounted_dev.get().is_none() {
+            match dev_of(&mountpoint) {
+                Some(d)
+                    if Some(d) != pocket_dev
+                        && d != dev_of(mountpoint.parent().unwrap_or(&mountpoint)).unwrap_or(0) =>
+                {
+                    mounted_dev.set(Some(d))
+                }
+                _ => {}
+            }
+        }
+        mounted_dev.get().is_some()
+    };
+    let still_there = || {
+        !stop.load(Ordering::Relaxed)
+            && mounted_dev.get().is_some()
+            && dev_of(&mountpoint) == mounted_dev.get()
+    };
+    let mut vault: Option<(String, Vault)> = None;
+    // What earlier sessions took, from the bases on the drive (read once here).
+    let mut seen = replicator::pull::taken(&meta);
+    let mut snapshot = Snapshot::resume(&meta);
+    let mut stores = Stores::default();
+    let mut listed: Option<(Vec<replicator::devices::DeviceInfo>, Instant)> = None;
+    let mut next_open = Instant::now();
+    let mut last_presence: Option<Instant> = None;
+    let mut delay = Duration::from_secs(1);
+    // The XMPP connection, once devices joined and the config names a server: the
+    // others hear of this device's drains at once, and it of theirs.
+    let mut push: Option<crate::push::Push> = None;
+    let mut push_tried = false;
+    let (mut push_open, mut drained_open) = (true, true);
+    // A fixed time between polls, for tests that show push at work (slow polling)
+    // and for tuning.
+    let poll_every = std::env::var("BACKPOCKET_PULL_POLL_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut live = Liveness::default();
+    while !stop.load(Ordering::Relaxed) {
+        if vault.is_none() && Instant::now() >= next_open {
+            match stores.shared(&pocket, &config, &key, &rt) {
+                Ok(v) => vault = v,
+                Err(e) => debug!("pull: {e:#}"),
+            }
+            // The name the other devices know this one by (their copies of its
+            // versions carry it, so both sides must spell it alike).
+            if let Some((_, v)) = &vault {
+                if let Ok(Some(r)) = v.device_record(v.device()) {
+                    name = r.name;
+                }
+            }
+            // A vault no device joined yet is looked at again every 10 s (one
+            // small read): a device that joins is heard from soon.
+            next_open = Instant::now() + Duration::from_secs(10);
+        }
+        if let (Some((_, v)), None, false, Some(cfg)) = (&vault, &push, push_tried, &config.push) {
+            push_tried = true;
+            match crate::push::Account::open(cfg, &key) {
+                Ok(a) => {
+                    let node = format!("backpocket-{}", v.config.id);
+                    push = Some(crate::push::Push::start(rt.handle(), a, v.device(), node));
+                }
+                Err(e) => {
+                    warn!("no push: {e:#}; the other devices' changes come by polling")
+                }
+            }
+        }
+        if let Some((dest, v)) = &vault {
+            if last_presence.is_none_or(|t| t.elapsed() >= replicator::devices::PRESENCE_EVERY) {
+                let said = v.put_presence(true, 0);
+                match said {
+                    Ok(()) => last_presence = Some(Instant::now()),
+                    Err(e) => {
+                        debug!("pull: cannot say this device is online at {dest}: {e}")
+                    }
+                }
+            }
+            let p = replicator::pull::Pocket {
+                root: &mountpoint,
+                meta_dir: &meta,
+                name: &name,
+                still_there: &still_there,
+            };
+            // Who the devices are, and when each was last seen: read every 30 s.
+            if listed
+                .as_ref()
+                .is_none_or(|(_, t)| t.elapsed() >= replicator::devices::PRESENCE_EVERY)
+            {
+                match v.devices() {
+                    Ok(d) => {
+                        live.listed(&d);
+                        snapshot.save(&meta, v.device(), &d, &seen, &live);
+                        listed = Some((d, Instant::now()));
+                    }
+                    Err(e) => debug!("pull: cannot list the devices at {dest}: {e}"),
+                }
+            }
+            let devices = listed
+                .as_ref()
+                .map(|(d, _)| d.as_slice())
+                .unwrap_or_default();
+            let pulled = if serving() {
+                replicator::pull::pull(v, &p, devices, &mut seen)
+            } else {
+                // Not serving yet: the next round.
+                Ok(Default::default())
+            };
+            match pulled {
+                Ok(r) => {
+                    if !r.last.is_empty() {
+                        // Who changed what is in `journal status` at once.
+                        snapshot.took(&r.last);
+                        if let Some((d, _)) = &listed {
+                            snapshot.save(&meta, v.device(), d, &seen, &live);
+                        }
+                    }
+                    if r.written + r.removed + r.conflicts.len() > 0 {
+                        info!(
+                            from = ?r.taken_from,
+                            written = r.written,
+                            removed = r.removed,
+                            conflicts = r.conflicts.len(),
+                            "took the other devices' changes"
+                        );
+                        delay = Duration::from_secs(1);
+                    } else if r.deferred > 0 && r.failed == 0 {
+                        delay = Duration::from_secs(1);
+                    } else {
+                        // Another device online is likely to write soon: look
+                        // every 2 s; every 8 s when none is.
+                        let others_online = devices
+                            .iter()
+                            .any(|d| d.record.id != v.device() && live.online(d));
+                        let most = if others_online { 2 } else { 8 };
+                        delay = (delay * 2).min(Duration::from_secs(most));
+                    }
+                }
+                Err(e) => {
+                    warn!("cannot take the other devices' changes from {dest}: {e}");
+                    delay = (delay * 2).clamp(Duration::from_secs(2), Duration::from_secs(30));
+                    vault = None;
+                    listed = None;
+                    next_open = Instant::now();
+                }
+            }
+        }
+        // Until the next look: woken at once by a notice that another device wrote.
+        let until = match &vault {
+            Some(_) => Instant::now() + poll_every.unwrap_or(delay),
+            // Until the vault is looked at again.
+            None => next_open.max(Instant::now() + Duration::from_millis(100)),
+        };
+        let (never, never_heard) = (crossbeam_channel::never(), crossbeam_channel::never());
+        while !stop.load(Ordering::Relaxed) {
+            // A channel whose other end is gone is not listened to (it would answer
+            // at once, forever).
+            let drained = if drained_open { &drained } else { &never };
+            let heard = match &push {
+                Some(p) if push_open => p.heard(),
+                _ => &never_heard,
+            };
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let tick = left.min(Duration::from_millis(100));
+            crossbeam_channel::select! {
+                recv(drained) -> m => match m {
+                    // This device's drain wrote to the shared vault: tell the others.
+                    Ok((d, gen)) => {
+                        if let (Some(p), Some((dest, _))) = (&push, &vault) {
+                            if &d == dest {
+                                p.wrote(gen);
+                            }
+                        }
+                    }
+                    Err(_) => drained_open = false,
+                },
+                recv(heard) -> m => match m {
+                    Ok(crate::push::Heard::Wrote { device, gen }) => {
+                        if seen.get(&device).is_none_or(|s| *s < gen) {
+                            debug!(device, gen, "push: another device wrote");
+                            delay = Duration::from_secs(1);
+                            break;
+                        }
+                    }
+                    Ok(crate::push::Heard::Presence { device, online }) => {
+                        live.xmpp.insert(device, online);
+                        // Shown at once (the devices are listed again now), and the
+                        // poll is quicker while another device is online.
+                        listed = None;
+                        delay = Duration::from_secs(1);
+                        break;
+                    }
+                    Ok(crate::push::Heard::Connected) => {
+                        // What was written while this one was not connected.
+                        live.xmpp.clear();
+                        delay = Duration::from_secs(1);
+                        break;
+                    }
+                    Err(_) => push_open = false,
+                },
+                default(tick) => {}
+            }
+        }
+    }
+    if let Some(p) = push.take() {
+        p.stop(rt.handle());
+    }
+    if let Some((_, v)) = &vault {
+        if last_presence.is_some() {
+            let _ = v.put_presence(false, 0);
         }
     }
 }

@@ -153,7 +153,8 @@ pub fn unmount_and_wait(
 }
 
 /// What is open under the mount but by others than the pocket's own daemon (the holder of its
-/// lock), whose pull opens files in its mount for a moment to take other devices' changes.
+/// lock) and its pull (a child of it), which opens files in the mount for a moment to take
+/// other devices' changes.
 fn not_the_daemons(pocket: &Path, open: Vec<platform::OpenUnder>) -> Vec<platform::OpenUnder> {
     let daemon: Option<u32> = Pocket::at(pocket).ok().and_then(|p| {
         match platform::PocketLock::acquire(&p.lock_path(), &p.root) {
@@ -161,7 +162,12 @@ fn not_the_daemons(pocket: &Path, open: Vec<platform::OpenUnder>) -> Vec<platfor
             _ => None,
         }
     });
-    open.into_iter().filter(|o| Some(o.pid) != daemon).collect()
+    let Some(daemon) = daemon else {
+        return open;
+    };
+    open.into_iter()
+        .filter(|o| o.pid != daemon && platform::parent_of(o.pid) != Some(daemon))
+        .collect()
 }
 
 /// `backpocket unmount`.

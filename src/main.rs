@@ -103,6 +103,19 @@ enum Command {
     /// Write the man pages (backpocket.1 and one per command) into a folder.
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// The mount's pull, started by the mount in a process of its own (reads the key and the
+    /// drains on standard input).
+    #[command(hide = true)]
+    PullHelper {
+        #[arg(long)]
+        pocket: PathBuf,
+        #[arg(long)]
+        mountpoint: PathBuf,
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
     /// Record changes made to the pocket without the mount (while the daemon was dead, or on a
     /// machine without backpocket).
     Scan {
@@ -569,6 +582,13 @@ fn main() {
     let result = match cli.command {
         // The mount sets up logging itself: after the fork for --daemon.
         Command::Mount(args) => mount::run(args, &cli.key),
+        // Logs where its mount does.
+        Command::PullHelper {
+            pocket,
+            mountpoint,
+            parent,
+            log_file,
+        } => devices::pull_helper(&pocket, &mountpoint, parent, log_file.as_deref()),
         other => {
             init_logging("warn");
             run(other, &cli.key)
@@ -811,7 +831,7 @@ fn run(command: Command, key: &keys::KeyArgs) -> Result<()> {
                 Ok(())
             }
         },
-        Command::Mount(_) => unreachable!("handled in main"),
+        Command::Mount(_) | Command::PullHelper { .. } => unreachable!("handled in main"),
         Command::Unmount { mountpoint } => eject::unmount(&mountpoint),
         Command::Eject {
             mountpoint,

@@ -242,6 +242,8 @@ fn serve(
             mountpoint.to_owned(),
             drained_rx,
             pull_stop.clone(),
+            // (A daemon logs to the drive; the pull beside it too.)
+            detached.is_some().then(|| pocket.log_path()),
         )
     };
     let res = mount.run();

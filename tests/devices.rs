@@ -1118,11 +1118,9 @@ fn a_device_joined_by_another_address_drains_to_it() {
     assert!(out.contains("up to date"), "{out}");
 }
 
-/// `unmount` while the pull is writing another device's large file into the mount: the
-/// daemon's own open file is not the user's, so the unmount waits for it instead of refusing
-/// the user ("in use") and leaving the mount up.
-#[test]
-fn unmount_waits_for_the_pull_instead_of_refusing() {
+/// A drive and a laptop mounted, the laptop caught writing the drive's new large file into
+/// its mount (the pull's temporary file is there, the file not yet). Returns the file's bytes.
+fn caught_taking_a_big_file() -> (Backed, Mounted, Backed, Mounted, Vec<u8>) {
     let (a, vault) = drive_with_vault();
     let ma = a.mount();
     a.wait_drained(&ma, Duration::from_secs(60));
@@ -1141,7 +1139,6 @@ fn unmount_waits_for_the_pull_instead_of_refusing() {
     }
     std::fs::write(a.pocket.mnt.join("big.bin"), &big).unwrap();
     a.wait_drained(&ma, Duration::from_secs(120));
-    // Caught in the act: the pull's temporary file is there, the file not yet.
     let start = Instant::now();
     let writing = loop {
         let names: Vec<String> = std::fs::read_dir(&bm)
@@ -1158,6 +1155,42 @@ fn unmount_waits_for_the_pull_instead_of_refusing() {
         std::thread::sleep(Duration::from_millis(5));
     };
     assert!(writing, "the pull was never seen writing: {}", mb.log());
+    (a, ma, bb, mb, big)
+}
+
+/// `unmount` while the pull is writing another device's large file into the mount: the
+/// daemon's own open file is not the user's, so the unmount waits for it instead of refusing
+/// the user ("in use") and leaving the mount up.
+#[test]
+fn unmount_waits_for_the_pull_instead_of_refusing() {
+    let (_a, ma, _bb, mb, _) = caught_taking_a_big_file();
+    mb.unmount();
+    ma.unmount();
+}
+
+/// kill -9 of a daemon while its pull writes into the mount: the daemon dies at once (the pull
+/// is a process of its own; a daemon waiting on its own mount could never exit), and the next
+/// mount takes the file whole, with no temporary file left in sight.
+#[test]
+fn a_daemon_killed_while_its_pull_writes_dies_and_the_next_mount_takes_the_file() {
+    let (_a, ma, bb, mb, big) = caught_taking_a_big_file();
+    let bm = bb.pocket.mnt.clone();
+    assert!(
+        !mb.kill9(),
+        "the daemon hung on its own mount after kill -9"
+    );
+    let mb = bb.mount();
+    eventually("the laptop takes the file after the crash", &[&mb], || {
+        std::fs::metadata(bm.join("big.bin")).is_ok_and(|m| m.len() == big.len() as u64)
+    });
+    assert!(read(&bm.join("big.bin")).unwrap() == big, "big.bin differs");
+    let temps: Vec<String> = std::fs::read_dir(&bm)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".backpocket-pull-"))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
     mb.unmount();
     ma.unmount();
 }

@@ -220,6 +220,14 @@ pub fn open_under(dir: &Path) -> Vec<OpenUnder> {
     out
 }
 
+/// The parent of process `pid` (None once it is gone).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let (_, rest) = st.rsplit_once(") ")?;
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
 /// Flushes the filesystem holding `path` to its device: once it returns, the drive can be
 /// pulled without losing what was written.
 pub fn syncfs(path: &Path) -> Result<()> {

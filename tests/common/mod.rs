@@ -287,9 +287,10 @@ impl Mounted {
 
     /// kill -9: no unmount, no journal close. Returns whether the daemon hung instead of
     /// dying: a thread of it in a call on its own mount that a thread now dead had taken
-    /// (the pull writes through the mount) waits for an answer that cannot come, holding the
-    /// process as a zombie with the mount's connection open; its connection is then aborted,
-    /// as `umount -f` would (docs/devices.md, known limits).
+    /// would wait for an answer that cannot come, holding the process as a zombie with the
+    /// mount's connection open (the pull, which writes through the mount, runs in a process
+    /// of its own so that this cannot happen); its connection is then aborted, as `umount -f`
+    /// would (docs/devices.md, known limits).
     pub fn kill9(mut self) -> bool {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();

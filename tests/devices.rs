@@ -1190,7 +1190,7 @@ fn a_daemon_killed_while_its_pull_writes_dies_and_the_next_mount_takes_the_file(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".backpocket-pull-"))
         .collect();
-    assert!(temps.is_empty(), "{temps:?}");
+    assert!(temps.is_empty(), "{temps:?}: {}", mb.log());
     mb.unmount();
     ma.unmount();
 }

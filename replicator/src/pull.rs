@@ -121,7 +121,9 @@ fn clean_temps(pocket: &Pocket<'_>) -> Result<()> {
     let Ok(text) = std::fs::read(&list) else {
         return Ok(());
     };
-    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+    // One line per folder; an empty line is the pocket's root (the hex of no bytes).
+    let body = text.strip_suffix(b"\n").unwrap_or(&text);
+    for line in body.split(|b| *b == b'\n') {
         let Some(rel) = hex::decode(line).ok() else {
             continue;
         };
@@ -1407,5 +1409,34 @@ mod tests {
         new_file_in_pocket(here, &at("d/f")).unwrap();
         make_link(here, b"f", &at("d/l")).unwrap();
         assert_eq!(std::fs::read_dir(at("d")).unwrap().count(), 2);
+    }
+
+    /// What a round cut short left behind goes at the next round, in the pocket's root (listed
+    /// as an empty line) as in a folder; files of the user's stay.
+    #[test]
+    fn leftovers_of_a_cut_round_go_in_the_root_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, meta) = (tmp.path().join("pocket"), tmp.path().join("meta"));
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::create_dir_all(&meta).unwrap();
+        let temp = String::from_utf8_lossy(TEMP_PREFIX).into_owned() + "0123";
+        for f in [temp.clone(), format!("docs/{temp}"), "notes.txt".into()] {
+            std::fs::write(root.join(&f), b"x").unwrap();
+        }
+        std::fs::write(temps_path(&meta), format!("\n{}\n", hex::encode("docs"))).unwrap();
+        let pocket = Pocket {
+            root: &root,
+            meta_dir: &meta,
+            name: "laptop",
+            still_there: &|| true,
+        };
+        clean_temps(&pocket).unwrap();
+        assert!(!root.join(&temp).exists(), "the root's leftover");
+        assert!(
+            !root.join("docs").join(&temp).exists(),
+            "the folder's leftover"
+        );
+        assert!(root.join("notes.txt").exists());
+        assert!(!temps_path(&meta).exists());
     }
 }

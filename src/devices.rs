@@ -365,11 +365,11 @@ pub fn spawn_pull(
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()?;
-        let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let key_hex = hex::encode(key.as_bytes());
         if let Err(e) = child
             .stdin
             .as_mut()
-            .map_or(Ok(()), |i| writeln!(i, "{hex}"))
+            .map_or(Ok(()), |i| writeln!(i, "{key_hex}"))
         {
             let _ = child.kill();
             let _ = child.wait();
@@ -485,15 +485,12 @@ pub fn pull_helper(
     }
     use std::io::BufRead;
     let mut lines = std::io::stdin().lock().lines();
-    let hex = lines
+    let key_hex = lines
         .next()
         .transpose()?
         .ok_or_else(|| anyhow!("no key given"))?;
-    let bytes: Vec<u8> = (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
-        .collect::<std::result::Result<_, _>>()
-        .context("a malformed key")?;
-    let key = replicator::Key::from_bytes(&bytes)?;
+    let key =
+        replicator::Key::from_bytes(&hex::decode(key_hex.trim()).context("a malformed key")?)?;
     let pocket = Pocket::at(pocket_dir)?;
     let config = pocket.config()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -505,7 +502,7 @@ pub fn pull_helper(
             .spawn(move || {
                 for line in std::io::stdin().lock().lines() {
                     let Ok(line) = line else { break };
-                    if let Some((dest, gen)) = line.split_once('\t') {
+                    if let Some((dest, gen)) = line.rsplit_once('\t') {
                         if let Ok(gen) = gen.parse::<u64>() {
                             let _ = tx.send((dest.to_owned(), gen));
                         }

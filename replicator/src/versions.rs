@@ -41,7 +41,9 @@ pub fn versions_indexed(
     cache_dir: Option<&Path>,
 ) -> Result<Vec<Version>> {
     let own = vault.chain().to_owned();
-    let mine = chain_versions(vault, &own, path, cache_dir)?;
+    // What the trash objects list is read once, for every chain.
+    let trashed = vault.trashed()?.keys;
+    let mine = chain_versions(vault, &own, &trashed, path, cache_dir)?;
     if !vault.has_devices() {
         return Ok(mine.into_iter().map(|(v, _)| v).collect());
     }
@@ -67,7 +69,7 @@ pub fn versions_indexed(
         if chain == own {
             continue;
         }
-        for (v, key) in chain_versions(vault, &chain, path, cache_dir)? {
+        for (v, key) in chain_versions(vault, &chain, &trashed, path, cache_dir)? {
             match elsewhere.get(&key) {
                 Some((e, _)) if e.time_ns <= v.time_ns => {}
                 _ => {
@@ -119,6 +121,7 @@ type Key = (u8, u64, i64);
 fn chain_versions(
     vault: &Vault,
     chain: &str,
+    trashed: &HashSet<String>,
     path: &[u8],
     cache_dir: Option<&Path>,
 ) -> Result<Vec<(Version, Key)>> {
@@ -148,7 +151,7 @@ fn chain_versions(
         }
     };
     let mut index = Index { conn };
-    index.update(vault, chain)?;
+    index.update(vault, chain, trashed)?;
     index.query(path)
 }
 
@@ -383,8 +386,8 @@ impl Index {
     }
 
     /// Brings the index up to the vault's newest point.
-    fn update(&mut self, vault: &Vault, chain: &str) -> Result<()> {
-        let map = vault.chain_map(chain, &vault.trashed()?.keys)?;
+    fn update(&mut self, vault: &Vault, chain: &str, trashed: &HashSet<String>) -> Result<()> {
+        let map = vault.chain_map(chain, trashed)?;
         let Some(&newest) = map.at.keys().next_back() else {
             return Ok(());
         };
